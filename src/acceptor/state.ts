@@ -7,6 +7,7 @@
  *   timelineStartLsn <= localStartLsn <= commitLsn <= flush_lsn (derived from WAL on disk)
  *   backupLsn <= commitLsn is not guaranteed across peers (backup_lsn is the max seen from anyone).
  */
+import { InvalidArgumentError } from '../errors.js';
 import type { Lsn } from '../wal/lsn.js';
 
 /** Tenant and timeline ids: 32 lower-case hex chars, parsed once at the edge. */
@@ -109,12 +110,12 @@ export function newTimelineState(args: {
 }
 
 export function parseTenantId(text: string): TenantId {
-  if (!/^[0-9a-f]{32}$/.test(text)) throw new TypeError(`not a tenant id (32 lower-case hex chars): ${JSON.stringify(text)}`);
+  if (!/^[0-9a-f]{32}$/.test(text)) throw new InvalidArgumentError(`not a tenant id (32 lower-case hex chars): ${JSON.stringify(text)}`);
   return text as TenantId;
 }
 
 export function parseTimelineId(text: string): TimelineId {
-  if (!/^[0-9a-f]{32}$/.test(text)) throw new TypeError(`not a timeline id (32 lower-case hex chars): ${JSON.stringify(text)}`);
+  if (!/^[0-9a-f]{32}$/.test(text)) throw new InvalidArgumentError(`not a timeline id (32 lower-case hex chars): ${JSON.stringify(text)}`);
   return text as TimelineId;
 }
 
