@@ -1,0 +1,274 @@
+/**
+ * TimelineWal: the main-thread half of a timeline's durable WAL pipeline, and the acceptor's WAL store.
+ *
+ * AppendRequest WAL is copied once, into the timeline's SharedArrayBuffer ring (`tryAppend`, synchronous on
+ * the hot path). At most one write task per timeline is in flight in the writer pool; when it returns,
+ * everything that arrived meanwhile goes into the next task (group commit: the batch grows with fsync
+ * latency). The decoder state travels with each task, so any worker can take the next batch. The next
+ * segment is prepared (zero-filled) by a separate pool task while the current one is written; a write that
+ * reaches a segment still being prepared waits for it, so the two never race on one file.
+ *
+ * Positions, in order (asserted): syncedLsn <= dispatchedLsn <= writeLsn, and flushLsn <= syncedLsn.
+ *   writeLsn      end of bytes accepted into the ring
+ *   dispatchedLsn end of bytes handed to write tasks
+ *   syncedLsn     end of bytes durable on disk; ring bytes before it may be overwritten
+ *   flushLsn      end of the last complete, CRC-verified, durable record: the only LSN ever acknowledged
+ * A write task that finds corrupt WAL (or fails on disk) moves every position back to the last verified
+ * record end, keeps nothing after it, and fails further appends until the next truncation (a new election).
+ * Main thread only; never blocks (all disk work happens in the pool).
+ */
+import { StorageIoError, WalCorruptionError, DiskFullError, type SafekeeperError } from '../errors.js';
+import { assert } from '../sync/assert.js';
+import { raceAbort } from '../sync/cancel.js';
+import { Watch } from '../sync/watch.js';
+import { initialDecoderState, type DecoderState } from '../wal/record_decoder.js';
+import { segmentNumber, type Lsn } from '../wal/lsn.js';
+import { RingView } from './ring.js';
+import type { StateBlock } from './state_block.js';
+import type { WriterPool } from './writer_pool.js';
+import type { WriteResult } from './writer_protocol.js';
+
+export interface TimelineWalOptions {
+  dir: string;
+  segmentSizeBytes: number;
+  pgVersion: number;
+  ringSizeBytes: number;
+  noSync: boolean;
+  pool: WriterPool;
+  state: StateBlock;
+  /** Called with each finished write task, for metrics. */
+  onBatch?: (bytes: number, result: WriteResult) => void;
+}
+
+export class TimelineWal {
+  #ring: RingView | null = null;
+  #writeLsn: Lsn;
+  #dispatchedLsn: Lsn;
+  #syncedLsn: Lsn;
+  #decoder: DecoderState;
+  #inFlight: Promise<void> | null = null;
+  #kickScheduled = false;
+  #preparing: { segno: bigint; done: Promise<void> } | null = null;
+  #preparedUpTo: bigint;
+  #truncationPending: boolean;
+  #failure: SafekeeperError | null = null;
+  /** Record-aligned durable end: the protocol's flush_lsn. */
+  readonly flush: Watch<Lsn>;
+  /** Bumped whenever a task finishes: ring space freed, durability advanced, or a failure recorded. */
+  readonly progress = new Watch(0);
+  /** The error that stopped ingest, until the next truncation. */
+  readonly failure = new Watch<SafekeeperError | null>(null);
+
+  /** `endLsn`: the recovered end of WAL (0 for a timeline with no WAL yet). */
+  constructor(private readonly options: TimelineWalOptions, endLsn: Lsn) {
+    this.#writeLsn = this.#dispatchedLsn = this.#syncedLsn = endLsn;
+    this.#decoder = this.#decoderAt(endLsn);
+    this.#preparedUpTo = endLsn === 0n ? -1n : segmentNumber(endLsn, options.segmentSizeBytes);
+    this.flush = new Watch(endLsn);
+    // As in Neon, the first ProposerElected after every load must truncate before anything is written.
+    this.#truncationPending = true;
+    options.state.setMany({ writeLsn: endLsn, flushLsn: endLsn });
+  }
+
+  get writeLsn(): Lsn {
+    return this.#writeLsn;
+  }
+  get flushLsn(): Lsn {
+    return this.flush.value;
+  }
+  get syncedLsn(): Lsn {
+    return this.#syncedLsn;
+  }
+  get truncationPending(): boolean {
+    return this.#truncationPending;
+  }
+  get ring(): RingView | null {
+    return this.#ring;
+  }
+
+  /**
+   * The hot path: copies `wal` into the ring if it fits and schedules a write. Returns false when the ring
+   * is full (the caller pauses its socket and retries after `progress` moves). Throws the recorded failure.
+   */
+  tryAppend(beginLsn: Lsn, wal: Uint8Array): boolean {
+    if (this.#failure !== null) throw this.#failure;
+    assert(!this.#truncationPending, 'append while a truncation is pending');
+    assert(beginLsn === this.#writeLsn, 'appends are contiguous');
+    const ring = (this.#ring ??= RingView.allocate(this.options.ringSizeBytes));
+    assert(wal.length <= ring.capacityBytes, 'one append fits in the ring');
+    if (this.#writeLsn - this.#syncedLsn + BigInt(wal.length) > BigInt(ring.capacityBytes)) return false;
+    ring.write(beginLsn, wal);
+    this.#writeLsn += BigInt(wal.length);
+    this.#scheduleKick();
+    return true;
+  }
+
+  /** Waits for ring space, then appends. Abort-safe: an aborted call appends nothing. */
+  async append(beginLsn: Lsn, wal: Uint8Array, signal: AbortSignal): Promise<void> {
+    for (;;) {
+      const seen = this.progress.version;
+      if (this.tryAppend(beginLsn, wal)) return;
+      await this.progress.changed(seen, signal);
+    }
+  }
+
+  /** Resolves when every byte appended so far is durable (flushLsn then covers every complete record). */
+  async flushAll(signal: AbortSignal): Promise<void> {
+    const target = this.#writeLsn;
+    await this.progress.waitFor(() => this.#failure !== null || this.#syncedLsn >= target, signal);
+    if (this.#failure !== null) throw this.#failure;
+  }
+
+  /** Waits until no write or preparation task is running. */
+  async quiesce(signal: AbortSignal): Promise<void> {
+    for (;;) {
+      const running = this.#inFlight ?? this.#preparing?.done ?? null;
+      if (running === null && this.#dispatchedLsn === this.#writeLsn) return;
+      if (running === null) {
+        this.#kick();
+        continue;
+      }
+      await raceAbort(running, signal);
+    }
+  }
+
+  /**
+   * Cuts WAL at `lsn` (a record boundary): later segments deleted, the rest of lsn's segment zeroed, and
+   * every position set to lsn. Clears a recorded failure and the pending-truncation flag.
+   */
+  async truncate(lsn: Lsn, signal: AbortSignal): Promise<void> {
+    if (this.#failure === null) await this.flushAll(signal);
+    await this.quiesce(signal);
+    const result = await this.options.pool.run({ kind: 'truncate', lsn, ...this.#files() });
+    if (!result.ok) throw toError(result.code, result.detail, null);
+    this.#writeLsn = this.#dispatchedLsn = this.#syncedLsn = lsn;
+    this.#decoder = this.#decoderAt(lsn);
+    this.#preparedUpTo = segmentNumber(lsn, this.options.segmentSizeBytes);
+    this.#truncationPending = false;
+    this.#failure = null;
+    this.failure.set(null);
+    this.flush.set(lsn);
+    this.options.state.setMany({ writeLsn: lsn, flushLsn: lsn });
+    this.progress.set(this.progress.value + 1);
+  }
+
+  /** Writes the initial segment image for WAL starting mid-segment at `lsn` (only before any WAL exists). */
+  async initializeFirstSegment(lsn: Lsn, systemId: bigint, signal: AbortSignal): Promise<void> {
+    assert(this.#writeLsn === 0n, 'first segment is initialised only on an empty timeline');
+    signal.throwIfAborted();
+    const result = await this.options.pool.run({ kind: 'init_segment', lsn, systemId, pgVersion: this.options.pgVersion, ...this.#files() });
+    if (!result.ok) throw toError(result.code, result.detail, null);
+  }
+
+  #files(): { dir: string; segmentSizeBytes: number; noSync: boolean } {
+    return { dir: this.options.dir, segmentSizeBytes: this.options.segmentSizeBytes, noSync: this.options.noSync };
+  }
+
+  #decoderAt(lsn: Lsn): DecoderState {
+    return initialDecoderState({ startLsn: lsn, segmentSizeBytes: this.options.segmentSizeBytes, pgVersion: this.options.pgVersion });
+  }
+
+  /** Batches every append of one socket read into one task: the kick runs after the current macrotask. */
+  #scheduleKick(): void {
+    if (this.#kickScheduled || this.#inFlight !== null) return;
+    this.#kickScheduled = true;
+    queueMicrotask(() => {
+      this.#kickScheduled = false;
+      this.#kick();
+    });
+  }
+
+  #kick(): void {
+    if (this.#inFlight !== null || this.#failure !== null || this.#dispatchedLsn === this.#writeLsn) return;
+    const ring = this.#ring;
+    assert(ring !== null, 'a ring exists once bytes were appended');
+    const beginLsn = this.#dispatchedLsn;
+    const endLsn = this.#writeLsn;
+    assert(this.#syncedLsn <= beginLsn && beginLsn < endLsn, 'write range follows the synced position');
+    const segmentSize = this.options.segmentSizeBytes;
+    const lastSegno = segmentNumber(endLsn - 1n, segmentSize);
+    const preparing = this.#preparing;
+    if (preparing !== null && preparing.segno <= lastSegno) {
+      void preparing.done.then(() => this.#kick());
+      return;
+    }
+    this.#dispatchedLsn = endLsn;
+    const task = { kind: 'write' as const, ring: ring.buffer, beginLsn, endLsn, decoder: this.#decoder, ...this.#files() };
+    this.#inFlight = this.options.pool.write(task).then(
+      async (result) => this.#onWriteDone(beginLsn, endLsn, result),
+      (error: unknown) => {
+        // A worker that throws has a bug; durability is unknown, so the node must stop.
+        queueMicrotask(() => {
+          throw error;
+        });
+      },
+    );
+    if (lastSegno + 1n > this.#preparedUpTo && this.#preparing === null) this.#prepare(lastSegno + 1n);
+  }
+
+  #prepare(segno: bigint): void {
+    const done = this.options.pool.run({ kind: 'prepare', segno, ...this.#files() }).then(
+      (result) => {
+        // A failed preparation (e.g. disk full) is not fatal: the writer creates the file itself when it
+        // gets there, and reports the error then. Do not retry this segment from here.
+        this.#preparedUpTo = segno;
+        this.#preparing = null;
+        void result;
+      },
+      (error: unknown) => {
+        queueMicrotask(() => {
+          throw error;
+        });
+      },
+    );
+    this.#preparing = { segno, done };
+  }
+
+  #onWriteDone(beginLsn: Lsn, endLsn: Lsn, result: WriteResult): void | Promise<void> {
+    this.options.onBatch?.(Number(endLsn - beginLsn), result);
+    if (!result.ok) return this.#failAndCut(endLsn, result);
+    assert(result.recordEndLsn >= this.flush.value, 'flush_lsn never moves backwards');
+    assert(result.recordEndLsn <= endLsn, 'flush_lsn within the written range');
+    this.#inFlight = null;
+    this.#syncedLsn = endLsn;
+    this.#decoder = result.decoder;
+    this.flush.setIfChanged(result.recordEndLsn);
+    this.options.state.setMany({ writeLsn: this.#writeLsn, flushLsn: result.recordEndLsn });
+    this.progress.set(this.progress.value + 1);
+    this.#kick();
+  }
+
+  /**
+   * A write task failed: record the failure (further appends throw it), move every position back to the
+   * last verified record end, and cut the files there, so nothing after it is kept, including bytes of the
+   * bad record written by earlier batches. The cut is part of the in-flight work: a truncation or another
+   * write waits for it. A failed cut leaves the failure in place; the next election's truncation retries.
+   */
+  async #failAndCut(endLsn: Lsn, result: Extract<WriteResult, { ok: false }>): Promise<void> {
+    const endOfGood = result.recordEndLsn;
+    assert(endOfGood >= this.flush.value && endOfGood <= endLsn, 'a failed write keeps only verified records');
+    this.#failure = toError(result.code, result.detail, result);
+    this.#writeLsn = this.#dispatchedLsn = this.#syncedLsn = endOfGood;
+    this.#decoder = this.#decoderAt(endOfGood);
+    this.flush.setIfChanged(endOfGood);
+    this.options.state.setMany({ writeLsn: endOfGood, flushLsn: endOfGood });
+    this.failure.set(this.#failure);
+    await this.#preparing?.done;
+    const cut = await this.options.pool.run({ kind: 'truncate', lsn: endOfGood, ...this.#files() });
+    if (cut.ok) this.#preparedUpTo = segmentNumber(endOfGood, this.options.segmentSizeBytes);
+    this.#inFlight = null;
+    this.progress.set(this.progress.value + 1);
+  }
+}
+
+function toError(code: string, detail: string, where: { errorLsn: Lsn | null; corruption: WalCorruptionError['kind'] | null } | null): SafekeeperError {
+  switch (code) {
+    case 'SK_WAL_CORRUPTION':
+      assert(where !== null && where.errorLsn !== null && where.corruption !== null, 'corruption reports where it is');
+      return new WalCorruptionError(where.corruption, where.errorLsn, detail);
+    case 'SK_DISK_FULL':
+      return new DiskFullError(detail);
+    default:
+      return new StorageIoError(detail);
+  }
+}

@@ -1,0 +1,396 @@
+/**
+ * The control file: a timeline's persistent state (`TimelinePersistentState`), versioned, checksummed and
+ * replaced atomically, after Neon's `control_file.rs` but with our own body format:
+ *
+ *   0  u32 LE magic   CONTROL_FILE_MAGIC
+ *   4  u32 LE version CONTROL_FILE_VERSION
+ *   8  u32 LE body length N
+ *  12  N bytes        UTF-8 JSON, snake_case names as in Neon's JSON dump; u64s are decimal strings,
+ *                     LSNs "X/Y" strings, creation_ts an ISO 8601 string
+ *  12+N u32 LE CRC-32C of bytes [0, 12+N)
+ *
+ * JSON rather than bincode so an operator can read the state with `tail -c +13`, and so fields can be
+ * added later under a new version without a hand-written binary upgrade path.
+ *
+ * Invariants: the state is checked before it is written and after it is read (schema and the relations
+ * in `controlFileProblem`). A save writes `safekeeper.control.partial`, fsyncs it, renames it over
+ * `safekeeper.control` and fsyncs the directory, so after a crash at any instant the old or the new file
+ * loads, never a mix. A bad file on load is a ControlFileCorruptError (XX001), never a partial state.
+ * Threads: the async functions (fs/promises) are for the main and coordinator threads, which must not
+ * block; the `*Sync` ones for worker threads. Abort: a save, once started, finishes its write first.
+ */
+import { crc32c } from '@node-rs/crc32';
+import { closeSync, fstatSync, fsyncSync, openSync, readSync, renameSync, writeSync } from 'node:fs';
+import { open, rename } from 'node:fs/promises';
+import { isDeepStrictEqual } from 'node:util';
+import { z } from 'zod';
+import type { EvictionState, SafekeeperMember, TenantId, TimelineId, TimelinePersistentState } from '../acceptor/state.js';
+import { SafekeeperError } from '../errors.js';
+import { AssertionError, assert, unreachable } from '../sync/assert.js';
+import { formatLsn, isValidSegmentSize, parseLsn } from '../wal/lsn.js';
+import { controlFilePartialPath, controlFilePath, fsyncDirectory, fsyncDirectorySync, storageError } from './layout.js';
+
+/** "SAFE CODE": distinct from Neon's 0xCAFECEEF, so neither implementation misreads the other's file. */
+export const CONTROL_FILE_MAGIC = 0x5afe_c0de;
+export const CONTROL_FILE_VERSION = 1;
+const HEADER_BYTES = 12;
+const CHECKSUM_BYTES = 4;
+/**
+ * A timeline's JSON is a few KiB (a handful of members and partial-segment entries). 1 MiB is far above
+ * any legitimate body, and bounds what a corrupt length field or a stray large file can make us read.
+ */
+export const CONTROL_FILE_BODY_BYTES_MAX = 1 << 20;
+
+export type ControlFileCorruptReason =
+  | 'too_short'
+  | 'too_long'
+  | 'bad_magic'
+  | 'unsupported_version'
+  | 'length_mismatch'
+  | 'checksum_mismatch'
+  | 'bad_json'
+  | 'schema'
+  | 'invariant';
+
+/** A control file that cannot be trusted. The timeline does not load until an operator repairs it. */
+export class ControlFileCorruptError extends SafekeeperError {
+  override readonly name = 'ControlFileCorruptError';
+  readonly code = 'SK_CONTROL_FILE_CORRUPT';
+  readonly sqlState = 'XX001'; // data_corrupted
+  constructor(readonly reason: ControlFileCorruptReason, detail: string, options?: ErrorOptions) {
+    super(`corrupt control file (${reason}): ${detail}`, options);
+  }
+}
+
+export interface SaveOptions {
+  /** Skip fsyncs (tests and benchmarks only): a crash may then lose or tear the file. */
+  noSync: boolean;
+}
+
+// ---- JSON body: Neon's JSON dump names; u64 as decimal strings, LSNs as "X/Y" ----
+
+const U64_MAX = 0xffff_ffff_ffff_ffffn;
+const u64 = z
+  .string()
+  .regex(/^(0|[1-9][0-9]{0,19})$/, 'a u64 as a decimal string')
+  .refine((text) => BigInt(text) <= U64_MAX, 'a u64 as a decimal string')
+  .transform((text) => BigInt(text));
+const lsn = z
+  .string()
+  .regex(/^[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/, 'an LSN as "X/Y"')
+  .transform((text) => parseLsn(text));
+const id32 = z.string().regex(/^[0-9a-f]{32}$/, '32 lower-case hex chars');
+const member = z.strictObject({ id: u64, host: z.string(), pg_port: z.number().int().min(0).max(65_535) });
+const timestamp = z.string().refine((text) => {
+  const ms = Date.parse(text);
+  return Number.isInteger(ms) && new Date(ms).toISOString() === text;
+}, 'an ISO 8601 UTC timestamp with milliseconds');
+
+const controlFileJsonSchema = z.strictObject({
+  tenant_id: id32,
+  timeline_id: id32,
+  mconf: z.strictObject({
+    generation: z.number().int().min(0).max(0xffff_ffff),
+    members: z.array(member),
+    new_members: z.array(member).nullable(),
+  }),
+  acceptor_state: z.strictObject({
+    term: u64,
+    term_history: z.array(z.strictObject({ term: u64, lsn })),
+  }),
+  server: z.strictObject({
+    pg_version: z.number().int().min(0).max(0xffff_ffff),
+    system_id: u64,
+    wal_seg_size: z.number().int().min(0).max(0xffff_ffff),
+  }),
+  timeline_start_lsn: lsn,
+  local_start_lsn: lsn,
+  commit_lsn: lsn,
+  backup_lsn: lsn,
+  peer_horizon_lsn: lsn,
+  remote_consistent_lsn: lsn,
+  partial_backup: z.strictObject({
+    segments: z.array(
+      z.strictObject({
+        status: z.enum(['InProgress', 'Uploaded', 'Deleting']),
+        name: z.string().min(1),
+        commit_lsn: lsn,
+        flush_lsn: lsn,
+        term: u64,
+      }),
+    ),
+  }),
+  eviction_state: z.union([z.literal('Present'), z.strictObject({ Offloaded: lsn })]),
+  creation_ts: timestamp,
+});
+type ControlFileJson = z.output<typeof controlFileJsonSchema>;
+
+const memberToJson = (m: SafekeeperMember): object => ({ id: m.id.toString(), host: m.host, pg_port: m.pgPort });
+const memberFromJson = (m: ControlFileJson['mconf']['members'][number]): SafekeeperMember => ({ id: m.id, host: m.host, pgPort: m.pg_port });
+
+function evictionToJson(state: EvictionState): 'Present' | { Offloaded: string } {
+  switch (state.kind) {
+    case 'Present':
+      return 'Present';
+    case 'Offloaded':
+      return { Offloaded: formatLsn(state.flushLsn) };
+    default:
+      return unreachable(state, 'unknown eviction state');
+  }
+}
+
+/** The JSON body of `state`. Field order is fixed, so equal states encode to equal bytes. */
+function toControlFileJson(state: TimelinePersistentState): object {
+  assert(Number.isInteger(state.creationTimeMs), 'creation time is whole milliseconds');
+  return {
+    tenant_id: state.tenantId,
+    timeline_id: state.timelineId,
+    mconf: {
+      generation: state.mconf.generation,
+      members: state.mconf.members.map(memberToJson),
+      new_members: state.mconf.newMembers === null ? null : state.mconf.newMembers.map(memberToJson),
+    },
+    acceptor_state: {
+      term: state.acceptorState.term.toString(),
+      term_history: state.acceptorState.termHistory.map((entry) => ({ term: entry.term.toString(), lsn: formatLsn(entry.lsn) })),
+    },
+    server: { pg_version: state.server.pgVersion, system_id: state.server.systemId.toString(), wal_seg_size: state.server.walSegSizeBytes },
+    timeline_start_lsn: formatLsn(state.timelineStartLsn),
+    local_start_lsn: formatLsn(state.localStartLsn),
+    commit_lsn: formatLsn(state.commitLsn),
+    backup_lsn: formatLsn(state.backupLsn),
+    peer_horizon_lsn: formatLsn(state.peerHorizonLsn),
+    remote_consistent_lsn: formatLsn(state.remoteConsistentLsn),
+    partial_backup: {
+      segments: state.partialBackup.segments.map((segment) => ({
+        status: segment.status,
+        name: segment.name,
+        commit_lsn: formatLsn(segment.commitLsn),
+        flush_lsn: formatLsn(segment.flushLsn),
+        term: segment.term.toString(),
+      })),
+    },
+    eviction_state: evictionToJson(state.evictionState),
+    creation_ts: new Date(state.creationTimeMs).toISOString(),
+  };
+}
+
+function fromControlFileJson(json: ControlFileJson): TimelinePersistentState {
+  return {
+    tenantId: json.tenant_id as TenantId,
+    timelineId: json.timeline_id as TimelineId,
+    mconf: {
+      generation: json.mconf.generation,
+      members: json.mconf.members.map(memberFromJson),
+      newMembers: json.mconf.new_members === null ? null : json.mconf.new_members.map(memberFromJson),
+    },
+    acceptorState: { term: json.acceptor_state.term, termHistory: json.acceptor_state.term_history.map((e) => ({ term: e.term, lsn: e.lsn })) },
+    server: { pgVersion: json.server.pg_version, systemId: json.server.system_id, walSegSizeBytes: json.server.wal_seg_size },
+    timelineStartLsn: json.timeline_start_lsn,
+    localStartLsn: json.local_start_lsn,
+    commitLsn: json.commit_lsn,
+    backupLsn: json.backup_lsn,
+    peerHorizonLsn: json.peer_horizon_lsn,
+    remoteConsistentLsn: json.remote_consistent_lsn,
+    partialBackup: {
+      segments: json.partial_backup.segments.map((s) => ({ status: s.status, name: s.name, commitLsn: s.commit_lsn, flushLsn: s.flush_lsn, term: s.term })),
+    },
+    evictionState: json.eviction_state === 'Present' ? { kind: 'Present' } : { kind: 'Offloaded', flushLsn: json.eviction_state.Offloaded },
+    creationTimeMs: Date.parse(json.creation_ts),
+  };
+}
+
+const checksum = (bytes: Uint8Array, length: number): number =>
+  crc32c(Buffer.from(bytes.buffer, bytes.byteOffset, length)) >>> 0;
+
+/**
+ * The first broken invariant of `state`, or null. These relations hold for every state the acceptor
+ * produces (see acceptor/state.ts and the protocol reference §4.5), so a violation means a bug (on
+ * write) or a damaged file (on read).
+ */
+export function controlFileProblem(state: TimelinePersistentState): string | null {
+  const history = state.acceptorState.termHistory;
+  for (let index = 1; index < history.length; index++) {
+    const previous = history[index - 1]!;
+    const entry = history[index]!;
+    if (entry.term <= previous.term) return `term_history terms not ascending at entry ${index}`;
+    if (entry.lsn < previous.lsn) return `term_history LSNs decrease at entry ${index}`;
+  }
+  const last = history[history.length - 1];
+  if (last !== undefined && last.term > state.acceptorState.term) return 'term_history has a term above acceptor_state.term';
+  if (state.timelineStartLsn > state.localStartLsn) return 'timeline_start_lsn above local_start_lsn';
+  if (state.timelineStartLsn > state.commitLsn) return 'timeline_start_lsn above commit_lsn';
+  if (!isValidSegmentSize(state.server.walSegSizeBytes)) return 'wal_seg_size is not a power of two in [1 MiB, 1 GiB]';
+  if (state.server.pgVersion <= 0) return 'pg_version is 0';
+  for (const segment of state.partialBackup.segments) {
+    if (segment.commitLsn > segment.flushLsn) return `partial segment ${segment.name} has commit_lsn above flush_lsn`;
+  }
+  for (const members of [state.mconf.members, state.mconf.newMembers ?? []]) {
+    if (new Set(members.map((member) => member.id)).size !== members.length) return 'duplicate member id in mconf';
+  }
+  return null;
+}
+
+/** Encodes `state` into a control-file image. A state that breaks an invariant is a bug: AssertionError. */
+export function encodeControlFile(state: TimelinePersistentState): Uint8Array {
+  const problem = controlFileProblem(state);
+  if (problem !== null) throw new AssertionError(`refusing to encode a bad control file: ${problem}`);
+  const body = Buffer.from(JSON.stringify(toControlFileJson(state), null, 2) + '\n', 'utf8');
+  assert(body.length <= CONTROL_FILE_BODY_BYTES_MAX, 'control file body within its bound');
+  const bytes = new Uint8Array(HEADER_BYTES + body.length + CHECKSUM_BYTES);
+  const view = new DataView(bytes.buffer);
+  view.setUint32(0, CONTROL_FILE_MAGIC, true);
+  view.setUint32(4, CONTROL_FILE_VERSION, true);
+  view.setUint32(8, body.length, true);
+  bytes.set(body, HEADER_BYTES);
+  view.setUint32(HEADER_BYTES + body.length, checksum(bytes, HEADER_BYTES + body.length), true);
+  return bytes;
+}
+
+/** Decodes and validates a control-file image. `source` (a path) goes into error messages. */
+export function decodeControlFile(bytes: Uint8Array, source = 'control file'): TimelinePersistentState {
+  const corrupt = (reason: ControlFileCorruptReason, detail: string, cause?: unknown): ControlFileCorruptError =>
+    new ControlFileCorruptError(reason, `${source}: ${detail}`, cause === undefined ? undefined : { cause });
+  if (bytes.length < HEADER_BYTES + CHECKSUM_BYTES) throw corrupt('too_short', `${bytes.length} bytes`);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const magic = view.getUint32(0, true);
+  if (magic !== CONTROL_FILE_MAGIC) throw corrupt('bad_magic', `magic 0x${magic.toString(16)}`);
+  const version = view.getUint32(4, true);
+  if (version !== CONTROL_FILE_VERSION) throw corrupt('unsupported_version', `version ${version}`);
+  const bodyLength = view.getUint32(8, true);
+  if (bodyLength > CONTROL_FILE_BODY_BYTES_MAX || bytes.length !== HEADER_BYTES + bodyLength + CHECKSUM_BYTES) {
+    throw corrupt('length_mismatch', `body length ${bodyLength} in a file of ${bytes.length} bytes`);
+  }
+  const expected = view.getUint32(HEADER_BYTES + bodyLength, true);
+  const actual = checksum(bytes, HEADER_BYTES + bodyLength);
+  if (expected !== actual) throw corrupt('checksum_mismatch', `stored 0x${expected.toString(16)}, computed 0x${actual.toString(16)}`);
+  let json: unknown;
+  try {
+    json = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(HEADER_BYTES, HEADER_BYTES + bodyLength)));
+  } catch (error) {
+    throw corrupt('bad_json', 'body is not UTF-8 JSON', error);
+  }
+  const parsed = controlFileJsonSchema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw corrupt('schema', issue === undefined ? 'invalid' : `${issue.path.join('.') || '(root)'}: ${issue.message}`);
+  }
+  const state = fromControlFileJson(parsed.data);
+  const problem = controlFileProblem(state);
+  if (problem !== null) throw corrupt('invariant', problem);
+  return state;
+}
+
+/**
+ * Encodes `state` and proves the image reads back as the same state, before anything touches the disk
+ * ("check the control file before writing it"). A mismatch is a codec bug.
+ */
+export function encodeCheckedControlFile(state: TimelinePersistentState): Uint8Array {
+  const bytes = encodeControlFile(state);
+  let decoded: TimelinePersistentState;
+  try {
+    decoded = decodeControlFile(bytes, 'control file being written');
+  } catch (error) {
+    throw new AssertionError(`control file does not read back: ${(error as Error).message}`);
+  }
+  assert(isDeepStrictEqual(decoded, state), 'control file reads back as the state that was encoded');
+  return bytes;
+}
+
+/** Durably replaces `<dir>/safekeeper.control` with `state`. Async: never blocks the calling thread. */
+export async function saveControlFile(dir: string, state: TimelinePersistentState, options: SaveOptions): Promise<void> {
+  const bytes = encodeCheckedControlFile(state);
+  const tempPath = controlFilePartialPath(dir);
+  const path = controlFilePath(dir);
+  let operation = 'open';
+  try {
+    const handle = await open(tempPath, 'w'); // truncates a .partial left by a crash
+    try {
+      operation = 'write';
+      await handle.writeFile(bytes);
+      operation = 'fsync';
+      if (!options.noSync) await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  } catch (error) {
+    throw storageError(error, operation, tempPath);
+  }
+  try {
+    await rename(tempPath, path);
+  } catch (error) {
+    throw storageError(error, 'rename', tempPath);
+  }
+  if (!options.noSync) await fsyncDirectory(dir);
+}
+
+/** Reads and validates `<dir>/safekeeper.control`. NotFoundError if absent; a leftover `.partial` is ignored. */
+export async function loadControlFile(dir: string): Promise<TimelinePersistentState> {
+  const path = controlFilePath(dir);
+  let bytes: Uint8Array;
+  try {
+    const handle = await open(path, 'r');
+    try {
+      const { size } = await handle.stat();
+      if (size > HEADER_BYTES + CONTROL_FILE_BODY_BYTES_MAX + CHECKSUM_BYTES) throw new ControlFileCorruptError('too_long', `${path}: ${size} bytes`);
+      bytes = new Uint8Array(size);
+      const { bytesRead } = await handle.read(bytes, 0, size, 0);
+      if (bytesRead !== size) throw new ControlFileCorruptError('too_short', `${path}: read ${bytesRead} of ${size} bytes`);
+    } finally {
+      await handle.close();
+    }
+  } catch (error) {
+    throw storageError(error, 'read', path);
+  }
+  return decodeControlFile(bytes, path);
+}
+
+/** `saveControlFile` with blocking fs, for worker threads. */
+export function saveControlFileSync(dir: string, state: TimelinePersistentState, options: SaveOptions): void {
+  const bytes = encodeCheckedControlFile(state);
+  const tempPath = controlFilePartialPath(dir);
+  let operation = 'open';
+  try {
+    const fd = openSync(tempPath, 'w');
+    try {
+      operation = 'write';
+      let written = 0;
+      while (written < bytes.length) written += writeSync(fd, bytes, written, bytes.length - written, written);
+      operation = 'fsync';
+      if (!options.noSync) fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    operation = 'rename';
+    renameSync(tempPath, controlFilePath(dir));
+    operation = 'fsync directory';
+    if (!options.noSync) fsyncDirectorySync(dir);
+  } catch (error) {
+    throw storageError(error, operation, tempPath);
+  }
+}
+
+/** `loadControlFile` with blocking fs, for worker threads. */
+export function loadControlFileSync(dir: string): TimelinePersistentState {
+  const path = controlFilePath(dir);
+  let bytes: Uint8Array;
+  try {
+    const fd = openSync(path, 'r');
+    try {
+      const { size } = fstatSync(fd);
+      if (size > HEADER_BYTES + CONTROL_FILE_BODY_BYTES_MAX + CHECKSUM_BYTES) throw new ControlFileCorruptError('too_long', `${path}: ${size} bytes`);
+      bytes = new Uint8Array(size);
+      let read = 0;
+      while (read < size) {
+        const n = readSync(fd, bytes, read, size - read, read);
+        if (n === 0) throw new ControlFileCorruptError('too_short', `${path}: read ${read} of ${size} bytes`);
+        read += n;
+      }
+    } finally {
+      closeSync(fd);
+    }
+  } catch (error) {
+    throw storageError(error, 'read', path);
+  }
+  return decodeControlFile(bytes, path);
+}

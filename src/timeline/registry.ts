@@ -1,0 +1,215 @@
+/**
+ * TimelineRegistry: every timeline of this node, by ttid. At startup it loads each
+ * `<data_dir>/<tenant>/<timeline>` dir: control file, then the end of WAL found by decoding the segments
+ * from the persisted commit_lsn (a record boundary) in a writer worker. A timeline that fails to load is
+ * kept as `broken` with its reason, and the node and the other timelines go on.
+ *
+ * Creation is crash-safe: the control file is written into a staging dir under `tmp/`, which is then
+ * durably renamed into place; `tmp/` is cleared at startup. Deletion cancels the timeline, waits for its
+ * gate, and only then removes files; a tombstone (in memory, as in Neon) refuses re-creation by a proposer.
+ * Main thread.
+ */
+import { mkdir, open, readdir, rename, rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import {
+  newTimelineState,
+  ttid,
+  type MembershipConfiguration,
+  type ServerInfo,
+  type TenantId,
+  type TimelineId,
+} from '../acceptor/state.js';
+import { ConflictError, InvalidArgumentError, NotFoundError, SafekeeperError, ShutdownError } from '../errors.js';
+import { StateBlock } from '../ingest/state_block.js';
+import { TimelineWal } from '../ingest/timeline_wal.js';
+import type { WriteResult } from '../ingest/writer_protocol.js';
+import type { WriterPool } from '../ingest/writer_pool.js';
+import { loadControlFile, saveControlFile } from '../storage/control_file.js';
+import { clearTmpDir, createStagingDir, isIdDirName, timelineDir } from '../storage/layout.js';
+import type { CancelToken } from '../sync/cancel.js';
+import { isValidSegmentSize, type Lsn } from '../wal/lsn.js';
+import { ControlStore } from './control_store.js';
+import { Timeline } from './timeline.js';
+
+export interface RegistryOptions {
+  dataDir: string;
+  nodeId: bigint;
+  noSync: boolean;
+  ringSizeBytes: number;
+  pool: WriterPool;
+  /** The node's root token; every timeline's token is a child of it. */
+  cancel: CancelToken;
+  log: { info(fields: object, message: string): void; warn(fields: object, message: string): void; error(fields: object, message: string): void };
+  onBatch?: (timeline: string, bytes: number, result: WriteResult) => void;
+}
+
+export interface CreateTimelineArgs {
+  tenantId: TenantId;
+  timelineId: TimelineId;
+  server: ServerInfo;
+  startLsn: Lsn;
+  commitLsn: Lsn;
+  mconf?: MembershipConfiguration;
+}
+
+export class TimelineRegistry {
+  readonly #timelines = new Map<string, Timeline>();
+  readonly #creating = new Map<string, Promise<Timeline>>();
+  readonly #tombstones = new Set<string>();
+
+  private constructor(private readonly options: RegistryOptions) {}
+
+  static async load(options: RegistryOptions): Promise<TimelineRegistry> {
+    const registry = new TimelineRegistry(options);
+    await clearTmpDir(options.dataDir);
+    for (const tenant of await readdir(options.dataDir, { withFileTypes: true })) {
+      if (!tenant.isDirectory() || !isIdDirName(tenant.name)) continue;
+      for (const timeline of await readdir(`${options.dataDir}/${tenant.name}`, { withFileTypes: true })) {
+        if (!timeline.isDirectory() || !isIdDirName(timeline.name)) continue;
+        const loaded = await registry.#open(tenant.name as TenantId, timeline.name as TimelineId);
+        registry.#timelines.set(loaded.ttid, loaded);
+      }
+    }
+    return registry;
+  }
+
+  get(tenantId: TenantId, timelineId: TimelineId): Timeline | undefined {
+    return this.#timelines.get(ttid(tenantId, timelineId));
+  }
+
+  /** The timeline, or NotFoundError (404 / an ErrorResponse). */
+  require(tenantId: TenantId, timelineId: TimelineId): Timeline {
+    const timeline = this.get(tenantId, timelineId);
+    if (timeline === undefined) throw new NotFoundError(`timeline ${ttid(tenantId, timelineId)} not found`);
+    return timeline;
+  }
+
+  list(): Timeline[] {
+    return [...this.#timelines.values()];
+  }
+
+  isDeleted(tenantId: TenantId, timelineId: TimelineId): boolean {
+    return this.#tombstones.has(ttid(tenantId, timelineId));
+  }
+
+  /** Creates a timeline, or returns the existing one (idempotent). Refused for a deleted timeline. */
+  async create(args: CreateTimelineArgs): Promise<Timeline> {
+    const key = ttid(args.tenantId, args.timelineId);
+    const existing = this.#timelines.get(key) ?? this.#creating.get(key);
+    if (existing !== undefined) return existing;
+    if (this.options.cancel.cancelled) throw new ShutdownError();
+    if (this.#tombstones.has(key)) throw new ConflictError(`timeline ${key} was deleted`);
+    if (args.server.pgVersion === 0) throw new InvalidArgumentError('pg_version must not be 0');
+    if (!isValidSegmentSize(args.server.walSegSizeBytes)) throw new InvalidArgumentError(`wal_seg_size ${args.server.walSegSizeBytes} is not a power of two in [1 MiB, 1 GiB]`);
+    if (args.commitLsn < args.startLsn) throw new InvalidArgumentError('commit_lsn must not be below start_lsn');
+    const creating = this.#createOnDisk(args).finally(() => this.#creating.delete(key));
+    this.#creating.set(key, creating);
+    const timeline = await creating;
+    this.#timelines.set(key, timeline);
+    return timeline;
+  }
+
+  /** Deletes a timeline: cancel, wait for its tasks, remove its directory. */
+  async delete(tenantId: TenantId, timelineId: TimelineId): Promise<{ dirExisted: boolean }> {
+    const key = ttid(tenantId, timelineId);
+    this.#tombstones.add(key);
+    const timeline = this.#timelines.get(key);
+    if (timeline !== undefined) {
+      this.#timelines.delete(key);
+      await timeline.shutdown(new ShutdownError(`timeline ${key} is being deleted`));
+      if (timeline.wal !== null) await timeline.wal.quiesce(new AbortController().signal);
+    }
+    const dir = timelineDir(this.options.dataDir, tenantId, timelineId);
+    const dirExisted = await exists(dir);
+    await rm(dir, { recursive: true, force: true });
+    if (dirExisted) await fsyncDir(dirname(dir), this.options.noSync);
+    return { dirExisted };
+  }
+
+  /** Cancels every timeline and waits for all their tasks to finish. */
+  async shutdown(): Promise<void> {
+    const timelines = this.list();
+    await Promise.all(timelines.map((timeline) => timeline.shutdown(new ShutdownError())));
+    await Promise.all(timelines.map((timeline) => timeline.wal?.quiesce(new AbortController().signal)));
+  }
+
+  async #createOnDisk(args: CreateTimelineArgs): Promise<Timeline> {
+    const { dataDir, noSync } = this.options;
+    const state = newTimelineState({ ...args, nowMs: Date.now() });
+    const staging = await createStagingDir(dataDir, args.tenantId, args.timelineId);
+    await saveControlFile(staging, state, { noSync });
+    const dir = timelineDir(dataDir, args.tenantId, args.timelineId);
+    if (await exists(dir)) throw new ConflictError(`timeline directory ${dir} already exists but is not loaded`);
+    await mkdir(dirname(dir), { recursive: true });
+    await fsyncDir(dataDir, noSync);
+    await rename(staging, dir);
+    await fsyncDir(dirname(dir), noSync);
+    this.options.log.info({ tenant_id: args.tenantId, timeline_id: args.timelineId }, 'timeline created');
+    return this.#open(args.tenantId, args.timelineId);
+  }
+
+  async #open(tenantId: TenantId, timelineId: TimelineId): Promise<Timeline> {
+    const { dataDir, nodeId, noSync, ringSizeBytes, pool } = this.options;
+    const dir = timelineDir(dataDir, tenantId, timelineId);
+    const stateBlock = new StateBlock();
+    const cancel = this.options.cancel.child();
+    const broken = (reason: string): Timeline => {
+      this.options.log.error({ tenant_id: tenantId, timeline_id: timelineId, reason }, 'timeline is broken');
+      return new Timeline(tenantId, timelineId, dir, cancel, stateBlock, null, null, nodeId, reason);
+    };
+    let state;
+    try {
+      state = await loadControlFile(dir);
+    } catch (error) {
+      if (error instanceof SafekeeperError) return broken(`control file: ${error.message}`);
+      throw error;
+    }
+    if (state.tenantId !== tenantId || state.timelineId !== timelineId) {
+      return broken(`control file names ${ttid(state.tenantId, state.timelineId)}, not its directory`);
+    }
+    const files = { dir, segmentSizeBytes: state.server.walSegSizeBytes, noSync };
+    let endLsn = 0n;
+    if (state.commitLsn !== 0n) {
+      const scan = await pool.scan({ kind: 'scan', startLsn: state.commitLsn, pgVersion: state.server.pgVersion, ...files });
+      if (!scan.ok) return broken(`WAL scan: ${scan.detail}`);
+      if (scan.endLsn < state.commitLsn) return broken(`WAL ends before commit_lsn (${scan.detail})`);
+      endLsn = scan.endLsn;
+    }
+    const control = new ControlStore(dir, state, noSync);
+    const key = ttid(tenantId, timelineId);
+    const onBatch = this.options.onBatch;
+    const wal = new TimelineWal(
+      {
+        ...files,
+        pgVersion: state.server.pgVersion,
+        ringSizeBytes,
+        pool,
+        state: stateBlock,
+        ...(onBatch !== undefined ? { onBatch: (bytes: number, result: WriteResult) => onBatch(key, bytes, result) } : {}),
+      },
+      endLsn,
+    );
+    stateBlock.setMany({ commitLsn: state.commitLsn, term: state.acceptorState.term, localStartLsn: state.localStartLsn, backupLsn: state.backupLsn });
+    return new Timeline(tenantId, timelineId, dir, cancel, stateBlock, control, wal, nodeId, null);
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await (await open(path, 'r')).close();
+    return true;
+  } catch (error) {
+    if ((error as { code?: string }).code === 'ENOENT') return false;
+    throw error;
+  }
+}
+
+export async function fsyncDir(path: string, noSync: boolean): Promise<void> {
+  if (noSync) return;
+  const handle = await open(path, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

@@ -1,0 +1,92 @@
+/**
+ * Timeline: one WAL stream on this node. It owns the pieces that must change together: the persisted
+ * state (ControlStore), the WAL pipeline (TimelineWal), the acceptor rules over both, the state block the
+ * coordinator watches, and the cancellation token + Gate under which all of its tasks run.
+ *
+ * Lifecycle: `active` or `broken` (with a reason; nothing is written, status is still served). Shutdown and
+ * delete cancel the token, then wait for the gate, and only then touch files. Main thread.
+ */
+import { Acceptor } from '../acceptor/acceptor.js';
+import type { AcceptorWalStore } from '../acceptor/acceptor.js';
+import { ttid, type TenantId, type TimelineId } from '../acceptor/state.js';
+import { TimelineBrokenError } from '../errors.js';
+import type { StateBlock } from '../ingest/state_block.js';
+import type { TimelineWal } from '../ingest/timeline_wal.js';
+import type { CancelToken } from '../sync/cancel.js';
+import { Gate } from '../sync/gate.js';
+import { Mutex } from '../sync/mutex.js';
+import type { Lsn } from '../wal/lsn.js';
+import type { ControlStore } from './control_store.js';
+
+export type TimelineStatus = 'active' | 'broken';
+
+export class Timeline {
+  readonly ttid: string;
+  readonly gate: Gate;
+  /** Serialises acceptor operations that wait (vote, election, slow appends) across connections. */
+  readonly acceptorLock = new Mutex();
+  readonly acceptor: Acceptor | null;
+
+  constructor(
+    readonly tenantId: TenantId,
+    readonly timelineId: TimelineId,
+    readonly dir: string,
+    readonly cancel: CancelToken,
+    readonly state: StateBlock,
+    readonly control: ControlStore | null,
+    readonly wal: TimelineWal | null,
+    nodeId: bigint,
+    readonly brokenReason: string | null,
+  ) {
+    this.ttid = ttid(tenantId, timelineId);
+    this.gate = new Gate(`timeline ${this.ttid}`);
+    this.acceptor = control !== null && wal !== null ? new Acceptor(nodeId, control, walStoreOf(wal, control)) : null;
+  }
+
+  get status(): TimelineStatus {
+    return this.brokenReason === null ? 'active' : 'broken';
+  }
+
+  /** The acceptor, or a TimelineBrokenError naming why there is none. */
+  activeAcceptor(): Acceptor {
+    if (this.acceptor === null) throw new TimelineBrokenError(`timeline ${this.ttid} is broken: ${this.brokenReason ?? 'unknown'}`);
+    return this.acceptor;
+  }
+
+  /** Runs `work` inside the gate with a child cancellation token. Throws ShutdownError once closing. */
+  async runTask<T>(name: string, work: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    const leave = this.gate.enter(name);
+    const cancel = this.cancel.child();
+    try {
+      return await work(cancel.signal);
+    } finally {
+      cancel.release();
+      leave();
+    }
+  }
+
+  /** Cancels every task of the timeline and waits until they have left. */
+  async shutdown(reason: unknown): Promise<void> {
+    this.cancel.cancel(reason);
+    await this.gate.close();
+  }
+}
+
+/** Adapts the WAL pipeline to the acceptor's storage interface. */
+function walStoreOf(wal: TimelineWal, control: ControlStore): AcceptorWalStore {
+  return {
+    get writeLsn(): Lsn {
+      return wal.writeLsn;
+    },
+    get flushLsn(): Lsn {
+      return wal.flushLsn;
+    },
+    get truncationPending(): boolean {
+      return wal.truncationPending;
+    },
+    append: (beginLsn, bytes, signal) => wal.append(beginLsn, bytes, signal),
+    flush: (signal) => wal.flushAll(signal),
+    truncate: (lsn, signal) => wal.truncate(lsn, signal),
+    initializeFirstSegment: (lsn, signal) => wal.initializeFirstSegment(lsn, control.state.server.systemId, signal),
+  };
+}
