@@ -84,6 +84,7 @@ function walStoreOf(wal: TimelineWal, control: ControlStore): AcceptorWalStore {
     get truncationPending(): boolean {
       return wal.truncationPending;
     },
+    tryAppend: (beginLsn, bytes) => wal.tryAppend(beginLsn, bytes),
     append: (beginLsn, bytes, signal) => wal.append(beginLsn, bytes, signal),
     flush: (signal) => wal.flushAll(signal),
     truncate: (lsn, signal) => wal.truncate(lsn, signal),

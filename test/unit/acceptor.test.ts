@@ -1,0 +1,367 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { Acceptor } from '../../src/acceptor/acceptor.js';
+import { MemoryControlStore, MemoryWalStore } from '../../src/acceptor/memory_storage.js';
+import type { AppendRequest, ProposerElected, ProposerGreeting } from '../../src/acceptor/messages.js';
+import { type MembershipConfiguration, type TermHistory, type TimelinePersistentState, newTimelineState, parseTenantId, parseTimelineId } from '../../src/acceptor/state.js';
+import { AcceptorRefusedError, ProtocolViolationError } from '../../src/errors.js';
+
+const TENANT = parseTenantId('cf0480929707ee75372337efaa5ecf96');
+const TIMELINE = parseTimelineId('112ded66422aa5e953e5440fa5427ac4');
+const SEGMENT_BYTES = 16 << 20;
+const NODE_ID = 1n;
+const signal = new AbortController().signal;
+const refused = (pattern: RegExp) => (error: unknown): boolean => error instanceof AcceptorRefusedError && error.code === 'SK_ACCEPTOR_REFUSED' && pattern.test(error.message);
+const history = (...entries: [number, number][]): TermHistory => entries.map(([term, lsn]) => ({ term: BigInt(term), lsn: BigInt(lsn) }));
+
+function freshState(change: (state: TimelinePersistentState) => void = () => {}): TimelinePersistentState {
+  const state = newTimelineState({ tenantId: TENANT, timelineId: TIMELINE, server: { pgVersion: 170004, systemId: 0n, walSegSizeBytes: SEGMENT_BYTES }, startLsn: 0n, commitLsn: 0n, nowMs: 0 });
+  change(state);
+  return state;
+}
+
+function setup(state = freshState(), wal = new MemoryWalStore()): { acceptor: Acceptor; control: MemoryControlStore; wal: MemoryWalStore } {
+  const control = new MemoryControlStore(state);
+  return { acceptor: new Acceptor(NODE_ID, control, wal), control, wal };
+}
+
+const greeting = (change: Partial<ProposerGreeting> = {}): ProposerGreeting => ({
+  tag: 'greeting',
+  tenantId: TENANT,
+  timelineId: TIMELINE,
+  mconf: { generation: 0, members: [], newMembers: null },
+  pgVersion: 170002,
+  systemId: 0n,
+  walSegSizeBytes: SEGMENT_BYTES,
+  ...change,
+});
+const elected = (term: number, startLsn: number, termHistory: TermHistory, generation = 0): ProposerElected => ({ tag: 'elected', generation, term: BigInt(term), startStreamingAtLsn: BigInt(startLsn), termHistory });
+const append = (term: number, beginLsn: number, endLsn: number, change: Partial<AppendRequest> = {}): AppendRequest => ({
+  tag: 'append',
+  generation: 0,
+  term: BigInt(term),
+  beginLsn: BigInt(beginLsn),
+  endLsn: BigInt(endLsn),
+  commitLsn: 0n,
+  truncateLsn: 0n,
+  wal: new Uint8Array(endLsn - beginLsn).fill(0xab),
+  ...change,
+});
+const MEMBERS_WITH_ME: MembershipConfiguration = { generation: 3, members: [{ id: NODE_ID, host: 'me', pgPort: 5454 }, { id: 2n, host: 'b', pgPort: 5454 }], newMembers: null };
+
+/** Votes and elects `term` with a single-entry history starting at `startLsn` on a fresh timeline. */
+async function elect(acceptor: Acceptor, term: number, startLsn: number): Promise<void> {
+  await acceptor.handle({ tag: 'vote', generation: 0, term: BigInt(term) }, signal);
+  assert.equal(await acceptor.handle(elected(term, startLsn, history([term, startLsn])), signal), null);
+}
+
+describe('ProposerGreeting', () => {
+  test('replies with node id, configuration and term without persisting', async () => {
+    const { acceptor, control } = setup(freshState((state) => void (state.acceptorState.term = 4n)));
+    const reply = await acceptor.handle(greeting(), signal);
+    assert.deepEqual(reply, { tag: 'greeting', nodeId: NODE_ID, mconf: { generation: 0, members: [], newMembers: null }, term: 4n });
+    assert.equal(control.persistCount, 0);
+  });
+
+  test('refuses another major version, pg_version 0, other ids and another segment size', async () => {
+    const { acceptor } = setup();
+    await assert.rejects(acceptor.handle(greeting({ pgVersion: 160003 }), signal), refused(/incompatible server version 160003/));
+    await assert.rejects(acceptor.handle(greeting({ pgVersion: 0 }), signal), refused(/incompatible server version 0/));
+    await assert.rejects(acceptor.handle(greeting({ tenantId: parseTenantId('00000000000000000000000000000001') }), signal), refused(/invalid tenant ID/));
+    await assert.rejects(acceptor.handle(greeting({ timelineId: parseTimelineId('00000000000000000000000000000001') }), signal), refused(/invalid timeline ID/));
+    await assert.rejects(acceptor.handle(greeting({ walSegSizeBytes: 1 << 20 }), signal), refused(/invalid wal_seg_size/));
+  });
+
+  test('persists a new system id (and pg_version) before replying; 0 is ignored', async () => {
+    const { acceptor, control } = setup();
+    await acceptor.handle(greeting({ systemId: 0n }), signal);
+    assert.equal(control.persistCount, 0);
+    await acceptor.handle(greeting({ systemId: 77n, pgVersion: 170009 }), signal);
+    assert.equal(control.persistCount, 1);
+    assert.equal(control.state.server.systemId, 77n);
+    assert.equal(control.state.server.pgVersion, 170009);
+  });
+
+  test('switches into a higher generation it belongs to and persists it; ignores lower ones', async () => {
+    const { acceptor, control } = setup();
+    const reply = await acceptor.handle(greeting({ mconf: MEMBERS_WITH_ME }), signal);
+    assert.equal(control.state.mconf.generation, 3);
+    assert.deepEqual(reply?.tag === 'greeting' && reply.mconf, MEMBERS_WITH_ME);
+    await acceptor.handle(greeting({ mconf: { ...MEMBERS_WITH_ME, generation: 2 } }), signal);
+    assert.equal(control.state.mconf.generation, 3);
+    assert.equal(control.persistCount, 1);
+  });
+
+  test('refuses to switch into a configuration that does not include it (members or new members)', async () => {
+    const { acceptor, control } = setup();
+    const stranger = { generation: 5, members: [{ id: 9n, host: 'x', pgPort: 1 }], newMembers: null };
+    await assert.rejects(acceptor.handle(greeting({ mconf: stranger }), signal), refused(/refused to switch into generation 5/));
+    assert.equal(control.persistCount, 0);
+    await acceptor.handle(greeting({ mconf: { ...stranger, newMembers: [{ id: NODE_ID, host: 'me', pgPort: 1 }] } }), signal);
+    assert.equal(control.state.mconf.generation, 5);
+  });
+});
+
+describe('VoteRequest', () => {
+  test('refuses a generation mismatch (Neon test_voting)', async () => {
+    const { acceptor } = setup();
+    await assert.rejects(acceptor.handle({ tag: 'vote', generation: 42, term: 1n }, signal), refused(/generation mismatch/));
+  });
+
+  test('persists the new term before the VoteResponse exists', async () => {
+    const { acceptor, control } = setup();
+    const events: string[] = [];
+    control.beforePersist = async (next) => {
+      events.push(`persist start term=${next.acceptorState.term}`);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      events.push('persist done');
+    };
+    const reply = await acceptor.handle({ tag: 'vote', generation: 0, term: 1n }, signal).then((value) => (events.push('reply'), value));
+    assert.deepEqual(events, ['persist start term=1', 'persist done', 'reply']);
+    assert.deepEqual(reply, { tag: 'vote', generation: 0, term: 1n, voteGiven: true, flushLsn: 0n, truncateLsn: 0n, termHistory: [] });
+    assert.equal(control.state.acceptorState.term, 1n);
+  });
+
+  test('a failed persist means no vote', async () => {
+    const { acceptor, control } = setup();
+    control.beforePersist = async () => {
+      throw new Error('fsync failed');
+    };
+    await assert.rejects(acceptor.handle({ tag: 'vote', generation: 0, term: 1n }, signal), /fsync failed/);
+    assert.equal(acceptor.term, 0n);
+  });
+
+  test('refuses equal and lower terms with the current term, also after a restart', async () => {
+    const { acceptor, control, wal } = setup();
+    await acceptor.handle({ tag: 'vote', generation: 0, term: 5n }, signal);
+    const restarted = new Acceptor(NODE_ID, new MemoryControlStore(control.state), wal);
+    for (const term of [5n, 4n]) {
+      const reply = await restarted.handle({ tag: 'vote', generation: 0, term }, signal);
+      assert(reply?.tag === 'vote');
+      assert.equal(reply.voteGiven, false);
+      assert.equal(reply.term, 5n);
+    }
+  });
+
+  test('flushes WAL first and reports history cut at flush_lsn and the in-memory peer horizon', async () => {
+    const { acceptor, wal } = setup();
+    await elect(acceptor, 1, 100);
+    await acceptor.handle(append(1, 100, 150, { truncateLsn: 90n }), signal);
+    assert.equal(wal.flushLsn, 100n);
+    const reply = await acceptor.handle({ tag: 'vote', generation: 0, term: 2n }, signal);
+    assert(reply?.tag === 'vote');
+    assert.equal(reply.flushLsn, 150n);
+    assert.equal(wal.flushLsn, 150n);
+    assert.equal(reply.truncateLsn, 100n, 'max(peer horizon initialised to timeline start, 90)');
+    assert.deepEqual(reply.termHistory, history([1, 100]));
+  });
+});
+
+describe('ProposerElected', () => {
+  test('first election of a compute-created timeline initialises the segment and the start LSNs', async () => {
+    const { acceptor, control, wal } = setup();
+    await elect(acceptor, 1, 0x1000028);
+    assert.deepEqual(wal.initializedAtLsns, [0x1000028n]);
+    assert.deepEqual(wal.truncatedAtLsns, [0x1000028n]);
+    const state = control.state;
+    assert.deepEqual([state.timelineStartLsn, state.localStartLsn, state.commitLsn, state.backupLsn, state.peerHorizonLsn, state.remoteConsistentLsn], Array(6).fill(0x1000028n));
+    assert.deepEqual(state.acceptorState.termHistory, history([1, 0x1000028]));
+    assert.equal(acceptor.termStartLsn, 0x1000028n);
+    assert.equal(acceptor.flushLsn, 0x1000028n);
+  });
+
+  test('refuses a generation mismatch; a higher term is persisted; a lower term is ignored', async () => {
+    const { acceptor, control } = setup();
+    await assert.rejects(acceptor.handle(elected(2, 1, history([1, 1], [2, 3]), 42), signal), refused(/generation mismatch/));
+    await acceptor.handle(elected(2, 1, history([1, 1], [2, 3])), signal);
+    assert.equal(control.state.acceptorState.term, 2n);
+    const persists = control.persistCount;
+    assert.equal(await acceptor.handle(elected(1, 1, history([1, 1])), signal), null);
+    assert.equal(control.persistCount, persists);
+    assert.deepEqual(control.state.acceptorState.termHistory, history([1, 1], [2, 3]));
+  });
+
+  test('truncates a divergent uncommitted tail at the highest common point (test_wal_truncation)', async () => {
+    const wal = new MemoryWalStore({ startLsn: 10n });
+    const { acceptor, control } = setup(freshState((state) => Object.assign(state, { timelineStartLsn: 10n, localStartLsn: 10n, commitLsn: 25n, acceptorState: { term: 3n, termHistory: history([1, 10], [2, 20], [3, 30]) } })), wal);
+    await wal.append(10n, new Uint8Array(30).fill(7), signal);
+    await wal.flush(signal);
+    // Neon test_find_highest_common_point_middle: the common term 2 ends at 30 locally.
+    await assert.rejects(acceptor.handle(elected(4, 40, history([1, 10], [2, 20], [4, 40])), signal), refused(/unexpected truncation point/));
+    await acceptor.handle(elected(4, 30, history([1, 10], [2, 20], [4, 40])), signal);
+    assert.equal(wal.writeLsn, 30n);
+    assert.equal(wal.flushLsn, 30n);
+    assert.deepEqual(wal.initializedAtLsns, [], 'not a fresh timeline');
+    assert.deepEqual(control.state.acceptorState.termHistory, history([1, 10], [2, 20], [4, 40]));
+    assert.equal(acceptor.lastLogTerm, 2n);
+    assert.equal(acceptor.termStartLsn, 40n);
+  });
+
+  test('streams from the proposer first entry when there is no common point', async () => {
+    const wal = new MemoryWalStore({ startLsn: 1n });
+    const { acceptor } = setup(freshState((state) => Object.assign(state, { timelineStartLsn: 1n, commitLsn: 1n, acceptorState: { term: 2n, termHistory: history([1, 1], [2, 2]) } })), wal);
+    await wal.append(1n, new Uint8Array(2), signal);
+    await wal.flush(signal);
+    await acceptor.handle(elected(3, 1, history([0, 1], [3, 3])), signal);
+    assert.equal(wal.writeLsn, 1n);
+  });
+
+  test('refuses to truncate below the in-memory commit_lsn (Quirk fix: Neon panics)', async () => {
+    const { acceptor } = setup();
+    await elect(acceptor, 1, 100);
+    await acceptor.handle(append(1, 100, 200, { commitLsn: 200n }), signal);
+    await acceptor.flushAndRespond(signal);
+    assert.equal(acceptor.commitLsn, 200n);
+    // A history that claims term 1 ended at 150 while our term 1 WAL runs to 200 and is committed.
+    await acceptor.handle({ tag: 'vote', generation: 0, term: 2n }, signal);
+    await assert.rejects(acceptor.handle(elected(2, 150, history([1, 100], [2, 150])), signal), refused(/would truncate committed WAL/));
+  });
+
+  test('refuses empty and non-ascending proposer histories', async () => {
+    const { acceptor } = setup();
+    await assert.rejects(acceptor.handle(elected(1, 0, []), signal), ProtocolViolationError);
+    await assert.rejects(acceptor.handle(elected(3, 1, history([3, 1], [2, 5])), signal), /terms not ascending/);
+  });
+
+  test('last_log_term switches only when flush reaches the term start (Neon test_last_log_term_switch)', async () => {
+    const { acceptor } = setup();
+    await acceptor.handle(elected(2, 1, history([1, 1], [2, 3])), signal);
+    await acceptor.handle(append(2, 1, 2), signal);
+    await acceptor.flushAndRespond(signal);
+    assert.equal(acceptor.lastLogTerm, 1n);
+    await acceptor.handle(append(2, 2, 3), signal);
+    await acceptor.flushAndRespond(signal);
+    assert.equal(acceptor.lastLogTerm, 2n);
+  });
+});
+
+describe('AppendRequest', () => {
+  test('refuses gaps, rewrites and generation mismatches (Neon test_non_consecutive_write)', async () => {
+    const { acceptor } = setup();
+    await acceptor.handle(elected(1, 1, history([1, 1])), signal);
+    await assert.rejects(acceptor.handle(append(1, 1, 2, { generation: 42 }), signal), refused(/generation mismatch/));
+    await acceptor.handle(append(1, 1, 2), signal);
+    await assert.rejects(acceptor.handle(append(1, 4, 5), signal), refused(/creates gap/));
+    await assert.rejects(acceptor.handle(append(1, 1, 2), signal), refused(/rewrites WAL/));
+  });
+
+  test('a higher term than ours means ProposerElected was skipped', async () => {
+    const { acceptor } = setup();
+    await elect(acceptor, 1, 1);
+    await assert.rejects(acceptor.handle(append(2, 1, 2), signal), refused(/got AppendRequest before ProposerElected/));
+  });
+
+  test('a lower term gets a term-only refusal at once (test_concurrent_computes)', async () => {
+    const { acceptor, wal } = setup();
+    await elect(acceptor, 3, 1);
+    const reply = await acceptor.handle(append(2, 1, 2, { commitLsn: 2n }), signal);
+    assert.deepEqual(reply, { tag: 'append', generation: 0, term: 3n, flushLsn: 0n, commitLsn: 0n, hsFeedback: { timestampUs: 0n, xmin: 0n, catalogXmin: 0n }, pageserverFeedback: null });
+    assert.equal(wal.writeLsn, 1n);
+  });
+
+  test('commit_lsn is capped by the durable flush_lsn and catches up when the flush lands', async () => {
+    const { acceptor } = setup();
+    await elect(acceptor, 1, 100);
+    assert.equal(await acceptor.handle(append(1, 100, 300, { commitLsn: 250n, truncateLsn: 120n }), signal), null);
+    assert.equal(acceptor.commitLsn, 100n, 'nothing new is durable yet');
+    assert.equal(acceptor.appendResponse().commitLsn, 100n);
+    const reply = await acceptor.flushAndRespond(signal);
+    assert.equal(reply.flushLsn, 300n);
+    assert.equal(reply.commitLsn, 250n);
+    assert.equal(acceptor.peerHorizonLsn, 120n);
+    await acceptor.handle(append(1, 300, 300, { commitLsn: 200n, truncateLsn: 110n }), signal);
+    assert.equal(acceptor.commitLsn, 250n, 'commit never goes back');
+    assert.equal(acceptor.peerHorizonLsn, 120n, 'peer horizon never goes back');
+  });
+
+  test('persists the control file before commit_lsn visibly crosses term_start_lsn', async () => {
+    const { acceptor, control } = setup();
+    await elect(acceptor, 1, 100);
+    await acceptor.handle(append(1, 100, 200), signal);
+    await acceptor.flushAndRespond(signal);
+    await acceptor.handle({ tag: 'vote', generation: 0, term: 2n }, signal);
+    await acceptor.handle(elected(2, 200, history([1, 100], [2, 200])), signal);
+    await acceptor.handle(append(2, 200, 260, { commitLsn: 150n }), signal);
+    assert.equal(acceptor.commitLsn, 150n, 'below term start: in memory only');
+    assert.equal(control.state.commitLsn, 100n);
+
+    let seenDuringPersist: bigint | null = null;
+    control.beforePersist = async (next) => {
+      seenDuringPersist = acceptor.appendResponse().commitLsn;
+      assert.equal(next.commitLsn, 200n, 'capped by the durable flush_lsn, which is exactly term start');
+    };
+    await acceptor.handle(append(2, 260, 300, { commitLsn: 280n }), signal);
+    assert.equal(seenDuringPersist, 150n, 'no reply shows the crossing commit before it is durable');
+    assert.equal(control.state.commitLsn, 200n);
+    assert.equal(acceptor.appendResponse().commitLsn, 200n);
+
+    const persists = control.persistCount;
+    assert.equal(await acceptor.onFlushAdvanced(signal), false, 'flush has not moved yet');
+    const reply = await acceptor.flushAndRespond(signal);
+    assert.equal(reply.commitLsn, 280n, 'the held candidate applies once the WAL is durable');
+    assert.equal(control.persistCount, persists, 'already past term start: no further persist');
+  });
+
+  test('AppendResponse reports the in-memory commit_lsn (Quirk fix) and the hot standby feedback provider', async () => {
+    const control = new MemoryControlStore(freshState());
+    const acceptor = new Acceptor(NODE_ID, control, new MemoryWalStore(), { hotStandbyFeedback: () => ({ timestampUs: 5n, xmin: 6n, catalogXmin: 7n }) });
+    await elect(acceptor, 1, 100);
+    await acceptor.handle(append(1, 100, 200, { commitLsn: 200n }), signal);
+    const reply = await acceptor.flushAndRespond(signal);
+    assert.deepEqual(reply, { tag: 'append', generation: 0, term: 1n, flushLsn: 200n, commitLsn: 200n, hsFeedback: { timestampUs: 5n, xmin: 6n, catalogXmin: 7n }, pageserverFeedback: null });
+  });
+
+  test('after a restart appends are refused until a ProposerElected truncates', async () => {
+    const { acceptor, control, wal } = setup();
+    await elect(acceptor, 1, 100);
+    await acceptor.handle(append(1, 100, 200), signal);
+    await acceptor.flushAndRespond(signal);
+    await acceptor.handle(append(1, 200, 250), signal); // not flushed: lost in the crash
+    wal.restart();
+    const restarted = new Acceptor(NODE_ID, new MemoryControlStore(control.state), wal);
+    assert.equal(restarted.termStartLsn, 0n);
+    assert.equal(restarted.flushLsn, 200n);
+    await assert.rejects(restarted.handle(append(1, 200, 210), signal), refused(/truncation pending/));
+    await restarted.handle(elected(1, 200, history([1, 100])), signal);
+    assert.equal(wal.truncationPending, false);
+    await restarted.handle(append(1, 200, 210), signal);
+    assert.equal((await restarted.flushAndRespond(signal)).flushLsn, 210n);
+    assert.deepEqual(wal.read(100n, 210n), new Uint8Array(110).fill(0xab));
+  });
+
+  test('heartbeats write nothing but still carry commit and horizon', async () => {
+    const { acceptor, wal } = setup();
+    await elect(acceptor, 1, 100);
+    await acceptor.handle(append(1, 100, 100, { truncateLsn: 100n }), signal);
+    assert.equal(wal.writeLsn, 100n);
+    assert.equal(acceptor.peerHorizonLsn, 100n);
+  });
+});
+
+describe('term and configuration changes from the HTTP API', () => {
+  test('termBump raises to at least `to`, or by one; never lowers', async () => {
+    const { acceptor } = setup();
+    assert.deepEqual(await acceptor.termBump(5n, signal), { previousTerm: 0n, currentTerm: 5n });
+    assert.deepEqual(await acceptor.termBump(null, signal), { previousTerm: 5n, currentTerm: 6n });
+    assert.deepEqual(await acceptor.termBump(2n, signal), { previousTerm: 6n, currentTerm: 6n });
+  });
+
+  test('membershipSwitch adopts only higher generations', async () => {
+    const { acceptor, control } = setup();
+    await acceptor.membershipSwitch(MEMBERS_WITH_ME, signal);
+    await acceptor.membershipSwitch({ ...MEMBERS_WITH_ME, generation: 1 }, signal);
+    assert.equal(control.state.mconf.generation, 3);
+  });
+
+  test('persistInMemory writes the in-memory LSNs only when they changed', async () => {
+    const { acceptor, control } = setup();
+    await elect(acceptor, 1, 100);
+    const persists = control.persistCount;
+    assert.equal(await acceptor.persistInMemory(signal), false);
+    acceptor.updateInMemory({ remoteConsistentLsn: 150n, backupLsn: 50n });
+    assert.equal(await acceptor.persistInMemory(signal), true);
+    assert.equal(control.persistCount, persists + 1);
+    assert.equal(control.state.remoteConsistentLsn, 150n);
+    assert.equal(control.state.backupLsn, 100n, 'max-merged, never lowered');
+  });
+});
