@@ -29,7 +29,16 @@ export class WalCorruptionError extends SafekeeperError {
   readonly code = 'SK_WAL_CORRUPTION';
   readonly sqlState = 'XX001'; // data_corrupted
   constructor(
-    readonly kind: 'bad_page_magic' | 'bad_page_address' | 'bad_record_length' | 'crc_mismatch' | 'unexpected_contrecord' | 'missing_contrecord' | 'bad_page_header',
+    readonly kind:
+      | 'bad_page_magic'
+      | 'bad_page_address'
+      | 'bad_page_header'
+      | 'bad_record_length'
+      | 'bad_record_prev'
+      | 'crc_mismatch'
+      | 'unexpected_contrecord'
+      | 'missing_contrecord'
+      | 'bad_contrecord_length',
     readonly lsn: Lsn,
     detail: string,
   ) {

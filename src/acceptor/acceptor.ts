@@ -193,6 +193,17 @@ export class Acceptor {
     return this.#advanceCommit(0n, signal);
   }
 
+  /**
+   * `onFlushAdvanced` without waiting: applies the held commit candidate in memory and returns true, or
+   * returns false (nothing changed) when that needs a control-file persist; then call `onFlushAdvanced`.
+   */
+  onFlushAdvancedSync(): boolean {
+    if (this.#commitNeedsPersist(this.#commitCandidateLsn)) return false;
+    const commitLsn = this.#commitTarget(this.#commitCandidateLsn);
+    if (commitLsn > this.#inMemory.commitLsn) this.#inMemory.commitLsn = commitLsn;
+    return true;
+  }
+
   /** Flush, apply commit, and form the reply: Neon's FlushWAL. */
   async flushAndRespond(signal: AbortSignal): Promise<AppendResponse> {
     await this.#wal.flush(signal);

@@ -1,0 +1,200 @@
+/**
+ * WalReceiver: one START_WAL_PUSH connection. It speaks the proposer↔acceptor protocol inside CopyData
+ * (greeting, vote, elected, append) and drives the timeline's acceptor.
+ *
+ * Hot path: an AppendRequest arriving while nothing else is queued is handled synchronously from the
+ * socket's 'data' callback: header decoded in place, WAL copied once into the timeline's ring
+ * (`Acceptor.appendSync`). Everything else (greeting, vote, elected, an append that must wait for ring
+ * space or for a control-file persist) is copied and handled asynchronously under the timeline's acceptor
+ * lock, with reading paused until it is done, so messages are always processed in order and the queue
+ * never holds more than one message.
+ *
+ * Replies: one per greeting and vote; AppendResponses are group-commit acknowledgements, sent when a write
+ * task makes flush_lsn advance, or right away for an append that leaves nothing to write (a heartbeat
+ * when idle). A write failure (corrupt WAL, disk error) ends the connection with its ErrorResponse.
+ * Main thread. Abort: the connection's close or the timeline's cancellation end every wait here.
+ */
+import type { Acceptor } from '../acceptor/acceptor.js';
+import { decodeAppendRequestHeader, TAG_APPEND, type AcceptorMessage, type ProposerMessage, type ProtocolVersion } from '../acceptor/messages.js';
+import { decodeProposerMessage, encodeAcceptorMessage } from '../acceptor/messages_codec.js';
+import { parseTenantId, parseTimelineId, type TenantId, type TimelineId } from '../acceptor/state.js';
+import { ProtocolViolationError, TimelineBrokenError } from '../errors.js';
+import type { CopyBothSink, PgConnection } from '../pg/connection.js';
+import { assert } from '../sync/assert.js';
+import { CancelToken } from '../sync/cancel.js';
+import type { Timeline } from '../timeline/timeline.js';
+import type { TimelineRegistry } from '../timeline/registry.js';
+
+export interface WalReceiverDeps {
+  registry: TimelineRegistry;
+  log: { info(fields: object, message: string): void; warn(fields: object, message: string): void; debug(fields: object, message: string): void };
+}
+
+export interface WalPushOptions {
+  protoVersion: ProtocolVersion;
+  allowTimelineCreation: boolean;
+}
+
+/** Runs a START_WAL_PUSH stream on `conn` until it ends. */
+export async function serveWalPush(conn: PgConnection, options: WalPushOptions, ids: { tenantId: TenantId; timelineId: TimelineId }, deps: WalReceiverDeps): Promise<void> {
+  const receiver = new WalReceiver(conn, options, ids, deps);
+  conn.startCopyBoth(receiver);
+  await receiver.finished;
+}
+
+class WalReceiver implements CopyBothSink {
+  readonly finished: Promise<void>;
+  readonly #cancel = new CancelToken();
+  #finish!: () => void;
+  #timeline: Timeline | null = null;
+  #acceptor: Acceptor | null = null;
+  /** A copied message waiting for async handling; reading is paused while it is set. */
+  #queued: Uint8Array | null = null;
+  #busy = false;
+  #immediateReplyScheduled = false;
+  /** An append arrived since the last AppendResponse: the next finished write task answers it. */
+  #replyOwed = false;
+  #proposerRegistered = false;
+
+  constructor(
+    private readonly conn: PgConnection,
+    private readonly options: WalPushOptions,
+    private readonly ids: { tenantId: TenantId; timelineId: TimelineId },
+    private readonly deps: WalReceiverDeps,
+  ) {
+    this.finished = new Promise((resolve) => (this.#finish = resolve));
+  }
+
+  onCopyData(payload: Uint8Array): void {
+    const acceptor = this.#acceptor;
+    if (acceptor !== null && !this.#busy && payload.length > 0 && this.#tagOf(payload) === TAG_APPEND && !this.#timeline!.acceptorLock.locked) {
+      const message = decodeAppendRequestHeader(payload, this.options.protoVersion);
+      const reply = acceptor.appendSync(message);
+      if (reply === null) return this.#afterAppend();
+      if (reply !== 'slow') return void this.#send(reply);
+    }
+    assert(this.#queued === null, 'at most one message waits: reading pauses while it does');
+    this.#queued = payload.slice();
+    this.conn.pauseReading();
+    if (!this.#busy) void this.#drain();
+  }
+
+  onCopyDone(): void {
+    this.conn.sendCopyDone();
+    this.conn.close();
+  }
+
+  onCopyFail(message: string): void {
+    this.deps.log.info({ conn_id: this.conn.id, message }, 'proposer sent CopyFail');
+    this.conn.close();
+  }
+
+  onClose(): void {
+    this.#cancel.cancel();
+    if (this.#proposerRegistered) this.#timeline?.state.add('proposerCount', -1n);
+    this.#finish();
+  }
+
+  #tagOf(payload: Uint8Array): number {
+    // v2 tags are little-endian u64s: the tag is the low (first) byte either way.
+    return payload[0]!;
+  }
+
+  async #drain(): Promise<void> {
+    this.#busy = true;
+    try {
+      for (let payload = this.#queued; payload !== null; payload = this.#queued) {
+        this.#queued = null;
+        await this.#handle(decodeProposerMessage(payload, this.options.protoVersion));
+        if (this.#queued === null) this.conn.resumeReading();
+      }
+    } catch (error) {
+      this.conn.endWithError(error);
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  async #handle(message: ProposerMessage): Promise<void> {
+    const signal = this.#cancel.signal;
+    if (this.#acceptor === null) return this.#greet(message);
+    const timeline = this.#timeline!;
+    const acceptor = this.#acceptor;
+    const reply = await timeline.acceptorLock.run(signal, () => acceptor.handle(message, signal));
+    if (reply !== null) this.#send(reply);
+    else if (message.tag === 'append') this.#afterAppend();
+  }
+
+  /** The first message: find or create the timeline, then answer the greeting. */
+  async #greet(message: ProposerMessage): Promise<void> {
+    if (message.tag !== 'greeting') throw new ProtocolViolationError(message.tag, `unexpected ${message.tag} message instead of greeting`);
+    if (parseTenantId(message.tenantId) !== this.ids.tenantId || parseTimelineId(message.timelineId) !== this.ids.timelineId) {
+      throw new ProtocolViolationError('greeting', 'tenant_id/timeline_id differ from the connection options');
+    }
+    const { registry } = this.deps;
+    let timeline = registry.get(this.ids.tenantId, this.ids.timelineId);
+    if (timeline === undefined) {
+      if (!this.options.allowTimelineCreation) {
+        // As in Neon: the stream ends silently when the timeline is missing and creation is not allowed.
+        this.conn.close();
+        return;
+      }
+      timeline = await registry.create({
+        ...this.ids,
+        server: { pgVersion: message.pgVersion, systemId: message.systemId, walSegSizeBytes: message.walSegSizeBytes },
+        startLsn: 0n,
+        commitLsn: 0n,
+      });
+    }
+    const acceptor = timeline.activeAcceptor();
+    if (timeline.cancel.cancelled) throw new TimelineBrokenError(`timeline ${timeline.ttid} is shutting down`);
+    const signal = this.#cancel.signal;
+    const reply = await timeline.acceptorLock.run(signal, () => acceptor.handle(message, signal));
+    assert(reply !== null, 'a greeting is answered');
+    this.#timeline = timeline;
+    this.#acceptor = acceptor;
+    timeline.state.add('proposerCount', 1n);
+    this.#proposerRegistered = true;
+    this.#send(reply);
+    void this.#replyLoop(timeline, acceptor);
+  }
+
+  /** Sends an AppendResponse each time a write task finishes and flush_lsn moved; ends on a write failure. */
+  async #replyLoop(timeline: Timeline, acceptor: Acceptor): Promise<void> {
+    const wal = timeline.wal!;
+    const signal = this.#cancel.signal;
+    let sentFlushLsn = -1n;
+    try {
+      for (let seen = wal.progress.version; ; seen = wal.progress.version) {
+        await wal.progress.changed(seen, signal);
+        const failure = wal.failure.value;
+        if (failure !== null) return this.conn.endWithError(failure);
+        if (wal.flushLsn === sentFlushLsn && !this.#replyOwed) continue;
+        if (!acceptor.onFlushAdvancedSync()) await timeline.acceptorLock.run(signal, () => acceptor.onFlushAdvanced(signal));
+        sentFlushLsn = wal.flushLsn;
+        this.#send(acceptor.appendResponse());
+        this.#replyOwed = false;
+      }
+    } catch (error) {
+      if (!signal.aborted) this.conn.endWithError(error);
+    }
+  }
+
+  /** An append left nothing to write (a heartbeat, or WAL already durable): reply once this read is done. */
+  #afterAppend(): void {
+    const wal = this.#timeline!.wal!;
+    this.#replyOwed = true;
+    if (wal.syncedLsn !== wal.writeLsn || this.#immediateReplyScheduled) return;
+    this.#immediateReplyScheduled = true;
+    queueMicrotask(() => {
+      this.#immediateReplyScheduled = false;
+      if (wal.syncedLsn !== wal.writeLsn || this.#acceptor === null || !this.#replyOwed) return;
+      this.#replyOwed = false;
+      this.#send(this.#acceptor.appendResponse());
+    });
+  }
+
+  #send(message: AcceptorMessage): void {
+    this.conn.sendCopyData(encodeAcceptorMessage(message, this.options.protoVersion));
+  }
+}

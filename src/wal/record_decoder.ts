@@ -1,0 +1,318 @@
+/**
+ * A streaming, resumable WAL record decoder that checks WAL the way PostgreSQL's xlogreader does (PG 15+).
+ * It does not keep records: it verifies them and reports where they end, which is what a safekeeper needs
+ * to know how far received WAL is valid (flush_lsn) and where the end of WAL is after a crash.
+ *
+ * Design: a position-driven state machine. The byte at `lsn` is a page header iff its page offset is below
+ * the header size (40 at a segment start, 24 elsewhere); otherwise it belongs to the current phase: a record
+ * start, a record (header, then body), padding or post-XLOG_SWITCH bytes to skip, or a leading continuation
+ * record to skip. A record's CRC runs over its body as bytes arrive, and only the 24-byte header is kept, so
+ * the state is a few numbers plus 64 bytes. Hot path: one DataView per feed, the LSN as a segment base plus a
+ * number offset (no bigint per record), one CRC call per contiguous piece (tiny pieces use the portable code).
+ *
+ * Checks (errors carry the LSN of the bad page, or of the record's start for record errors, including
+ * missing_contrecord and bad_contrecord_length; unexpected_contrecord is a page error, as the page is wrong):
+ *   page: magic, known xlp_info bits, long header exactly at segment starts with our segment size, 8 KiB pages
+ *   and the first system id seen, xlp_pageaddr = page LSN; a continued record needs XLP_FIRST_IS_CONTRECORD
+ *   and xlp_rem_len = bytes still missing; a page where a new record is expected needs the flag clear and
+ *   rem_len 0 (unless `skipLeadingContrecord` asks to skip a continuation at the start).
+ *   record: 24 <= xl_tot_len <= RECORD_BYTES_MAX, xl_prev = previous record start (once one is known), CRC.
+ * Bytes after XLOG_SWITCH up to the segment end are not validated, as in PostgreSQL.
+ * Not thread-safe; any thread (the state can be structured-cloned and resumed on another). After a throw the
+ * decoder refuses more input; `lastRecordEndLsn` stays the end of the last good record.
+ */
+import { WalCorruptionError } from '../errors.js';
+import { assert } from '../sync/assert.js';
+import { CRC_NATIVE_BYTES_MIN, crc32cNative, crc32cPortableRange } from './crc.js';
+import { formatLsn, isValidSegmentSize, type Lsn, WAL_PAGE_SIZE_BYTES } from './lsn.js';
+import { LONG_PAGE_HEADER_BYTES, RECORD_BYTES_MAX, RECORD_CRC_OFFSET_BYTES, RECORD_HEADER_BYTES, isSwitchRecord, pageMagicForPgVersion } from './page.js';
+import { checkPageHeader, type PageCheckContext } from './record_decoder_page.js';
+import { type DecoderPhase, type DecoderState, PAGE_MASK, PHASES, type WalCorruptionKind, headerBytesAt, lsnOf } from './record_decoder_state.js';
+
+// The state type and its constructor live next door to keep this file short; callers import them from here.
+export { initialDecoderState, type DecoderPhase, type DecoderState, type WalCorruptionKind } from './record_decoder_state.js';
+
+const RECORD_START = 0;
+const RECORD = 1;
+const SKIP = 2;
+const CONTRECORD_SKIP = 3;
+
+const padTo8 = (offset: number): number => (8 - (offset & 7)) & 7;
+
+export class WalRecordDecoder {
+  readonly #segmentSizeBytes: number;
+  readonly #pgVersion: number;
+  readonly #page: PageCheckContext;
+  #segmentBaseLsn: Lsn;
+  /** hi/lo u32 halves of the segment base; segment sizes divide 2^32, so lo + offset never carries. */
+  #segmentHi: number;
+  #segmentLo: number;
+  #offsetBytes: number;
+  #phase: number;
+  #skipBytes: number;
+  #recordHi = 0;
+  #recordLo = 0;
+  #recordTotalBytes: number;
+  #recordReadBytes: number;
+  #recordCrc: number;
+  readonly #recordHeader: Uint8Array;
+  readonly #recordHeaderView: DataView;
+  readonly #pageHeader: Uint8Array;
+  readonly #pageHeaderView: DataView;
+  #prevKnown: boolean;
+  #prevHi = 0;
+  #prevLo = 0;
+  #endHi = 0;
+  /** Not normalised: may equal 2^32 after a switch at the last segment of an xlogid; lsnOf() adds it exactly. */
+  #endLo = 0;
+  #failed = false;
+
+  constructor(state: DecoderState) {
+    assert(isValidSegmentSize(state.segmentSizeBytes), 'decoder state: segment size');
+    assert(state.recordHeader.length === RECORD_HEADER_BYTES && state.pageHeader.length === LONG_PAGE_HEADER_BYTES, 'decoder state: buffers');
+    const phase = PHASES.indexOf(state.phase);
+    assert(phase >= 0, 'decoder state: phase');
+    this.#segmentSizeBytes = state.segmentSizeBytes;
+    this.#pgVersion = state.pgVersion;
+    this.#page = { magic: pageMagicForPgVersion(state.pgVersion), segmentSizeBytes: state.segmentSizeBytes, systemId: state.systemId, skipLeadingContrecord: state.skipLeadingContrecord };
+    const segmentSize = BigInt(state.segmentSizeBytes);
+    this.#segmentBaseLsn = state.lsn - (state.lsn % segmentSize);
+    this.#segmentHi = Number(this.#segmentBaseLsn >> 32n);
+    this.#segmentLo = Number(this.#segmentBaseLsn & 0xffff_ffffn);
+    this.#offsetBytes = Number(state.lsn % segmentSize);
+    this.#phase = phase;
+    this.#skipBytes = state.skipBytes;
+    this.#recordHi = Number(state.recordStartLsn >> 32n);
+    this.#recordLo = Number(state.recordStartLsn & 0xffff_ffffn);
+    this.#recordTotalBytes = state.recordTotalBytes;
+    this.#recordReadBytes = state.recordReadBytes;
+    this.#recordCrc = state.recordCrc;
+    this.#recordHeader = state.recordHeader.slice();
+    this.#recordHeaderView = new DataView(this.#recordHeader.buffer);
+    this.#pageHeader = state.pageHeader.slice();
+    this.#pageHeaderView = new DataView(this.#pageHeader.buffer);
+    this.#prevKnown = state.prevRecordLsn !== null;
+    if (state.prevRecordLsn !== null) {
+      this.#prevHi = Number(state.prevRecordLsn >> 32n);
+      this.#prevLo = Number(state.prevRecordLsn & 0xffff_ffffn);
+    }
+    this.#endHi = Number(state.lastRecordEndLsn >> 32n);
+    this.#endLo = Number(state.lastRecordEndLsn & 0xffff_ffffn);
+    assert(state.lastRecordEndLsn <= state.lsn || this.#phase === SKIP, 'decoder state: end ahead of position');
+  }
+
+  /** The position of the next byte expected. */
+  get lsn(): Lsn {
+    return this.#segmentBaseLsn + BigInt(this.#offsetBytes);
+  }
+
+  /**
+   * End of the last complete verified record as the protocol's flush_lsn: rounded up to 8, or the next segment
+   * start after an XLOG_SWITCH. It may run ahead of `lsn` by the padding or the switch's zero tail still to be
+   * fed. Initially the start LSN.
+   */
+  get lastRecordEndLsn(): Lsn {
+    return lsnOf(this.#endHi, this.#endLo);
+  }
+
+  snapshot(): DecoderState {
+    assert(!this.#failed, 'snapshot of a failed decoder');
+    return {
+      segmentSizeBytes: this.#segmentSizeBytes, pgVersion: this.#pgVersion, lsn: this.lsn, lastRecordEndLsn: this.lastRecordEndLsn,
+      phase: PHASES[this.#phase] as DecoderPhase, skipLeadingContrecord: this.#page.skipLeadingContrecord, skipBytes: this.#skipBytes,
+      recordStartLsn: lsnOf(this.#recordHi, this.#recordLo), recordTotalBytes: this.#recordTotalBytes, recordReadBytes: this.#recordReadBytes,
+      recordCrc: this.#recordCrc, recordHeader: this.#recordHeader.slice(), pageHeader: this.#pageHeader.slice(),
+      prevRecordLsn: this.#prevKnown ? lsnOf(this.#prevHi, this.#prevLo) : null, systemId: this.#page.systemId,
+    };
+  }
+
+  /**
+   * Feeds the next bytes; chunk[0] is at `lsn`. Returns how many records completed (and verified) in this call.
+   * `onRecord` gets each record's start and its end as flush_lsn (aligned, or the next segment after a switch).
+   */
+  feed(chunk: Uint8Array, onRecord?: (startLsn: Lsn, endLsn: Lsn, rmid: number, info: number) => void): number {
+    assert(!this.#failed, 'decoder fed after a corruption error');
+    try {
+      return this.#feed(chunk, new DataView(chunk.buffer, chunk.byteOffset, chunk.byteLength), onRecord);
+    } catch (error) {
+      this.#failed = true;
+      throw error;
+    }
+  }
+
+  #feed(chunk: Uint8Array, view: DataView, onRecord: ((startLsn: Lsn, endLsn: Lsn, rmid: number, info: number) => void) | undefined): number {
+    const length = chunk.length;
+    let pos = 0;
+    let completed = 0;
+    while (pos < length) {
+      if (this.#phase === SKIP) {
+        const n = Math.min(this.#skipBytes, length - pos);
+        this.#skipBytes -= n;
+        pos += n;
+        this.#advance(n);
+        if (this.#skipBytes === 0) this.#phase = RECORD_START;
+        continue;
+      }
+      const pageOffset = this.#offsetBytes & PAGE_MASK;
+      const headerBytes = headerBytesAt(this.#offsetBytes);
+      if (pageOffset < headerBytes) {
+        pos += this.#pageHeaderBytes(chunk, view, pos, pageOffset, headerBytes);
+        continue;
+      }
+      const pageLeft = WAL_PAGE_SIZE_BYTES - pageOffset;
+      if (this.#phase === CONTRECORD_SKIP) {
+        const n = Math.min(this.#skipBytes, pageLeft, length - pos);
+        this.#skipBytes -= n;
+        pos += n;
+        this.#advance(n);
+        if (this.#skipBytes === 0) this.#startSkip(padTo8(this.#offsetBytes));
+        continue;
+      }
+      if (this.#phase === RECORD_START) {
+        assert((pageOffset & 7) === 0, 'records start 8-byte aligned');
+        this.#recordHi = this.#segmentHi;
+        this.#recordLo = this.#segmentLo + this.#offsetBytes;
+        this.#recordReadBytes = 0;
+        this.#recordTotalBytes = 0;
+        this.#recordCrc = 0;
+        this.#phase = RECORD;
+        const available = Math.min(pageLeft, length - pos);
+        if (available >= RECORD_HEADER_BYTES) {
+          // Fast path: the whole header is here; maybe the whole record is.
+          const totalBytes = view.getUint32(pos, true);
+          this.#checkHeader(totalBytes, view.getUint32(pos + 8, true), view.getUint32(pos + 12, true));
+          if (totalBytes <= available) {
+            const bodyCrc = crcRange(chunk, pos + RECORD_HEADER_BYTES, pos + totalBytes, 0);
+            const crc = crc32cPortableRange(chunk, pos, pos + RECORD_CRC_OFFSET_BYTES, bodyCrc);
+            if (crc !== view.getUint32(pos + RECORD_CRC_OFFSET_BYTES, true)) this.#fail('crc_mismatch', this.#recordLsn(), 'record CRC mismatch');
+            pos += totalBytes;
+            this.#advance(totalBytes);
+            this.#finishRecord(view.getUint8(pos - totalBytes + 17), view.getUint8(pos - totalBytes + 16), onRecord);
+            completed++;
+            continue;
+          }
+          this.#recordTotalBytes = totalBytes;
+          this.#recordHeader.set(chunk.subarray(pos, pos + RECORD_HEADER_BYTES));
+          this.#recordReadBytes = RECORD_HEADER_BYTES;
+          pos += RECORD_HEADER_BYTES;
+          this.#advance(RECORD_HEADER_BYTES);
+          continue;
+        }
+      }
+      // Phase RECORD: finish the header, then the body, a page piece at a time.
+      if (this.#recordReadBytes < RECORD_HEADER_BYTES) {
+        const n = Math.min(RECORD_HEADER_BYTES - this.#recordReadBytes, pageLeft, length - pos);
+        this.#recordHeader.set(chunk.subarray(pos, pos + n), this.#recordReadBytes);
+        const before = this.#recordReadBytes;
+        this.#recordReadBytes += n;
+        pos += n;
+        this.#advance(n);
+        if (before < 4 && this.#recordReadBytes >= 4) {
+          this.#recordTotalBytes = this.#recordHeaderView.getUint32(0, true);
+          this.#checkTotalLength(this.#recordTotalBytes);
+        }
+        if (this.#recordReadBytes === RECORD_HEADER_BYTES) {
+          this.#checkPrev(this.#recordHeaderView.getUint32(8, true), this.#recordHeaderView.getUint32(12, true));
+        }
+      } else {
+        const n = Math.min(this.#recordTotalBytes - this.#recordReadBytes, pageLeft, length - pos);
+        this.#recordCrc = crcRange(chunk, pos, pos + n, this.#recordCrc);
+        this.#recordReadBytes += n;
+        pos += n;
+        this.#advance(n);
+      }
+      if (this.#recordReadBytes === this.#recordTotalBytes) {
+        const crc = crc32cPortableRange(this.#recordHeader, 0, RECORD_CRC_OFFSET_BYTES, this.#recordCrc);
+        if (crc !== this.#recordHeaderView.getUint32(RECORD_CRC_OFFSET_BYTES, true)) this.#fail('crc_mismatch', this.#recordLsn(), 'record CRC mismatch');
+        this.#finishRecord(this.#recordHeader[17] as number, this.#recordHeader[16] as number, onRecord);
+        completed++;
+      }
+    }
+    return completed;
+  }
+
+  /** Consumes up to the rest of a page header at `pageOffset`; validates it once complete. Returns bytes used. */
+  #pageHeaderBytes(chunk: Uint8Array, view: DataView, pos: number, pageOffset: number, headerBytes: number): number {
+    const n = Math.min(headerBytes - pageOffset, chunk.length - pos);
+    const pageLo = this.#segmentLo + this.#offsetBytes - pageOffset;
+    let headerView: DataView | null = null;
+    let headerAt = 0;
+    if (n === headerBytes) {
+      headerView = view;
+      headerAt = pos;
+    } else {
+      this.#pageHeader.set(chunk.subarray(pos, pos + n), pageOffset);
+      if (pageOffset + n === headerBytes) headerView = this.#pageHeaderView;
+    }
+    if (headerView !== null) {
+      // A record starts 8-aligned, so at least its 4-byte xl_tot_len is on the page before: the length is known.
+      assert(this.#phase !== RECORD || this.#recordTotalBytes >= RECORD_HEADER_BYTES, 'continued record has a known length');
+      const expected = this.#phase === RECORD ? this.#recordTotalBytes - this.#recordReadBytes : this.#phase === CONTRECORD_SKIP ? this.#skipBytes : 0;
+      const errorLo = this.#phase === RECORD ? this.#recordLo : pageLo;
+      const errorHi = this.#phase === RECORD ? this.#recordHi : this.#segmentHi;
+      const remainingBytes = checkPageHeader(this.#page, headerView, headerAt, this.#segmentHi, pageLo, this.#offsetBytes === pageOffset, expected, errorHi, errorLo);
+      if (this.#phase === RECORD_START && remainingBytes > 0) {
+        this.#phase = CONTRECORD_SKIP; // checkPageHeader allowed it: skipLeadingContrecord was set
+        this.#skipBytes = remainingBytes;
+      }
+    }
+    this.#offsetBytes += n; // a header never ends a segment
+    return n;
+  }
+
+  #checkHeader(totalBytes: number, prevLo: number, prevHi: number): void {
+    this.#checkTotalLength(totalBytes);
+    this.#checkPrev(prevLo, prevHi);
+  }
+
+  #checkTotalLength(totalBytes: number): void {
+    if (totalBytes < RECORD_HEADER_BYTES || totalBytes > RECORD_BYTES_MAX) {
+      this.#fail('bad_record_length', this.#recordLsn(), `invalid record length ${totalBytes}`);
+    }
+  }
+
+  #checkPrev(prevLo: number, prevHi: number): void {
+    if (this.#prevKnown && (prevLo !== this.#prevLo || prevHi !== this.#prevHi)) {
+      this.#fail('bad_record_prev', this.#recordLsn(), `record has xl_prev ${formatLsn(lsnOf(prevHi, prevLo))}, expected ${formatLsn(lsnOf(this.#prevHi, this.#prevLo))}`);
+    }
+  }
+
+  /** The record ends at the current position: move the flush point and skip padding (or the switch tail). */
+  #finishRecord(rmid: number, info: number, onRecord: ((startLsn: Lsn, endLsn: Lsn, rmid: number, info: number) => void) | undefined): void {
+    const skipBytes = isSwitchRecord(rmid, info) ? (this.#offsetBytes === 0 ? 0 : this.#segmentSizeBytes - this.#offsetBytes) : padTo8(this.#offsetBytes);
+    this.#endHi = this.#segmentHi;
+    this.#endLo = this.#segmentLo + this.#offsetBytes + skipBytes;
+    this.#prevKnown = true;
+    this.#prevHi = this.#recordHi;
+    this.#prevLo = this.#recordLo;
+    this.#startSkip(skipBytes);
+    if (onRecord !== undefined) onRecord(this.#recordLsn(), this.lastRecordEndLsn, rmid, info);
+  }
+
+  #startSkip(skipBytes: number): void {
+    this.#skipBytes = skipBytes;
+    this.#phase = skipBytes === 0 ? RECORD_START : SKIP;
+  }
+
+  #advance(bytes: number): void {
+    this.#offsetBytes += bytes;
+    if (this.#offsetBytes === this.#segmentSizeBytes) {
+      this.#segmentBaseLsn += BigInt(this.#segmentSizeBytes);
+      this.#segmentHi = Number(this.#segmentBaseLsn >> 32n);
+      this.#segmentLo = Number(this.#segmentBaseLsn & 0xffff_ffffn);
+      this.#offsetBytes = 0;
+    }
+  }
+
+  #recordLsn(): Lsn {
+    return lsnOf(this.#recordHi, this.#recordLo);
+  }
+
+  #fail(kind: WalCorruptionKind, lsn: Lsn, detail: string): never {
+    throw new WalCorruptionError(kind, lsn, `${detail} at ${formatLsn(lsn)}`);
+  }
+}
+
+function crcRange(chunk: Uint8Array, start: number, end: number, previous: number): number {
+  return end - start >= CRC_NATIVE_BYTES_MIN ? crc32cNative(chunk.subarray(start, end), previous) : crc32cPortableRange(chunk, start, end, previous);
+}

@@ -1,0 +1,302 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { AssertionError } from '../../src/sync/assert.js';
+import { InvalidArgumentError, WalCorruptionError } from '../../src/errors.js';
+import { WAL_PAGE_SIZE_BYTES, type Lsn } from '../../src/wal/lsn.js';
+import { type DecoderState, WalRecordDecoder, initialDecoderState } from '../../src/wal/record_decoder.js';
+import { WalBuilder, type BuiltRecord } from '../../src/wal/wal_builder.js';
+
+const SEGMENT_BYTES = 1 << 20;
+const SEGMENT = BigInt(SEGMENT_BYTES);
+const PG_VERSION = 150008;
+const PAGE = BigInt(WAL_PAGE_SIZE_BYTES);
+
+interface Stream {
+  startLsn: Lsn;
+  bytes: Uint8Array;
+  records: BuiltRecord[];
+}
+
+interface Decoded {
+  starts: Lsn[];
+  ends: Lsn[];
+}
+
+function builderAt(startLsn: Lsn): WalBuilder {
+  return new WalBuilder({ startLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION, systemId: 7n });
+}
+
+/** Appends filler records until the next record would start `pageLeftBytes` before a page end. */
+function moveToPageLeft(builder: WalBuilder, pageLeftBytes: number, records: BuiltRecord[]): void {
+  for (;;) {
+    const pageLeft = WAL_PAGE_SIZE_BYTES - Number(builder.lsn % PAGE);
+    if (pageLeft === pageLeftBytes) return;
+    const gap = pageLeftBytes === WAL_PAGE_SIZE_BYTES ? pageLeft : pageLeft - pageLeftBytes;
+    records.push(builder.appendRecord({ rmid: 1, info: 0, data: new Uint8Array(gap >= 24 ? gap - 24 : pageLeft) }));
+  }
+}
+
+/** Flips the bits of `mask` in `bytes[index]` (setting or clearing a flag the test knows the state of). */
+function xorAt(bytes: Uint8Array, index: number, mask: number): void {
+  bytes[index] = (bytes[index] ?? 0) ^ mask;
+}
+
+function filled(size: number, seed: number): Uint8Array {
+  return Uint8Array.from({ length: size }, (_, i) => (i * 31 + seed) & 0xff);
+}
+
+/** Small records, page-crossing ones, a header split across a page, a segment crossing and an XLOG_SWITCH. */
+function buildMixedStream(startLsn: Lsn): Stream {
+  const builder = builderAt(startLsn);
+  const records: BuiltRecord[] = [];
+  for (let i = 0; i < 20; i++) records.push(builder.appendLogicalMessage(filled(i * 37, i)));
+  records.push(builder.appendRecord({ rmid: 10, info: 0x10, xid: 3, data: filled(20_000, 1) })); // spans pages
+  for (const pageLeft of [8, 16]) {
+    moveToPageLeft(builder, pageLeft, records); // the next record header is split across the page boundary
+    records.push(builder.appendRecord({ rmid: 2, info: 0, data: filled(100, pageLeft) }));
+  }
+  moveToPageLeft(builder, 8, records);
+  records.push(builder.appendRecord({ rmid: 2, info: 0, data: new Uint8Array(0) })); // a bare header, split
+  moveToPageLeft(builder, WAL_PAGE_SIZE_BYTES, records);
+  records.push(builder.appendLogicalMessage(filled(50, 3))); // first on its page, right after the header
+  records.push(builder.appendRecord({ rmid: 3, info: 0, data: filled(SEGMENT_BYTES + 5000, 2) })); // spans a segment
+  records.push(builder.appendSwitch());
+  for (let i = 0; i < 5; i++) records.push(builder.appendLogicalMessage(filled(200, i)));
+  return { startLsn, bytes: builder.take(), records };
+}
+
+/** A short stream around a page and a segment boundary, small enough to split at every offset. */
+function buildSmallStream(): Stream {
+  const startLsn = 2n * SEGMENT - 600n;
+  const builder = builderAt(startLsn);
+  const records: BuiltRecord[] = [];
+  for (let i = 0; i < 4; i++) records.push(builder.appendLogicalMessage(filled(60 + i, i)));
+  moveToPageLeft(builder, 16, records);
+  records.push(builder.appendRecord({ rmid: 2, info: 0, data: filled(300, 9) })); // header split across the segment start
+  records.push(builder.appendRecord({ rmid: 2, info: 0, data: filled(9000, 4) })); // spans a page
+  records.push(builder.appendLogicalMessage(filled(5, 5)));
+  return { startLsn, bytes: builder.take(), records };
+}
+
+function decodeInChunks(stream: Stream, chunkBytes: number, state?: DecoderState): Decoded {
+  const decoder = new WalRecordDecoder(state ?? initialDecoderState({ startLsn: stream.startLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION }));
+  const decoded: Decoded = { starts: [], ends: [] };
+  const onRecord = (start: Lsn, end: Lsn): void => {
+    decoded.starts.push(start);
+    decoded.ends.push(end);
+  };
+  let count = 0;
+  for (let pos = 0; pos < stream.bytes.length; pos += chunkBytes) {
+    count += decoder.feed(stream.bytes.subarray(pos, pos + chunkBytes), onRecord);
+  }
+  assert.equal(count, decoded.starts.length);
+  assert.equal(decoder.lsn, stream.startLsn + BigInt(stream.bytes.length));
+  return decoded;
+}
+
+function expectRecords(decoded: Decoded, stream: Stream): void {
+  assert.deepEqual(decoded.starts, stream.records.map((record) => record.startLsn));
+  assert.deepEqual(decoded.ends, stream.records.map((record) => record.endLsn));
+}
+
+/** Decodes `bytes`, expecting a WalCorruptionError; returns it and the decoder's lastRecordEndLsn. */
+function decodeExpectingError(startLsn: Lsn, bytes: Uint8Array, options: { skipLeadingContrecord?: boolean } = {}): { error: WalCorruptionError; lastRecordEndLsn: Lsn } {
+  const decoder = new WalRecordDecoder(initialDecoderState({ startLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION, ...options }));
+  try {
+    decoder.feed(bytes);
+  } catch (error) {
+    assert.ok(error instanceof WalCorruptionError, `expected WalCorruptionError, got ${String(error)}`);
+    assert.throws(() => decoder.feed(new Uint8Array(1)), AssertionError);
+    return { error, lastRecordEndLsn: decoder.lastRecordEndLsn };
+  }
+  assert.fail('decoder accepted corrupt WAL');
+}
+
+describe('WalRecordDecoder on synthetic WAL', () => {
+  const mixed = buildMixedStream(SEGMENT);
+
+  for (const chunkBytes of [1, 7, 24, 8192, 100_000, 1 << 30]) {
+    it(`finds every record fed in ${chunkBytes}-byte chunks`, () => {
+      if (chunkBytes === 1) {
+        const partial = { ...mixed, bytes: mixed.bytes.subarray(0, 40_000), records: mixed.records.filter((r) => r.endLsn <= mixed.startLsn + 40_000n) };
+        expectRecords(decodeInChunks(partial, 1), partial);
+      } else {
+        expectRecords(decodeInChunks(mixed, chunkBytes), mixed);
+      }
+    });
+  }
+
+  it('reports the next segment start as the end of an XLOG_SWITCH record before the tail arrives', () => {
+    const switchIndex = mixed.records.length - 6;
+    const switchRecord = mixed.records[switchIndex];
+    assert.ok(switchRecord !== undefined);
+    assert.equal(switchRecord.endLsn % SEGMENT, 0n);
+    const decoder = new WalRecordDecoder(initialDecoderState({ startLsn: mixed.startLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION }));
+    const switchEndOffset = Number(switchRecord.startLsn - mixed.startLsn) + 24;
+    decoder.feed(mixed.bytes.subarray(0, switchEndOffset));
+    assert.equal(decoder.lastRecordEndLsn, switchRecord.endLsn);
+    assert.equal(decoder.lsn, switchRecord.startLsn + 24n);
+  });
+
+  it('starts at a record start inside a page', () => {
+    const third = mixed.records[2];
+    assert.ok(third !== undefined);
+    const offset = Number(third.startLsn - mixed.startLsn);
+    const tail: Stream = { startLsn: third.startLsn, bytes: mixed.bytes.subarray(offset), records: mixed.records.slice(2) };
+    expectRecords(decodeInChunks(tail, 5000), tail);
+  });
+
+  it('resumes from a structured-cloned snapshot at every split offset', () => {
+    const small = buildSmallStream();
+    const initial = initialDecoderState({ startLsn: small.startLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION });
+    for (let split = 0; split <= small.bytes.length; split++) {
+      const decoded: Decoded = { starts: [], ends: [] };
+      const onRecord = (start: Lsn, end: Lsn): void => void (decoded.starts.push(start), decoded.ends.push(end));
+      const first = new WalRecordDecoder(structuredClone(initial));
+      first.feed(small.bytes.subarray(0, split), onRecord);
+      const second = new WalRecordDecoder(structuredClone(first.snapshot()));
+      assert.equal(second.lsn, small.startLsn + BigInt(split));
+      assert.equal(second.lastRecordEndLsn, first.lastRecordEndLsn);
+      second.feed(small.bytes.subarray(split), onRecord);
+      expectRecords(decoded, small);
+    }
+  });
+
+  it('resumes byte by byte through a fresh decoder for every byte', () => {
+    const small = buildSmallStream();
+    let state = initialDecoderState({ startLsn: small.startLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION });
+    const decoded: Decoded = { starts: [], ends: [] };
+    for (let pos = 0; pos < small.bytes.length; pos++) {
+      const decoder = new WalRecordDecoder(structuredClone(state));
+      decoder.feed(small.bytes.subarray(pos, pos + 1), (start, end) => void (decoded.starts.push(start), decoded.ends.push(end)));
+      state = decoder.snapshot();
+    }
+    expectRecords(decoded, small);
+    assert.equal(state.lastRecordEndLsn, small.records.at(-1)?.endLsn);
+  });
+
+  it('skips a leading continuation record when asked, and refuses it otherwise', () => {
+    const builder = builderAt(SEGMENT + 8192n + 24n);
+    builder.appendRecord({ rmid: 1, info: 0, data: filled(30_000, 3) }); // covers pages 1..4 of the segment
+    const after = [builder.appendLogicalMessage(filled(10, 1)), builder.appendLogicalMessage(filled(10, 2))];
+    const bytes = builder.take();
+    const pageStart = SEGMENT + 2n * 8192n; // a page in the middle of the big record
+    const fromPage = bytes.subarray(Number(pageStart - (SEGMENT + 8192n + 24n)));
+    expectRecords(decodeInChunks({ startLsn: pageStart, bytes: fromPage, records: after }, 3000,
+      initialDecoderState({ startLsn: pageStart, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION, skipLeadingContrecord: true })), { startLsn: pageStart, bytes: fromPage, records: after });
+    const { error } = decodeExpectingError(pageStart, fromPage);
+    assert.equal(error.kind, 'unexpected_contrecord');
+    assert.equal(error.lsn, pageStart);
+  });
+
+  it('validates its start arguments', () => {
+    const args = { segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION };
+    assert.throws(() => initialDecoderState({ ...args, startLsn: 8192n + 28n }), InvalidArgumentError);
+    assert.throws(() => initialDecoderState({ ...args, startLsn: 8192n + 8n }), InvalidArgumentError);
+    assert.throws(() => initialDecoderState({ ...args, startLsn: 32n }), InvalidArgumentError); // inside the long header
+    assert.throws(() => initialDecoderState({ ...args, startLsn: 8192n + 24n, skipLeadingContrecord: true }), InvalidArgumentError);
+    assert.throws(() => initialDecoderState({ ...args, startLsn: 0n, pgVersion: 120000 }), InvalidArgumentError);
+    assert.throws(() => initialDecoderState({ ...args, startLsn: 0n, segmentSizeBytes: 3 << 20 }), InvalidArgumentError);
+    assert.equal(new WalRecordDecoder(initialDecoderState({ ...args, startLsn: 40n })).lastRecordEndLsn, 40n);
+  });
+});
+
+describe('WalRecordDecoder corruption errors', () => {
+  const stream = buildMixedStream(SEGMENT);
+  const at = (lsn: Lsn): number => Number(lsn - stream.startLsn);
+  const record = (index: number): BuiltRecord => {
+    const found = stream.records[index];
+    assert.ok(found !== undefined);
+    return found;
+  };
+  const corrupt = (edit: (bytes: Uint8Array, view: DataView) => void): Uint8Array => {
+    const bytes = stream.bytes.slice();
+    edit(bytes, new DataView(bytes.buffer));
+    return bytes;
+  };
+  const expectError = (bytes: Uint8Array, kind: WalCorruptionError['kind'], lsn: Lsn, lastEndLsn: Lsn): void => {
+    for (const chunkBytes of [bytes.length, 4096, 13]) {
+      const decoder = new WalRecordDecoder(initialDecoderState({ startLsn: stream.startLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION }));
+      const error = (() => {
+        try {
+          for (let pos = 0; pos < bytes.length; pos += chunkBytes) decoder.feed(bytes.subarray(pos, pos + chunkBytes));
+        } catch (caught) {
+          return caught;
+        }
+        return null;
+      })();
+      assert.ok(error instanceof WalCorruptionError, `chunk ${chunkBytes}: expected WalCorruptionError, got ${String(error)}`);
+      assert.equal(error.kind, kind, error.message);
+      assert.equal(error.lsn, lsn, error.message);
+      assert.equal(error.code, 'SK_WAL_CORRUPTION');
+      assert.equal(decoder.lastRecordEndLsn, lastEndLsn);
+    }
+  };
+
+  /** The stream offset of byte `delta` of the record starting at `startLsn`, skipping page headers. */
+  const recordByte = (startLsn: Lsn, delta: number): number => {
+    let lsn = startLsn;
+    for (let left = delta; ; ) {
+      const pageLeft = Number(PAGE - (lsn % PAGE));
+      if (left < pageLeft) return at(lsn + BigInt(left));
+      left -= pageLeft;
+      lsn += BigInt(pageLeft);
+      lsn += lsn % SEGMENT === 0n ? 40n : 24n;
+    }
+  };
+
+  it('crc_mismatch at the record start for a flipped body byte, header byte or CRC', () => {
+    const split = stream.records.findIndex((r) => r.startLsn % PAGE === PAGE - 8n);
+    assert.ok(split > 0, 'the stream has a record header split after 8 bytes');
+    for (const [index, delta] of [[5, 30], [20, 15_000], [20, 4], [20, 21], [split, 5], [split, 18], [split, 22], [split, 60]] as const) {
+      const target = record(index);
+      const bytes = corrupt((b) => xorAt(b, recordByte(target.startLsn, delta), 0x01));
+      expectError(bytes, 'crc_mismatch', target.startLsn, record(index - 1).endLsn);
+    }
+  });
+
+  it('bad_record_length for xl_tot_len 0, below 24 and above the maximum', () => {
+    for (const totalBytes of [0, 23, 0x7000_0000]) {
+      const target = record(7);
+      expectError(corrupt((_, v) => v.setUint32(at(target.startLsn), totalBytes, true)), 'bad_record_length', target.startLsn, record(6).endLsn);
+    }
+  });
+
+  it('bad_record_prev when xl_prev does not point at the previous record', () => {
+    const target = record(3);
+    expectError(corrupt((_, v) => v.setUint32(at(target.startLsn) + 8, 0x1234, true)), 'bad_record_prev', target.startLsn, record(2).endLsn);
+  });
+
+  it('bad_page_magic and bad_page_address at the page LSN', () => {
+    const page = SEGMENT + 3n * 8192n;
+    const lastBefore = stream.records.filter((r) => r.endLsn <= page).at(-1)?.endLsn ?? stream.startLsn;
+    expectError(corrupt((b) => xorAt(b, at(page), 0x10)), 'bad_page_magic', page, lastBefore);
+    expectError(corrupt((b) => xorAt(b, at(page) + 9, 0x10)), 'bad_page_address', page, lastBefore);
+    expectError(corrupt((b) => xorAt(b, at(page) + 2, 0x20)), 'bad_page_header', page, lastBefore);
+  });
+
+  it('bad_page_header for a wrong segment size, system id or missing long header', () => {
+    const secondSegment = 2n * SEGMENT;
+    const lastBefore = stream.records.filter((r) => r.endLsn <= secondSegment).at(-1)?.endLsn ?? 0n;
+    expectError(corrupt((_, v) => v.setUint32(at(secondSegment) + 32, 2 << 20, true)), 'bad_page_header', secondSegment, lastBefore);
+    expectError(corrupt((_, v) => v.setUint32(at(secondSegment) + 24, 99, true)), 'bad_page_header', secondSegment, lastBefore);
+    expectError(corrupt((b) => xorAt(b, at(secondSegment) + 2, 0x02)), 'bad_page_header', secondSegment, lastBefore);
+  });
+
+  it('missing_contrecord and bad_contrecord_length at the continued record start', () => {
+    const big = record(20);
+    const nextPage = big.startLsn - (big.startLsn % PAGE) + PAGE;
+    expectError(corrupt((b) => xorAt(b, at(nextPage) + 2, 0x01)), 'missing_contrecord', big.startLsn, record(19).endLsn);
+    expectError(corrupt((b) => xorAt(b, at(nextPage) + 16, 0x08)), 'bad_contrecord_length', big.startLsn, record(19).endLsn);
+  });
+
+  it('unexpected_contrecord and a stray remaining length where a new record starts', () => {
+    // Find a page whose first record starts right after the header.
+    const page = stream.records.map((r) => r.startLsn).find((lsn) => lsn % PAGE === 24n && lsn % SEGMENT !== 24n);
+    assert.ok(page !== undefined, 'the stream has a record at a page start');
+    const pageLsn = page - 24n;
+    const lastBefore = stream.records.filter((r) => r.endLsn <= pageLsn).at(-1)?.endLsn ?? 0n;
+    expectError(corrupt((b, v) => { xorAt(b, at(pageLsn) + 2, 0x01); v.setUint32(at(pageLsn) + 16, 8, true); }), 'unexpected_contrecord', pageLsn, lastBefore);
+    expectError(corrupt((_, v) => v.setUint32(at(pageLsn) + 16, 8, true)), 'bad_page_header', pageLsn, lastBefore);
+  });
+});
