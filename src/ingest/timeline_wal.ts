@@ -112,11 +112,15 @@ export class TimelineWal {
     }
   }
 
-  /** Resolves when every byte appended so far is durable (flushLsn then covers every complete record). */
+  /**
+   * Resolves when every byte appended so far is durable (flushLsn then covers every complete record). After a
+   * write failure it resolves once the cut at the last verified record is done: everything kept is durable and
+   * nothing else will be written, so a VoteRequest (which flushes first) can still start the election whose
+   * truncation clears the failure. The failure itself reaches the stream that caused it, and appends throw it.
+   */
   async flushAll(signal: AbortSignal): Promise<void> {
     const target = this.#writeLsn;
-    await this.progress.waitFor(() => this.#failure !== null || this.#syncedLsn >= target, signal);
-    if (this.#failure !== null) throw this.#failure;
+    await this.progress.waitFor(() => (this.#failure !== null && this.#inFlight === null) || this.#syncedLsn >= target, signal);
   }
 
   /** Waits until no write or preparation task is running. */

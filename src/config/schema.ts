@@ -1,0 +1,285 @@
+/**
+ * The only list of configuration keys. Each key appears once, with its value type, default, unit and doc;
+ * `load.ts` merges defaults < TOML file < flags, and `safekeeper config` prints this table as a commented
+ * TOML file. Keys are snake_case, and each has a flag of the same name in kebab-case (`ring_size` is
+ * `--ring-size`).
+ *
+ * Values are written the way a human reads them and converted here, at the edge, into the frozen `Config`
+ * object whose names carry their unit (`"300s"` → `controlFileSaveIntervalMs: 300_000`, `"16MiB"` →
+ * `ringSizeBytes: 16777216`). Units:
+ * - durations are strings of number+unit parts (`ms`, `s`, `m`, `h`), as in "500ms", "300s", "2h30m". A bare
+ *   number is refused, since "300" could mean seconds or milliseconds.
+ * - byte sizes are an integer number of bytes (`4096` or `"4096"`) or a string with an IEC suffix (`B`, `KiB`,
+ *   `MiB`, `GiB`). Decimal suffixes ("16MB", "16M") are refused with a hint: they are ambiguous by 5 %, and a
+ *   ring or frame limit is the kind of thing people copy between tools.
+ * - optional keys (`advertise_pg`, `auth_public_key`) take "" for "not set", so the default file parses.
+ * Relative paths are resolved against the working directory. `remote_storage` may contain `{data_dir}`,
+ * which is replaced by the resolved data directory. Pure; any thread.
+ */
+import { isIPv6 } from 'node:net';
+import { resolve } from 'node:path';
+import { z } from 'zod';
+import * as limits from '../limits.js';
+
+/** setTimeout's ceiling (2^31 - 1 ms, about 24.8 days): a longer duration would fire at once. */
+export const DURATION_MS_MAX = 2 ** 31 - 1;
+/** A SharedArrayBuffer ring larger than this is a mistake, not a tuning choice. */
+export const RING_SIZE_BYTES_MAX = 1024 * 1024 * 1024;
+/** A frame limit must admit the largest AppendRequest walproposer sends, plus its header. */
+export const MESSAGE_BYTES_MIN = limits.APPEND_WAL_BYTES_MAX + 128;
+export const U64_MAX = 0xffff_ffff_ffff_ffffn;
+
+export type HostPort = Readonly<{ host: string; port: number }>;
+export type RemoteStorageConfig =
+  | Readonly<{ kind: 'file'; url: string; path: string }>
+  | Readonly<{ kind: 's3'; url: string; bucket: string; prefix: string; endpoint: string | null; region: string | null }>;
+export type BrokerConfig = Readonly<{ kind: 'embedded' }> | Readonly<{ kind: 'etcd'; endpoints: readonly HostPort[] }>;
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'] as const;
+export const LOG_FORMATS = ['auto', 'json', 'pretty'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+export type LogFormat = (typeof LOG_FORMATS)[number];
+
+type Parsed<T> = { ok: true; value: T } | { ok: false; message: string };
+const ok = <T>(value: T): Parsed<T> => ({ ok: true, value });
+const fail = (message: string): Parsed<never> => ({ ok: false, message });
+
+/** "300s", "500ms", "2h30m" → milliseconds. */
+export function parseDurationMs(text: string): Parsed<number> {
+  if (/^\d+$/.test(text)) return fail(`a duration needs a unit: write "${text}s" or "${text}ms" (units: ms, s, m, h)`);
+  if (!/^(\d+(ms|s|m|h))+$/.test(text)) return fail(`not a duration: ${JSON.stringify(text)} (expected e.g. "500ms", "300s", "15m", "2h30m")`);
+  const unitMs = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 } as const;
+  let totalMs = 0;
+  for (const part of text.matchAll(/(\d+)(ms|s|m|h)/g)) totalMs += Number(part[1]) * unitMs[part[2] as keyof typeof unitMs];
+  if (!Number.isSafeInteger(totalMs)) return fail(`duration too long: ${text}`);
+  return ok(totalMs);
+}
+
+const BYTE_UNITS = { B: 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3 } as const;
+
+/** 4096, "4096", "512KiB", "16MiB", "1GiB" → bytes. Decimal units (MB, M, k) are refused. */
+export function parseBytes(value: string | number): Parsed<number> {
+  if (typeof value === 'number') return Number.isSafeInteger(value) && value >= 0 ? ok(value) : fail('expected a whole number of bytes');
+  const match = /^(\d+)\s*([A-Za-z]*)$/.exec(value);
+  if (match === null) return fail(`not a byte size: ${JSON.stringify(value)} (expected e.g. "4096", "512KiB", "16MiB")`);
+  const unit = match[2] === '' ? 'B' : (match[2] as string);
+  if (!(unit in BYTE_UNITS)) return fail(`unknown byte unit "${unit}": use B, KiB, MiB or GiB (powers of 1024; decimal units such as MB are ambiguous)`);
+  const bytes = Number(match[1]) * BYTE_UNITS[unit as keyof typeof BYTE_UNITS];
+  return Number.isSafeInteger(bytes) ? ok(bytes) : fail(`byte size too large: ${value}`);
+}
+
+/** Prints bytes the way a user would write them ("16MiB" when exact, else the plain number). */
+export function formatBytes(bytes: number): string {
+  for (const unit of ['GiB', 'MiB', 'KiB'] as const) {
+    if (bytes >= BYTE_UNITS[unit] && bytes % BYTE_UNITS[unit] === 0) return `${bytes / BYTE_UNITS[unit]}${unit}`;
+  }
+  return String(bytes);
+}
+
+/** "host:port" or "[v6]:port" → { host, port }. The host is kept without brackets. */
+export function parseHostPort(text: string, portMin: 0 | 1): Parsed<HostPort> {
+  const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(text);
+  const example = 'expected HOST:PORT, e.g. "127.0.0.1:5454" or "[::1]:5454"';
+  if (match === null) return fail(`not an address: ${JSON.stringify(text)} (${example})`);
+  const host = match[1] ?? match[2] ?? '';
+  if (match[1] !== undefined && !isIPv6(host)) return fail(`not an IPv6 address: ${JSON.stringify(host)}`);
+  const port = Number(match[3]);
+  if (port < portMin || port > 65535) return fail(`port ${port} is out of range ${portMin}..65535`);
+  return ok({ host, port });
+}
+
+export const formatHostPort = (address: HostPort): string =>
+  isIPv6(address.host) ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
+
+/** `file:///abs/path` or `s3://bucket/prefix?endpoint=URL&region=R`. `{data_dir}` must already be replaced. */
+export function parseRemoteStorage(url: string): Parsed<RemoteStorageConfig> {
+  if (url.startsWith('file://')) {
+    const path = url.slice('file://'.length);
+    if (!path.startsWith('/')) return fail(`file:// needs an absolute path, e.g. "file:///var/lib/safekeeper/remote" or "file://{data_dir}/remote"`);
+    return ok({ kind: 'file', url, path: resolve(path) });
+  }
+  if (!url.startsWith('s3://')) return fail(`unsupported remote storage ${JSON.stringify(url)}: use file:///PATH or s3://BUCKET/PREFIX`);
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return fail(`not a URL: ${JSON.stringify(url)}`);
+  }
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(parsed.hostname)) return fail(`not an S3 bucket name: ${JSON.stringify(parsed.hostname)}`);
+  for (const name of parsed.searchParams.keys()) {
+    if (name !== 'endpoint' && name !== 'region') return fail(`unknown S3 option "${name}" (allowed: endpoint, region)`);
+  }
+  const prefix = decodeURIComponent(parsed.pathname).replace(/^\/+/, '').replace(/\/+$/, '');
+  const endpoint = parsed.searchParams.get('endpoint');
+  const region = parsed.searchParams.get('region');
+  return ok({ kind: 's3', url, bucket: parsed.hostname, prefix, endpoint, region });
+}
+
+export function parseBroker(text: string): Parsed<BrokerConfig> {
+  if (text === 'embedded') return ok({ kind: 'embedded' });
+  if (!text.startsWith('etcd://')) return fail(`expected "embedded" or "etcd://HOST:PORT[,HOST:PORT...]", got ${JSON.stringify(text)}`);
+  const endpoints: HostPort[] = [];
+  for (const part of text.slice('etcd://'.length).split(',')) {
+    const endpoint = parseHostPort(part, 1);
+    if (!endpoint.ok) return endpoint;
+    endpoints.push(endpoint.value);
+  }
+  return ok({ kind: 'etcd', endpoints });
+}
+
+/** Wraps a string parser as a zod schema whose failures carry the parser's message. */
+function stringValue<T>(parse: (text: string) => Parsed<T>, what: string) {
+  return z.string({ error: `expected a string (${what})` }).transform((text, context): T => {
+    const parsed = parse(text);
+    if (parsed.ok) return parsed.value;
+    context.issues.push({ code: 'custom', message: parsed.message, input: text });
+    return z.NEVER;
+  });
+}
+
+const integer = (min: number, max: number) =>
+  z.number({ error: 'expected an integer' }).int('expected an integer').min(min, `must be at least ${min}`).max(max, `must be at most ${max}`);
+
+const duration = () =>
+  z
+    .string({ error: (issue) => (typeof issue.input === 'number' ? 'a duration needs a unit, e.g. "300s", "15m" or "500ms"' : 'expected a duration string, e.g. "300s"') })
+    .transform((text, context): number => {
+      const parsed = parseDurationMs(text);
+      if (parsed.ok) return parsed.value;
+      context.issues.push({ code: 'custom', message: parsed.message, input: text });
+      return z.NEVER;
+    })
+    .pipe(z.number().min(1, 'must be at least 1ms').max(DURATION_MS_MAX, `must be at most ${DURATION_MS_MAX}ms (about 24 days)`));
+
+const bytes = (min: number, max: number) =>
+  z
+    .union([z.string(), z.number()], { error: 'expected a byte size: an integer or a string such as "16MiB"' })
+    .transform((value, context): number => {
+      const parsed = parseBytes(value);
+      if (parsed.ok) return parsed.value;
+      context.issues.push({ code: 'custom', message: parsed.message, input: value });
+      return z.NEVER;
+    })
+    .pipe(z.number().min(min, `must be at least ${formatBytes(min)}`).max(max, `must be at most ${formatBytes(max)}`));
+
+const optional = <T>(parse: (text: string) => Parsed<T>) => (text: string): Parsed<T | null> => (text === '' ? ok(null) : parse(text));
+
+/** How a flag's text becomes the value type the schema expects (TOML already has types). */
+export type FlagKind = 'boolean' | 'integer' | 'string';
+export interface KeySpec<S extends z.ZodType = z.ZodType> {
+  /** Default as written in TOML; it goes through `schema` like any other value. */
+  readonly default: string | number | boolean;
+  readonly flag: FlagKind;
+  /** What the value measures, shown in `safekeeper config`; null when it is not a quantity. */
+  readonly unit: 'duration' | 'bytes' | 'count' | null;
+  readonly doc: string;
+  readonly schema: S;
+}
+const key = <S extends z.ZodType>(spec: KeySpec<S>): KeySpec<S> => spec;
+
+export const CONFIG_KEYS = {
+  id: key({ default: 1, flag: 'integer', unit: null, doc: 'Node id, unique in the cluster (u64). Stored in <data_dir>/safekeeper.id on first start; a later start with a different explicit id is refused.', schema: z.union([z.number().int('expected an integer').min(0, 'must be at least 0'), z.bigint()], { error: 'expected a non-negative integer' }).transform((value) => BigInt(value)).pipe(z.bigint().min(0n, 'must be at least 0').max(U64_MAX, 'must fit in 64 bits')) }),
+  data_dir: key({ default: './.safekeeper', flag: 'string', unit: null, doc: 'Data directory: node id, lock file and one directory per timeline. Created if missing.', schema: z.string().min(1, 'must not be empty') }),
+  listen_pg: key({ default: '127.0.0.1:5454', flag: 'string', unit: null, doc: 'Address of the PostgreSQL-protocol WAL service (proposers, readers). Port 0 picks a free port.', schema: stringValue((text) => parseHostPort(text, 0), 'HOST:PORT') }),
+  listen_http: key({ default: '127.0.0.1:7676', flag: 'string', unit: null, doc: 'Address of the HTTP management API and /metrics. Port 0 picks a free port.', schema: stringValue((text) => parseHostPort(text, 0), 'HOST:PORT') }),
+  advertise_pg: key({ default: '', flag: 'string', unit: null, doc: 'Address published to peers and the broker for the WAL service; "" means listen_pg.', schema: stringValue(optional((text) => parseHostPort(text, 1)), 'HOST:PORT or ""') }),
+  remote_storage: key({ default: 'file://{data_dir}/remote', flag: 'string', unit: null, doc: 'Where WAL is backed up: file:///PATH or s3://BUCKET/PREFIX[?endpoint=URL&region=R]. {data_dir} is replaced by the data directory.', schema: stringValue((text) => { const checked = parseRemoteStorage(text.replaceAll('{data_dir}', '/data_dir')); return checked.ok ? ok(text) : checked; }, 'URL') }),
+  broker: key({ default: 'embedded', flag: 'string', unit: null, doc: 'Peer discovery: "embedded" (one node, in process) or "etcd://HOST:PORT[,HOST:PORT...]".', schema: stringValue(parseBroker, 'broker') }),
+  enable_offload: key({ default: false, flag: 'boolean', unit: null, doc: 'Evict timelines: remove local WAL of idle timelines once it is in remote storage, keeping only the control file.', schema: z.boolean({ error: 'expected true or false' }) }),
+  delete_offloaded_wal: key({ default: false, flag: 'boolean', unit: null, doc: 'Remove local WAL up to the remote-consistent LSN even while the timeline stays resident.', schema: z.boolean({ error: 'expected true or false' }) }),
+  control_file_save_interval: key({ default: '300s', flag: 'string', unit: 'duration', doc: 'Persist in-memory LSNs to the control file at least this often.', schema: duration() }),
+  partial_backup_timeout: key({ default: '15m', flag: 'string', unit: 'duration', doc: 'Upload the partial (last, unfinished) segment after this long without a newer upload.', schema: duration() }),
+  eviction_min_resident: key({ default: '15m', flag: 'string', unit: 'duration', doc: 'A timeline stays local at least this long after it was loaded or unevicted.', schema: duration() }),
+  heartbeat_timeout: key({ default: '5s', flag: 'string', unit: 'duration', doc: 'A peer that has not published for this long is considered dead.', schema: duration() }),
+  wal_backup_parallel_jobs: key({ default: 5, flag: 'integer', unit: 'count', doc: 'Segment uploads in flight per timeline.', schema: integer(1, 64) }),
+  no_sync: key({ default: false, flag: 'boolean', unit: null, doc: 'Skip every fsync. UNSAFE: acknowledged WAL can be lost. For tests and benchmarks only; logged loudly.', schema: z.boolean({ error: 'expected true or false' }) }),
+  auth_public_key: key({ default: '', flag: 'string', unit: null, doc: 'Path of the PEM public key that verifies JWTs on the pg and HTTP ports; "" turns auth off.', schema: z.string({ error: 'expected a path string' }) }),
+  wal_writer_threads: key({ default: 2, flag: 'integer', unit: 'count', doc: 'Worker threads that decode, checksum and write WAL (Piscina pool size).', schema: integer(1, 64) }),
+  ring_size: key({ default: formatBytes(limits.RING_SIZE_BYTES_DEFAULT), flag: 'string', unit: 'bytes', doc: 'Shared ring buffer per active timeline between the socket and the writer; a full ring pauses the proposer. A multiple of 8 bytes.', schema: bytes(limits.RING_SIZE_BYTES_MIN, RING_SIZE_BYTES_MAX).refine((value) => value % 8 === 0, 'must be a multiple of 8 bytes') }),
+  max_message_size: key({ default: formatBytes(limits.FRAME_BYTES_DEFAULT), flag: 'string', unit: 'bytes', doc: 'Largest protocol message accepted on the pg port; larger ones end the connection with 08P01.', schema: bytes(MESSAGE_BYTES_MIN, limits.FRAME_BYTES_MAX) }),
+  default_pg_version: key({ default: 150000, flag: 'integer', unit: null, doc: 'server_version reported to clients before a timeline is known (PostgreSQL numbering, 150000 = 15.0).', schema: integer(90_000, 999_999) }),
+  max_connections: key({ default: limits.CONNECTIONS_MAX, flag: 'integer', unit: 'count', doc: 'Concurrent connections on the pg port; more are refused with 53300.', schema: integer(1, limits.CONNECTIONS_MAX) }),
+  log_level: key({ default: 'info', flag: 'string', unit: null, doc: `Least severe log level written: ${LOG_LEVELS.join(', ')}.`, schema: z.enum(LOG_LEVELS, { error: `expected one of ${LOG_LEVELS.join(', ')}` }) }),
+  log_format: key({ default: 'auto', flag: 'string', unit: null, doc: 'Log output: json (one object per line), pretty, or auto (pretty when stderr is a terminal).', schema: z.enum(LOG_FORMATS, { error: `expected one of ${LOG_FORMATS.join(', ')}` }) }),
+} as const;
+
+export type ConfigKey = keyof typeof CONFIG_KEYS;
+export const CONFIG_KEY_NAMES = Object.keys(CONFIG_KEYS) as ConfigKey[];
+/** Each key's value after its schema, before paths and placeholders are resolved. */
+export type ConfigValues = { [K in ConfigKey]: z.output<(typeof CONFIG_KEYS)[K]['schema']> };
+
+export const flagName = (configKey: string): string => configKey.replaceAll('_', '-');
+export const keyOfFlag = (flag: string): string => flag.replaceAll('-', '_');
+
+/** The typed, frozen configuration. Names carry units; durations are ms, sizes bytes. */
+export interface Config {
+  readonly nodeId: bigint;
+  readonly dataDir: string;
+  readonly listenPg: HostPort;
+  readonly listenHttp: HostPort;
+  readonly advertisePg: HostPort | null;
+  readonly remoteStorage: RemoteStorageConfig;
+  readonly broker: BrokerConfig;
+  readonly enableOffload: boolean;
+  readonly deleteOffloadedWal: boolean;
+  readonly controlFileSaveIntervalMs: number;
+  readonly partialBackupTimeoutMs: number;
+  readonly evictionMinResidentMs: number;
+  readonly heartbeatTimeoutMs: number;
+  readonly walBackupParallelJobs: number;
+  readonly noSync: boolean;
+  readonly authPublicKeyPath: string | null;
+  readonly walWriterThreads: number;
+  readonly ringSizeBytes: number;
+  readonly maxMessageBytes: number;
+  readonly defaultPgVersion: number;
+  readonly maxConnections: number;
+  readonly logLevel: LogLevel;
+  readonly logFormat: LogFormat;
+  /** Where each key's value came from: "default", a file path, or "flag --name". */
+  readonly sources: Readonly<Record<ConfigKey, string>>;
+}
+
+/**
+ * Builds the Config from validated values. Returns the key and message of the first value that is only
+ * invalid in context (today: remote_storage after `{data_dir}` substitution).
+ */
+export function toConfig(values: ConfigValues, sources: Record<ConfigKey, string>, cwd: string): Parsed<Config> & { key?: ConfigKey } {
+  const dataDir = resolve(cwd, values.data_dir);
+  const remoteStorage = parseRemoteStorage(values.remote_storage.replaceAll('{data_dir}', dataDir));
+  if (!remoteStorage.ok) return { ...remoteStorage, key: 'remote_storage' };
+  const config: Config = {
+    nodeId: values.id,
+    dataDir,
+    listenPg: values.listen_pg,
+    listenHttp: values.listen_http,
+    advertisePg: values.advertise_pg,
+    remoteStorage: remoteStorage.value,
+    broker: values.broker,
+    enableOffload: values.enable_offload,
+    deleteOffloadedWal: values.delete_offloaded_wal,
+    controlFileSaveIntervalMs: values.control_file_save_interval,
+    partialBackupTimeoutMs: values.partial_backup_timeout,
+    evictionMinResidentMs: values.eviction_min_resident,
+    heartbeatTimeoutMs: values.heartbeat_timeout,
+    walBackupParallelJobs: values.wal_backup_parallel_jobs,
+    noSync: values.no_sync,
+    authPublicKeyPath: values.auth_public_key === '' ? null : resolve(cwd, values.auth_public_key),
+    walWriterThreads: values.wal_writer_threads,
+    ringSizeBytes: values.ring_size,
+    maxMessageBytes: values.max_message_size,
+    defaultPgVersion: values.default_pg_version,
+    maxConnections: values.max_connections,
+    logLevel: values.log_level,
+    logFormat: values.log_format,
+    sources: Object.freeze({ ...sources }),
+  };
+  return ok(deepFreeze(config));
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    for (const inner of Object.values(value)) deepFreeze(inner);
+    Object.freeze(value);
+  }
+  return value;
+}

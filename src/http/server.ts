@@ -1,0 +1,92 @@
+/**
+ * The HTTP management API (fastify 5): Neon's routes plus GET /metrics. This file owns the server and
+ * its cross-cutting rules; route groups live in their own files (`timeline_routes.ts`, ...) and are
+ * added with `registerRoutes` before the server listens.
+ *
+ * Rules every route gets from here:
+ * - errors are `{"msg": "..."}` with the SafekeeperError's `httpStatus`; fastify's own client errors keep
+ *   their status (400 bad JSON, 413 body over `HTTP_BODY_BYTES_MAX`, 415); unknown routes are 404;
+ *   anything else is 500 "internal error", logged once here with its stack. An AssertionError is a bug:
+ *   it is answered with 500 and then rethrown outside fastify so the process exits, as everywhere.
+ * - replies are serialized by `stringifyJson`, which writes bigints as exact JSON numbers (Neon's u64s);
+ *   LSNs are formatted as "X/Y" strings by the routes themselves.
+ * - requests are logged at debug by our pino logger; fastify's logger is off.
+ * Main thread. Closing waits for in-flight requests; idle keep-alive sockets are closed by Node.
+ */
+import { fastify, type FastifyError, type FastifyInstance } from 'fastify';
+import { SafekeeperError } from '../errors.js';
+import { HTTP_BODY_BYTES_MAX } from '../limits.js';
+import type { Logger } from '../log.js';
+import { renderMetrics } from '../metrics.js';
+import { AssertionError } from '../sync/assert.js';
+
+export type HttpApp = FastifyInstance;
+/** A group of routes, registered on the app before it listens. */
+export type RouteGroup = (app: HttpApp) => void;
+
+export interface StatusResponse {
+  readonly id: bigint;
+  readonly version: string;
+  /** Actual addresses (after port 0 is resolved), as HOST:PORT. */
+  readonly listen_pg: string;
+  readonly listen_http: string;
+}
+
+export interface HttpServerDeps {
+  readonly log: Logger;
+  /** Called per GET /v1/status; the addresses are only known once both listeners are bound. */
+  readonly status: () => StatusResponse;
+}
+
+const BIGINT_MARK = '__sk_bigint__';
+const BIGINT_MARK_PATTERN = new RegExp(`"${BIGINT_MARK}(-?\\d+)"`, 'g');
+
+/**
+ * JSON.stringify that writes bigints as exact JSON numbers (Node 20 has no JSON.rawJSON): each bigint
+ * becomes a marked string, and the marks are unquoted afterwards.
+ */
+export function stringifyJson(value: unknown): string {
+  const text = JSON.stringify(value, (_name, inner: unknown) => (typeof inner === 'bigint' ? `${BIGINT_MARK}${inner.toString()}` : inner));
+  return text === undefined ? 'null' : text.replace(BIGINT_MARK_PATTERN, '$1');
+}
+
+export function createHttpServer(deps: HttpServerDeps): HttpApp {
+  const app = fastify({ logger: false, bodyLimit: HTTP_BODY_BYTES_MAX });
+  app.setReplySerializer((payload) => stringifyJson(payload));
+  app.setErrorHandler((error: FastifyError | Error, request, reply) => {
+    const { status, msg } = describeError(error);
+    if (status >= 500) deps.log.error({ err: error, method: request.method, url: request.url }, 'http request failed');
+    void reply.code(status).send({ msg });
+    if (error instanceof AssertionError) setImmediate(() => { throw error; });
+  });
+  app.setNotFoundHandler((request, reply) => {
+    void reply.code(404).send({ msg: `no route for ${request.method} ${request.url.split('?')[0] ?? ''}` });
+  });
+  app.addHook('onResponse', (request, reply, done) => {
+    if (deps.log.isLevelEnabled('debug')) {
+      deps.log.debug({ method: request.method, url: request.url, status_code: reply.statusCode, duration_ms: reply.elapsedTime }, 'http request');
+    }
+    done();
+  });
+
+  registerRoutes(app, (scope) => {
+    scope.get('/v1/status', async () => deps.status());
+    scope.get('/metrics', async (_request, reply) => {
+      const metrics = await renderMetrics();
+      return reply.type(metrics.contentType).send(metrics.body);
+    });
+  });
+  return app;
+}
+
+/** Adds a route group. Must run before `listen`; fastify refuses routes after the server is ready. */
+export function registerRoutes(app: HttpApp, group: RouteGroup): void {
+  group(app);
+}
+
+function describeError(error: FastifyError | Error): { status: number; msg: string } {
+  if (error instanceof SafekeeperError) return { status: error.httpStatus, msg: error.message };
+  const statusCode = (error as Partial<FastifyError>).statusCode;
+  if (typeof statusCode === 'number' && statusCode >= 400 && statusCode < 500) return { status: statusCode, msg: error.message };
+  return { status: 500, msg: 'internal error' };
+}

@@ -1,0 +1,132 @@
+/**
+ * HTTP routes for timelines (reference §13): list, create, status, delete. Bodies are validated with zod
+ * and errors are `{"msg": ...}` with the SafekeeperError's HTTP status (400 bad input, 404 missing,
+ * 409 conflict). LSNs are "X/Y" strings, ids 32-hex strings, terms and system ids exact JSON numbers.
+ * Main thread.
+ */
+import { z } from 'zod';
+import type { Acceptor } from '../acceptor/acceptor.js';
+import { parseTenantId, parseTimelineId, type MembershipConfiguration, type TenantId, type TimelineId } from '../acceptor/state.js';
+import { InvalidArgumentError } from '../errors.js';
+import type { Timeline } from '../timeline/timeline.js';
+import type { TimelineRegistry } from '../timeline/registry.js';
+import { formatLsn, parseLsn, SEGMENT_SIZE_BYTES_DEFAULT } from '../wal/lsn.js';
+import type { RouteGroup } from './server.js';
+
+const lsnText = z.string().transform((text, context) => {
+  try {
+    return parseLsn(text);
+  } catch {
+    context.addIssue({ code: 'custom', message: `not an LSN: ${JSON.stringify(text)}` });
+    return z.NEVER;
+  }
+});
+const u64 = z.union([z.number().int().nonnegative(), z.string().regex(/^\d+$/)]).transform((value) => BigInt(value));
+const member = z.object({ id: u64, host: z.string(), pg_port: z.number().int().min(0).max(65535) });
+const mconfSchema = z.object({
+  generation: z.number().int().nonnegative(),
+  members: z.array(member),
+  new_members: z.array(member).nullable().optional(),
+});
+const createBody = z.strictObject({
+  tenant_id: z.string(),
+  timeline_id: z.string(),
+  mconf: mconfSchema.optional(),
+  pg_version: z.number().int().positive(),
+  system_id: u64.optional(),
+  wal_seg_size: z.number().int().positive().optional(),
+  start_lsn: lsnText,
+  commit_lsn: lsnText.optional(),
+});
+const deleteQuery = z.object({ only_local: z.enum(['true', 'false']).optional() });
+
+function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
+  const result = schema.safeParse(body);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    throw new InvalidArgumentError(`bad request body: ${issue?.path.join('.') || '(root)'}: ${issue?.message ?? 'invalid'}`);
+  }
+  return result.data;
+}
+
+function ids(params: unknown): { tenantId: TenantId; timelineId: TimelineId } {
+  const { tenant_id: tenant, timeline_id: timeline } = params as { tenant_id: string; timeline_id: string };
+  return { tenantId: parseTenantId(tenant), timelineId: parseTimelineId(timeline) };
+}
+
+const mconfJson = (mconf: MembershipConfiguration): object => ({
+  generation: mconf.generation,
+  members: mconf.members.map((m) => ({ id: m.id, host: m.host, pg_port: m.pgPort })),
+  new_members: mconf.newMembers?.map((m) => ({ id: m.id, host: m.host, pg_port: m.pgPort })) ?? null,
+});
+
+/** The status document of GET /v1/tenant/{t}/timeline/{l}; in-memory LSNs, like Neon. */
+export function timelineStatusJson(timeline: Timeline): object {
+  const base = { tenant_id: timeline.tenantId, timeline_id: timeline.timelineId, status: timeline.status };
+  const acceptor: Acceptor | null = timeline.acceptor;
+  if (acceptor === null) return { ...base, broken_reason: timeline.brokenReason };
+  const state = acceptor.state;
+  const proposers = timeline.state.get('proposerCount');
+  return {
+    ...base,
+    mconf: mconfJson(state.mconf),
+    acceptor_state: {
+      term: acceptor.term,
+      epoch: acceptor.lastLogTerm,
+      term_history: acceptor.termHistory.map((entry) => ({ term: entry.term, lsn: formatLsn(entry.lsn) })),
+    },
+    pg_info: { pg_version: state.server.pgVersion, system_id: state.server.systemId, wal_seg_size: state.server.walSegSizeBytes },
+    flush_lsn: formatLsn(acceptor.flushLsn),
+    write_lsn: formatLsn(acceptor.writeLsn),
+    timeline_start_lsn: formatLsn(state.timelineStartLsn),
+    local_start_lsn: formatLsn(state.localStartLsn),
+    commit_lsn: formatLsn(acceptor.commitLsn),
+    backup_lsn: formatLsn(acceptor.backupLsn),
+    peer_horizon_lsn: formatLsn(acceptor.peerHorizonLsn),
+    remote_consistent_lsn: formatLsn(acceptor.remoteConsistentLsn),
+    peers: [],
+    walsenders: [],
+    num_computes: Number(proposers),
+  };
+}
+
+export function timelineRoutes(registry: TimelineRegistry): RouteGroup {
+  return (app) => {
+    app.get('/v1/tenant/timeline', async () =>
+      registry.list().map((timeline) => ({ tenant_id: timeline.tenantId, timeline_id: timeline.timelineId })),
+    );
+
+    app.post('/v1/tenant/timeline', async (request) => {
+      const body = parseBody(createBody, request.body);
+      const mconf: MembershipConfiguration | undefined =
+        body.mconf === undefined
+          ? undefined
+          : {
+              generation: body.mconf.generation,
+              members: body.mconf.members.map((m) => ({ id: m.id, host: m.host, pgPort: m.pg_port })),
+              newMembers: body.mconf.new_members?.map((m) => ({ id: m.id, host: m.host, pgPort: m.pg_port })) ?? null,
+            };
+      await registry.create({
+        tenantId: parseTenantId(body.tenant_id),
+        timelineId: parseTimelineId(body.timeline_id),
+        server: { pgVersion: body.pg_version, systemId: body.system_id ?? 0n, walSegSizeBytes: body.wal_seg_size ?? SEGMENT_SIZE_BYTES_DEFAULT },
+        startLsn: body.start_lsn,
+        commitLsn: body.commit_lsn ?? body.start_lsn,
+        ...(mconf !== undefined ? { mconf } : {}),
+      });
+      return null;
+    });
+
+    app.get('/v1/tenant/:tenant_id/timeline/:timeline_id', async (request) => {
+      const { tenantId, timelineId } = ids(request.params);
+      return timelineStatusJson(registry.require(tenantId, timelineId));
+    });
+
+    app.delete('/v1/tenant/:tenant_id/timeline/:timeline_id', async (request) => {
+      const { tenantId, timelineId } = ids(request.params);
+      parseBody(deleteQuery, request.query);
+      const { dirExisted } = await registry.delete(tenantId, timelineId);
+      return { dir_existed: dirExisted };
+    });
+  };
+}

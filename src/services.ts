@@ -1,0 +1,79 @@
+/**
+ * Wires the node's components: the writer pool, the timeline registry, the WAL service on the pg port and
+ * the HTTP timeline routes. `createNodeHooks` returns the hooks `SafekeeperNode` calls: `onStart` loads the
+ * timelines (before the node listens), `onStop` shuts every timeline down and then the pool, after all
+ * connections are gone. Main thread.
+ */
+import type { Socket } from 'node:net';
+import type { Config } from './config/schema.js';
+import type { TooManyConnectionsError } from './errors.js';
+import { timelineRoutes } from './http/timeline_routes.js';
+import { createWriterPool, type WriterPool } from './ingest/writer_pool.js';
+import type { WriteResult } from './ingest/writer_protocol.js';
+import type { Logger } from './log.js';
+import { fsyncSeconds, observeMs, pgQueriesReceivedTotal, writeWalBytesTotal, writeWalSeconds } from './metrics.js';
+import type { NodeHooks, PgConnectionInfo } from './node.js';
+import { errorResponse } from './pg/backend_encoder.js';
+import { PgConnection } from './pg/connection.js';
+import { errorFields } from './pg/sqlstate.js';
+import { TimelineRegistry } from './timeline/registry.js';
+import { assert } from './sync/assert.js';
+import { createWalService } from './wal_service.js';
+
+export function createNodeHooks(config: Config): NodeHooks {
+  let pool: WriterPool | null = null;
+  let registry: TimelineRegistry | null = null;
+  let service: ReturnType<typeof createWalService> | null = null;
+  const onBatch = (_timeline: string, bytes: number, result: WriteResult): void => {
+    if (!result.ok) return;
+    writeWalBytesTotal.inc(bytes);
+    observeMs(writeWalSeconds, result.timings.writeMs);
+    observeMs(fsyncSeconds, result.timings.fsyncMs);
+  };
+  return {
+    onStart: async (node) => {
+      pool = createWriterPool(config.walWriterThreads);
+      registry = await TimelineRegistry.load({
+        dataDir: config.dataDir,
+        nodeId: node.id,
+        noSync: config.noSync,
+        ringSizeBytes: config.ringSizeBytes,
+        pool,
+        cancel: node.cancel,
+        log: node.log,
+        onBatch,
+      });
+      service = createWalService({
+        registry,
+        log: node.log,
+        defaultPgVersion: config.defaultPgVersion,
+        countQuery: (kind) => pgQueriesReceivedTotal.inc({ query: kind }),
+      });
+      node.log.info({ timelines: registry.list().length }, 'timelines loaded');
+    },
+    onStop: async () => {
+      await registry?.shutdown();
+      await pool?.close();
+    },
+    onPgConnection: (socket: Socket, signal: AbortSignal, info: PgConnectionInfo) => {
+      assert(service !== null, 'the WAL service exists once the node listens');
+      const conn = new PgConnection(
+        socket,
+        { frameBytesMax: config.maxMessageBytes, serverParameters: service.serverParameters, signal, log: info.log },
+        service.handler,
+      );
+      return conn.closed;
+    },
+    onPgConnectionRefused: (socket: Socket, error: TooManyConnectionsError) => {
+      const fields = errorFields(error);
+      socket.end(errorResponse(fields));
+    },
+    httpRoutes: [
+      (app) => {
+        // The node registers route groups after onStart, so the registry is loaded by now.
+        assert(registry !== null, 'registry loaded before HTTP routes are registered');
+        timelineRoutes(registry)(app);
+      },
+    ],
+  };
+}

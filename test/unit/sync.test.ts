@@ -1,0 +1,261 @@
+/** src/sync: CancelToken trees, Gate, Watch, BoundedChannel. */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { CancelledError, ShutdownError } from '../../src/errors.js';
+import { CancelToken, raceAbort, sleep, throwIfAborted } from '../../src/sync/cancel.js';
+import { BoundedChannel } from '../../src/sync/channel.js';
+import { Gate } from '../../src/sync/gate.js';
+import { Watch } from '../../src/sync/watch.js';
+
+/** Lets every queued microtask and promise callback run. */
+const settle = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/** Tracks whether a promise has settled, without awaiting it. */
+function track<T>(promise: Promise<T>): { readonly settled: boolean; readonly value: T | undefined; readonly error: unknown } {
+  const state = { settled: false, value: undefined as T | undefined, error: undefined as unknown };
+  promise.then(
+    (value) => Object.assign(state, { settled: true, value }),
+    (error: unknown) => Object.assign(state, { settled: true, error }),
+  );
+  return state;
+}
+
+/** The number of 'abort' listeners on a signal, from Node's EventTarget internals (test-only introspection). */
+function abortListenerCount(signal: AbortSignal): number {
+  const symbol = Object.getOwnPropertySymbols(signal).find((candidate) => candidate.description === 'kEvents');
+  assert.ok(symbol !== undefined, 'node EventTarget internals changed');
+  const events = (signal as unknown as Record<symbol, Map<string, { size: number }>>)[symbol];
+  return events?.get('abort')?.size ?? 0;
+}
+
+describe('CancelToken', () => {
+  test('cancelling a parent cancels the whole tree with the same reason', () => {
+    const root = new CancelToken();
+    const child = root.child();
+    const grandchild = child.child();
+    const reason = new ShutdownError();
+    root.cancel(reason);
+    assert.ok(child.cancelled);
+    assert.ok(grandchild.cancelled);
+    assert.equal(grandchild.signal.reason, reason);
+  });
+
+  test('cancelling a child never touches its parent or siblings', () => {
+    const root = new CancelToken();
+    const child = root.child();
+    const sibling = root.child();
+    child.cancel();
+    assert.ok(child.cancelled);
+    assert.ok(child.signal.reason instanceof CancelledError);
+    assert.equal(root.cancelled, false);
+    assert.equal(sibling.cancelled, false);
+  });
+
+  test('a child of a cancelled token starts cancelled', () => {
+    const root = new CancelToken();
+    root.cancel();
+    assert.ok(root.child().cancelled);
+  });
+
+  test('release detaches the child listener from a long-lived parent', () => {
+    const root = new CancelToken();
+    const children = Array.from({ length: 100 }, () => root.child());
+    assert.equal(abortListenerCount(root.signal), 100);
+    for (const child of children) child.release();
+    assert.equal(abortListenerCount(root.signal), 0);
+    children[0]?.release(); // idempotent
+    root.cancel();
+    assert.ok(children.every((child) => !child.cancelled), 'released children are no longer cancelled by the parent');
+  });
+
+  test('cancelling a child detaches it too', () => {
+    const root = new CancelToken();
+    root.child().cancel();
+    assert.equal(abortListenerCount(root.signal), 0);
+  });
+
+  test('throwIfAborted, raceAbort and sleep reject with the reason', async () => {
+    const token = new CancelToken();
+    assert.doesNotThrow(() => throwIfAborted(token.signal));
+    const never = new Promise<never>(() => {});
+    const raced = track(raceAbort(never, token.signal));
+    const slept = track(sleep(60_000, token.signal));
+    const reason = new ShutdownError();
+    token.cancel(reason);
+    await settle();
+    assert.equal(raced.error, reason);
+    assert.equal(slept.error, reason);
+    assert.throws(() => throwIfAborted(token.signal), ShutdownError);
+    assert.equal(abortListenerCount(token.signal), 0);
+  });
+});
+
+describe('Gate', () => {
+  test('close waits for every holder to leave', async () => {
+    const gate = new Gate('test');
+    const leaveFirst = gate.enter('first');
+    const leaveSecond = gate.enter('second');
+    assert.deepEqual(gate.holderNames, ['first', 'second']);
+    const closed = track(gate.close());
+    await settle();
+    assert.equal(closed.settled, false);
+    leaveFirst();
+    leaveFirst(); // idempotent: must not count twice
+    await settle();
+    assert.equal(closed.settled, false);
+    leaveSecond();
+    await settle();
+    assert.equal(closed.settled, true);
+    assert.equal(closed.error, undefined);
+  });
+
+  test('close of an empty gate resolves at once, and twice is fine', async () => {
+    const gate = new Gate('test');
+    await gate.close();
+    await gate.close();
+    assert.ok(gate.closing);
+  });
+
+  test('enter after close has begun throws ShutdownError', async () => {
+    const gate = new Gate('timeline');
+    const leave = gate.enter('task');
+    const closed = gate.close();
+    assert.throws(() => gate.enter('late task'), (error: unknown) => error instanceof ShutdownError && /late task/.test(error.message));
+    leave();
+    await closed;
+    assert.throws(() => gate.enter('later task'), ShutdownError);
+  });
+
+  test('a slow close reports the holders it waits for', async () => {
+    const reports: string[][] = [];
+    const gate = new Gate('test', 10, (holderNames) => reports.push(holderNames));
+    const leave = gate.enter('stuck task');
+    const closed = gate.close();
+    const deadline = Date.now() + 5000;
+    while (reports.length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.deepEqual(reports[0], ['stuck task']);
+    leave();
+    await closed;
+  });
+});
+
+describe('Watch', () => {
+  test('changed wakes on the next set with the value it set; later sets are read from value', async () => {
+    const watch = new Watch(0);
+    const signal = new CancelToken().signal;
+    const seen = watch.version;
+    const woken = track(watch.changed(seen, signal));
+    await settle();
+    assert.equal(woken.settled, false);
+    watch.set(1);
+    watch.set(2);
+    await settle();
+    assert.equal(woken.value, 1);
+    assert.equal(watch.value, 2);
+    assert.equal(await watch.changed(seen, signal), 2, 'an old version resolves at once with the latest value');
+  });
+
+  test('setIfChanged only bumps the version on a new value', () => {
+    const watch = new Watch('a');
+    assert.equal(watch.setIfChanged('a'), false);
+    assert.equal(watch.version, 0);
+    assert.equal(watch.setIfChanged('b'), true);
+    assert.equal(watch.version, 1);
+  });
+
+  test('waitFor resolves with the first value that satisfies the predicate', async () => {
+    const watch = new Watch(0n);
+    const signal = new CancelToken().signal;
+    const reached = track(watch.waitFor((lsn) => lsn >= 100n, signal));
+    watch.set(50n);
+    await settle();
+    assert.equal(reached.settled, false);
+    watch.set(150n);
+    await settle();
+    assert.equal(reached.value, 150n);
+    assert.equal(await watch.waitFor((lsn) => lsn > 0n, signal), 150n, 'already true resolves at once');
+  });
+
+  test('abort rejects the waiter and removes it', async () => {
+    const watch = new Watch(0);
+    const token = new CancelToken();
+    const waiting = track(watch.waitFor(() => false, token.signal));
+    await settle();
+    assert.equal(watch.waiterCount, 1);
+    const reason = new ShutdownError();
+    token.cancel(reason);
+    await settle();
+    assert.equal(waiting.error, reason);
+    assert.equal(watch.waiterCount, 0);
+    await assert.rejects(watch.changed(watch.version, token.signal), ShutdownError);
+  });
+});
+
+describe('BoundedChannel', () => {
+  test('send waits while full: backpressure', async () => {
+    const channel = new BoundedChannel<number>(2);
+    const signal = new CancelToken().signal;
+    await channel.send(1, signal);
+    await channel.send(2, signal);
+    const third = track(channel.send(3, signal));
+    await settle();
+    assert.equal(third.settled, false);
+    assert.equal(channel.length, 2);
+    assert.equal(await channel.receive(signal), 1);
+    await settle();
+    assert.equal(third.settled, true);
+    assert.equal(await channel.receive(signal), 2);
+    assert.equal(await channel.receive(signal), 3);
+  });
+
+  test('trySend refuses when full and enqueues nothing', async () => {
+    const channel = new BoundedChannel<string>(1);
+    assert.equal(channel.trySend('a'), true);
+    assert.equal(channel.trySend('b'), false);
+    assert.equal(channel.length, 1);
+    assert.equal(await channel.receive(new CancelToken().signal), 'a');
+    assert.equal(channel.trySend('c'), true);
+  });
+
+  test('receive waits while empty and an aborted send enqueues nothing', async () => {
+    const channel = new BoundedChannel<number>(1);
+    const signal = new CancelToken().signal;
+    const received = track(channel.receive(signal));
+    await settle();
+    assert.equal(received.settled, false);
+    channel.trySend(7);
+    await settle();
+    assert.equal(received.value, 7);
+
+    channel.trySend(8);
+    const token = new CancelToken();
+    const blocked = track(channel.send(9, token.signal));
+    token.cancel(new ShutdownError());
+    await settle();
+    assert.ok(blocked.error instanceof ShutdownError);
+    assert.equal(await channel.receive(signal), 8);
+    assert.equal(channel.length, 0, 'the aborted item was never enqueued');
+  });
+
+  test('close lets receivers drain what is left, then returns undefined', async () => {
+    const channel = new BoundedChannel<number>(4);
+    const signal = new CancelToken().signal;
+    channel.trySend(1);
+    channel.trySend(2);
+    channel.close();
+    assert.ok(channel.closed);
+    assert.equal(await channel.receive(signal), 1);
+    assert.equal(await channel.receive(signal), 2);
+    assert.equal(await channel.receive(signal), undefined);
+  });
+
+  test('close wakes a receiver waiting on an empty channel', async () => {
+    const channel = new BoundedChannel<number>(1);
+    const waiting = track(channel.receive(new CancelToken().signal));
+    await settle();
+    channel.close();
+    await settle();
+    assert.equal(waiting.settled, true);
+    assert.equal(waiting.value, undefined);
+  });
+});
