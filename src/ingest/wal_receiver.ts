@@ -18,7 +18,7 @@ import type { Acceptor } from '../acceptor/acceptor.js';
 import { decodeAppendRequestHeader, TAG_APPEND, type AcceptorMessage, type ProposerMessage, type ProtocolVersion } from '../acceptor/messages.js';
 import { decodeProposerMessage, encodeAcceptorMessage } from '../acceptor/messages_codec.js';
 import { parseTenantId, parseTimelineId, type TenantId, type TimelineId } from '../acceptor/state.js';
-import { ProtocolViolationError, TimelineBrokenError } from '../errors.js';
+import { ProtocolViolationError, ShutdownError } from '../errors.js';
 import type { CopyBothSink, PgConnection } from '../pg/connection.js';
 import { assert } from '../sync/assert.js';
 import { CancelToken } from '../sync/cancel.js';
@@ -55,6 +55,9 @@ class WalReceiver implements CopyBothSink {
   /** An append arrived since the last AppendResponse: the next finished write task answers it. */
   #replyOwed = false;
   #proposerRegistered = false;
+  /** Leaves the timeline's gate: a receiver holds it while streaming, so delete and shutdown wait for it. */
+  #leaveGate: (() => void) | null = null;
+  #detachTimelineCancel: (() => void) | null = null;
 
   constructor(
     private readonly conn: PgConnection,
@@ -66,6 +69,7 @@ class WalReceiver implements CopyBothSink {
   }
 
   onCopyData(payload: Uint8Array): void {
+    if (payload.length > 0 && this.#tagOf(payload) === TAG_APPEND) this.#throwIfWalFailed();
     const acceptor = this.#acceptor;
     if (acceptor !== null && !this.#busy && payload.length > 0 && this.#tagOf(payload) === TAG_APPEND && !this.#timeline!.acceptorLock.locked) {
       const message = decodeAppendRequestHeader(payload, this.options.protoVersion);
@@ -92,7 +96,19 @@ class WalReceiver implements CopyBothSink {
   onClose(): void {
     this.#cancel.cancel();
     if (this.#proposerRegistered) this.#timeline?.state.add('proposerCount', -1n);
+    this.#detachTimelineCancel?.();
+    this.#leaveGate?.();
     this.#finish();
+  }
+
+  /**
+   * A write task found corrupt WAL (or failed on disk): the stream's positions were moved back to the last
+   * verified record, so a later append would look like a gap. Report the real cause instead. Votes and
+   * elections still go through: the next election's truncation clears the failure.
+   */
+  #throwIfWalFailed(): void {
+    const failure = this.#timeline?.wal?.failure.value ?? null;
+    if (failure !== null) throw failure;
   }
 
   #tagOf(payload: Uint8Array): number {
@@ -120,6 +136,7 @@ class WalReceiver implements CopyBothSink {
     if (this.#acceptor === null) return this.#greet(message);
     const timeline = this.#timeline!;
     const acceptor = this.#acceptor;
+    if (message.tag === 'append') this.#throwIfWalFailed();
     const reply = await timeline.acceptorLock.run(signal, () => acceptor.handle(message, signal));
     if (reply !== null) this.#send(reply);
     else if (message.tag === 'append') this.#afterAppend();
@@ -147,7 +164,7 @@ class WalReceiver implements CopyBothSink {
       });
     }
     const acceptor = timeline.activeAcceptor();
-    if (timeline.cancel.cancelled) throw new TimelineBrokenError(`timeline ${timeline.ttid} is shutting down`);
+    this.#enterTimeline(timeline);
     const signal = this.#cancel.signal;
     const reply = await timeline.acceptorLock.run(signal, () => acceptor.handle(message, signal));
     assert(reply !== null, 'a greeting is answered');
@@ -157,6 +174,15 @@ class WalReceiver implements CopyBothSink {
     this.#proposerRegistered = true;
     this.#send(reply);
     void this.#replyLoop(timeline, acceptor);
+  }
+
+  /** Holds the timeline's gate while streaming; the timeline's cancellation (delete, shutdown) ends the stream. */
+  #enterTimeline(timeline: Timeline): void {
+    this.#leaveGate = timeline.gate.enter(`wal receiver conn ${this.conn.id}`); // ShutdownError once closing
+    const timelineSignal = timeline.cancel.signal;
+    const onCancel = (): void => this.conn.endWithError(timelineSignal.reason ?? new ShutdownError(`timeline ${timeline.ttid} is shutting down`));
+    timelineSignal.addEventListener('abort', onCancel, { once: true });
+    this.#detachTimelineCancel = () => timelineSignal.removeEventListener('abort', onCancel);
   }
 
   /** Sends an AppendResponse each time a write task finishes and flush_lsn moved; ends on a write failure. */
@@ -170,7 +196,10 @@ class WalReceiver implements CopyBothSink {
         const failure = wal.failure.value;
         if (failure !== null) return this.conn.endWithError(failure);
         if (wal.flushLsn === sentFlushLsn && !this.#replyOwed) continue;
-        if (!acceptor.onFlushAdvancedSync()) await timeline.acceptorLock.run(signal, () => acceptor.onFlushAdvanced(signal));
+        // Another connection's vote or election holds the lock: wait for it rather than interleave.
+        if (timeline.acceptorLock.locked || !acceptor.onFlushAdvancedSync()) {
+          await timeline.acceptorLock.run(signal, () => acceptor.onFlushAdvanced(signal));
+        }
         sentFlushLsn = wal.flushLsn;
         this.#send(acceptor.appendResponse());
         this.#replyOwed = false;
