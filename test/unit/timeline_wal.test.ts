@@ -1,0 +1,141 @@
+/**
+ * TimelineWal with the real writer pool and real files: group commit, record-aligned flush_lsn, ring
+ * backpressure, corruption handling (nothing after the last good record kept) and truncation.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { after, before, describe, test } from 'node:test';
+import { StateBlock } from '../../src/ingest/state_block.js';
+import { TimelineWal } from '../../src/ingest/timeline_wal.js';
+import { createWriterPool, type WriterPool } from '../../src/ingest/writer_pool.js';
+import type { WriteResult } from '../../src/ingest/writer_protocol.js';
+import { segmentPath } from '../../src/storage/layout.js';
+import { WalCorruptionError } from '../../src/errors.js';
+import { segmentOffsetBytes, type Lsn } from '../../src/wal/lsn.js';
+import { WalBuilder } from '../../src/wal/wal_builder.js';
+import { makeTempDir } from '../harness/tmp.js';
+
+const SEGMENT_BYTES = 1024 * 1024;
+const PG_VERSION = 150008;
+const START_LSN: Lsn = 0x100_0000n + 40n; // just after the long header of segment 16
+
+let pool: WriterPool;
+const opened: TimelineWal[] = [];
+before(() => {
+  pool = createWriterPool(2);
+});
+after(async () => {
+  // As the registry does at shutdown: no task (a segment preparation, say) may outlive the pool.
+  for (const wal of opened) await wal.quiesce(new AbortController().signal);
+  await pool.close();
+});
+
+interface Harness {
+  wal: TimelineWal;
+  dir: string;
+  batches: number[];
+}
+
+async function openWal(ringSizeBytes = 4 * 1024 * 1024): Promise<Harness> {
+  const dir = await makeTempDir('timeline-wal');
+  const batches: number[] = [];
+  const wal = new TimelineWal(
+    { dir, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION, ringSizeBytes, noSync: false, pool, state: new StateBlock(), onBatch: (bytes: number, _result: WriteResult) => batches.push(bytes) },
+    0n,
+  );
+  opened.push(wal);
+  await wal.truncate(START_LSN, new AbortController().signal);
+  return { wal, dir, batches };
+}
+
+/** Valid WAL of `count` logical messages of `payloadBytes` each, with each record's end LSN. */
+function buildWal(count: number, payloadBytes: number): { bytes: Uint8Array; ends: Lsn[] } {
+  const builder = new WalBuilder({ startLsn: START_LSN, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION, systemId: 7n });
+  const ends: Lsn[] = [];
+  for (let i = 0; i < count; i++) ends.push(builder.appendLogicalMessage(new Uint8Array(payloadBytes).fill(i & 0xff)).endLsn);
+  return { bytes: builder.take(), ends };
+}
+
+const signal = (): AbortSignal => new AbortController().signal;
+
+describe('TimelineWal', () => {
+  test('acknowledges only complete records, and every byte lands in the segment files', async () => {
+    const { wal, dir } = await openWal();
+    const { bytes, ends } = buildWal(400, 3000); // crosses into a second 1 MiB segment
+    const half = 1000; // cut inside the first record
+    assert.equal(wal.tryAppend(START_LSN, bytes.subarray(0, half)), true);
+    await wal.flushAll(signal());
+    assert.equal(wal.flushLsn, START_LSN, 'no record is complete yet');
+    assert.equal(wal.tryAppend(START_LSN + BigInt(half), bytes.subarray(half)), true);
+    await wal.flushAll(signal());
+    assert.equal(wal.flushLsn, ends.at(-1));
+    const first = readFileSync(segmentPath(dir, 16n, SEGMENT_BYTES, false));
+    const offset = segmentOffsetBytes(START_LSN, SEGMENT_BYTES);
+    assert.deepEqual(first.subarray(offset), Buffer.from(bytes.subarray(0, SEGMENT_BYTES - offset)));
+    const second = readFileSync(segmentPath(dir, 17n, SEGMENT_BYTES, true));
+    assert.deepEqual(second.subarray(0, bytes.length - (SEGMENT_BYTES - offset)), Buffer.from(bytes.subarray(SEGMENT_BYTES - offset)));
+  });
+
+  test('groups appends that arrive while a write is in flight into one batch', async () => {
+    const { wal, batches } = await openWal();
+    const { bytes, ends } = buildWal(2000, 100);
+    const pieceBytes = 128;
+    let lsn = START_LSN;
+    for (let at = 0; at < bytes.length; at += pieceBytes) {
+      const piece = bytes.subarray(at, Math.min(bytes.length, at + pieceBytes));
+      assert.equal(wal.tryAppend(lsn, piece), true);
+      lsn += BigInt(piece.length);
+    }
+    await wal.flushAll(signal());
+    assert.equal(wal.flushLsn, ends.at(-1));
+    const appends = Math.ceil(bytes.length / pieceBytes);
+    assert.ok(batches.length < appends / 10, `${batches.length} batches for ${appends} appends`);
+  });
+
+  test('a full ring refuses tryAppend and append() waits for space', async () => {
+    const ringBytes = 2 * 1024 * 1024;
+    const { wal } = await openWal(ringBytes);
+    const { bytes, ends } = buildWal(1400, 3000); // about 4 MiB: twice the ring
+    let lsn = START_LSN;
+    let refused = 0;
+    for (let at = 0; at < bytes.length; at += 128 * 1024) {
+      const piece = bytes.subarray(at, Math.min(bytes.length, at + 128 * 1024));
+      if (!wal.tryAppend(lsn, piece)) {
+        refused += 1;
+        await wal.append(lsn, piece, signal());
+      }
+      lsn += BigInt(piece.length);
+      assert.ok(wal.writeLsn - wal.syncedLsn <= BigInt(ringBytes), 'never more than the ring holds');
+    }
+    await wal.flushAll(signal());
+    assert.ok(refused > 0, 'the ring filled up at least once');
+    assert.equal(wal.flushLsn, ends.at(-1));
+  });
+
+  test('corrupt WAL: nothing after the last good record is acknowledged or kept, until a truncation', async () => {
+    const { wal, dir } = await openWal();
+    const { bytes, ends } = buildWal(50, 500);
+    const bad = bytes.slice();
+    const victim = 20; // flip a byte inside the body of record 21 (it starts at ends[19])
+    const victimOffset = Number(ends[victim - 1]! - START_LSN) + 100;
+    bad[victimOffset] = bad[victimOffset]! ^ 0xff;
+    assert.equal(wal.tryAppend(START_LSN, bad), true);
+    await wal.flushAll(signal()); // resolves once the failure is handled: a vote may still flush and go on
+    const failure = wal.failure.value;
+    assert.ok(failure instanceof WalCorruptionError && failure.lsn === ends[victim - 1], 'the failure names the bad record');
+    assert.equal(wal.flushLsn, ends[victim - 1]);
+    assert.equal(wal.writeLsn, ends[victim - 1]);
+    assert.throws(() => wal.tryAppend(wal.writeLsn, bytes.subarray(0, 8)), WalCorruptionError);
+    await wal.quiesce(signal());
+    const file = readFileSync(segmentPath(dir, 16n, SEGMENT_BYTES, true));
+    const goodEnd = segmentOffsetBytes(ends[victim - 1]!, SEGMENT_BYTES);
+    assert.deepEqual(file.subarray(segmentOffsetBytes(START_LSN, SEGMENT_BYTES), goodEnd), Buffer.from(bytes.subarray(0, goodEnd - segmentOffsetBytes(START_LSN, SEGMENT_BYTES))));
+    assert.ok(file.subarray(goodEnd).every((byte) => byte === 0), 'the bad record and everything after it are zeroed');
+    await wal.truncate(ends[victim - 1]!, signal());
+    assert.equal(wal.failure.value, null);
+    const rest = bytes.subarray(Number(ends[victim - 1]! - START_LSN));
+    assert.equal(wal.tryAppend(ends[victim - 1]!, rest), true);
+    await wal.flushAll(signal());
+    assert.equal(wal.flushLsn, ends.at(-1));
+  });
+});
