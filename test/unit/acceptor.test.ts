@@ -365,3 +365,50 @@ describe('term and configuration changes from the HTTP API', () => {
     assert.equal(control.state.backupLsn, 100n, 'max-merged, never lowered');
   });
 });
+
+describe('appendSync (the ingest hot path)', () => {
+  test('applies the same rules as handle(append) without waiting', async () => {
+    const { acceptor, wal } = setup();
+    await acceptor.handle(greeting(), signal);
+    await elect(acceptor, 1, 0x1000);
+    assert.equal(acceptor.appendSync(append(1, 0x1000, 0x1100)), null);
+    assert.equal(wal.writeLsn, 0x1100n);
+    assert.throws(() => acceptor.appendSync(append(1, 0x1000, 0x1100)), refused(/rewrites/));
+    assert.throws(() => acceptor.appendSync(append(1, 0x1200, 0x1300)), refused(/gap/));
+    assert.throws(() => acceptor.appendSync(append(2, 0x1100, 0x1200)), refused(/before ProposerElected/));
+  });
+
+  test("answers 'slow' and changes nothing when the buffer is full", async () => {
+    const { acceptor, wal } = setup();
+    await acceptor.handle(greeting(), signal);
+    await elect(acceptor, 1, 0x1000);
+    wal.bufferBytesFree = 0;
+    assert.equal(acceptor.appendSync(append(1, 0x1000, 0x1100, { truncateLsn: 0x1000n })), 'slow');
+    assert.equal(wal.writeLsn, 0x1000n);
+    wal.bufferBytesFree = Number.POSITIVE_INFINITY;
+    assert.equal(await acceptor.handle(append(1, 0x1000, 0x1100), signal), null);
+    assert.equal(wal.writeLsn, 0x1100n);
+  });
+
+  test("answers 'slow' when commit_lsn would cross term start before the control file has it", async () => {
+    const { acceptor, wal, control } = setup();
+    await acceptor.handle(greeting(), signal);
+    await elect(acceptor, 1, 0x1000);
+    assert.equal(acceptor.appendSync(append(1, 0x1000, 0x1100)), null);
+    await wal.flush(signal);
+    // Term 2 starts at 0x1100, above the persisted commit_lsn (0x1000).
+    await acceptor.handle({ tag: 'vote', generation: 0, term: 2n }, signal);
+    await acceptor.handle(elected(2, 0x1100, history([1, 0x1000], [2, 0x1100])), signal);
+    assert.equal(acceptor.appendSync(append(2, 0x1100, 0x1200)), null);
+    await wal.flush(signal);
+    const persists = control.persistCount;
+    assert.equal(acceptor.appendSync(append(2, 0x1200, 0x1300, { commitLsn: 0x1200n })), 'slow');
+    assert.equal(wal.writeLsn, 0x1200n, 'nothing appended on a slow answer');
+    assert.equal(await acceptor.handle(append(2, 0x1200, 0x1300, { commitLsn: 0x1200n }), signal), null);
+    assert.equal(control.persistCount, persists + 1, 'the crossing commit was persisted first');
+    assert.equal(control.state.commitLsn, 0x1200n);
+    await wal.flush(signal);
+    assert.equal(acceptor.appendSync(append(2, 0x1300, 0x1400, { commitLsn: 0x1300n })), null, 'later commits stay in memory');
+    assert.equal(acceptor.commitLsn, 0x1300n);
+  });
+});
