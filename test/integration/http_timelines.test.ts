@@ -1,0 +1,104 @@
+/**
+ * The HTTP timeline routes and timeline loading, against the real binary: create, list, status, delete,
+ * JSON errors; a timeline whose control file is corrupt loads as `broken` while the node and the other
+ * timelines go on.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { killAllNodes, spawnNode, testNodeArgs } from '../harness/node_process.js';
+import { PgTestClient } from '../harness/pg_client.js';
+import { makeTempDir, removeAllTempDirs } from '../harness/tmp.js';
+
+const TENANT = 'de200bd42b49cc1814412c7e592dd6e9';
+const TIMELINE_A = '0123456789abcdef0123456789abcdef';
+const TIMELINE_B = 'fedcba9876543210fedcba9876543210';
+
+after(async () => {
+  await killAllNodes();
+  await removeAllTempDirs();
+});
+
+async function http(base: string, method: string, path: string, body?: unknown): Promise<{ status: number; json: unknown }> {
+  const response = await fetch(base + path, {
+    method,
+    ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body), headers: { 'content-type': 'application/json' } }),
+  });
+  const text = await response.text();
+  return { status: response.status, json: text === '' ? null : JSON.parse(text) };
+}
+
+const createBody = (timelineId: string): object => ({ tenant_id: TENANT, timeline_id: timelineId, pg_version: 150008, system_id: 7335, start_lsn: '0/1000028' });
+
+describe('HTTP timeline routes', () => {
+  test('create, list, status and delete, with JSON errors', async () => {
+    const dataDir = await makeTempDir('sk-http');
+    const node = await spawnNode(testNodeArgs(dataDir));
+    const base = node.httpUrl;
+    assert.deepEqual(await http(base, 'GET', '/v1/tenant/timeline'), { status: 200, json: [] });
+    assert.equal((await http(base, 'POST', '/v1/tenant/timeline', createBody(TIMELINE_A))).status, 200);
+    assert.equal((await http(base, 'POST', '/v1/tenant/timeline', createBody(TIMELINE_A))).status, 200, 'create is idempotent');
+    assert.deepEqual((await http(base, 'GET', '/v1/tenant/timeline')).json, [{ tenant_id: TENANT, timeline_id: TIMELINE_A }]);
+
+    const status = (await http(base, 'GET', `/v1/tenant/${TENANT}/timeline/${TIMELINE_A}`)).json as Record<string, unknown>;
+    assert.equal(status.status, 'active');
+    assert.equal(status.flush_lsn, '0/1000028');
+    assert.equal(status.commit_lsn, '0/1000028');
+    assert.equal(status.timeline_start_lsn, '0/1000028');
+    assert.deepEqual(status.pg_info, { pg_version: 150008, system_id: 7335, wal_seg_size: 16 * 1024 * 1024 });
+    assert.deepEqual(status.acceptor_state, { term: 0, epoch: 0, term_history: [{ term: 0, lsn: '0/1000028' }] });
+
+    // The timeline is usable over the pg port: the server reports its PostgreSQL version.
+    const client = await PgTestClient.connect({ port: node.pgPort, options: `-c tenant_id=${TENANT} timeline_id=${TIMELINE_A}` });
+    const rows = await client.simpleQuery('TIMELINE_STATUS');
+    assert.deepEqual(rows.rows, [['0/1000028', '0/1000028']]);
+    const version = await client.simpleQuery('SHOW server_version');
+    assert.deepEqual(version.rows, [['15.8']]);
+    await client.terminate();
+
+    const bad = [
+      await http(base, 'POST', '/v1/tenant/timeline', { ...createBody(TIMELINE_B), start_lsn: 'nope' }),
+      await http(base, 'POST', '/v1/tenant/timeline', { ...createBody(TIMELINE_B), tenant_id: 'XYZ' }),
+      await http(base, 'POST', '/v1/tenant/timeline', { ...createBody(TIMELINE_B), wal_seg_size: 1000 }),
+      await http(base, 'POST', '/v1/tenant/timeline', { ...createBody(TIMELINE_B), surprise: 1 }),
+      await http(base, 'POST', '/v1/tenant/timeline', '{not json'),
+    ];
+    for (const response of bad) {
+      assert.equal(response.status, 400, JSON.stringify(response.json));
+      assert.equal(typeof (response.json as { msg: unknown }).msg, 'string');
+    }
+    assert.match(((bad[0]!.json) as { msg: string }).msg, /start_lsn/);
+    assert.equal((await http(base, 'GET', `/v1/tenant/${TENANT}/timeline/${TIMELINE_B}`)).status, 404);
+    assert.equal((await http(base, 'GET', `/v1/tenant/not-hex/timeline/${TIMELINE_B}`)).status, 400);
+
+    assert.deepEqual(await http(base, 'DELETE', `/v1/tenant/${TENANT}/timeline/${TIMELINE_A}`), { status: 200, json: { dir_existed: true } });
+    assert.deepEqual(await http(base, 'DELETE', `/v1/tenant/${TENANT}/timeline/${TIMELINE_A}`), { status: 200, json: { dir_existed: false } });
+    assert.equal((await http(base, 'GET', `/v1/tenant/${TENANT}/timeline/${TIMELINE_A}`)).status, 404);
+    assert.equal((await node.stop()).code, 0);
+  });
+
+  test('a corrupt control file makes only its timeline broken', async () => {
+    const dataDir = await makeTempDir('sk-broken');
+    const first = await spawnNode(testNodeArgs(dataDir));
+    for (const timeline of [TIMELINE_A, TIMELINE_B]) assert.equal((await http(first.httpUrl, 'POST', '/v1/tenant/timeline', createBody(timeline))).status, 200);
+    assert.equal((await first.stop()).code, 0);
+
+    const controlPath = join(dataDir, TENANT, TIMELINE_A, 'safekeeper.control');
+    const bytes = readFileSync(controlPath);
+    bytes[20] = bytes[20]! ^ 0x01;
+    writeFileSync(controlPath, bytes);
+
+    const second = await spawnNode(testNodeArgs(dataDir));
+    const broken = (await http(second.httpUrl, 'GET', `/v1/tenant/${TENANT}/timeline/${TIMELINE_A}`)).json as Record<string, unknown>;
+    assert.equal(broken.status, 'broken');
+    assert.match(String(broken.broken_reason), /control file/);
+    const healthy = (await http(second.httpUrl, 'GET', `/v1/tenant/${TENANT}/timeline/${TIMELINE_B}`)).json as Record<string, unknown>;
+    assert.equal(healthy.status, 'active');
+
+    const client = await PgTestClient.connect({ port: second.pgPort, options: `-c tenant_id=${TENANT} timeline_id=${TIMELINE_A}` });
+    await assert.rejects(client.simpleQuery('IDENTIFY_SYSTEM'), (error: Error & { code?: string }) => error.code === 'XX001' && /broken/.test(error.message));
+    await client.terminate();
+    assert.equal((await second.stop()).code, 0);
+  });
+});
