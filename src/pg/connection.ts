@@ -92,6 +92,7 @@ const SILENT_LOGGER: PgLogger = { debug: () => undefined, warn: () => undefined,
 const NO_SINK: CopyBothSink = { onCopyData: () => undefined, onCopyDone: () => undefined, onCopyFail: () => undefined, onClose: () => undefined };
 
 let nextConnectionId = 1;
+const discardBytes = (): void => undefined;
 
 type Phase = 'startup' | 'authenticating' | 'commands' | 'copy_both' | 'copy_both_client_done' | 'closed';
 
@@ -449,7 +450,17 @@ export class PgConnection {
     this.#cancel.cancel(error ?? new ConnectionLostError('connection closed'));
     const socket = this.#socket;
     if (!socket.destroyed) {
-      socket.end(() => socket.destroy());
+      // Half-close, then keep reading (and discarding) until the client closes its side. Destroying the
+      // socket while the client's bytes are still unread makes the kernel send a reset, and the client
+      // can lose our final ErrorResponse. The timer bounds how long a client that never closes may take.
+      socket.off('data', this.#onData);
+      socket.on('data', discardBytes);
+      if (socket.readableEnded) socket.end(() => socket.destroy());
+      else {
+        socket.once('end', () => socket.destroy());
+        socket.resume();
+        socket.end();
+      }
       this.#flushTimer = setTimeout(() => socket.destroy(), CLOSE_FLUSH_TIMEOUT_MS);
       this.#flushTimer.unref();
     }

@@ -5,10 +5,10 @@
  * bytes before L a valid WAL prefix, so PostgreSQL and pg_waldump accept the segment:
  *
  *   - a long page header at offset 0: tli 1, pageaddr = segment start, sysid, seg size, blcksz 8192;
- *   - if L is on the first page and past the segment start: flags CONTRECORD|LONG and
+ *   - if L is on the first page and past the long header: flags CONTRECORD|LONG and
  *     rem_len = offset(L) − 40, faking a record continued from the previous segment that ends at L;
  *   - otherwise the long header has flag LONG and rem_len 0, and the page holding L gets a short header
- *     (pageaddr = page start) with, when L is not page aligned, flag CONTRECORD and
+ *     (pageaddr = page start) with, when L is past that header, flag CONTRECORD and
  *     rem_len = (L mod 8192) − 24;
  *   - every other byte is zero.
  *
@@ -92,7 +92,10 @@ export function initialSegmentImage(args: InitialSegmentImageArgs): Uint8Array {
   const image = new Uint8Array(segmentSizeBytes);
   const view = new DataView(image.buffer);
   const segmentStart = segmentStartLsn(segmentNumber(lsn, segmentSizeBytes), segmentSizeBytes);
-  const fakeRecordOnFirstPage = firstPageOnly && segmentOffset > 0;
+  // Quirk fix: Neon's generate_wal_segment also sets XLP_FIRST_IS_CONTRECORD when L is right after a page
+  // header (a fake record of 0 bytes). PostgreSQL's reader rejects a contrecord flag with rem_len 0
+  // ("could not find a valid record"), so pg_waldump could not start there. We set it only for a real remainder.
+  const fakeRecordOnFirstPage = firstPageOnly && segmentOffset > LONG_PAGE_HEADER_BYTES;
   writeShortHeader(view, 0, {
     magic,
     info: XLP_LONG_HEADER | (fakeRecordOnFirstPage ? XLP_FIRST_IS_CONTRECORD : 0),
@@ -108,9 +111,9 @@ export function initialSegmentImage(args: InitialSegmentImageArgs): Uint8Array {
     assert(pageStart > 0 && pageStart % WAL_PAGE_SIZE_BYTES === 0, 'short header goes at a later page start');
     writeShortHeader(view, pageStart, {
       magic,
-      info: pageOffset > 0 ? XLP_FIRST_IS_CONTRECORD : 0,
+      info: pageOffset > SHORT_PAGE_HEADER_BYTES ? XLP_FIRST_IS_CONTRECORD : 0,
       pageAddressLsn: pageStartLsn(lsn),
-      remainingBytes: pageOffset > 0 ? pageOffset - SHORT_PAGE_HEADER_BYTES : 0,
+      remainingBytes: pageOffset > SHORT_PAGE_HEADER_BYTES ? pageOffset - SHORT_PAGE_HEADER_BYTES : 0,
     });
   }
   return image;

@@ -135,13 +135,11 @@ export class WalBuilder {
     return this.appendRecord({ rmid: RM_LOGICALMSG_ID, info: XLOG_LOGICAL_MESSAGE, data });
   }
 
-  /** An XLOG_SWITCH record; the rest of its segment becomes zero pages with headers. */
+  /** An XLOG_SWITCH record; the rest of its segment becomes zeros, as PostgreSQL writes it. */
   appendSwitch(): BuiltRecord {
     const record = this.appendRecord({ rmid: RM_XLOG_ID, info: XLOG_SWITCH, data: new Uint8Array(0) });
-    while (this.#segmentOffsetBytes !== 0) {
-      if (this.#segmentOffsetBytes % WAL_PAGE_SIZE_BYTES === 0) this.#writePageHeader(0);
-      this.#writeZeros(WAL_PAGE_SIZE_BYTES - (this.#segmentOffsetBytes % WAL_PAGE_SIZE_BYTES));
-    }
+    // PostgreSQL (11+) leaves the rest of the segment after a switch all zeros, page headers included.
+    while (this.#segmentOffsetBytes !== 0) this.#writeZeros(WAL_PAGE_SIZE_BYTES - (this.#segmentOffsetBytes % WAL_PAGE_SIZE_BYTES));
     return { startLsn: record.startLsn, endLsn: this.lsn };
   }
 

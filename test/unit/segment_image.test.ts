@@ -68,10 +68,10 @@ describe('initial segment image', () => {
     assertZeroExcept(image, [[0, 40]]);
   });
 
-  test('LSN right after the long header: contrecord with rem_len 0', () => {
+  test('LSN right after the long header: no contrecord flag (PostgreSQL refuses one with rem_len 0)', () => {
     const lsn = 0x0100_0000n + 40n;
     const image = initialSegmentImage({ lsn, segmentSizeBytes: SEG16, systemId: SYSID, pgVersion: 150_000 });
-    assert.deepEqual(shortHeader(image, 0), { magic: 0xd110, info: 0x3, tli: 1, pageaddr: 0x0100_0000n, remLen: 0, pad: 0 });
+    assert.deepEqual(shortHeader(image, 0), { magic: 0xd110, info: 0x2, tli: 1, pageaddr: 0x0100_0000n, remLen: 0, pad: 0 });
   });
 
   test('LSN mid-page on a later page: long header plain, short header with contrecord on that page', () => {
