@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /**
- * The `safekeeper` command line: `run` starts a node, `config` prints the default config file.
+ * The `safekeeper` command line: `run` starts a node, `config` prints the default config file, `propose`
+ * runs a proposer (`proposer/cli.ts`, which parses its own flags).
  * Flags come from the config schema (every key has its kebab-case flag; boolean keys are switches), and
  * are parsed strictly: an unknown flag is an error, never ignored.
  *
@@ -43,6 +44,8 @@ function usage(): string {
     'Commands:',
     '  run [--config FILE] [flags]   run a safekeeper node; prints "listening pg=HOST:PORT http=HOST:PORT" when ready',
     '  config                        print the default config file (every key, commented)',
+    '  propose --safekeepers H:P,... --tenant-id T --timeline-id L (--from POSTGRES_URL | --synthetic)',
+    '                                stream WAL to a quorum of safekeepers (see safekeeper propose --help)',
     '',
     'Flags (each is the config key in kebab-case; flags override the file, the file overrides defaults):',
   ];
@@ -62,6 +65,11 @@ function fail(message: string, exitCode: number): never {
 }
 
 async function main(argv: string[]): Promise<void> {
+  // `propose` has flags of its own (not config keys): it parses them itself and returns the exit code.
+  if (argv[0] === 'propose') {
+    const { proposeMain } = await import('./proposer/cli.js');
+    return process.exit(await proposeMain(argv.slice(1)));
+  }
   let parsed: ReturnType<typeof parseArgs<{ options: Options; allowPositionals: true; strict: true }>>;
   try {
     parsed = parseArgs({ args: argv, options: cliOptions(), allowPositionals: true, strict: true });

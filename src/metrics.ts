@@ -81,6 +81,123 @@ export const walIngestAppendsTotal = new Counter({
   registers: [registry],
 });
 
+/** `source` is where the bytes were read from: ring, segment (local files), remote (remote storage) or initial_image (synthesised, §5.1). */
+export const walSentBytesTotal = new Counter({
+  name: 'safekeeper_wal_sent_bytes_total',
+  help: 'WAL bytes sent to replication readers (START_REPLICATION), by where they were read from',
+  labelNames: ['source'] as const,
+  registers: [registry],
+});
+
+export const walReaders = new Gauge({
+  name: 'safekeeper_wal_readers',
+  help: 'Connected replication readers (START_REPLICATION streams)',
+  registers: [registry],
+});
+
+// ---- background work (coordinator thread): set on the main thread at scrape time from the coordinator's
+// counters (`CoordinatorClient.collectMetrics`, registered with `onScrape`). Counters advance by the delta.
+
+export const managerIterationsTotal = new Counter({
+  name: 'safekeeper_manager_iterations_total',
+  help: 'Passes of timeline managers (snapshot, decide, start jobs)',
+  registers: [registry],
+});
+
+export const backupUploadsRunning = new Gauge({
+  name: 'safekeeper_backup_tasks_running',
+  help: 'WAL segment uploads in flight, over all timelines',
+  registers: [registry],
+});
+
+export const backupSegmentsUploadedTotal = new Counter({
+  name: 'safekeeper_backup_segments_uploaded_total',
+  help: 'Complete WAL segments uploaded to remote storage',
+  registers: [registry],
+});
+
+export const backupBytesUploadedTotal = new Counter({
+  name: 'safekeeper_backup_uploaded_bytes_total',
+  help: 'Bytes of complete WAL segments uploaded to remote storage',
+  registers: [registry],
+});
+
+export const backupUploadFailuresTotal = new Counter({
+  name: 'safekeeper_backup_upload_failures_total',
+  help: 'Segment uploads that failed after their retries (each is tried again later)',
+  registers: [registry],
+});
+
+export const walSegmentsRemovedTotal = new Counter({
+  name: 'safekeeper_wal_removed_segments_total',
+  help: 'Local WAL segment files removed after backup',
+  registers: [registry],
+});
+
+export const partialBackupUploadsTotal = new Counter({
+  name: 'safekeeper_partial_backup_uploads_total',
+  help: 'Partial segments uploaded to remote storage',
+  registers: [registry],
+});
+
+/** `kind` is evict or restore, as in Neon. */
+export const evictionEventsCompletedTotal = new Counter({
+  name: 'safekeeper_eviction_events_completed_total',
+  help: 'Evictions and restores (unevictions) completed',
+  labelNames: ['kind'] as const,
+  registers: [registry],
+});
+
+export const evictedTimelines = new Gauge({
+  name: 'safekeeper_evicted_timelines',
+  help: 'Timelines offloaded to remote storage',
+  registers: [registry],
+});
+
+export const activeTimelines = new Gauge({
+  name: 'safekeeper_active_timelines',
+  help: 'Timelines in the active set (backup needed, a proposer connected, or pageserver behind commit)',
+  registers: [registry],
+});
+
+export const coordinatorHeapUsedBytes = new Gauge({
+  name: 'safekeeper_coordinator_heap_used_bytes',
+  help: 'V8 heap in use on the coordinator thread (timeline managers, remote storage client)',
+  registers: [registry],
+});
+
+export const remoteStorageRequestsTotal = new Counter({
+  name: 'safekeeper_remote_storage_requests_total',
+  help: 'Remote storage request attempts, by operation and outcome (ok, retry, error)',
+  labelNames: ['operation', 'outcome'] as const,
+  registers: [registry],
+});
+
+export const backupLagBytes = new Gauge({
+  name: 'safekeeper_backup_lag_bytes',
+  help: 'flush_lsn minus backup_lsn: WAL not yet confirmed in remote storage',
+  labelNames: ['tenant_id', 'timeline_id'] as const,
+  registers: [registry],
+});
+
+export const removalLagBytes = new Gauge({
+  name: 'safekeeper_removal_lag_bytes',
+  help: 'flush_lsn minus the start of local WAL: WAL kept on local disk',
+  labelNames: ['tenant_id', 'timeline_id'] as const,
+  registers: [registry],
+});
+
+const scrapeHooks: (() => Promise<void>)[] = [];
+
+/** Runs `hook` before every /metrics render (to fetch another thread's values). */
+export function onScrape(hook: () => Promise<void>): () => void {
+  scrapeHooks.push(hook);
+  return () => {
+    const index = scrapeHooks.indexOf(hook);
+    if (index >= 0) scrapeHooks.splice(index, 1);
+  };
+}
+
 /** Observes a latency measured in milliseconds on a histogram in seconds. */
 export function observeMs(histogram: Histogram, durationMs: number): void {
   histogram.observe(durationMs / 1000);
@@ -94,10 +211,11 @@ export function setLsnGauge(gauge: Gauge<'tenant_id' | 'timeline_id'>, tenantId:
 /** Drops a timeline's series from every per-timeline metric (on delete or eviction). */
 export function removeTimelineSeries(tenantId: string, timelineId: string): void {
   const labels = { tenant_id: tenantId, timeline_id: timelineId };
-  for (const gauge of [flushLsn, commitLsn]) gauge.remove(labels);
+  for (const gauge of [flushLsn, commitLsn, backupLagBytes, removalLagBytes]) gauge.remove(labels);
 }
 
 /** The registry in Prometheus text format, for GET /metrics. */
 export async function renderMetrics(): Promise<{ contentType: string; body: string }> {
+  for (const hook of scrapeHooks) await hook();
   return { contentType: registry.contentType, body: await registry.metrics() };
 }

@@ -1,12 +1,14 @@
 /**
- * Wires the node's components: the writer pool, the timeline registry, the WAL service on the pg port and
- * the HTTP timeline routes. `createNodeHooks` returns the hooks `SafekeeperNode` calls: `onStart` loads the
- * timelines (before the node listens), `onStop` shuts every timeline down and then the pool, after all
- * connections are gone. Main thread.
+ * Wires the node's components: the writer pool, the coordinator thread (timeline managers, remote storage),
+ * the timeline registry, the WAL service on the pg port and the HTTP routes. `createNodeHooks` returns the
+ * hooks `SafekeeperNode` calls: `onStart` starts the coordinator and loads the timelines (each is handed to
+ * its manager as it opens), before the node listens; `onStop` shuts every timeline down (which stops its
+ * manager), then the coordinator, then the pool, after all connections are gone. Main thread.
  */
 import type { Socket } from 'node:net';
 import type { Config } from './config/schema.js';
 import type { TooManyConnectionsError } from './errors.js';
+import { coordinatorRoutes } from './http/coordinator_routes.js';
 import { timelineRoutes } from './http/timeline_routes.js';
 import { createWriterPool, type WriterPool } from './ingest/writer_pool.js';
 import type { WriteResult } from './ingest/writer_protocol.js';
@@ -16,6 +18,7 @@ import type { NodeHooks, PgConnectionInfo } from './node.js';
 import { errorResponse } from './pg/backend_encoder.js';
 import { PgConnection } from './pg/connection.js';
 import { errorFields } from './pg/sqlstate.js';
+import { CoordinatorClient } from './timeline/coordinator_client.js';
 import { TimelineRegistry } from './timeline/registry.js';
 import { assert } from './sync/assert.js';
 import { createWalService } from './wal_service.js';
@@ -23,6 +26,7 @@ import { createWalService } from './wal_service.js';
 export function createNodeHooks(config: Config): NodeHooks {
   let pool: WriterPool | null = null;
   let registry: TimelineRegistry | null = null;
+  let coordinator: CoordinatorClient | null = null;
   let service: ReturnType<typeof createWalService> | null = null;
   const onBatch = (_timeline: string, bytes: number, result: WriteResult): void => {
     if (!result.ok) return;
@@ -33,6 +37,24 @@ export function createNodeHooks(config: Config): NodeHooks {
   return {
     onStart: async (node) => {
       pool = createWriterPool(config.walWriterThreads);
+      const background = CoordinatorClient.start(
+        {
+          nodeId: node.id,
+          noSync: config.noSync,
+          remoteStorage: config.remoteStorage,
+          remoteRequestTimeoutMs: config.remoteRequestTimeoutMs,
+          controlFileSaveIntervalMs: config.controlFileSaveIntervalMs,
+          partialBackupTimeoutMs: config.partialBackupTimeoutMs,
+          evictionMinResidentMs: config.evictionMinResidentMs,
+          enableOffload: config.enableOffload,
+          deleteOffloadedWal: config.deleteOffloadedWal,
+          walBackupParallelJobs: config.walBackupParallelJobs,
+          failpointsEnabled: config.testingFailpoints,
+        },
+        node.log,
+      );
+      coordinator = background;
+      if (config.testingFailpoints) node.log.warn({ testing_failpoints: true }, 'testing_failpoints is on: /v1/failpoints can pause, fail or kill background tasks');
       registry = await TimelineRegistry.load({
         dataDir: config.dataDir,
         nodeId: node.id,
@@ -42,9 +64,15 @@ export function createNodeHooks(config: Config): NodeHooks {
         cancel: node.cancel,
         log: node.log,
         onBatch,
+        onOpen: (timeline) => background.register(timeline),
+      }).catch(async (error: unknown) => {
+        await background.stop(); // onStop does not run when onStart fails
+        throw error;
       });
       service = createWalService({
         registry,
+        residency: background,
+        remoteWal: background,
         log: node.log,
         defaultPgVersion: config.defaultPgVersion,
         countQuery: (kind) => pgQueriesReceivedTotal.inc({ query: kind }),
@@ -53,6 +81,7 @@ export function createNodeHooks(config: Config): NodeHooks {
     },
     onStop: async () => {
       await registry?.shutdown();
+      await coordinator?.stop();
       await pool?.close();
     },
     onPgConnection: (socket: Socket, signal: AbortSignal, info: PgConnectionInfo) => {
@@ -73,6 +102,8 @@ export function createNodeHooks(config: Config): NodeHooks {
         // The node registers route groups after onStart, so the registry is loaded by now.
         assert(registry !== null, 'registry loaded before HTTP routes are registered');
         timelineRoutes(registry)(app);
+        assert(coordinator !== null, 'coordinator started before HTTP routes are registered');
+        coordinatorRoutes(registry, coordinator, { testing: config.testingFailpoints })(app);
       },
     ],
   };

@@ -1,6 +1,7 @@
 /**
  * The WAL service: what a client can ask on the pg port, after Neon's `handler.rs`. Commands are parsed by
  * `pg/commands.ts`; this module checks the timeline they name and runs them: START_WAL_PUSH (ingest),
+ * START_REPLICATION (send/wal_sender.ts), TIMELINE_HISTORY (as PostgreSQL for a timeline without history),
  * IDENTIFY_SYSTEM, TIMELINE_STATUS, `SHOW` of the parameters replication clients ask for, and psycopg2's
  * `set datestyle`. Anything else is "unsupported command" (an ErrorResponse; the connection stays usable).
  * Main thread.
@@ -9,6 +10,8 @@ import type { TenantId, TimelineId } from './acceptor/state.js';
 import { parseProtocolVersion } from './acceptor/messages.js';
 import { InvalidArgumentError, NotFoundError, SafekeeperError } from './errors.js';
 import { serveWalPush, type WalReceiverDeps } from './ingest/wal_receiver.js';
+import { timelineHistory } from './send/timeline_history.js';
+import { serveStartReplication, type WalSenderDeps } from './send/wal_sender.js';
 import { INT4_OID, TEXT_OID, commandComplete } from './pg/backend_encoder.js';
 import { parseCommand } from './pg/commands.js';
 import type { PgConnection, PgQueryHandler } from './pg/connection.js';
@@ -28,7 +31,7 @@ export class UnsupportedCommandError extends SafekeeperError {
   readonly sqlState = '0A000'; // feature_not_supported
 }
 
-export interface WalServiceDeps extends WalReceiverDeps {
+export interface WalServiceDeps extends WalReceiverDeps, WalSenderDeps {
   registry: TimelineRegistry;
   defaultPgVersion: number;
   countQuery?: (kind: string) => void;
@@ -45,6 +48,10 @@ export function createWalService(deps: WalServiceDeps): { handler: PgQueryHandle
           return;
         case 'start_wal_push':
           return serveWalPush(conn, { protoVersion: parseProtocolVersion(command.protoVersion), allowTimelineCreation: command.allowTimelineCreation }, requireIds(conn), deps);
+        case 'start_replication':
+          return serveStartReplication(conn, { startLsn: command.startLsn, pgTimeline: command.timeline, term: command.term }, requireIds(conn), deps);
+        case 'timeline_history':
+          return timelineHistory(command.timeline);
         case 'identify_system':
           return identifySystem(conn, deps.registry);
         case 'timeline_status':

@@ -57,6 +57,11 @@ export type { AcceptorControlStore, AcceptorWalStore } from './acceptor_storage.
 export interface AcceptorOptions {
   /** Aggregated hot standby feedback for AppendResponses (§3.5); zeros by default. */
   hotStandbyFeedback?: () => HotStandbyFeedback;
+  /**
+   * Called synchronously each time the in-memory commit_lsn moves forward, with the new value: the one
+   * place readers learn of newly committed WAL (no polling). Must not call back into the acceptor.
+   */
+  onCommitAdvanced?: (commitLsn: Lsn) => void;
 }
 
 /** Control-file fields that advance in memory and reach disk lazily (Neon's TimelineMemState). */
@@ -76,6 +81,7 @@ export class Acceptor {
   readonly #control: AcceptorControlStore;
   readonly #wal: AcceptorWalStore;
   readonly #hotStandbyFeedback: () => HotStandbyFeedback;
+  readonly #onCommitAdvanced: (commitLsn: Lsn) => void;
   readonly #inMemory: InMemoryLsns;
   /** Where the current proposer's term starts; 0 until a ProposerElected in this process. */
   #termStartLsn: Lsn = 0n;
@@ -89,6 +95,7 @@ export class Acceptor {
     this.#control = control;
     this.#wal = wal;
     this.#hotStandbyFeedback = options.hotStandbyFeedback ?? emptyHotStandbyFeedback;
+    this.#onCommitAdvanced = options.onCommitAdvanced ?? (() => {});
     this.#inMemory = {
       commitLsn: state.commitLsn,
       backupLsn: state.backupLsn,
@@ -199,8 +206,7 @@ export class Acceptor {
    */
   onFlushAdvancedSync(): boolean {
     if (this.#commitNeedsPersist(this.#commitCandidateLsn)) return false;
-    const commitLsn = this.#commitTarget(this.#commitCandidateLsn);
-    if (commitLsn > this.#inMemory.commitLsn) this.#inMemory.commitLsn = commitLsn;
+    this.#raiseCommitLsn(this.#commitTarget(this.#commitCandidateLsn));
     return true;
   }
 
@@ -227,6 +233,17 @@ export class Acceptor {
   /** Writes the in-memory LSNs out (the manager's periodic save). Returns whether anything changed. */
   async persistInMemory(signal: AbortSignal): Promise<boolean> {
     return this.#persist(() => {}, signal);
+  }
+
+  /**
+   * Persists the in-memory LSNs plus the timeline manager's own fields: `partialBackup` and `evictionState`
+   * (nothing else may change). Same serialisation rule as `persistInMemory`. Returns whether anything changed.
+   */
+  async persistManagerState(update: { partialBackup?: TimelinePersistentState['partialBackup']; evictionState?: TimelinePersistentState['evictionState'] }, signal: AbortSignal): Promise<boolean> {
+    return this.#persist((next) => {
+      if (update.partialBackup !== undefined) next.partialBackup = structuredClone(update.partialBackup);
+      if (update.evictionState !== undefined) next.evictionState = structuredClone(update.evictionState);
+    }, signal);
   }
 
   /** HTTP term_bump: term := max(term, to), or term + 1 when `to` is null. */
@@ -373,8 +390,7 @@ export class Acceptor {
     }
     if (message.commitLsn !== 0n) {
       this.#commitCandidateLsn = lsnMax(this.#commitCandidateLsn, message.commitLsn);
-      const commitLsn = this.#commitTarget(this.#commitCandidateLsn);
-      if (commitLsn > this.#inMemory.commitLsn) this.#inMemory.commitLsn = commitLsn;
+      this.#raiseCommitLsn(this.#commitTarget(this.#commitCandidateLsn));
     }
     this.#inMemory.peerHorizonLsn = lsnMax(this.#inMemory.peerHorizonLsn, message.truncateLsn);
     return null;
@@ -421,8 +437,15 @@ export class Acceptor {
     if (this.#commitNeedsPersist(this.#commitCandidateLsn)) {
       return this.#persist((next) => void (next.commitLsn = commitLsn), signal); // durable before any reply shows it
     }
-    this.#inMemory.commitLsn = commitLsn;
+    this.#raiseCommitLsn(commitLsn);
     return false;
+  }
+
+  /** The only writer of the in-memory commit_lsn after construction: max-merge, then tell `onCommitAdvanced`. */
+  #raiseCommitLsn(commitLsn: Lsn): void {
+    if (commitLsn <= this.#inMemory.commitLsn) return;
+    this.#inMemory.commitLsn = commitLsn;
+    this.#onCommitAdvanced(commitLsn);
   }
 
   /** Persists the in-memory overlay plus `change`, then adopts the result (Neon's start/finish_change). */
@@ -437,7 +460,7 @@ export class Acceptor {
     if (changed) await this.#control.persist(next, signal);
     // Max-merge: updateInMemory() may have run while the persist was in flight; all four only grow.
     const inMemory = this.#inMemory;
-    inMemory.commitLsn = lsnMax(inMemory.commitLsn, next.commitLsn);
+    this.#raiseCommitLsn(next.commitLsn);
     inMemory.backupLsn = lsnMax(inMemory.backupLsn, next.backupLsn);
     inMemory.peerHorizonLsn = lsnMax(inMemory.peerHorizonLsn, next.peerHorizonLsn);
     inMemory.remoteConsistentLsn = lsnMax(inMemory.remoteConsistentLsn, next.remoteConsistentLsn);

@@ -185,12 +185,14 @@ export const CONFIG_KEYS = {
   remote_storage: key({ default: 'file://{data_dir}/remote', flag: 'string', unit: null, doc: 'Where WAL is backed up: file:///PATH or s3://BUCKET/PREFIX[?endpoint=URL&region=R]. {data_dir} is replaced by the data directory.', schema: stringValue((text) => { const checked = parseRemoteStorage(text.replaceAll('{data_dir}', '/data_dir')); return checked.ok ? ok(text) : checked; }, 'URL') }),
   broker: key({ default: 'embedded', flag: 'string', unit: null, doc: 'Peer discovery: "embedded" (one node, in process) or "etcd://HOST:PORT[,HOST:PORT...]".', schema: stringValue(parseBroker, 'broker') }),
   enable_offload: key({ default: false, flag: 'boolean', unit: null, doc: 'Evict timelines: remove local WAL of idle timelines once it is in remote storage, keeping only the control file.', schema: z.boolean({ error: 'expected true or false' }) }),
-  delete_offloaded_wal: key({ default: false, flag: 'boolean', unit: null, doc: 'Remove local WAL up to the remote-consistent LSN even while the timeline stays resident.', schema: z.boolean({ error: 'expected true or false' }) }),
+  delete_offloaded_wal: key({ default: false, flag: 'boolean', unit: null, doc: 'With enable_offload: when a timeline is evicted, also delete its last (partial) local segment; it is downloaded again when a proposer or reader needs it.', schema: z.boolean({ error: 'expected true or false' }) }),
   control_file_save_interval: key({ default: '300s', flag: 'string', unit: 'duration', doc: 'Persist in-memory LSNs to the control file at least this often.', schema: duration() }),
   partial_backup_timeout: key({ default: '15m', flag: 'string', unit: 'duration', doc: 'Upload the partial (last, unfinished) segment after this long without a newer upload.', schema: duration() }),
   eviction_min_resident: key({ default: '15m', flag: 'string', unit: 'duration', doc: 'A timeline stays local at least this long after it was loaded or unevicted.', schema: duration() }),
   heartbeat_timeout: key({ default: '5s', flag: 'string', unit: 'duration', doc: 'A peer that has not published for this long is considered dead.', schema: duration() }),
   wal_backup_parallel_jobs: key({ default: 5, flag: 'integer', unit: 'count', doc: 'Segment uploads in flight per timeline.', schema: integer(1, 64) }),
+  remote_request_timeout: key({ default: '60s', flag: 'string', unit: 'duration', doc: 'Deadline of one remote storage request; a request that takes longer is abandoned and retried.', schema: duration() }),
+  testing_failpoints: key({ default: false, flag: 'boolean', unit: null, doc: 'Testing only: enables PUT/GET /v1/failpoints, which pause, fail or kill background tasks at named points.', schema: z.boolean({ error: 'expected true or false' }) }),
   no_sync: key({ default: false, flag: 'boolean', unit: null, doc: 'Skip every fsync. UNSAFE: acknowledged WAL can be lost. For tests and benchmarks only; logged loudly.', schema: z.boolean({ error: 'expected true or false' }) }),
   auth_public_key: key({ default: '', flag: 'string', unit: null, doc: 'Path of the PEM public key that verifies JWTs on the pg and HTTP ports; "" turns auth off.', schema: z.string({ error: 'expected a path string' }) }),
   wal_writer_threads: key({ default: 2, flag: 'integer', unit: 'count', doc: 'Worker threads that decode, checksum and write WAL (Piscina pool size).', schema: integer(1, 64) }),
@@ -226,6 +228,8 @@ export interface Config {
   readonly evictionMinResidentMs: number;
   readonly heartbeatTimeoutMs: number;
   readonly walBackupParallelJobs: number;
+  readonly remoteRequestTimeoutMs: number;
+  readonly testingFailpoints: boolean;
   readonly noSync: boolean;
   readonly authPublicKeyPath: string | null;
   readonly walWriterThreads: number;
@@ -262,6 +266,8 @@ export function toConfig(values: ConfigValues, sources: Record<ConfigKey, string
     evictionMinResidentMs: values.eviction_min_resident,
     heartbeatTimeoutMs: values.heartbeat_timeout,
     walBackupParallelJobs: values.wal_backup_parallel_jobs,
+    remoteRequestTimeoutMs: values.remote_request_timeout,
+    testingFailpoints: values.testing_failpoints,
     noSync: values.no_sync,
     authPublicKeyPath: values.auth_public_key === '' ? null : resolve(cwd, values.auth_public_key),
     walWriterThreads: values.wal_writer_threads,

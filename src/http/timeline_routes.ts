@@ -12,6 +12,7 @@ import type { Timeline } from '../timeline/timeline.js';
 import type { TimelineRegistry } from '../timeline/registry.js';
 import { formatLsn, parseLsn, SEGMENT_SIZE_BYTES_DEFAULT } from '../wal/lsn.js';
 import type { RouteGroup } from './server.js';
+import { walSendersJson } from '../send/reader_set.js';
 
 const lsnText = z.string().transform((text, context) => {
   try {
@@ -85,7 +86,7 @@ export function timelineStatusJson(timeline: Timeline): object {
     peer_horizon_lsn: formatLsn(acceptor.peerHorizonLsn),
     remote_consistent_lsn: formatLsn(acceptor.remoteConsistentLsn),
     peers: [],
-    walsenders: [],
+    walsenders: walSendersJson(timeline),
     num_computes: Number(proposers),
   };
 }

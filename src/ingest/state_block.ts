@@ -9,7 +9,9 @@
  *   4   Int32  reserved (keeps the BigInt64 slots 8-byte aligned)
  *   8.. BigInt64 slots, in the order of `Slot` below
  * Slot writers: FLUSH/WRITE/COMMIT/PEER_HORIZON/TERM/PROPOSERS/READERS/ACTIVITY: main thread;
- * BACKUP/REMOTE_CONSISTENT(remote side)/REMOVED/PERSISTED_*: coordinator. Readers: anyone.
+ * BACKUP, REMOTE_CONSISTENT, PERSISTED_(all), LOCAL_START, TIMELINE_START: main thread too (`Timeline.publishState`:
+ * the acceptor's in-memory overlay and the control file live there; the coordinator reports a confirmed
+ * backup_lsn to main, which merges it and publishes it); REMOVED/EVICTED: coordinator. Readers: anyone.
  */
 import { assert } from '../sync/assert.js';
 
@@ -29,10 +31,16 @@ export const Slot = {
   removedUpToLsn: 12,
   persistedCommitLsn: 13,
   readerHorizonLsn: 14,
+  persistedBackupLsn: 15,
+  persistedPeerHorizonLsn: 16,
+  persistedRemoteConsistentLsn: 17,
+  timelineStartLsn: 18,
+  /** 1 while the timeline is offloaded (coordinator). */
+  evicted: 19,
 } as const;
 export type SlotName = keyof typeof Slot;
 
-const SLOT_COUNT = 16;
+const SLOT_COUNT = 24;
 const HEADER_BYTES = 8;
 export const STATE_BLOCK_BYTES = HEADER_BYTES + SLOT_COUNT * 8;
 assert(Object.keys(Slot).length <= SLOT_COUNT, 'every slot fits in the block');
@@ -85,6 +93,11 @@ export class StateBlock {
     const out = {} as Record<SlotName, bigint>;
     for (const [name, index] of Object.entries(Slot) as [SlotName, number][]) out[name] = Atomics.load(this.#slots, index);
     return out;
+  }
+
+  /** Wakes every `changed()` waiter without changing anything (a manager stopping releases its own wait). */
+  wakeWatchers(): void {
+    Atomics.notify(this.#counter, 0);
   }
 
   #bump(): void {

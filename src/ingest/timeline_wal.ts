@@ -15,6 +15,12 @@
  *   flushLsn      end of the last complete, CRC-verified, durable record: the only LSN ever acknowledged
  * A write task that finds corrupt WAL (or fails on disk) moves every position back to the last verified
  * record end, keeps nothing after it, and fails further appends until the next truncation (a new election).
+ *
+ * Readers (send/wal_reader.ts) copy recent WAL out of the ring with `copyFromRing`, which succeeds only while
+ * the whole range is still held: [ringOldestLsn, writeLsn). The copy runs on the main thread, like the only
+ * producer, so it is never torn. Cuts of the files (truncate, failAndCut) bump `cutSequence` to an odd value
+ * while they run and to the next even value when done (a seqlock): a reader that read files across a change
+ * of it discards what it read.
  * Main thread only; never blocks (all disk work happens in the pool).
  */
 import { StorageIoError, WalCorruptionError, DiskFullError, type SafekeeperError } from '../errors.js';
@@ -22,7 +28,7 @@ import { assert } from '../sync/assert.js';
 import { raceAbort } from '../sync/cancel.js';
 import { Watch } from '../sync/watch.js';
 import { initialDecoderState, type DecoderState } from '../wal/record_decoder.js';
-import { segmentNumber, type Lsn } from '../wal/lsn.js';
+import { segmentNumber, segmentStartLsn, type Lsn } from '../wal/lsn.js';
 import { RingView } from './ring.js';
 import type { StateBlock } from './state_block.js';
 import type { WriterPool } from './writer_pool.js';
@@ -48,10 +54,16 @@ export class TimelineWal {
   #decoder: DecoderState;
   #inFlight: Promise<void> | null = null;
   #kickScheduled = false;
+  /** A kick is already registered to run when the segment being prepared is ready. */
+  #kickAfterPrepare = false;
   #preparing: { segno: bigint; done: Promise<void> } | null = null;
   #preparedUpTo: bigint;
   #truncationPending: boolean;
   #failure: SafekeeperError | null = null;
+  /** The oldest LSN whose bytes the ring still holds (bytes in [ringOldestLsn, writeLsn) are valid). */
+  #ringOldestLsn: Lsn;
+  /** Even while no cut runs; odd while truncate/failAndCut changes the files (see the header). */
+  #cutSequence = 0;
   /** Record-aligned durable end: the protocol's flush_lsn. */
   readonly flush: Watch<Lsn>;
   /** Bumped whenever a task finishes: ring space freed, durability advanced, or a failure recorded. */
@@ -62,6 +74,7 @@ export class TimelineWal {
   /** `endLsn`: the recovered end of WAL (0 for a timeline with no WAL yet). */
   constructor(private readonly options: TimelineWalOptions, endLsn: Lsn) {
     this.#writeLsn = this.#dispatchedLsn = this.#syncedLsn = endLsn;
+    this.#ringOldestLsn = endLsn;
     this.#decoder = this.#decoderAt(endLsn);
     this.#preparedUpTo = endLsn === 0n ? -1n : segmentNumber(endLsn, options.segmentSizeBytes);
     this.flush = new Watch(endLsn);
@@ -85,6 +98,22 @@ export class TimelineWal {
   get ring(): RingView | null {
     return this.#ring;
   }
+  /** Even while no cut of the files runs, odd during one; it changes at each start and end of a cut. */
+  get cutSequence(): number {
+    return this.#cutSequence;
+  }
+
+  /**
+   * Copies WAL [lsn, lsn + length) into `target` at `targetOffset` if the ring still holds all of it, and
+   * returns whether it did. Synchronous on the main thread (the producer's thread), so never torn.
+   */
+  copyFromRing(lsn: Lsn, length: number, target: Uint8Array, targetOffset = 0): boolean {
+    const ring = this.#ring;
+    if (ring === null || length === 0 || lsn < this.#ringOldestLsn || lsn + BigInt(length) > this.#writeLsn) return false;
+    assert(this.#writeLsn - this.#ringOldestLsn <= BigInt(ring.capacityBytes), 'the ring holds at most its capacity');
+    ring.copyOut(lsn, length, target, targetOffset);
+    return true;
+  }
 
   /**
    * The hot path: copies `wal` into the ring if it fits and schedules a write. Returns false when the ring
@@ -94,11 +123,17 @@ export class TimelineWal {
     if (this.#failure !== null) throw this.#failure;
     assert(!this.#truncationPending, 'append while a truncation is pending');
     assert(beginLsn === this.#writeLsn, 'appends are contiguous');
-    const ring = (this.#ring ??= RingView.allocate(this.options.ringSizeBytes));
+    if (this.#ring === null) {
+      this.#ring = RingView.allocate(this.options.ringSizeBytes);
+      this.#ringOldestLsn = beginLsn; // a new ring holds nothing older
+    }
+    const ring = this.#ring;
     assert(wal.length <= ring.capacityBytes, 'one append fits in the ring');
     if (this.#writeLsn - this.#syncedLsn + BigInt(wal.length) > BigInt(ring.capacityBytes)) return false;
     ring.write(beginLsn, wal);
     this.#writeLsn += BigInt(wal.length);
+    const overwrittenBelowLsn = this.#writeLsn - BigInt(ring.capacityBytes);
+    if (overwrittenBelowLsn > this.#ringOldestLsn) this.#ringOldestLsn = overwrittenBelowLsn;
     this.#scheduleKick();
     return true;
   }
@@ -143,9 +178,11 @@ export class TimelineWal {
   async truncate(lsn: Lsn, signal: AbortSignal): Promise<void> {
     if (this.#failure === null) await this.flushAll(signal);
     await this.quiesce(signal);
-    const result = await this.options.pool.run({ kind: 'truncate', lsn, ...this.#files() });
+    this.#cutSequence += 1; // odd: readers of the files discard what they read meanwhile
+    const result = await this.options.pool.run({ kind: 'truncate', lsn, ...this.#files() }).finally(() => (this.#cutSequence += 1));
     if (!result.ok) throw toError(result.code, result.detail, null);
     this.#writeLsn = this.#dispatchedLsn = this.#syncedLsn = lsn;
+    this.#ringOldestLsn = lsn; // conservative: ring bytes from before the cut are not served
     this.#decoder = this.#decoderAt(lsn);
     this.#preparedUpTo = segmentNumber(lsn, this.options.segmentSizeBytes);
     this.#truncationPending = false;
@@ -187,15 +224,26 @@ export class TimelineWal {
     const ring = this.#ring;
     assert(ring !== null, 'a ring exists once bytes were appended');
     const beginLsn = this.#dispatchedLsn;
-    const endLsn = this.#writeLsn;
+    let endLsn = this.#writeLsn;
     assert(this.#syncedLsn <= beginLsn && beginLsn < endLsn, 'write range follows the synced position');
     const segmentSize = this.options.segmentSizeBytes;
-    const lastSegno = segmentNumber(endLsn - 1n, segmentSize);
     const preparing = this.#preparing;
-    if (preparing !== null && preparing.segno <= lastSegno) {
-      void preparing.done.then(() => this.#kick());
-      return;
+    if (preparing !== null && preparing.segno <= segmentNumber(endLsn - 1n, segmentSize)) {
+      // The batch reaches the segment being prepared: write what lies before it now; the rest waits.
+      const preparingStartLsn = segmentStartLsn(preparing.segno, segmentSize);
+      if (preparingStartLsn <= beginLsn) {
+        if (!this.#kickAfterPrepare) {
+          this.#kickAfterPrepare = true;
+          void preparing.done.then(() => {
+            this.#kickAfterPrepare = false;
+            this.#kick();
+          });
+        }
+        return;
+      }
+      endLsn = preparingStartLsn;
     }
+    const lastSegno = segmentNumber(endLsn - 1n, segmentSize);
     this.#dispatchedLsn = endLsn;
     const task = { kind: 'write' as const, ring: ring.buffer, beginLsn, endLsn, decoder: this.#decoder, ...this.#files() };
     this.#inFlight = this.options.pool.write(task).then(
@@ -260,7 +308,8 @@ export class TimelineWal {
     this.options.state.setMany({ writeLsn: endOfGood, flushLsn: endOfGood });
     this.failure.set(this.#failure);
     await this.#preparing?.done;
-    const cut = await this.options.pool.run({ kind: 'truncate', lsn: endOfGood, ...this.#files() });
+    this.#cutSequence += 1;
+    const cut = await this.options.pool.run({ kind: 'truncate', lsn: endOfGood, ...this.#files() }).finally(() => (this.#cutSequence += 1));
     if (cut.ok) this.#preparedUpTo = segmentNumber(endOfGood, this.options.segmentSizeBytes);
     this.#inFlight = null;
     this.progress.set(this.progress.value + 1);

@@ -24,9 +24,12 @@ import { assert } from '../sync/assert.js';
 import { CancelToken } from '../sync/cancel.js';
 import type { Timeline } from '../timeline/timeline.js';
 import type { TimelineRegistry } from '../timeline/registry.js';
+import type { Residency, ResidencyGuard } from '../timeline/coordinator_client.js';
 
 export interface WalReceiverDeps {
   registry: TimelineRegistry;
+  /** Residency guards (the coordinator): a proposer holds one while connected, so its WAL is local. */
+  residency?: Residency;
   log: { info(fields: object, message: string): void; warn(fields: object, message: string): void; debug(fields: object, message: string): void };
 }
 
@@ -54,7 +57,14 @@ class WalReceiver implements CopyBothSink {
   #immediateReplyScheduled = false;
   /** An append arrived since the last AppendResponse: the next finished write task answers it. */
   #replyOwed = false;
+  /**
+   * This connection has sent an AppendRequest. Until it has, it gets no AppendResponse even when flush_lsn
+   * moves (another connection's writes): walproposer expects the VoteResponse first and fails otherwise.
+   */
+  #streaming = false;
   #proposerRegistered = false;
+  /** Held while connected: the timeline is unevicted first and never evicted under it. */
+  #guard: ResidencyGuard | null = null;
   /** Leaves the timeline's gate: a receiver holds it while streaming, so delete and shutdown wait for it. */
   #leaveGate: (() => void) | null = null;
   #detachTimelineCancel: (() => void) | null = null;
@@ -96,6 +106,7 @@ class WalReceiver implements CopyBothSink {
   onClose(): void {
     this.#cancel.cancel();
     if (this.#proposerRegistered) this.#timeline?.state.add('proposerCount', -1n);
+    this.#guard?.release();
     this.#detachTimelineCancel?.();
     this.#leaveGate?.();
     this.#finish();
@@ -166,6 +177,7 @@ class WalReceiver implements CopyBothSink {
     const acceptor = timeline.activeAcceptor();
     this.#enterTimeline(timeline);
     const signal = this.#cancel.signal;
+    if (this.deps.residency !== undefined) this.#guard = await this.deps.residency.acquireGuard(timeline, signal);
     const reply = await timeline.acceptorLock.run(signal, () => acceptor.handle(message, signal));
     assert(reply !== null, 'a greeting is answered');
     this.#timeline = timeline;
@@ -195,7 +207,7 @@ class WalReceiver implements CopyBothSink {
         await wal.progress.changed(seen, signal);
         const failure = wal.failure.value;
         if (failure !== null) return this.conn.endWithError(failure);
-        if (wal.flushLsn === sentFlushLsn && !this.#replyOwed) continue;
+        if (!this.#streaming || (wal.flushLsn === sentFlushLsn && !this.#replyOwed)) continue;
         // Another connection's vote or election holds the lock: wait for it rather than interleave.
         if (timeline.acceptorLock.locked || !acceptor.onFlushAdvancedSync()) {
           await timeline.acceptorLock.run(signal, () => acceptor.onFlushAdvanced(signal));
@@ -213,6 +225,7 @@ class WalReceiver implements CopyBothSink {
   #afterAppend(): void {
     const wal = this.#timeline!.wal!;
     this.#replyOwed = true;
+    this.#streaming = true;
     if (wal.syncedLsn !== wal.writeLsn || this.#immediateReplyScheduled) return;
     this.#immediateReplyScheduled = true;
     queueMicrotask(() => {

@@ -31,8 +31,10 @@ export function workerFilename(name: string): string {
 
 export function createWriterPool(threads: number): WriterPool {
   assert(Number.isInteger(threads) && threads >= 1, 'writer pool needs at least one thread');
+  const entry = workerFilename('wal_writer');
   const pool = new Piscina({
-    filename: workerFilename('wal_writer'),
+    // Under tsx, the `.dev.mjs` shim makes Piscina import() the writer as ESM (see that file for why).
+    filename: entry.endsWith('.ts') ? entry.replace(/\.ts$/, '.dev.mjs') : entry,
     minThreads: threads,
     maxThreads: threads,
     maxQueue: WRITER_QUEUE_TASKS_MAX,

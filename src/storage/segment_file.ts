@@ -362,6 +362,9 @@ export function truncateWalSync(dir: string, lsn: Lsn, segmentSizeBytes: number,
   const target = segmentNumber(lsn, segmentSizeBytes);
   for (const entry of listSegmentsSync(dir, segmentSizeBytes)) {
     if (entry.segno > target) removeFile(join(dir, entry.name));
+    // WAL goes on past this segment, so it is complete: a crash between writing its last byte and the
+    // rename left it `.partial`. Finish the rename now, or it would stay `.partial` forever.
+    else if (entry.segno < target && entry.partial) completeSegmentSync(dir, entry.segno, segmentSizeBytes, options);
   }
   const partialPath = segmentPath(dir, target, segmentSizeBytes, true);
   const completePath = segmentPath(dir, target, segmentSizeBytes, false);

@@ -41,6 +41,8 @@ export interface RegistryOptions {
   cancel: CancelToken;
   log: { info(fields: object, message: string): void; warn(fields: object, message: string): void; error(fields: object, message: string): void };
   onBatch?: (timeline: string, bytes: number, result: WriteResult) => void;
+  /** Called once for every timeline loaded or created (after it is in the map): e.g. start its manager. */
+  onOpen?: (timeline: Timeline) => void;
 }
 
 export interface CreateTimelineArgs {
@@ -68,6 +70,7 @@ export class TimelineRegistry {
         if (!timeline.isDirectory() || !isIdDirName(timeline.name)) continue;
         const loaded = await registry.#open(tenant.name as TenantId, timeline.name as TimelineId);
         registry.#timelines.set(loaded.ttid, loaded);
+        options.onOpen?.(loaded);
       }
     }
     return registry;
@@ -106,6 +109,7 @@ export class TimelineRegistry {
     this.#creating.set(key, creating);
     const timeline = await creating;
     this.#timelines.set(key, timeline);
+    this.options.onOpen?.(timeline);
     return timeline;
   }
 
@@ -169,7 +173,11 @@ export class TimelineRegistry {
     }
     const files = { dir, segmentSizeBytes: state.server.walSegSizeBytes, noSync };
     let endLsn = 0n;
-    if (state.commitLsn !== 0n) {
+    if (state.evictionState.kind === 'Offloaded') {
+      // An offloaded timeline has (at most) its last segment locally: the end of WAL is what eviction
+      // recorded, and the manager downloads the segment again before anything reads or writes it.
+      endLsn = state.evictionState.flushLsn;
+    } else if (state.commitLsn !== 0n) {
       const scan = await pool.scan({ kind: 'scan', startLsn: state.commitLsn, pgVersion: state.server.pgVersion, ...files });
       if (!scan.ok) return broken(`WAL scan: ${scan.detail}`);
       if (scan.endLsn < state.commitLsn) return broken(`WAL ends before commit_lsn (${scan.detail})`);

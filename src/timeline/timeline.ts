@@ -5,9 +5,15 @@
  *
  * Lifecycle: `active` or `broken` (with a reason; nothing is written, status is still served). Shutdown and
  * delete cancel the token, then wait for the gate, and only then touch files. Main thread.
+ *
+ * Readers (src/send) learn of new WAL without polling: `commit` is set where the acceptor's in-memory
+ * commit_lsn advances (its `onCommitAdvanced`, which also publishes it in the state block), and term-mode
+ * readers watch `wal.flush`. They plug their aggregated hot standby feedback in with
+ * `setHotStandbyFeedbackSource`, and the acceptor puts it into every AppendResponse.
  */
 import { Acceptor } from '../acceptor/acceptor.js';
-import type { AcceptorWalStore } from '../acceptor/acceptor.js';
+import type { AcceptorControlStore, AcceptorWalStore } from '../acceptor/acceptor.js';
+import { emptyHotStandbyFeedback, type HotStandbyFeedback } from '../acceptor/messages.js';
 import { ttid, type TenantId, type TimelineId } from '../acceptor/state.js';
 import { TimelineBrokenError } from '../errors.js';
 import type { StateBlock } from '../ingest/state_block.js';
@@ -15,6 +21,7 @@ import type { TimelineWal } from '../ingest/timeline_wal.js';
 import type { CancelToken } from '../sync/cancel.js';
 import { Gate } from '../sync/gate.js';
 import { Mutex } from '../sync/mutex.js';
+import { Watch } from '../sync/watch.js';
 import type { Lsn } from '../wal/lsn.js';
 import type { ControlStore } from './control_store.js';
 
@@ -26,6 +33,9 @@ export class Timeline {
   /** Serialises acceptor operations that wait (vote, election, slow appends) across connections. */
   readonly acceptorLock = new Mutex();
   readonly acceptor: Acceptor | null;
+  /** The acceptor's in-memory commit_lsn, set each time it advances: what commit-mode readers wait on. */
+  readonly commit: Watch<Lsn>;
+  #hotStandbyFeedback: () => HotStandbyFeedback = emptyHotStandbyFeedback;
 
   constructor(
     readonly tenantId: TenantId,
@@ -40,7 +50,45 @@ export class Timeline {
   ) {
     this.ttid = ttid(tenantId, timelineId);
     this.gate = new Gate(`timeline ${this.ttid}`);
-    this.acceptor = control !== null && wal !== null ? new Acceptor(nodeId, control, walStoreOf(wal, control)) : null;
+    this.commit = new Watch(control?.state.commitLsn ?? 0n);
+    const acceptorOptions = {
+      hotStandbyFeedback: () => this.#hotStandbyFeedback(),
+      onCommitAdvanced: (commitLsn: Lsn) => {
+        this.commit.set(commitLsn);
+        state.set('commitLsn', commitLsn);
+      },
+    };
+    this.acceptor = control !== null && wal !== null ? new Acceptor(nodeId, publishingControl(control, () => this.publishState()), walStoreOf(wal, control), acceptorOptions) : null;
+    this.publishState();
+  }
+
+  /**
+   * Publishes the acceptor's overlay and persisted LSNs in the state block, for the coordinator's manager.
+   * Called after every control-file persist (the store is wrapped) and whenever the overlay learns a value
+   * from outside (the coordinator's confirmed backup_lsn). One bump of the change counter at most.
+   */
+  publishState(): void {
+    const acceptor = this.acceptor;
+    if (acceptor === null) return;
+    const persisted = acceptor.state;
+    this.state.setMany({
+      backupLsn: acceptor.backupLsn,
+      peerHorizonLsn: acceptor.peerHorizonLsn,
+      remoteConsistentLsn: acceptor.remoteConsistentLsn,
+      term: acceptor.term,
+      lastLogTerm: acceptor.lastLogTerm,
+      persistedCommitLsn: persisted.commitLsn,
+      persistedBackupLsn: persisted.backupLsn,
+      persistedPeerHorizonLsn: persisted.peerHorizonLsn,
+      persistedRemoteConsistentLsn: persisted.remoteConsistentLsn,
+      localStartLsn: persisted.localStartLsn,
+      timelineStartLsn: persisted.timelineStartLsn,
+    });
+  }
+
+  /** Where AppendResponses take their hot standby feedback from (the aggregate over this timeline's readers). */
+  setHotStandbyFeedbackSource(source: () => HotStandbyFeedback): void {
+    this.#hotStandbyFeedback = source;
   }
 
   get status(): TimelineStatus {
@@ -70,6 +118,19 @@ export class Timeline {
     this.cancel.cancel(reason);
     await this.gate.close();
   }
+}
+
+/** The control store as the acceptor sees it, publishing the state block after every persist. */
+function publishingControl(control: ControlStore, publish: () => void): AcceptorControlStore {
+  return {
+    get state() {
+      return control.state;
+    },
+    persist: async (next, signal) => {
+      await control.persist(next, signal);
+      publish();
+    },
+  };
 }
 
 /** Adapts the WAL pipeline to the acceptor's storage interface. */

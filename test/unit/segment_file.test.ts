@@ -171,6 +171,18 @@ describe('truncation', () => {
     assert.deepEqual(names(), ['000000010000000000000004.partial']);
     assert.equal(statSync(partial(4n)).size, SEG);
   });
+
+  test('a .partial left below the truncation point by a crash before its rename is completed', () => {
+    const writer = new SegmentWriter(dir, SEG, NOSYNC);
+    const full = pattern(SEG, 3);
+    writer.writeWalAt(2n * BigInt(SEG), full); // written to its end, but never completed (the crash)
+    writer.writeWalAt(3n * BigInt(SEG), pattern(500, 4));
+    writer.close();
+    assert.deepEqual(names(), ['000000010000000000000002.partial', '000000010000000000000003.partial']);
+    truncateWalSync(dir, 3n * BigInt(SEG) + 200n, SEG, SYNC);
+    assert.deepEqual(names(), ['000000010000000000000002', '000000010000000000000003.partial']);
+    assert.deepEqual(new Uint8Array(readFileSync(complete(2n))), full);
+  });
 });
 
 describe('initial segment and reads', () => {

@@ -1,0 +1,238 @@
+/**
+ * The ingest benchmark's measurements (types) and the one table it prints: disk ceilings, durable
+ * throughput with its ratio to the ceiling, ack latency next to fdatasync latency, and the issue's goals.
+ * Every row carries how busy the machine was (bench/machine_load.ts); when other work used more than
+ * OTHER_CORES_TOLERATED cores during any measurement, the goal rows say their verdict is unreliable.
+ * Pure functions over finished measurements.
+ */
+import { availableParallelism } from 'node:os';
+import { assert } from '../src/sync/assert.js';
+import type { DiskCeiling } from './disk_ceiling.js';
+import type { MachineLoad } from './machine_load.js';
+
+const KIB = 1024;
+const MIB = 1024 * 1024;
+const GOAL_CEILING_RATIO = 0.8;
+const GOAL_SMALL_APPENDS_PER_SECOND = 300_000;
+const GOAL_LATENCY_MARGIN_MS = 0.5;
+/** Other work on the machine above this many cores makes a verdict unreliable. */
+const OTHER_CORES_TOLERATED = 0.3;
+
+export interface IngestBenchRow {
+  section: 'disk ceiling' | 'durable throughput' | 'ack latency' | 'goal';
+  case: string;
+  'MiB/s': number | string;
+  'appends/s': number | string;
+  'batch KiB': number | string;
+  '÷ ceiling@batch': string;
+  '÷ ceiling@1MiB': string;
+  'p50 ms': number | string;
+  'p99 ms': number | string;
+  note: string;
+}
+
+export interface MeasuredCeiling extends DiskCeiling {
+  label: string;
+  load: MachineLoad | null;
+  /** CPU the benchmark's own processes used meanwhile, in cores. */
+  ownCores: number;
+}
+
+/** One scenario, summed over its iterations. Counters from the node's /metrics are deltas. */
+export interface ThroughputStats {
+  timelines: number;
+  appendBytes: number;
+  iterations: number;
+  bytes: number;
+  appends: number;
+  /** First send to durable, summed over iterations. */
+  seconds: number;
+  /** Write tasks (group-commit batches) and the WAL bytes they wrote. */
+  batches: number;
+  batchWalBytes: number;
+  fsyncSeconds: number;
+  fsyncs: number;
+  writeSeconds: number;
+  cpuSeconds: number;
+  clientCpuSeconds: number;
+  machineBusyCoreSeconds: number;
+  deviceWriteMib: number;
+  /** The disk ceiling at this scenario's average batch, measured right after it. */
+  ceiling: MeasuredCeiling | null;
+}
+
+export interface LatencyResult {
+  appendBytes: number;
+  samplesMs: number[];
+  appendBytesMean: number;
+  load: MachineLoad | null;
+  /** CPU of the node and the client during the samples, in cores. */
+  ownCores: number;
+  /** pwrite + fdatasync of appendBytes right before and right after the samples. */
+  fsyncBefore: MeasuredCeiling;
+  fsyncAfter: MeasuredCeiling;
+}
+
+export const emptyStats = (timelines: number, appendBytes: number): ThroughputStats => ({
+  timelines, appendBytes, iterations: 0, bytes: 0, appends: 0, seconds: 0, batches: 0, batchWalBytes: 0, fsyncSeconds: 0, fsyncs: 0, writeSeconds: 0, cpuSeconds: 0,
+  clientCpuSeconds: 0, machineBusyCoreSeconds: 0, deviceWriteMib: 0, ceiling: null,
+});
+
+export const round = (value: number, digits = 0): number => Number(value.toFixed(digits));
+
+export function sizeName(bytes: number): string {
+  const [value, unit] = bytes >= MIB ? [bytes / MIB, 'MiB'] : bytes >= KIB ? [bytes / KIB, 'KiB'] : [bytes, 'B'];
+  return `${Number.isInteger(value) ? value : value.toFixed(1)} ${unit}`;
+}
+
+/** Nearest-rank percentile of an ascending array. */
+export function percentile(sorted: readonly number[], q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))] ?? NaN;
+}
+
+/** The average group-commit batch of a scenario, rounded to 4 KiB (at least 4 KiB). */
+export const observedBatchBytes = (stats: ThroughputStats): number => Math.max(4 * KIB, Math.round(stats.batchWalBytes / Math.max(1, stats.batches) / (4 * KIB)) * 4 * KIB);
+
+const otherCores = (load: MachineLoad | null, ownCores: number): number => (load === null ? 0 : Math.max(0, load.busyCores - ownCores));
+
+/** "machine 1.9/2 cores busy (others 0.4), device 812 MiB/s written": what the whole machine did meanwhile. */
+function loadNote(load: MachineLoad | null, ownCores: number): string {
+  if (load === null) return '';
+  const device = load.deviceWriteMibPerSecond === null ? '' : `, device ${Math.round(load.deviceWriteMibPerSecond)} MiB/s written`;
+  return `machine ${load.busyCores.toFixed(1)}/${load.cores} cores busy (others ${otherCores(load, ownCores).toFixed(1)})${device}`;
+}
+
+function statsLoad(stats: ThroughputStats): { load: MachineLoad; ownCores: number } {
+  const load = { busyCores: stats.machineBusyCoreSeconds / stats.seconds, cores: availableParallelism(), deviceWriteMibPerSecond: stats.deviceWriteMib / stats.seconds };
+  return { load, ownCores: (stats.cpuSeconds + stats.clientCpuSeconds) / stats.seconds };
+}
+
+function blankRow(section: IngestBenchRow['section'], name: string): IngestBenchRow {
+  return { section, case: name, 'MiB/s': '', 'appends/s': '', 'batch KiB': '', '÷ ceiling@batch': '', '÷ ceiling@1MiB': '', 'p50 ms': '', 'p99 ms': '', note: '' };
+}
+
+function ceilingRow(ceiling: MeasuredCeiling): IngestBenchRow {
+  return {
+    ...blankRow('disk ceiling', ceiling.label),
+    'MiB/s': round(ceiling.mibPerSecond),
+    'batch KiB': round(ceiling.batchBytes / KIB, 1),
+    'p50 ms': round(ceiling.fdatasyncLatencyMsP50, 3),
+    'p99 ms': round(ceiling.fdatasyncLatencyMsP99, 3),
+    note: `${round(ceiling.batchesPerSecond)} batches/s; ${loadNote(ceiling.load, ceiling.ownCores)}`,
+  };
+}
+
+/** The ceiling a scenario is compared with: the one measured right after it, at its batch size. */
+function ceilingOf(stats: ThroughputStats): MeasuredCeiling {
+  assert(stats.ceiling !== null, 'every scenario measures its ceiling');
+  return stats.ceiling;
+}
+
+const mibPerSecondOf = (stats: ThroughputStats): number => stats.bytes / MIB / stats.seconds;
+
+function throughputRow(stats: ThroughputStats, ceiling1MiB: DiskCeiling): IngestBenchRow {
+  const mibPerSecond = mibPerSecondOf(stats);
+  const ceiling = ceilingOf(stats);
+  const fsyncMs = stats.fsyncs > 0 ? (stats.fsyncSeconds / stats.fsyncs) * 1000 : 0;
+  const { load, ownCores } = statsLoad(stats);
+  return {
+    ...blankRow('durable throughput', `${stats.timelines} timeline${stats.timelines > 1 ? 's' : ''}, ${sizeName(stats.appendBytes)} appends`),
+    'MiB/s': round(mibPerSecond, 1),
+    'appends/s': round(stats.appends / stats.seconds),
+    'batch KiB': round(stats.batchWalBytes / Math.max(1, stats.batches) / KIB, 1),
+    '÷ ceiling@batch': `${(mibPerSecond / ceiling.mibPerSecond).toFixed(2)} of ${round(ceiling.mibPerSecond)}`,
+    '÷ ceiling@1MiB': (mibPerSecond / ceiling1MiB.mibPerSecond).toFixed(2),
+    note:
+      `${stats.iterations}×${(stats.seconds / stats.iterations).toFixed(1)} s, ${round(stats.batches / stats.seconds)} batches/s, node fdatasync ${fsyncMs.toFixed(2)} ms avg; ` +
+      `CPU node ${(stats.cpuSeconds / stats.seconds).toFixed(2)} + client ${(stats.clientCpuSeconds / stats.seconds).toFixed(2)} cores, ${loadNote(load, ownCores)}`,
+  };
+}
+
+interface LatencySummary {
+  rows: IngestBenchRow[];
+  p99Ms: number;
+  fsyncP99Ms: number;
+}
+
+function latencyRows(latency: LatencyResult): LatencySummary {
+  const sorted = [...latency.samplesMs].sort((a, b) => a - b);
+  const p50Ms = percentile(sorted, 0.5);
+  const p99Ms = percentile(sorted, 0.99);
+  // Both rounds last equally long, so averaging their percentiles approximates the pooled ones.
+  const { fsyncBefore: before, fsyncAfter: after } = latency;
+  const fsyncP50Ms = (before.fdatasyncLatencyMsP50 + after.fdatasyncLatencyMsP50) / 2;
+  const fsyncP99Ms = (before.fdatasyncLatencyMsP99 + after.fdatasyncLatencyMsP99) / 2;
+  const size = sizeName(latency.appendBytes);
+  const rows: IngestBenchRow[] = [
+    {
+      ...blankRow('ack latency', `lone ${size} append (${round(latency.appendBytesMean)} B avg), 1 in flight`),
+      'p50 ms': round(p50Ms, 3),
+      'p99 ms': round(p99Ms, 3),
+      note: `${sorted.length} samples, p90 ${percentile(sorted, 0.9).toFixed(3)}, max ${sorted.at(-1)!.toFixed(3)} ms; ${loadNote(latency.load, latency.ownCores)}`,
+    },
+    {
+      ...blankRow('ack latency', `pwrite+fdatasync of ${size}, just before and after`),
+      'p50 ms': round(fsyncP50Ms, 3),
+      'p99 ms': round(fsyncP99Ms, 3),
+      note: `before ${before.fdatasyncLatencyMsP50.toFixed(3)}/${before.fdatasyncLatencyMsP99.toFixed(3)}, after ${after.fdatasyncLatencyMsP50.toFixed(3)}/${after.fdatasyncLatencyMsP99.toFixed(3)} ms (p50/p99)`,
+    },
+    {
+      ...blankRow('ack latency', 'ack − fdatasync'),
+      'p50 ms': round(p50Ms - fsyncP50Ms, 3),
+      'p99 ms': round(p99Ms - fsyncP99Ms, 3),
+      note: "the node's own share: parse, ring copy, task dispatch, decode, open+pwrite, result, reply, loopback TCP",
+    },
+  ];
+  return { rows, p99Ms, fsyncP99Ms };
+}
+
+function goalRows(throughput: readonly ThroughputStats[], ceiling1MiB: DiskCeiling, latency: LatencySummary, otherCoresMax: number): IngestBenchRow[] {
+  const rows: IngestBenchRow[] = [];
+  for (const stats of throughput.filter((candidate) => candidate.appendBytes === 128 * KIB)) {
+    const ratio = mibPerSecondOf(stats) / ceilingOf(stats).mibPerSecond;
+    rows.push({
+      ...blankRow('goal', `128 KiB appends, ${stats.timelines} tl ≥ ${GOAL_CEILING_RATIO} × ceiling`),
+      '÷ ceiling@batch': ratio.toFixed(2),
+      '÷ ceiling@1MiB': (mibPerSecondOf(stats) / ceiling1MiB.mibPerSecond).toFixed(2),
+      note: ratio >= GOAL_CEILING_RATIO ? 'MET' : 'MISSED',
+    });
+  }
+  const small = throughput.find((stats) => stats.appendBytes === 128 && stats.timelines === 1);
+  if (small !== undefined) {
+    const rate = small.appends / small.seconds;
+    rows.push({ ...blankRow('goal', `≥ ${GOAL_SMALL_APPENDS_PER_SECOND} 128 B appends/s, 1 tl`), 'appends/s': round(rate), note: rate >= GOAL_SMALL_APPENDS_PER_SECOND ? 'MET' : 'MISSED' });
+  }
+  const limitMs = latency.fsyncP99Ms + GOAL_LATENCY_MARGIN_MS;
+  rows.push({
+    ...blankRow('goal', `lone 8 KiB p99 ≤ fdatasync p99 + ${GOAL_LATENCY_MARGIN_MS} ms`),
+    'p99 ms': round(latency.p99Ms, 3),
+    note: `${latency.p99Ms <= limitMs ? 'MET' : 'MISSED'} (limit ${limitMs.toFixed(3)} ms)`,
+  });
+  if (otherCoresMax > OTHER_CORES_TOLERATED) {
+    for (const row of rows) row.note += ` — UNRELIABLE: other work used up to ${otherCoresMax.toFixed(1)} cores during this run`;
+  }
+  return rows;
+}
+
+/** The whole table: ceilings (standard, then one per scenario), throughput, latency, goals. */
+export function reportRows(ceilings: readonly MeasuredCeiling[], throughput: readonly ThroughputStats[], latency: LatencyResult): IngestBenchRow[] {
+  const ceiling1MiB = ceilings.find((ceiling) => ceiling.batchBytes === MIB);
+  assert(ceiling1MiB !== undefined, 'the 1 MiB ceiling is measured');
+  const adjacent = throughput.map(ceilingOf);
+  const latencySummary = latencyRows(latency);
+  const others = [
+    ...[...ceilings, ...adjacent, latency.fsyncBefore, latency.fsyncAfter].map((ceiling) => otherCores(ceiling.load, ceiling.ownCores)),
+    ...throughput.map((stats) => {
+      const { load, ownCores } = statsLoad(stats);
+      return otherCores(load, ownCores);
+    }),
+    otherCores(latency.load, latency.ownCores),
+  ];
+  return [
+    ...ceilings.map(ceilingRow),
+    ...adjacent.map(ceilingRow),
+    ...throughput.map((stats) => throughputRow(stats, ceiling1MiB)),
+    ...latencySummary.rows,
+    ...goalRows(throughput, ceiling1MiB, latencySummary, Math.max(...others)),
+  ];
+}

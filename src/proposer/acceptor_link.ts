@@ -1,0 +1,352 @@
+/**
+ * One safekeeper as the proposer sees it: a loop of connection sessions with reconnect backoff (doubling,
+ * with jitter, reset once a session reaches streaming). A session walks walproposer's states:
+ *   connect → IDENTIFY_SYSTEM (refuse a timeline of another system) → START_WAL_PUSH → greeting →
+ *   wait for the campaign → VoteRequest → vote → wait for the election → ProposerElected with this
+ *   acceptor's own start point → streaming.
+ * Streaming runs a sender and a reader side by side. The sender walks `streamingAtLsn` through the proposer's
+ * WAL window in AppendRequests of at most 128 KiB, waiting for 'drain' when the socket is full; below the
+ * window it recovers the gap from a donor safekeeper (`donor_reader.ts`). When caught up it sleeps until the
+ * proposer kicks it (new WAL, new commit_lsn) or a heartbeat is due. The reader hands every AppendResponse to
+ * the proposer, which computes commit_lsn.
+ * Errors: anything that ends a session is logged (once per distinct message) and retried; errors the
+ * proposer marks fatal (term conflict, wrong system id, bugs) are rethrown and stop the proposer. `flushLsn`
+ * is the acceptor's start point when a session begins (walproposer keeps the old value across reconnects;
+ * the start point is what the acceptor durably has after ProposerElected, so it is never an overcount).
+ * Abort-safe: every wait takes the session's signal, and the connection is destroyed when a session ends.
+ * Main thread.
+ */
+import type { AcceptorGreeting, AcceptorMessage, AppendResponse, HotStandbyFeedback, ProtocolVersion, VoteResponse } from '../acceptor/messages.js';
+import { encodeAppendRequestHeader } from '../acceptor/messages.js';
+import { decodeAcceptorMessage, encodeProposerMessage } from '../acceptor/messages_codec.js';
+import { emptyMembership, type TenantId, type TermHistory, type TimelineId } from '../acceptor/state.js';
+import { formatHostPort, type HostPort } from '../config/schema.js';
+import { ProtocolViolationError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { PgClient, PgConnectionError, PgServerError } from '../pg/client.js';
+import { assert } from '../sync/assert.js';
+import { CancelToken, sleep } from '../sync/cancel.js';
+import { formatLsn, type Lsn } from '../wal/lsn.js';
+import { readDonorWal } from './donor_reader.js';
+import { startStreamingLsn } from './election.js';
+import { SystemIdMismatchError } from './errors.js';
+import {
+  ACCEPTOR_SILENCE_MS_MAX, APPEND_BYTES_MAX, COMMIT_BROADCAST_DELAY_MS, CONNECT_TIMEOUT_MS, HEARTBEAT_INTERVAL_MS, RECONNECT_BACKOFF_MS_MAX,
+  RECONNECT_BACKOFF_MS_MIN, RECONNECT_JITTER_RATIO,
+} from './limits.js';
+import type { ServerIdentity } from './source.js';
+import type { WalWindow } from './wal_window.js';
+
+export type LinkState = 'offline' | 'connecting' | 'greeting' | 'voting' | 'waiting_elected' | 'recovering' | 'streaming';
+
+export interface ElectedTerm {
+  term: bigint;
+  generation: number;
+  history: TermHistory;
+  termStartLsn: Lsn;
+}
+
+/** What a link needs from the proposer (implemented by `proposer.ts`). */
+export interface LinkHost {
+  readonly tenantId: TenantId;
+  readonly timelineId: TimelineId;
+  readonly protocolVersion: ProtocolVersion;
+  readonly identity: ServerIdentity;
+  readonly window: WalWindow;
+  readonly log: Logger;
+  commitLsn(): Lsn;
+  truncateLsn(): Lsn;
+  /** Records a greeting; throws a fatal error when the acceptor is past our term after the campaign began. */
+  onGreeting(link: AcceptorLink, greeting: AcceptorGreeting): void;
+  /** Resolves with (term, generation) once greetings from a majority are in. */
+  campaign(signal: AbortSignal): Promise<{ term: bigint; generation: number }>;
+  /** Records a vote; throws a fatal error for a refusal that means another proposer won. */
+  onVote(link: AcceptorLink, vote: VoteResponse): void;
+  elected(signal: AbortSignal): Promise<ElectedTerm>;
+  onAppendResponse(link: AcceptorLink, response: AppendResponse): void;
+  /** The session ended before the election finished: forget this link's greeting and vote. */
+  onSessionEnd(link: AcceptorLink): void;
+  /** A safekeeper in our term that has WAL at `lsn`, other than `link`; null if none. */
+  recoveryDonor(link: AcceptorLink, lsn: Lsn): HostPort | null;
+  isFatal(error: unknown): boolean;
+}
+
+export class AcceptorLink {
+  state: LinkState = 'offline';
+  nodeId: bigint | null = null;
+  /** flush_lsn from the latest AppendResponse in our term; each session starts it at the start point. */
+  flushLsn: Lsn = 0n;
+  streamingAtLsn: Lsn = 0n;
+  hsFeedback: HotStandbyFeedback | null = null;
+  lastError: string | null = null;
+  /** Sessions that reached streaming; tests and the summary read it. */
+  sessionsStreamed = 0;
+  #wake: (() => void) | null = null;
+  #lastHeardMs = 0;
+  #loggedError: string | null = null;
+
+  constructor(readonly index: number, readonly address: HostPort, private readonly host: LinkHost) {}
+
+  get name(): string {
+    return formatHostPort(this.address);
+  }
+
+  /** Wakes the sender if it sleeps: new WAL or a new commit_lsn. Cheap; called on every change. */
+  kick(): void {
+    const wake = this.#wake;
+    this.#wake = null;
+    wake?.();
+  }
+
+  /** Runs sessions until `signal` fires (resolves) or a fatal error (rejects). */
+  async run(signal: AbortSignal): Promise<void> {
+    let backoffMs = RECONNECT_BACKOFF_MS_MIN;
+    while (!signal.aborted) {
+      const streamedBefore = this.sessionsStreamed;
+      try {
+        await this.#session(signal);
+      } catch (error) {
+        if (signal.aborted) break;
+        if (this.host.isFatal(error)) throw error;
+        this.#noteError(error);
+      } finally {
+        this.state = 'offline';
+        this.host.onSessionEnd(this);
+      }
+      if (this.sessionsStreamed > streamedBefore) backoffMs = RECONNECT_BACKOFF_MS_MIN;
+      const jitter = 1 + (Math.random() * 2 - 1) * RECONNECT_JITTER_RATIO;
+      await sleep(Math.round(backoffMs * jitter), signal).catch(() => undefined);
+      backoffMs = Math.min(RECONNECT_BACKOFF_MS_MAX, backoffMs * 2);
+    }
+  }
+
+  #noteError(error: unknown): void {
+    const message = error instanceof Error ? error.message : String(error);
+    this.lastError = message;
+    if (message === this.#loggedError) return;
+    this.#loggedError = message;
+    this.host.log.warn({ safekeeper: this.name, err: message }, 'safekeeper connection failed; reconnecting');
+  }
+
+  async #session(runSignal: AbortSignal): Promise<void> {
+    const session = new CancelToken();
+    const onRunAbort = (): void => session.cancel(runSignal.reason);
+    runSignal.addEventListener('abort', onRunAbort, { once: true });
+    let client: PgClient | null = null;
+    try {
+      this.state = 'connecting';
+      client = await PgClient.connect({
+        host: this.address.host, port: this.address.port, user: 'proposer', database: 'replication', applicationName: 'walproposer',
+        options: `-c timeline_id=${this.host.timelineId} tenant_id=${this.host.tenantId}`, connectTimeoutMs: CONNECT_TIMEOUT_MS,
+      }, session.signal);
+      const connection = client;
+      void connection.closed.then(() => session.cancel(new PgConnectionError(`${this.name}: connection closed`)));
+      await this.#checkSystemId(connection, session.signal);
+      await connection.startCopyBoth(`START_WAL_PUSH (proto_version '${this.host.protocolVersion}', allow_timeline_creation 'true')`, session.signal);
+      await this.#elect(connection, session.signal);
+    } finally {
+      runSignal.removeEventListener('abort', onRunAbort);
+      session.cancel();
+      client?.destroy();
+    }
+  }
+
+  /** IDENTIFY_SYSTEM on the timeline: an existing timeline must belong to our system (0 = not known yet). */
+  async #checkSystemId(client: PgClient, signal: AbortSignal): Promise<void> {
+    let systemIdText: string | null | undefined;
+    try {
+      systemIdText = (await client.query('IDENTIFY_SYSTEM', signal)).rows[0]?.[0];
+    } catch (error) {
+      if (error instanceof PgServerError) return; // no such timeline yet: the greeting creates it
+      throw error;
+    }
+    if (systemIdText === null || systemIdText === undefined || !/^\d+$/.test(systemIdText)) return;
+    const found = BigInt(systemIdText);
+    const expected = this.host.identity.systemId;
+    if (found !== 0n && expected !== 0n && found !== expected) throw new SystemIdMismatchError(expected, found, `safekeeper ${this.name}`);
+  }
+
+  async #elect(client: PgClient, signal: AbortSignal): Promise<void> {
+    const host = this.host;
+    this.state = 'greeting';
+    this.#send(client, {
+      tag: 'greeting', tenantId: host.tenantId, timelineId: host.timelineId, mconf: emptyMembership(),
+      pgVersion: host.identity.pgVersion, systemId: host.identity.systemId, walSegSizeBytes: host.identity.walSegSizeBytes,
+    });
+    const greeting = await this.#receive(client, 'greeting', signal);
+    this.nodeId = greeting.nodeId;
+    host.onGreeting(this, greeting);
+    this.state = 'voting';
+    const { term, generation } = await host.campaign(signal);
+    this.#send(client, { tag: 'vote', generation, term });
+    const vote = await this.#receive(client, 'vote', signal);
+    host.onVote(this, vote);
+    this.state = 'waiting_elected';
+    const elected = await host.elected(signal);
+    const startLsn = startStreamingLsn(elected.history, elected.term, vote.termHistory, vote.flushLsn);
+    this.#send(client, { tag: 'elected', generation: elected.generation, term: elected.term, startStreamingAtLsn: startLsn, termHistory: elected.history });
+    host.log.info({ safekeeper: this.name, node_id: this.nodeId, term: elected.term, start_lsn: startLsn, flush_lsn: vote.flushLsn }, 'safekeeper elected us; streaming');
+    await this.#stream(client, elected, startLsn, signal);
+  }
+
+  async #receive<T extends AcceptorMessage['tag']>(client: PgClient, tag: T, signal: AbortSignal): Promise<Extract<AcceptorMessage, { tag: T }>> {
+    const timeout = new CancelToken();
+    const onAbort = (): void => timeout.cancel(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    const timer = setTimeout(() => timeout.cancel(new PgConnectionError(`${this.name}: no ${tag} reply within ${ACCEPTOR_SILENCE_MS_MAX} ms`)), ACCEPTOR_SILENCE_MS_MAX);
+    try {
+      for (;;) {
+        const event = await client.nextCopy(timeout.signal);
+        if (event.kind === 'done') throw new PgConnectionError(`${this.name}: stream ended while waiting for ${tag}`);
+        const message = decodeAcceptorMessage(event.payload, this.host.protocolVersion);
+        if (message.tag === tag) return message as Extract<AcceptorMessage, { tag: T }>;
+        // walproposer would fail here; an AppendResponse carries nothing we need before streaming, so a
+        // safekeeper that sends one early (e.g. after the flush a VoteRequest makes) is tolerated.
+        if (message.tag === 'append') continue;
+        throw new ProtocolViolationError('acceptor', `expected ${tag}, got ${message.tag}`);
+      }
+    } finally {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  #send(client: PgClient, message: Parameters<typeof encodeProposerMessage>[0]): boolean {
+    return client.sendCopyData(encodeProposerMessage(message, this.host.protocolVersion));
+  }
+
+  async #stream(client: PgClient, elected: ElectedTerm, startLsn: Lsn, signal: AbortSignal): Promise<void> {
+    // ProposerElected truncates the acceptor's WAL at startLsn: that is its flush position now.
+    this.flushLsn = startLsn;
+    this.streamingAtLsn = startLsn;
+    this.state = 'streaming';
+    this.sessionsStreamed += 1;
+    this.#lastHeardMs = performance.now();
+    const both = new CancelToken();
+    const onAbort = (): void => both.cancel(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    let failure: unknown = null;
+    const fail = (error: unknown): void => {
+      failure ??= error;
+      both.cancel(error);
+    };
+    // A safekeeper that stops answering (even while our sends wait for 'drain') is dropped.
+    const watchdog = setInterval(() => {
+      if (performance.now() - this.#lastHeardMs > ACCEPTOR_SILENCE_MS_MAX) fail(new PgConnectionError(`${this.name}: no reply for ${ACCEPTOR_SILENCE_MS_MAX} ms`));
+    }, HEARTBEAT_INTERVAL_MS);
+    try {
+      await Promise.all([this.#sendLoop(client, elected, both.signal).catch(fail), this.#readLoop(client, both.signal).catch(fail)]);
+    } finally {
+      clearInterval(watchdog);
+      signal.removeEventListener('abort', onAbort);
+      this.kick();
+    }
+    throw failure ?? new PgConnectionError(`${this.name}: streaming ended`);
+  }
+
+  async #readLoop(client: PgClient, signal: AbortSignal): Promise<void> {
+    for (;;) {
+      let event = client.tryNextCopy() ?? (await client.nextCopy(signal));
+      for (;;) {
+        if (event.kind === 'done') throw new PgConnectionError(`${this.name}: safekeeper ended the stream`);
+        const message = decodeAcceptorMessage(event.payload, this.host.protocolVersion);
+        if (message.tag !== 'append') throw new ProtocolViolationError('acceptor', `expected AppendResponse, got ${message.tag}`);
+        this.#lastHeardMs = performance.now();
+        if (message.flushLsn > this.flushLsn) this.flushLsn = message.flushLsn;
+        this.hsFeedback = message.hsFeedback;
+        this.host.onAppendResponse(this, message);
+        const next = client.tryNextCopy();
+        if (next === undefined) break;
+        event = next;
+      }
+    }
+  }
+
+  async #sendLoop(client: PgClient, elected: ElectedTerm, signal: AbortSignal): Promise<void> {
+    const window = this.host.window;
+    let sentCommitLsn = -1n;
+    let lastSendMs = performance.now();
+    let commitSeenMs = 0;
+    for (;;) {
+      signal.throwIfAborted();
+      if (this.streamingAtLsn < window.endLsn) {
+        if (this.streamingAtLsn < window.startLsn) {
+          await this.#recover(client, elected, signal);
+          continue;
+        }
+        const wal = window.read(this.streamingAtLsn, APPEND_BYTES_MAX);
+        sentCommitLsn = this.host.commitLsn();
+        const ok = this.#append(client, elected, wal, sentCommitLsn);
+        lastSendMs = performance.now();
+        if (!ok) await client.drained(signal);
+        continue;
+      }
+      const nowMs = performance.now();
+      const commitLsn = this.host.commitLsn();
+      if (commitLsn !== sentCommitLsn && commitSeenMs === 0) commitSeenMs = nowMs;
+      const commitDue = commitLsn !== sentCommitLsn && nowMs - commitSeenMs >= COMMIT_BROADCAST_DELAY_MS;
+      if (commitDue || nowMs - lastSendMs >= HEARTBEAT_INTERVAL_MS) {
+        sentCommitLsn = commitLsn;
+        commitSeenMs = 0;
+        this.#append(client, elected, new Uint8Array(0), commitLsn);
+        lastSendMs = nowMs;
+        continue;
+      }
+      const waitMs = commitLsn !== sentCommitLsn ? COMMIT_BROADCAST_DELAY_MS - (nowMs - commitSeenMs) : HEARTBEAT_INTERVAL_MS - (nowMs - lastSendMs);
+      await this.#sleepUntilKicked(Math.max(1, Math.ceil(waitMs)), signal);
+    }
+  }
+
+  #append(client: PgClient, elected: ElectedTerm, wal: Uint8Array, commitLsn: Lsn): boolean {
+    const beginLsn = this.streamingAtLsn;
+    const endLsn = beginLsn + BigInt(wal.length);
+    const header = encodeAppendRequestHeader(
+      { tag: 'append', generation: elected.generation, term: elected.term, beginLsn, endLsn, commitLsn, truncateLsn: this.host.truncateLsn(), wal },
+      this.host.protocolVersion,
+    );
+    this.streamingAtLsn = endLsn;
+    return wal.length === 0 ? client.sendCopyData(header) : client.sendCopyData(header, wal);
+  }
+
+  #sleepUntilKicked(delayMs: number, signal: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', onAbort);
+        this.#wake = null;
+      };
+      const onAbort = (): void => (done(), reject(signal.reason));
+      const timer = setTimeout(() => (done(), resolve()), delayMs);
+      assert(this.#wake === null, 'one sleeper per link');
+      this.#wake = () => (done(), resolve());
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  /** Streams [streamingAt, window start) from a donor safekeeper; ends when the window covers the rest. */
+  async #recover(client: PgClient, elected: ElectedTerm, signal: AbortSignal): Promise<void> {
+    const fromLsn = this.streamingAtLsn;
+    const donor = this.host.recoveryDonor(this, fromLsn);
+    if (donor === null) {
+      throw new PgConnectionError(`${this.name}: needs WAL from ${formatLsn(fromLsn)}, below the proposer's window (${formatLsn(this.host.window.startLsn)}), and no donor safekeeper is streaming`);
+    }
+    this.state = 'recovering';
+    this.host.log.info({ safekeeper: this.name, donor: formatHostPort(donor), from_lsn: fromLsn, window_start_lsn: this.host.window.startLsn }, 'recovering safekeeper from a donor');
+    await readDonorWal({
+      donor, tenantId: this.host.tenantId, timelineId: this.host.timelineId, startLsn: fromLsn, term: elected.term, signal,
+      onWal: async (lsn, bytes) => {
+        assert(lsn === this.streamingAtLsn, 'donor WAL continues where we are');
+        for (let offset = 0; offset < bytes.length; ) {
+          const pieceBytes = Math.min(APPEND_BYTES_MAX, bytes.length - offset);
+          const ok = this.#append(client, elected, bytes.subarray(offset, offset + pieceBytes), this.host.commitLsn());
+          offset += pieceBytes;
+          if (!ok) await client.drained(signal);
+        }
+        return this.streamingAtLsn < this.host.window.startLsn;
+      },
+    });
+    signal.throwIfAborted();
+    if (this.streamingAtLsn === fromLsn) throw new PgConnectionError(`${this.name}: donor ${formatHostPort(donor)} has no WAL at ${formatLsn(fromLsn)}`);
+    this.state = 'streaming';
+  }
+}

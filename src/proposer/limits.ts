@@ -1,0 +1,48 @@
+/**
+ * Bounds and timings of the proposer, each with the reason for its value. Relations between them are
+ * asserted once, at load. Values follow Neon's walproposer where it has one (named in the comment).
+ */
+import { APPEND_WAL_BYTES_MAX } from '../limits.js';
+import { assert } from '../sync/assert.js';
+
+/** WAL bytes per AppendRequest: walproposer's MAX_SEND_SIZE, which the acceptor enforces. */
+export const APPEND_BYTES_MAX = APPEND_WAL_BYTES_MAX;
+/**
+ * WAL kept in memory for acceptors that lag or reconnect (the WAL window). Beyond it a lagging acceptor is
+ * recovered from a donor safekeeper. 64 MiB holds several seconds of pgbench WAL, so a safekeeper that
+ * restarts quickly catches up from memory; the window never drops WAL the quorum has not flushed, and the
+ * source is paused instead (backpressure), so memory stays within this plus one chunk.
+ */
+export const WAL_WINDOW_BYTES_DEFAULT = 64 * 1024 * 1024;
+export const WAL_WINDOW_BYTES_MIN = 4 * APPEND_BYTES_MAX;
+/**
+ * WAL the source may run ahead of the quorum's commit_lsn. Enough in flight for the safekeepers to batch
+ * fsyncs (several 128 KiB appends per fsync), small enough that a full-speed load measures the pipeline's
+ * latency rather than the depth of our queue.
+ */
+export const UNCOMMITTED_BYTES_MAX = 16 * 1024 * 1024;
+/** An idle acceptor gets an empty AppendRequest this often (neon.safekeeper_reconnect_timeout = 1 s). */
+export const HEARTBEAT_INTERVAL_MS = 1000;
+/** An acceptor that sends nothing for this long is dropped (neon.safekeeper_connect_timeout = 10 s). */
+export const ACCEPTOR_SILENCE_MS_MAX = 10_000;
+/** Connect + authenticate to a safekeeper or the primary. */
+export const CONNECT_TIMEOUT_MS = 10_000;
+/** Reconnect backoff: doubles from MIN to MAX, with ±JITTER_RATIO jitter so restarts do not stampede. */
+export const RECONNECT_BACKOFF_MS_MIN = 100;
+export const RECONNECT_BACKOFF_MS_MAX = 5000;
+export const RECONNECT_JITTER_RATIO = 0.2;
+/** Default for `--quorum-timeout`: how long the election may take before the proposer gives up. */
+export const QUORUM_TIMEOUT_MS_DEFAULT = 30_000;
+/** Election restarts after losing a vote race (another candidate took our term) before giving up. */
+export const ELECTION_ATTEMPTS_MAX = 3;
+/** A commit_lsn change waits this long for an append to carry it before a heartbeat carries it alone. */
+export const COMMIT_BROADCAST_DELAY_MS = 20;
+/** Standby status updates to the primary at least this often (wal_receiver_status_interval is 10 s). */
+export const STATUS_INTERVAL_MS = 1000;
+/** Most safekeepers one proposer talks to (walproposer's MAX_SAFEKEEPERS). */
+export const SAFEKEEPERS_MAX = 32;
+
+assert(WAL_WINDOW_BYTES_DEFAULT >= WAL_WINDOW_BYTES_MIN, 'default window above the minimum');
+assert(UNCOMMITTED_BYTES_MAX >= 8 * APPEND_BYTES_MAX, 'several appends in flight');
+assert(HEARTBEAT_INTERVAL_MS * 3 <= ACCEPTOR_SILENCE_MS_MAX, 'several heartbeats fit in the silence limit');
+assert(RECONNECT_BACKOFF_MS_MIN < RECONNECT_BACKOFF_MS_MAX, 'backoff range');

@@ -1,0 +1,337 @@
+/**
+ * The proposer: Neon's walproposer as a Node program. It owns the election state, the WAL window and the
+ * commit arithmetic, and runs one `AcceptorLink` per safekeeper plus the WAL source.
+ *
+ * Election (reference §4.7): greetings from a majority fix the term (1 + the highest greeting term); votes
+ * from a majority elect us; the donor is the voter with the highest (last_log_term, flush_lsn); the term
+ * starts at the donor's flush_lsn (or, on an empty timeline, where the source says a timeline begins); our
+ * history is the donor's plus (term, term start). The bookkeeping of greetings and votes is `campaign.ts`.
+ * Streaming: the source appends to the window, every link streams from it at its own pace, and each
+ * AppendResponse recomputes commit_lsn (the quorum-th highest flush at or above the term start) and
+ * truncate_lsn (min flush over all, capped at commit). The window keeps what the slowest acceptor still
+ * needs, up to its capacity, and never drops uncommitted WAL: the source waits instead.
+ * Where the source can rewind (a primary with a slot), streaming starts at the lowest voter's start point
+ * rather than the term start, so voters that lag are fed from the window; otherwise and for anything below
+ * the window a link recovers from a donor safekeeper with START_REPLICATION (term mode).
+ * Failure: fatal errors (term conflict, wrong system id, no quorum in time, source failure, bugs) stop every
+ * task and are thrown from `run()`; an abort of `run`'s signal (SIGTERM) stops cleanly and resolves.
+ * Main thread.
+ */
+import type { AcceptorGreeting, AppendResponse, ProtocolVersion, VoteResponse } from '../acceptor/messages.js';
+import type { TenantId, TimelineId } from '../acceptor/state.js';
+import type { HostPort } from '../config/schema.js';
+import { ProtocolViolationError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { SLOW_WAIT_MS } from '../limits.js';
+import { assert, AssertionError } from '../sync/assert.js';
+import { CancelToken } from '../sync/cancel.js';
+import { Watch } from '../sync/watch.js';
+import type { Lsn } from '../wal/lsn.js';
+import { AcceptorLink, type ElectedTerm, type LinkHost } from './acceptor_link.js';
+import { Campaign, type CampaignPhase } from './campaign.js';
+import { findPrevRecordLsn } from './donor_reader.js';
+import { chooseDonor, proposerHistory, startStreamingLsn } from './election.js';
+import { SystemIdMismatchError, TermConflictError } from './errors.js';
+import { APPEND_BYTES_MAX, UNCOMMITTED_BYTES_MAX } from './limits.js';
+import { quorumCommitLsn, quorumSize, truncateLsnCandidate } from './quorum.js';
+import type { ServerIdentity, WalSource } from './source.js';
+import { WalWindow } from './wal_window.js';
+
+export interface ProposerOptions {
+  safekeepers: readonly HostPort[];
+  tenantId: TenantId;
+  timelineId: TimelineId;
+  protocolVersion: ProtocolVersion;
+  source: WalSource;
+  log: Logger;
+  /** How long greetings and votes from a majority may take. */
+  quorumTimeoutMs: number;
+  windowBytes: number;
+  /** Called once, when elected (before streaming starts). */
+  onElected?: (elected: ElectedTerm) => void;
+}
+
+export type ProposerPhase = CampaignPhase;
+
+export interface ProposerStatus {
+  phase: ProposerPhase;
+  term: bigint;
+  termStartLsn: Lsn;
+  commitLsn: Lsn;
+  truncateLsn: Lsn;
+  windowStartLsn: Lsn;
+  windowEndLsn: Lsn;
+  safekeepers: { name: string; state: string; flushLsn: Lsn; lastError: string | null }[];
+}
+
+export class Proposer implements LinkHost {
+  readonly tenantId: TenantId;
+  readonly timelineId: TimelineId;
+  readonly protocolVersion: ProtocolVersion;
+  readonly identity: ServerIdentity;
+  readonly window: WalWindow;
+  readonly log: Logger;
+  readonly links: AcceptorLink[];
+  readonly quorum: number;
+  /** The quorum's commit_lsn; moves forward only. */
+  readonly commit = new Watch<Lsn>(0n);
+  readonly #options: ProposerOptions;
+  readonly #source: WalSource;
+  readonly #campaign: Campaign<AcceptorLink>;
+  /** Bumped on every AppendResponse (commit and window trims happen there); the paused source waits on it. */
+  readonly #acks = new Watch(0);
+  #elected: ElectedTerm | null = null;
+  #donorIndex = -1;
+  #truncateLsn = 0n;
+  #fatal: unknown = null;
+  #token: CancelToken | null = null;
+  #sentFeedback = { xmin: 0n, catalogXmin: 0n };
+
+  constructor(options: ProposerOptions) {
+    assert(options.safekeepers.length > 0, 'at least one safekeeper');
+    this.#options = options;
+    this.#source = options.source;
+    this.tenantId = options.tenantId;
+    this.timelineId = options.timelineId;
+    this.protocolVersion = options.protocolVersion;
+    this.identity = options.source.identity;
+    this.log = options.log;
+    this.window = new WalWindow(options.windowBytes);
+    this.quorum = quorumSize(options.safekeepers.length);
+    this.#campaign = new Campaign(this.quorum, options.log);
+    this.links = options.safekeepers.map((address, index) => new AcceptorLink(index, address, this));
+  }
+
+  get electedTerm(): ElectedTerm | null {
+    return this.#elected;
+  }
+
+  get phase(): ProposerPhase {
+    return this.#campaign.phase;
+  }
+
+  /** Runs until `signal` fires (resolves) or a fatal error (rejects with it). Call once. */
+  async run(signal: AbortSignal): Promise<void> {
+    assert(this.#token === null, 'a proposer runs once');
+    const token = new CancelToken();
+    this.#token = token;
+    const onAbort = (): void => token.cancel(signal.reason);
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+    const linkRuns = this.links.map((link) => link.run(token.signal).catch((error: unknown) => this.#failFatal(error)));
+    try {
+      await this.#electAndStream(token.signal);
+    } catch (error) {
+      if (!signal.aborted) this.#failFatal(error);
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+      token.cancel();
+      await Promise.all(linkRuns);
+    }
+    if (this.#fatal !== null) throw this.#fatal;
+  }
+
+  status(): ProposerStatus {
+    return {
+      phase: this.phase, term: this.#campaign.term, termStartLsn: this.#elected?.termStartLsn ?? 0n, commitLsn: this.commit.value, truncateLsn: this.#truncateLsn,
+      windowStartLsn: this.window.startLsn, windowEndLsn: this.window.endLsn,
+      safekeepers: this.links.map((link) => ({ name: link.name, state: link.state, flushLsn: link.flushLsn, lastError: link.lastError })),
+    };
+  }
+
+  // ---- LinkHost ----
+
+  commitLsn(): Lsn {
+    return this.commit.value;
+  }
+
+  truncateLsn(): Lsn {
+    return this.#truncateLsn;
+  }
+
+  isFatal(error: unknown): boolean {
+    return error instanceof TermConflictError || error instanceof SystemIdMismatchError || error instanceof AssertionError;
+  }
+
+  onGreeting(link: AcceptorLink, greeting: AcceptorGreeting): void {
+    this.#campaign.onGreeting(link, link.name, greeting);
+  }
+
+  campaign(signal: AbortSignal): Promise<{ term: bigint; generation: number }> {
+    return this.#campaign.campaign(signal);
+  }
+
+  onVote(link: AcceptorLink, vote: VoteResponse): void {
+    this.#campaign.onVote(link, link.name, vote);
+  }
+
+  async elected(signal: AbortSignal): Promise<ElectedTerm> {
+    await this.#campaign.changes.waitFor(() => this.#elected !== null, signal);
+    assert(this.#elected !== null);
+    return this.#elected;
+  }
+
+  onSessionEnd(): void {
+    // Greetings and votes are kept (see the header); nothing else depends on a live session.
+  }
+
+  onAppendResponse(link: AcceptorLink, response: AppendResponse): void {
+    const elected = this.#elected;
+    assert(elected !== null, 'appends only after the election');
+    if (response.term > elected.term) throw new TermConflictError(elected.term, response.term, `safekeeper ${link.name} answered an append with a higher term`);
+    if (response.generation !== elected.generation) throw new ProtocolViolationError('AppendResponse', `generation ${response.generation}, ours is ${elected.generation}`);
+    const flushLsns = this.links.map((each) => each.flushLsn);
+    const commitLsn = quorumCommitLsn(flushLsns, elected.termStartLsn);
+    if (commitLsn > this.commit.value) {
+      this.commit.set(commitLsn);
+      this.#source.onCommit(commitLsn);
+      for (const each of this.links) each.kick();
+    }
+    const truncateLsn = truncateLsnCandidate(flushLsns, this.commit.value);
+    if (truncateLsn > this.#truncateLsn) this.#truncateLsn = truncateLsn;
+    this.#trimWindow(flushLsns);
+    this.#relayFeedback();
+    if (this.#acks.waiterCount > 0) this.#acks.set(this.#acks.value + 1);
+  }
+
+  /**
+   * Keeps what the slowest safekeeper still needs; when the window is nearly full, keeps only its newer half
+   * (hysteresis, so the source gets room for many appends at once). Never drops uncommitted WAL.
+   */
+  #trimWindow(flushLsns: readonly Lsn[]): void {
+    const window = this.window;
+    let keepFromLsn = window.endLsn;
+    for (const lsn of flushLsns) if (lsn < keepFromLsn) keepFromLsn = lsn;
+    if (window.bytes >= window.capacityBytes - 2 * APPEND_BYTES_MAX) {
+      const halfLsn = window.endLsn - BigInt(window.capacityBytes / 2);
+      if (halfLsn > keepFromLsn) keepFromLsn = halfLsn;
+    }
+    window.trim(keepFromLsn < this.commit.value ? keepFromLsn : this.commit.value);
+  }
+
+  recoveryDonor(link: AcceptorLink, lsn: Lsn): HostPort | null {
+    let best: AcceptorLink | null = null;
+    let bestLsn = lsn;
+    for (const each of this.links) {
+      if (each === link || (each.state !== 'streaming' && each.state !== 'recovering')) continue;
+      const known = each.index === this.#donorIndex && this.#elected !== null && this.#elected.termStartLsn > each.flushLsn ? this.#elected.termStartLsn : each.flushLsn;
+      if (known > bestLsn) {
+        best = each;
+        bestLsn = known;
+      }
+    }
+    return best?.address ?? null;
+  }
+
+  // ---- internals ----
+
+  #failFatal(error: unknown): void {
+    if (this.#fatal === null) {
+      this.#fatal = error;
+      this.log.error({ err: error instanceof Error ? error.message : String(error) }, 'proposer failed');
+    }
+    this.#token?.cancel(error);
+  }
+
+  async #electAndStream(signal: AbortSignal): Promise<void> {
+    const campaign = this.#campaign;
+    await campaign.waitForVotes(signal, this.#options.quorumTimeoutMs, () => this.#noQuorumDetails());
+    const term = campaign.term;
+    const voters = campaign.votes().map(([link, vote]) => ({ index: link.index, vote }));
+    const donor = chooseDonor(voters);
+    let termStartLsn = donor.flushLsn;
+    if (termStartLsn === 0n) {
+      termStartLsn = await this.#source.initialLsn(signal);
+      this.log.info({ start_lsn: termStartLsn }, 'every voter is empty: starting the timeline');
+    }
+    const history = proposerHistory(donor.history, term, termStartLsn);
+    this.#truncateLsn = donor.truncateLsn === 0n ? termStartLsn : donor.truncateLsn;
+    let sourceStartLsn = termStartLsn;
+    if (this.#source.canRewind) {
+      let lowestLsn = termStartLsn;
+      for (const { vote } of voters) {
+        const startLsn = startStreamingLsn(history, term, vote.termHistory, vote.flushLsn);
+        if (startLsn < lowestLsn) lowestLsn = startLsn;
+      }
+      const earliestLsn = this.#source.earliestLsn();
+      sourceStartLsn = lowestLsn > earliestLsn ? lowestLsn : earliestLsn < termStartLsn ? earliestLsn : termStartLsn;
+    }
+    let prevRecordLsn: Lsn | null = null;
+    const donorLink = this.links[donor.index];
+    assert(donorLink !== undefined, 'the donor is one of our safekeepers');
+    if (this.#source.needsPrevRecordLsn && donor.flushLsn !== 0n) {
+      const timelineStartLsn = history[0]?.lsn ?? termStartLsn;
+      try {
+        prevRecordLsn = await findPrevRecordLsn({
+          donor: donorLink.address, tenantId: this.tenantId, timelineId: this.timelineId, term, identity: this.identity, timelineStartLsn, termStartLsn, signal,
+        });
+        this.log.info({ prev_record_lsn: prevRecordLsn, term_start_lsn: termStartLsn }, 'found the last record before the term start');
+      } catch (error) {
+        if (signal.aborted || this.isFatal(error)) throw error;
+        this.log.warn({ err: error instanceof Error ? error.message : String(error), donor: donorLink.name }, 'could not read the WAL before the term start back from the donor; the first record gets xl_prev 0');
+      }
+    }
+    this.window.reset(sourceStartLsn);
+    this.#donorIndex = donor.index;
+    this.#elected = { term, generation: campaign.generation, history, termStartLsn };
+    campaign.markElected();
+    this.#options.onElected?.(this.#elected);
+    this.log.info({ term, term_start_lsn: termStartLsn, source_start_lsn: sourceStartLsn, donor: donorLink?.name, votes: voters.length, truncate_lsn: this.#truncateLsn }, 'elected');
+    await this.#source.stream({
+      startLsn: sourceStartLsn, prevRecordLsn, signal,
+      write: async (lsn, bytes, writeSignal) => {
+        if (!this.#hasRoom(sourceStartLsn)) await this.#waitForRoom(sourceStartLsn, writeSignal);
+        this.window.append(lsn, bytes);
+        for (const link of this.links) link.kick();
+      },
+    });
+    // A finite source (synthetic --duration) is done: wait until the quorum has all of it.
+    const endLsn = this.window.endLsn;
+    await this.commit.waitFor((lsn) => lsn >= endLsn, signal);
+  }
+
+  /** The window has room and the source is not too far ahead of the quorum. */
+  #hasRoom(sourceStartLsn: Lsn): boolean {
+    const aheadBytes = this.window.endLsn - (this.commit.value > sourceStartLsn ? this.commit.value : sourceStartLsn);
+    return this.window.bytes < this.window.capacityBytes && aheadBytes <= BigInt(UNCOMMITTED_BYTES_MAX);
+  }
+
+  /** Backpressure on the source; a wait longer than SLOW_WAIT_MS (a quorum that does not ack) is logged. */
+  async #waitForRoom(sourceStartLsn: Lsn, signal: AbortSignal): Promise<void> {
+    const startedMs = performance.now();
+    const slow = setTimeout(() => this.log.warn({ commit_lsn: this.commit.value, window_end_lsn: this.window.endLsn, safekeepers: this.status().safekeepers }, 'WAL source paused: the quorum is not acknowledging'), SLOW_WAIT_MS);
+    try {
+      while (!this.#hasRoom(sourceStartLsn)) {
+        await this.#acks.changed(this.#acks.version, signal);
+      }
+    } finally {
+      clearTimeout(slow);
+      if (performance.now() - startedMs > SLOW_WAIT_MS) this.log.info({ waited_ms: Math.round(performance.now() - startedMs) }, 'WAL source resumed');
+    }
+  }
+
+  /** "N safekeepers voted within T ms, Q needed (h:p: last error or state; ...)" for NoQuorumError. */
+  #noQuorumDetails(): string {
+    const details = this.links.map((link) => {
+      const state = this.#campaign.hasVoted(link) ? 'voted' : this.#campaign.hasGreeted(link) ? 'greeted' : link.state;
+      const error = link.lastError?.replace(`${link.name}: `, '');
+      return `${link.name}: ${error ?? state}`;
+    });
+    return `${this.links.length} safekeepers voted within ${this.#options.quorumTimeoutMs} ms, ${this.quorum} needed (${details.join('; ')})`;
+  }
+
+  #relayFeedback(): void {
+    let xmin = 0n;
+    let catalogXmin = 0n;
+    for (const link of this.links) {
+      const feedback = link.hsFeedback;
+      if (feedback === null || link.state !== 'streaming') continue;
+      if (feedback.xmin !== 0n && (xmin === 0n || feedback.xmin < xmin)) xmin = feedback.xmin;
+      if (feedback.catalogXmin !== 0n && (catalogXmin === 0n || feedback.catalogXmin < catalogXmin)) catalogXmin = feedback.catalogXmin;
+    }
+    if (xmin === this.#sentFeedback.xmin && catalogXmin === this.#sentFeedback.catalogXmin) return;
+    this.#sentFeedback = { xmin, catalogXmin };
+    this.#source.onHotStandbyFeedback(xmin, catalogXmin);
+  }
+}
+

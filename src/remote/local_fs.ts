@@ -1,0 +1,211 @@
+/**
+ * The local-filesystem remote storage backend (`file:///path`, the embedded default). An object is two
+ * files under the root: `<key>` (the body, byte for byte, so pg_waldump reads backed-up segments in place)
+ * and `<key>.meta` (JSON: size and metadata). The `.meta` file is what makes an object exist:
+ *
+ *   put:    write `<key>.<random>.tmp` and `<key>.meta.<random>.tmp`, fsync both; unlink the old `.meta`
+ *           (the old object stops existing); rename the body into place; rename the `.meta` into place;
+ *           fsync the directory.
+ *   delete: unlink `.meta` first, then the body.
+ * A crash at any point leaves the old object, no object, or the new one, never a body with someone else's
+ * digests; leftover `*.tmp` files are ignored by list and overwritten by nothing (they carry a random part).
+ * `noSync` (tests and benchmarks) skips the fsyncs. Async fs (libuv pool); coordinator thread.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { dirname, join, relative, sep } from 'node:path';
+import { NotFoundError } from '../errors.js';
+import { assert } from '../sync/assert.js';
+import { RemoteStorageError, isValidKey, remoteNotFound, type ByteRange, type RemoteBackend, type RemoteObjectHead, type RemoteObjectInfo } from './remote_storage.js';
+
+const META_SUFFIX = '.meta';
+const TEMP_SUFFIX = '.tmp';
+
+interface MetaFile {
+  sizeBytes: number;
+  metadata: Record<string, string>;
+}
+
+const errnoOf = (error: unknown): string | undefined => (error as { code?: string } | null)?.code;
+
+/** fs errors of the local backend: missing → NotFoundError by the caller; anything else is retryable once. */
+function fsFailure(operation: string, key: string, error: unknown): Error {
+  if (error instanceof RemoteStorageError || error instanceof NotFoundError) return error;
+  const code = errnoOf(error);
+  if (code === undefined) return error instanceof Error ? error : new Error(String(error));
+  // ENOSPC and EIO may clear up (space freed, a flaky device); EACCES will not.
+  const retryable = code !== 'EACCES' && code !== 'EPERM' && code !== 'EROFS';
+  return new RemoteStorageError(`local remote storage ${operation} ${key}: ${code}`, retryable, { cause: error });
+}
+
+export class LocalFsBackend implements RemoteBackend {
+  readonly kind = 'file' as const;
+  readonly description: string;
+
+  constructor(readonly root: string, private readonly options: { noSync: boolean } = { noSync: false }) {
+    this.description = `file://${root}`;
+  }
+
+  #path(key: string): string {
+    assert(isValidKey(key), 'remote key is relative and clean');
+    return join(this.root, ...key.split('/'));
+  }
+
+  async put(key: string, body: Uint8Array, metadata: Record<string, string>, signal: AbortSignal): Promise<void> {
+    const path = this.#path(key);
+    const random = randomBytes(6).toString('hex');
+    const bodyTemp = `${path}.${random}${TEMP_SUFFIX}`;
+    const metaTemp = `${path}${META_SUFFIX}.${random}${TEMP_SUFFIX}`;
+    try {
+      await mkdir(dirname(path), { recursive: true });
+      signal.throwIfAborted();
+      await this.#writeDurably(bodyTemp, body);
+      const meta: MetaFile = { sizeBytes: body.length, metadata };
+      await this.#writeDurably(metaTemp, new TextEncoder().encode(JSON.stringify(meta)));
+      signal.throwIfAborted();
+      await unlink(`${path}${META_SUFFIX}`).catch((error: unknown) => {
+        if (errnoOf(error) !== 'ENOENT') throw error;
+      });
+      await rename(bodyTemp, path);
+      await rename(metaTemp, `${path}${META_SUFFIX}`);
+      await this.#fsyncDir(dirname(path));
+    } catch (error) {
+      await unlink(bodyTemp).catch(() => undefined);
+      await unlink(metaTemp).catch(() => undefined);
+      if (signal.aborted && errnoOf(error) === undefined) throw error;
+      throw fsFailure('put', key, error);
+    }
+  }
+
+  async get(key: string, range: ByteRange | null, signal: AbortSignal): Promise<{ body: Uint8Array; sizeBytes: number; metadata: Record<string, string> }> {
+    const path = this.#path(key);
+    const meta = await this.#readMeta(key, path);
+    signal.throwIfAborted();
+    const startBytes = range === null ? 0 : range.startBytes;
+    const endBytes = range === null ? meta.sizeBytes : Math.min(range.endBytes, meta.sizeBytes);
+    if (startBytes > meta.sizeBytes) throw new RemoteStorageError(`remote get ${key}: range starts at ${startBytes}, past the object end ${meta.sizeBytes}`, false);
+    try {
+      const handle = await open(path, 'r');
+      try {
+        const body = new Uint8Array(endBytes - startBytes);
+        for (let done = 0; done < body.length; ) {
+          const { bytesRead } = await handle.read(body, done, body.length - done, startBytes + done);
+          if (bytesRead === 0) break; // shorter than its metadata says: the digest check reports it
+          done += bytesRead;
+        }
+        return { body, sizeBytes: meta.sizeBytes, metadata: meta.metadata };
+      } finally {
+        await handle.close();
+      }
+    } catch (error) {
+      if (errnoOf(error) === 'ENOENT') throw remoteNotFound(key, { cause: error });
+      throw fsFailure('get', key, error);
+    }
+  }
+
+  async head(key: string, _signal: AbortSignal): Promise<RemoteObjectHead | null> {
+    try {
+      const meta = await this.#readMeta(key, this.#path(key));
+      return { key, sizeBytes: meta.sizeBytes, metadata: meta.metadata };
+    } catch (error) {
+      if (error instanceof NotFoundError) return null;
+      throw error;
+    }
+  }
+
+  async list(prefix: string, signal: AbortSignal): Promise<RemoteObjectInfo[]> {
+    // Walk from the deepest directory the prefix names; keep keys that start with the whole prefix.
+    const slash = prefix.lastIndexOf('/');
+    const base = slash < 0 ? this.root : join(this.root, ...prefix.slice(0, slash).split('/'));
+    const found: RemoteObjectInfo[] = [];
+    const walk = async (dir: string): Promise<void> => {
+      signal.throwIfAborted();
+      let entries;
+      try {
+        entries = await readdir(dir, { withFileTypes: true });
+      } catch (error) {
+        if (errnoOf(error) === 'ENOENT' || errnoOf(error) === 'ENOTDIR') return;
+        throw fsFailure('list', prefix, error);
+      }
+      for (const entry of entries) {
+        const path = join(dir, entry.name);
+        if (entry.isDirectory()) {
+          await walk(path);
+          continue;
+        }
+        if (!entry.name.endsWith(META_SUFFIX)) continue;
+        const key = relative(this.root, path.slice(0, -META_SUFFIX.length)).split(sep).join('/');
+        if (!key.startsWith(prefix) || !isValidKey(key)) continue;
+        const sizeBytes = await stat(path.slice(0, -META_SUFFIX.length)).then(
+          (stats) => stats.size,
+          () => null,
+        );
+        if (sizeBytes !== null) found.push({ key, sizeBytes });
+      }
+    };
+    await walk(base);
+    return found.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  }
+
+  async delete(keys: readonly string[], signal: AbortSignal): Promise<void> {
+    const dirs = new Set<string>();
+    for (const key of keys) {
+      signal.throwIfAborted();
+      const path = this.#path(key);
+      for (const file of [`${path}${META_SUFFIX}`, path]) {
+        await unlink(file).catch((error: unknown) => {
+          if (errnoOf(error) !== 'ENOENT') throw fsFailure('delete', key, error);
+        });
+      }
+      dirs.add(dirname(path));
+    }
+    for (const dir of dirs) await this.#fsyncDir(dir).catch(() => undefined);
+  }
+
+  async copy(fromKey: string, toKey: string, signal: AbortSignal): Promise<void> {
+    const got = await this.get(fromKey, null, signal);
+    await this.put(toKey, got.body, got.metadata, signal);
+  }
+
+  async close(): Promise<void> {}
+
+  async #readMeta(key: string, path: string): Promise<MetaFile> {
+    let text: string;
+    try {
+      text = await readFile(`${path}${META_SUFFIX}`, 'utf8');
+    } catch (error) {
+      if (errnoOf(error) === 'ENOENT' || errnoOf(error) === 'ENOTDIR') throw remoteNotFound(key, { cause: error });
+      throw fsFailure('head', key, error);
+    }
+    let meta: Partial<MetaFile> | null = null;
+    try {
+      meta = JSON.parse(text) as Partial<MetaFile>;
+    } catch {
+      meta = null;
+    }
+    if (meta === null || typeof meta.sizeBytes !== 'number' || typeof meta.metadata !== 'object' || meta.metadata === null) {
+      throw new RemoteStorageError(`local remote storage: malformed metadata file for ${key}`, false);
+    }
+    return { sizeBytes: meta.sizeBytes, metadata: meta.metadata };
+  }
+
+  async #writeDurably(path: string, bytes: Uint8Array): Promise<void> {
+    const handle = await open(path, 'wx');
+    try {
+      for (let done = 0; done < bytes.length; ) done += (await handle.write(bytes, done, bytes.length - done, done)).bytesWritten;
+      if (!this.options.noSync) await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async #fsyncDir(dir: string): Promise<void> {
+    if (this.options.noSync) return;
+    const handle = await open(dir, 'r');
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  }
+}

@@ -1,0 +1,130 @@
+/**
+ * WAL that comes back from remote storage: eviction's check of the local `.partial` against its remote
+ * copy (storage reference §8.1), un-eviction's download of the partial segment (§8.2), and the on-demand
+ * read of WAL a reader needs below the local start (§11).
+ *
+ * Un-eviction is crash-safe: the object is downloaded into `remote_partial.tmp`, its length checked
+ * (= offset(flush_lsn)), extended with zeros to the segment size, fsynced and durably renamed to
+ * `<segment>.partial`; only then does the caller persist `Present`. A crash before the rename leaves a temp
+ * file that the next attempt overwrites; a crash after it leaves a valid local file that the next attempt
+ * checks against the remote copy instead of downloading again.
+ * On-demand reads are not cached locally (as in Neon): a full segment object is read with a ranged GET;
+ * the segment of an evicted timeline's flush_lsn comes from its partial object. Digests are checked by
+ * RemoteStorage. Coordinator thread; async fs.
+ */
+import { open, rename, rm, stat } from 'node:fs/promises';
+import type { PartialRemoteSegment, TenantId, TimelineId } from '../acceptor/state.js';
+import { NotFoundError, SafekeeperError } from '../errors.js';
+import { fsyncDirectory, remotePartialTempPath, segmentPath } from '../storage/layout.js';
+import { assert } from '../sync/assert.js';
+import type { Failpoints } from '../sync/failpoints.js';
+import { formatLsn, segmentFileName, segmentNumber, segmentOffsetBytes, segmentStartLsn, type Lsn } from '../wal/lsn.js';
+import { objectKey, type RemoteStorage } from './remote_storage.js';
+
+export interface OffloadDeps {
+  tenantId: TenantId;
+  timelineId: TimelineId;
+  dir: string;
+  segmentSizeBytes: number;
+  remote: RemoteStorage;
+  failpoints: Failpoints;
+  noSync: boolean;
+  signal: AbortSignal;
+}
+
+/** The local partial segment differs from its remote copy: neither evict nor trust it. */
+export class PartialSegmentMismatchError extends SafekeeperError {
+  override readonly name = 'PartialSegmentMismatchError';
+  readonly code = 'SK_PARTIAL_SEGMENT_MISMATCH';
+  readonly sqlState = 'XX001';
+}
+
+/** Checks the local `.partial` of `record`'s segment against the remote object. 'absent' when there is none. */
+export async function compareLocalPartial(deps: OffloadDeps, record: PartialRemoteSegment): Promise<'absent' | 'matches'> {
+  const segno = segmentNumber(record.flushLsn, deps.segmentSizeBytes);
+  const path = segmentPath(deps.dir, segno, deps.segmentSizeBytes, true);
+  const size = await stat(path).then(
+    (stats) => stats.size,
+    (error: unknown) => {
+      if ((error as { code?: string }).code === 'ENOENT') return null;
+      throw error;
+    },
+  );
+  if (size === null) return 'absent';
+  if (size !== deps.segmentSizeBytes) throw new PartialSegmentMismatchError(`${path} has ${size} bytes, not ${deps.segmentSizeBytes}`);
+  const remote = await deps.remote.get(objectKey(deps.tenantId, deps.timelineId, record.name), deps.signal);
+  const flushOffset = segmentOffsetBytes(record.flushLsn, deps.segmentSizeBytes);
+  if (remote.length !== flushOffset) throw new PartialSegmentMismatchError(`remote ${record.name} has ${remote.length} bytes, flush_lsn says ${flushOffset}`);
+  const handle = await open(path, 'r');
+  try {
+    const local = new Uint8Array(deps.segmentSizeBytes);
+    for (let done = 0; done < local.length; ) {
+      const { bytesRead } = await handle.read(local, done, local.length - done, done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    if (!Buffer.from(local.buffer, 0, flushOffset).equals(Buffer.from(remote.buffer, remote.byteOffset, remote.length))) {
+      throw new PartialSegmentMismatchError(`${path} differs from remote ${record.name} below flush_lsn ${formatLsn(record.flushLsn)}`);
+    }
+    for (let index = flushOffset; index < local.length; index++) {
+      if (local[index] !== 0) throw new PartialSegmentMismatchError(`${path} has data after flush_lsn ${formatLsn(record.flushLsn)} (offset ${index})`);
+    }
+  } finally {
+    await handle.close();
+  }
+  return 'matches';
+}
+
+/** Downloads `record`'s object into place as `<segment>.partial` (see the header). */
+export async function downloadPartialSegment(deps: OffloadDeps, record: PartialRemoteSegment): Promise<void> {
+  const segno = segmentNumber(record.flushLsn, deps.segmentSizeBytes);
+  const flushOffset = segmentOffsetBytes(record.flushLsn, deps.segmentSizeBytes);
+  const body = await deps.remote.get(objectKey(deps.tenantId, deps.timelineId, record.name), deps.signal);
+  if (body.length !== flushOffset) throw new PartialSegmentMismatchError(`remote ${record.name} has ${body.length} bytes, flush_lsn says ${flushOffset}`);
+  const temp = remotePartialTempPath(deps.dir);
+  await rm(temp, { force: true });
+  const handle = await open(temp, 'wx');
+  try {
+    for (let done = 0; done < body.length; ) done += (await handle.write(body, done, body.length - done, done)).bytesWritten;
+    await handle.truncate(deps.segmentSizeBytes); // the zero tail, as every segment file has
+    if (!deps.noSync) await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await deps.failpoints.hit('unevict-before-rename', deps.signal);
+  await rename(temp, segmentPath(deps.dir, segno, deps.segmentSizeBytes, true));
+  if (!deps.noSync) await fsyncDirectory(deps.dir);
+}
+
+/** What the manager knows is in remote storage. */
+export interface RemoteWalExtent {
+  /** Every segment below segno(backupLsn) has a full object. */
+  backupLsn: Lsn;
+  uploadedPartial: PartialRemoteSegment | null;
+}
+
+/**
+ * Up to `lengthBytes` of WAL from `startLsn`, never past its segment's end, from remote storage.
+ * NotFoundError when no object holds it.
+ */
+export async function readRemoteWal(
+  deps: Pick<OffloadDeps, 'tenantId' | 'timelineId' | 'segmentSizeBytes' | 'remote' | 'signal'>,
+  startLsn: Lsn,
+  lengthBytes: number,
+  extent: RemoteWalExtent,
+): Promise<Uint8Array> {
+  assert(Number.isInteger(lengthBytes) && lengthBytes >= 0, 'read length is a whole number of bytes');
+  const segno = segmentNumber(startLsn, deps.segmentSizeBytes);
+  const offsetBytes = segmentOffsetBytes(startLsn, deps.segmentSizeBytes);
+  const inSegmentBytes = Math.min(lengthBytes, deps.segmentSizeBytes - offsetBytes);
+  const name = segmentFileName(segno, deps.segmentSizeBytes);
+  if (segno < segmentNumber(extent.backupLsn, deps.segmentSizeBytes)) {
+    return deps.remote.get(objectKey(deps.tenantId, deps.timelineId, name), deps.signal, { offsetBytes, lengthBytes: inSegmentBytes });
+  }
+  const partial = extent.uploadedPartial;
+  if (partial !== null && segmentNumber(partial.flushLsn, deps.segmentSizeBytes) === segno && startLsn < partial.flushLsn) {
+    const available = Number(partial.flushLsn - startLsn);
+    return deps.remote.get(objectKey(deps.tenantId, deps.timelineId, partial.name), deps.signal, { offsetBytes, lengthBytes: Math.min(inSegmentBytes, available) });
+  }
+  throw new NotFoundError(`WAL at ${formatLsn(startLsn)} (segment ${name}, from ${formatLsn(segmentStartLsn(segno, deps.segmentSizeBytes))}) is not in remote storage`);
+}

@@ -1,0 +1,198 @@
+/**
+ * The coordinator: the worker-thread half of the background work (DESIGN § Threads). It hosts one
+ * TimelineManager per registered timeline, the remote storage client (the only one in the process, so an
+ * S3 stall can never delay an acknowledgement on the main thread), the upload-slot semaphore that bounds
+ * segment buffers in memory, the failpoints, and the counters that main reads at /metrics scrape time.
+ *
+ * It answers the main thread's requests (coordinator_protocol.ts) and asks main to persist control files
+ * (main is their only writer). Everything it does for a timeline goes through that timeline's manager.
+ * Shutdown: `shutdown` stops every manager (each waits for its jobs), closes remote storage and replies;
+ * main then terminates the worker. Coordinator thread; entered from `workers/coordinator.ts`.
+ */
+import { getHeapStatistics } from 'node:v8';
+import { NotFoundError, ShutdownError } from '../errors.js';
+import { digestReady } from '../remote/digest.js';
+import { openRemoteStorage } from '../remote/open.js';
+import type { RemoteOperation, RemoteOutcome, RemoteStorage } from '../remote/remote_storage.js';
+import { Failpoints, parseFailpointAction } from '../sync/failpoints.js';
+import { Semaphore } from '../sync/semaphore.js';
+import { unreachable } from '../sync/assert.js';
+import {
+  COORDINATOR_REQUESTS_IN_FLIGHT_MAX,
+  type CoordinatorMetrics,
+  type CoordinatorNotice,
+  type CoordinatorOptions,
+  type CoordinatorRequest,
+  type MainNotice,
+  type MainRequest,
+  type ManagerPersist,
+} from './coordinator_protocol.js';
+import { TimelineManager, type ManagerCounters, type ManagerHost, type ManagerShared } from './manager.js';
+import { RpcPort, type MessageEndpoint } from './rpc_port.js';
+
+/**
+ * Segment buffers held by uploads at once, over all timelines: 8 × 16 MiB = 128 MiB at most, and enough to
+ * keep `REMOTE_REQUESTS_MAX_DEFAULT` requests busy with the smaller objects in between.
+ */
+export const UPLOAD_SLOTS = 8;
+
+export class Coordinator {
+  readonly #managers = new Map<string, TimelineManager>();
+  readonly #rpc: RpcPort;
+  readonly #remote: RemoteStorage;
+  readonly #failpoints: Failpoints;
+  readonly #counters: ManagerCounters = { iterations: 0, segmentsUploaded: 0, bytesUploaded: 0, uploadFailures: 0, segmentsRemoved: 0, partialUploads: 0, evictions: 0, restores: 0 };
+  readonly #remoteRequests: Record<string, number> = {};
+  readonly #shared: ManagerShared;
+  #stopping = false;
+
+  constructor(endpoint: MessageEndpoint, readonly options: CoordinatorOptions) {
+    this.#rpc = new RpcPort(endpoint, { onRequest: (body) => this.#onRequest(body as MainRequest), onNotify: (body) => this.#onNotify(body as MainNotice) }, COORDINATOR_REQUESTS_IN_FLIGHT_MAX);
+    this.#remote = openRemoteStorage(options.remoteStorage, {
+      noSync: options.noSync,
+      policy: { requestTimeoutMs: options.remoteRequestTimeoutMs },
+      observer: (operation: RemoteOperation, outcome: RemoteOutcome) => {
+        const key = `${operation} ${outcome}`;
+        this.#remoteRequests[key] = (this.#remoteRequests[key] ?? 0) + 1;
+      },
+      ...(options.s3Credentials !== undefined ? { credentials: options.s3Credentials } : {}),
+    });
+    this.#failpoints = new Failpoints(options.failpointsEnabled);
+    const host: ManagerHost = {
+      persist: (ttid, update) => this.#rpc.request<null>({ kind: 'persist', ttid, update } satisfies CoordinatorRequest).then(() => undefined),
+      reportBackupLsn: (ttid, backupLsn) => this.#notify({ kind: 'backup_lsn', ttid, backupLsn }),
+      reportActive: (ttid, active) => this.#notify({ kind: 'active', ttid, active }),
+      log: (level, ttid, message, fields = {}) => this.#notify({ kind: 'log', level, ttid, message, fields }),
+    };
+    this.#shared = {
+      config: {
+        nodeId: options.nodeId,
+        noSync: options.noSync,
+        controlFileSaveIntervalMs: options.controlFileSaveIntervalMs,
+        partialBackupTimeoutMs: options.partialBackupTimeoutMs,
+        evictionMinResidentMs: options.evictionMinResidentMs,
+        enableOffload: options.enableOffload,
+        deleteOffloadedWal: options.deleteOffloadedWal,
+        walBackupParallelJobs: options.walBackupParallelJobs,
+      },
+      host,
+      remote: this.#remote,
+      uploadSlots: new Semaphore(UPLOAD_SLOTS),
+      failpoints: this.#failpoints,
+      counters: this.#counters,
+      nowMs: () => performance.now(),
+      random: Math.random,
+    };
+  }
+
+  /** Loads what must be ready before the first request (the xxhash wasm module). */
+  async ready(): Promise<void> {
+    await digestReady();
+  }
+
+  #notify(notice: CoordinatorNotice): void {
+    this.#rpc.notify(notice);
+  }
+
+  #manager(ttid: string): TimelineManager {
+    const manager = this.#managers.get(ttid);
+    if (manager === undefined) throw new NotFoundError(`timeline ${ttid} has no manager`);
+    return manager;
+  }
+
+  #onNotify(notice: MainNotice): void {
+    switch (notice.kind) {
+      case 'register': {
+        if (this.#stopping || this.#managers.has(notice.timeline.ttid)) return;
+        const manager = new TimelineManager(notice.timeline, this.#shared);
+        this.#managers.set(notice.timeline.ttid, manager);
+        manager.start();
+        return;
+      }
+      case 'release_guard':
+        this.#managers.get(notice.ttid)?.releaseGuard(notice.guardId);
+        return;
+      default:
+        unreachable(notice, 'unknown notice from main');
+    }
+  }
+
+  async #onRequest(request: MainRequest): Promise<{ value: unknown; transfer?: ArrayBuffer[] }> {
+    switch (request.kind) {
+      case 'unregister': {
+        const manager = this.#managers.get(request.ttid);
+        if (manager !== undefined) {
+          this.#managers.delete(request.ttid);
+          await manager.stop();
+        }
+        return { value: null };
+      }
+      case 'checkpoint':
+        await this.#manager(request.ttid).checkpoint();
+        return { value: null };
+      case 'acquire_guard':
+        if (this.#stopping) throw new ShutdownError();
+        await this.#manager(request.ttid).acquireGuard(request.guardId);
+        return { value: null };
+      case 'read_remote_wal': {
+        const bytes = await this.#manager(request.ttid).readRemoteWal(request.startLsn, request.lengthBytes);
+        const copy = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer ? bytes : bytes.slice();
+        return { value: copy, transfer: [copy.buffer as ArrayBuffer] };
+      }
+      case 'metrics':
+        return { value: this.#metrics() };
+      case 'set_failpoint':
+        this.#failpoints.set(request.name, parseFailpointAction(request.action));
+        return { value: null };
+      case 'list_failpoints':
+        return { value: this.#failpoints.list() };
+      case 'shutdown':
+        this.#stopping = true;
+        await Promise.all([...this.#managers.values()].map((manager) => manager.stop()));
+        this.#managers.clear();
+        await this.#remote.close();
+        return { value: null };
+      default:
+        return unreachable(request, 'unknown request from main');
+    }
+  }
+
+  #metrics(): CoordinatorMetrics {
+    let uploadsRunning = 0;
+    let active = 0;
+    let evicted = 0;
+    const timelines = [];
+    for (const manager of this.#managers.values()) {
+      uploadsRunning += manager.uploadsRunning;
+      if (manager.active) active += 1;
+      if (manager.offloaded) evicted += 1;
+      timelines.push(manager.metrics);
+    }
+    const counters = this.#counters;
+    return {
+      managerIterationsTotal: counters.iterations,
+      backupUploadsRunning: uploadsRunning,
+      backupSegmentsUploadedTotal: counters.segmentsUploaded,
+      backupBytesUploadedTotal: counters.bytesUploaded,
+      backupUploadFailuresTotal: counters.uploadFailures,
+      walSegmentsRemovedTotal: counters.segmentsRemoved,
+      partialBackupUploadsTotal: counters.partialUploads,
+      evictionsTotal: counters.evictions,
+      restoresTotal: counters.restores,
+      activeTimelines: active,
+      evictedTimelines: evicted,
+      heapUsedBytes: getHeapStatistics().used_heap_size,
+      remoteRequestsTotal: { ...this.#remoteRequests },
+      timelines,
+    };
+  }
+}
+
+/** The worker's entry: builds the coordinator on `endpoint` (parentPort). */
+export async function runCoordinator(endpoint: MessageEndpoint, options: CoordinatorOptions): Promise<Coordinator> {
+  const coordinator = new Coordinator(endpoint, options);
+  await coordinator.ready();
+  return coordinator;
+}
+
+export type { ManagerPersist };

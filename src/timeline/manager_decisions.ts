@@ -1,0 +1,187 @@
+/**
+ * The timeline manager's decisions (storage reference §5–§8) as one pure function: from a snapshot of the
+ * state block and the manager's own facts (jobs running, retry times, what was uploaded and removed), which
+ * jobs to start now and when to look again. No I/O and no clock of its own, so unit tests drive it with
+ * made-up snapshots; `manager.ts` runs the jobs it asks for.
+ *
+ * Rules, in order:
+ * - WAL backup: target = segno(commit_lsn); needed while a proposer is connected or
+ *   segno(commit) > segno(backup). This node is always the offloader (one node, embedded broker).
+ *   backup_lsn is reported to main when our confirmed upload end passes it.
+ * - active set (broker): backup needed, or a proposer connected, or remote_consistent < commit (Neon).
+ * - control-file save: when any in-memory LSN (commit, backup, peer horizon, remote consistent) is ahead of
+ *   the persisted one: at once if `control_file_save_interval` has passed since our last save or persisted
+ *   commit lags by ≥ 1 segment; else wake at the interval's end. (Quirk fix: our "last save" is the last
+ *   save we asked for, not the load time.)
+ * - WAL removal: horizon = min(persisted backup_lsn, persisted commit_lsn, flush_lsn, and the readers'
+ *   horizon while readers are connected); remove segments ≤ segno(horizon) − 1. Persisted values, so a
+ *   restart never needs a segment that is gone. remote_consistent_lsn is not part of the horizon (Neon has
+ *   it): a pageserver below the local start reads from remote storage (§11), and connected readers hold
+ *   the horizon themselves. The segment being written is never below segno(horizon).
+ * - partial backup: when the Uploaded record differs from (flush, commit, last_log_term) and nothing
+ *   changed for `partial_backup_timeout` (the timeline is quiet).
+ * - eviction (`enable_offload`): no proposer, reader or guard; no job running or scheduled; control file
+ *   saved; backup caught up; partial object current and its commit_lsn persisted; all older local WAL
+ *   removed; and `evict_not_before` passed. (Not "not active": without a pageserver remote_consistent_lsn
+ *   stays behind, and Neon's rule would then never evict.)
+ * Any thread (pure).
+ */
+import type { PartialRemoteSegment } from '../acceptor/state.js';
+import { needsUploading, uploadedPartial, type PartialCurrent } from '../remote/partial_backup.js';
+import { lsnMin, segmentNumber, segmentStartLsn, type Lsn } from '../wal/lsn.js';
+
+/** The state-block slots the decisions read. */
+export interface ManagerSnapshot {
+  flushLsn: Lsn;
+  commitLsn: Lsn;
+  backupLsn: Lsn;
+  peerHorizonLsn: Lsn;
+  remoteConsistentLsn: Lsn;
+  persistedCommitLsn: Lsn;
+  persistedBackupLsn: Lsn;
+  persistedPeerHorizonLsn: Lsn;
+  persistedRemoteConsistentLsn: Lsn;
+  lastLogTerm: bigint;
+  proposerCount: bigint;
+  readerCount: bigint;
+  readerHorizonLsn: Lsn;
+}
+
+/** What the manager itself knows: its jobs, retry times (ms, its monotonic clock) and remote state. */
+export interface ManagerFacts {
+  nowMs: number;
+  segmentSizeBytes: number;
+  offloaded: boolean;
+  uploadedEndSegno: bigint;
+  backupRunning: number;
+  backupRetryAtMs: number | null;
+  persistRunning: boolean;
+  lastSaveMs: number;
+  saveRetryAtMs: number;
+  removalRunning: boolean;
+  removalRetryAtMs: number;
+  /** Every local segment numbered ≤ this is gone (−1 when none ever was). */
+  lastRemovedSegno: bigint;
+  partialRunning: boolean;
+  partialRetryAtMs: number;
+  partialSegments: readonly PartialRemoteSegment[];
+  /** When flush, commit or last_log_term last changed. */
+  lastChangeMs: number;
+  guards: number;
+  evictRunning: boolean;
+  evictNotBeforeMs: number;
+  evictRetryAtMs: number;
+}
+
+export interface ManagerSettings {
+  controlFileSaveIntervalMs: number;
+  partialBackupTimeoutMs: number;
+  enableOffload: boolean;
+}
+
+export interface ManagerPlan {
+  /** Advance the backup queue to this segment (exclusive); null when offloaded. */
+  backupTargetSegno: bigint | null;
+  /** Tell main this backup_lsn (our confirmed upload end); null when it already knows. */
+  reportBackupLsn: Lsn | null;
+  active: boolean;
+  save: boolean;
+  removeUpToSegno: bigint | null;
+  uploadPartial: boolean;
+  evict: boolean;
+  /** Look again at this time even if nothing changes (Infinity: only on a change). */
+  wakeAtMs: number;
+  status: string;
+}
+
+export const partialCurrentOf = (snapshot: ManagerSnapshot): PartialCurrent => ({ flushLsn: snapshot.flushLsn, commitLsn: snapshot.commitLsn, term: snapshot.lastLogTerm });
+
+export function isControlFileAhead(snapshot: ManagerSnapshot): boolean {
+  return (
+    snapshot.commitLsn > snapshot.persistedCommitLsn ||
+    snapshot.backupLsn > snapshot.persistedBackupLsn ||
+    snapshot.peerHorizonLsn > snapshot.persistedPeerHorizonLsn ||
+    snapshot.remoteConsistentLsn > snapshot.persistedRemoteConsistentLsn
+  );
+}
+
+/** The highest segment removal may delete, or −1. */
+export function removalLimitSegno(snapshot: ManagerSnapshot, segmentSizeBytes: number): bigint {
+  let horizon = lsnMin(lsnMin(snapshot.persistedBackupLsn, snapshot.persistedCommitLsn), snapshot.flushLsn);
+  if (snapshot.readerCount > 0n) horizon = lsnMin(horizon, snapshot.readerHorizonLsn);
+  return segmentNumber(horizon, segmentSizeBytes) - 1n;
+}
+
+export function planPass(snapshot: ManagerSnapshot, facts: ManagerFacts, settings: ManagerSettings): ManagerPlan {
+  const { nowMs, segmentSizeBytes } = facts;
+  let wakeAtMs = Infinity;
+  const wakeAt = (atMs: number): void => void (wakeAtMs = Math.min(wakeAtMs, atMs));
+  const plan: ManagerPlan = { backupTargetSegno: null, reportBackupLsn: null, active: false, save: false, removeUpToSegno: null, uploadPartial: false, evict: false, wakeAtMs, status: 'idle' };
+  if (facts.offloaded) return { ...plan, status: 'offloaded' };
+  const segno = (lsn: Lsn): bigint => segmentNumber(lsn, segmentSizeBytes);
+
+  // WAL backup.
+  const commitSegno = segno(snapshot.commitLsn);
+  const uploadedEndLsn = segmentStartLsn(facts.uploadedEndSegno, segmentSizeBytes);
+  const knownBackupLsn = uploadedEndLsn > snapshot.backupLsn ? uploadedEndLsn : snapshot.backupLsn;
+  const backupNeeded = snapshot.proposerCount > 0n || commitSegno > segno(knownBackupLsn);
+  if (commitSegno > facts.uploadedEndSegno) plan.backupTargetSegno = commitSegno;
+  if (uploadedEndLsn > snapshot.backupLsn) plan.reportBackupLsn = uploadedEndLsn;
+  if (facts.backupRetryAtMs !== null) wakeAt(facts.backupRetryAtMs);
+  plan.active = backupNeeded || snapshot.proposerCount > 0n || snapshot.remoteConsistentLsn < snapshot.commitLsn;
+
+  // Control-file save.
+  const ahead = isControlFileAhead(snapshot);
+  if (ahead && !facts.persistRunning) {
+    const dueMs = Math.max(facts.lastSaveMs + settings.controlFileSaveIntervalMs, facts.saveRetryAtMs);
+    const lagsSegment = snapshot.commitLsn - snapshot.persistedCommitLsn >= BigInt(segmentSizeBytes);
+    if ((nowMs >= dueMs || lagsSegment) && nowMs >= facts.saveRetryAtMs) plan.save = true;
+    else wakeAt(lagsSegment ? facts.saveRetryAtMs : dueMs);
+  }
+
+  // WAL removal.
+  const limitSegno = removalLimitSegno(snapshot, segmentSizeBytes);
+  if (limitSegno > facts.lastRemovedSegno && !facts.removalRunning) {
+    if (nowMs >= facts.removalRetryAtMs) plan.removeUpToSegno = limitSegno;
+    else wakeAt(facts.removalRetryAtMs);
+  }
+
+  // Partial backup.
+  const current = partialCurrentOf(snapshot);
+  const partialStale = snapshot.flushLsn > 0n && needsUploading(facts.partialSegments, current);
+  if (partialStale && !facts.partialRunning) {
+    const dueMs = Math.max(facts.lastChangeMs + settings.partialBackupTimeoutMs, facts.partialRetryAtMs);
+    if (nowMs >= dueMs) plan.uploadPartial = true;
+    else wakeAt(dueMs);
+  }
+
+  // Eviction.
+  if (settings.enableOffload && !facts.evictRunning) {
+    const uploaded = uploadedPartial(facts.partialSegments);
+    const quiet = snapshot.proposerCount === 0n && snapshot.readerCount === 0n && facts.guards === 0;
+    const noJobs = facts.backupRunning === 0 && facts.backupRetryAtMs === null && !facts.persistRunning && !facts.removalRunning && !facts.partialRunning;
+    const allRemote = !backupNeeded && !ahead && !partialStale && uploaded !== null && uploaded.commitLsn === snapshot.persistedCommitLsn;
+    const onlyLastSegmentLocal = facts.lastRemovedSegno + 1n >= segno(snapshot.flushLsn);
+    const ready = quiet && noJobs && allRemote && onlyLastSegmentLocal && !plan.save && plan.removeUpToSegno === null && !plan.uploadPartial;
+    if (ready) {
+      const dueMs = Math.max(facts.evictNotBeforeMs, facts.evictRetryAtMs);
+      if (nowMs >= dueMs) plan.evict = true;
+      else wakeAt(dueMs);
+    }
+  }
+
+  plan.wakeAtMs = wakeAtMs;
+  plan.status = describe(plan, facts);
+  return plan;
+}
+
+function describe(plan: ManagerPlan, facts: ManagerFacts): string {
+  const parts: string[] = [];
+  if (facts.backupRunning > 0 || plan.backupTargetSegno !== null) parts.push('backup');
+  if (facts.backupRetryAtMs !== null) parts.push('backup-retry');
+  if (facts.persistRunning || plan.save) parts.push('save');
+  if (facts.removalRunning || plan.removeUpToSegno !== null) parts.push('removal');
+  if (facts.partialRunning || plan.uploadPartial) parts.push('partial');
+  if (facts.evictRunning || plan.evict) parts.push('evict');
+  return parts.length === 0 ? (Number.isFinite(plan.wakeAtMs) ? 'waiting' : 'idle') : parts.join('+');
+}

@@ -1,0 +1,297 @@
+/**
+ * Remote storage against both backends: the local filesystem and s3rver over HTTP on 127.0.0.1 (in
+ * process, port 0). The same contract runs on both: put/get (whole and ranged)/head/list/delete/copy,
+ * an xxhash64 digest in every object's metadata, checked on every download (a corrupted object is
+ * refused), and NotFound for missing keys. Then faults through `FaultProxy` in front of s3rver: 500s,
+ * hung requests (the per-request deadline fires), connection resets, lost responses, a bounded number of
+ * requests in flight, and a persistent outage that ends in a retryable error.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { readFile, readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { NotFoundError } from '../../src/errors.js';
+import { DIGEST_BLOCK_BYTES_MIN, digestBlockBytes, digestReady, xxhash64Hex } from '../../src/remote/digest.js';
+import { LocalFsBackend } from '../../src/remote/local_fs.js';
+import { RemoteObjectCorruptError, RemoteStorage, RemoteStorageError, backoffMs, isValidKey, type RemotePolicy } from '../../src/remote/remote_storage.js';
+import { S3Backend } from '../../src/remote/s3.js';
+import { FaultProxy, S3RVER_CREDENTIALS, startS3rver, type S3Server } from '../harness/s3.js';
+import { makeTempDir, removeAllTempDirs } from '../harness/tmp.js';
+import { waitFor } from '../harness/wait.js';
+
+const BUCKET = 'sk-test-bucket';
+const FAST_POLICY: RemotePolicy = { requestsMax: 8, requestTimeoutMs: 2_000, attemptsMax: 4, backoffBaseMs: 5, backoffMaxMs: 50 };
+const signal = new AbortController().signal;
+
+let s3: S3Server;
+const cleanups: (() => Promise<void>)[] = [];
+
+before(async () => {
+  await digestReady();
+  s3 = await startS3rver(BUCKET);
+});
+
+after(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup();
+  await s3.close();
+  await removeAllTempDirs();
+});
+
+function s3Storage(endpoint: string, prefix: string, policy: Partial<RemotePolicy> = {}): RemoteStorage {
+  const storage = new RemoteStorage(
+    new S3Backend({ bucket: BUCKET, prefix, endpoint, region: 'us-east-1', credentials: S3RVER_CREDENTIALS }),
+    { ...FAST_POLICY, ...policy },
+  );
+  cleanups.push(() => storage.close());
+  return storage;
+}
+
+const pattern = (sizeBytes: number): Uint8Array => {
+  const bytes = new Uint8Array(sizeBytes);
+  for (let index = 0; index < sizeBytes; index++) bytes[index] = (index * 31 + (index >> 12)) & 0xff;
+  return bytes;
+};
+
+interface Backend {
+  name: string;
+  storage: () => RemoteStorage;
+  /** Replaces the stored body bytes of `key` behind the storage's back (same length). */
+  corrupt: (key: string, body: Uint8Array) => Promise<void>;
+}
+
+const localRoot = (): string => makeTempDir('sk-remote-local-');
+let localStorageRoot = '';
+const backends: Backend[] = [
+  {
+    name: 'local filesystem',
+    storage: () => {
+      localStorageRoot = localRoot();
+      return new RemoteStorage(new LocalFsBackend(localStorageRoot), FAST_POLICY);
+    },
+    corrupt: async (key, body) => writeFile(join(localStorageRoot, ...key.split('/')), body),
+  },
+  {
+    name: 's3rver',
+    storage: () => s3Storage(s3.endpoint, `prefix-${randomBytes(4).toString('hex')}/inner`),
+    corrupt: async (key, body) => {
+      // A raw put keeps the old digests but stores other bytes: what bit rot or a bad copy looks like.
+      const raw = new S3Backend({ bucket: BUCKET, prefix: '', endpoint: s3.endpoint, region: 'us-east-1', credentials: S3RVER_CREDENTIALS });
+      const storage = s3Current!;
+      const head = await storage.head(key, signal);
+      assert.ok(head !== null);
+      await raw.put(`${(storage.backend as unknown as { options: { prefix: string } }).options.prefix}/${key}`, body, head.metadata, signal);
+      await raw.close();
+    },
+  },
+];
+let s3Current: RemoteStorage | null = null;
+
+for (const backend of backends) {
+  describe(`remote storage contract: ${backend.name}`, () => {
+    let storage: RemoteStorage;
+    before(() => {
+      storage = backend.storage();
+      if (backend.name === 's3rver') s3Current = storage;
+    });
+
+    test('put then get returns the bytes, and the object carries its xxhash64 digest', async () => {
+      const body = pattern(3 * DIGEST_BLOCK_BYTES_MIN + 12345);
+      await storage.put('t1/l1/000000010000000000000001', body, signal, { sk_type: 'full_segment' });
+      assert.deepEqual(await storage.get('t1/l1/000000010000000000000001', signal), body);
+      const head = await storage.head('t1/l1/000000010000000000000001', signal);
+      assert.ok(head !== null);
+      assert.equal(head.sizeBytes, body.length);
+      assert.equal(head.metadata.xxhash64, xxhash64Hex(body));
+      assert.equal(head.metadata['xxhash64-blocks']?.length, 4 * 16);
+      assert.equal(head.metadata.sk_type, 'full_segment');
+    });
+
+    test('ranged gets return exactly the asked bytes, verified per block', async () => {
+      const body = pattern(2 * DIGEST_BLOCK_BYTES_MIN + 777);
+      await storage.put('t1/l1/ranged', body, signal);
+      const cases: [number, number][] = [
+        [0, 10],
+        [DIGEST_BLOCK_BYTES_MIN - 5, 10],
+        [DIGEST_BLOCK_BYTES_MIN, DIGEST_BLOCK_BYTES_MIN],
+        [body.length - 3, 3],
+        [body.length - 3, 100], // past the end: the bytes that exist
+        [12345, 0],
+      ];
+      for (const [offsetBytes, lengthBytes] of cases) {
+        const got = await storage.get('t1/l1/ranged', signal, { offsetBytes, lengthBytes });
+        assert.deepEqual(got, body.subarray(offsetBytes, Math.min(offsetBytes + lengthBytes, body.length)), `range ${offsetBytes}+${lengthBytes}`);
+      }
+    });
+
+    test('an empty object round-trips', async () => {
+      await storage.put('t1/l1/empty', new Uint8Array(0), signal);
+      assert.equal((await storage.get('t1/l1/empty', signal)).length, 0);
+    });
+
+    test('missing objects: get is NotFound, head is null, delete is fine', async () => {
+      await assert.rejects(storage.get('t1/l1/missing', signal), NotFoundError);
+      await assert.rejects(storage.get('t1/l1/missing', signal, { offsetBytes: 0, lengthBytes: 1 }), NotFoundError);
+      assert.equal(await storage.head('t1/l1/missing', signal), null);
+      await storage.delete(['t1/l1/missing'], signal);
+    });
+
+    test('list returns the keys under a prefix, sorted, with sizes; delete removes them', async () => {
+      for (const name of ['b', 'a', 'c']) await storage.put(`t2/l2/${name}`, pattern(10), signal);
+      await storage.put('t2/l3/x', pattern(5), signal);
+      assert.deepEqual(await storage.list('t2/l2/', signal), [
+        { key: 't2/l2/a', sizeBytes: 10 },
+        { key: 't2/l2/b', sizeBytes: 10 },
+        { key: 't2/l2/c', sizeBytes: 10 },
+      ]);
+      assert.equal((await storage.list('t2/', signal)).length, 4);
+      await storage.delete(['t2/l2/a', 't2/l2/c'], signal);
+      assert.deepEqual((await storage.list('t2/l2/', signal)).map((entry) => entry.key), ['t2/l2/b']);
+      assert.deepEqual(await storage.list('nothing/here/', signal), []);
+    });
+
+    test('copy keeps bytes and digests; an overwrite replaces both', async () => {
+      const body = pattern(DIGEST_BLOCK_BYTES_MIN + 1);
+      await storage.put('t3/l3/src', body, signal);
+      await storage.copy('t3/l3/src', 't3/l3/dst', signal);
+      assert.deepEqual(await storage.get('t3/l3/dst', signal), body);
+      const other = pattern(100).map((value) => value ^ 0xff);
+      await storage.put('t3/l3/dst', other, signal);
+      assert.deepEqual(await storage.get('t3/l3/dst', signal), other);
+      assert.equal((await storage.head('t3/l3/dst', signal))?.metadata.xxhash64, xxhash64Hex(other));
+    });
+
+    test('a corrupted object is refused on download, whole or ranged', async () => {
+      const body = pattern(2 * DIGEST_BLOCK_BYTES_MIN);
+      await storage.put('t4/l4/victim', body, signal);
+      const bad = body.slice();
+      bad[DIGEST_BLOCK_BYTES_MIN + 10] = (bad[DIGEST_BLOCK_BYTES_MIN + 10] ?? 0) ^ 0x01;
+      await backend.corrupt('t4/l4/victim', bad);
+      await assert.rejects(storage.get('t4/l4/victim', signal), RemoteObjectCorruptError);
+      await assert.rejects(storage.get('t4/l4/victim', signal, { offsetBytes: DIGEST_BLOCK_BYTES_MIN + 5, lengthBytes: 10 }), RemoteObjectCorruptError);
+      // The untouched block still reads: the check is per block.
+      assert.deepEqual(await storage.get('t4/l4/victim', signal, { offsetBytes: 5, lengthBytes: 10 }), body.subarray(5, 15));
+    });
+  });
+}
+
+describe('remote storage pieces', () => {
+  test('digest blocks stay within S3 metadata limits for every segment size', () => {
+    assert.equal(digestBlockBytes(16 << 20), 1 << 20);
+    assert.equal(digestBlockBytes(64 << 20), 1 << 20);
+    assert.equal(digestBlockBytes((64 << 20) + 1), 2 << 20);
+    assert.ok(Math.ceil((1 << 30) / digestBlockBytes(1 << 30)) <= 64);
+  });
+
+  test('backoff is full jitter under an exponential ceiling', () => {
+    assert.equal(backoffMs(1, 100, 5000, () => 0.999999), 99);
+    assert.equal(backoffMs(3, 100, 5000, () => 0.5), 200);
+    assert.equal(backoffMs(20, 100, 5000, () => 0.999999), 4999);
+    assert.equal(backoffMs(2, 100, 5000, () => 0), 0);
+  });
+
+  test('keys never leave the root', () => {
+    for (const bad of ['', '/abs', 'a//b', 'a/../b', '..', 'a/./b', 'a/b/', 'a b']) assert.equal(isValidKey(bad), false, bad);
+    assert.equal(isValidKey('aa/bb/000000010000000000000001_1_0000000001000000_0000000001000000_sk1.partial'), true);
+  });
+
+  test('local filesystem: an object without its .meta does not exist, and temp files are not listed', async () => {
+    const root = makeTempDir('sk-remote-crash-');
+    const storage = new RemoteStorage(new LocalFsBackend(root), FAST_POLICY);
+    await storage.put('t/l/seg', pattern(100), signal);
+    await writeFile(join(root, 't', 'l', 'seg.abc123.tmp'), pattern(7));
+    await writeFile(join(root, 't', 'l', 'orphan'), pattern(7)); // a body whose .meta was never renamed in
+    assert.deepEqual((await storage.list('t/l/', signal)).map((entry) => entry.key), ['t/l/seg']);
+    assert.equal(await storage.head('t/l/orphan', signal), null);
+    await assert.rejects(storage.get('t/l/orphan', signal), NotFoundError);
+    assert.deepEqual(await readFile(join(root, 't', 'l', 'seg')), Buffer.from(pattern(100)), 'the body is stored byte for byte');
+    assert.ok((await readdir(join(root, 't', 'l'))).includes('seg.meta'));
+  });
+});
+
+describe('S3 through a faulting proxy', () => {
+  let proxy: FaultProxy;
+  before(async () => {
+    proxy = new FaultProxy(s3.port);
+    await proxy.start();
+    cleanups.push(() => proxy.close());
+  });
+
+  test('500s are retried until the put succeeds', async () => {
+    const storage = s3Storage(proxy.endpoint, 'faults-500');
+    let puts = 0;
+    proxy.decide = (request) => (request.method === 'PUT' && puts++ < 2 ? '500' : 'pass');
+    const body = pattern(50_000);
+    await storage.put('t/l/a', body, signal);
+    proxy.decide = () => 'pass';
+    assert.equal(puts, 3);
+    assert.deepEqual(await storage.get('t/l/a', signal), body);
+  });
+
+  test('a hung request is abandoned at its deadline and retried', async () => {
+    const storage = s3Storage(proxy.endpoint, 'faults-hang', { requestTimeoutMs: 300 });
+    await storage.put('t/l/h', pattern(1000), signal);
+    let gets = 0;
+    proxy.decide = (request) => (request.method === 'GET' && gets++ === 0 ? 'hang' : 'pass');
+    const started = Date.now();
+    assert.deepEqual(await storage.get('t/l/h', signal), pattern(1000));
+    proxy.decide = () => 'pass';
+    assert.equal(gets, 2);
+    assert.ok(Date.now() - started >= 300, 'waited for the deadline');
+  });
+
+  test('connection resets and lost responses are retried (a repeated put is harmless)', async () => {
+    const storage = s3Storage(proxy.endpoint, 'faults-reset');
+    const faults: ('reset' | 'drop-response')[] = ['reset', 'drop-response'];
+    proxy.decide = (request) => (request.method === 'PUT' ? (faults.shift() ?? 'pass') : 'pass');
+    await storage.put('t/l/r', pattern(20_000), signal);
+    proxy.decide = () => 'pass';
+    assert.deepEqual(await storage.get('t/l/r', signal), pattern(20_000));
+    assert.equal(faults.length, 0);
+  });
+
+  test('a persistent outage ends in a retryable RemoteStorageError after attemptsMax attempts', async () => {
+    const storage = s3Storage(proxy.endpoint, 'faults-down', { attemptsMax: 3 });
+    const before = proxy.log.length;
+    proxy.decide = () => '500';
+    const error = await storage.put('t/l/x', pattern(10), signal).then(
+      () => null,
+      (caught: unknown) => caught,
+    );
+    proxy.decide = () => 'pass';
+    assert.ok(error instanceof RemoteStorageError, String(error));
+    assert.equal(error.retryable, true);
+    assert.equal(proxy.log.length - before, 3);
+  });
+
+  test('at most requestsMax requests are in flight; the rest wait', async () => {
+    const storage = s3Storage(proxy.endpoint, 'faults-bound', { requestsMax: 2, requestTimeoutMs: 10_000 });
+    for (let index = 0; index < 5; index++) await storage.put(`t/l/${index}`, pattern(10), signal);
+    const before = proxy.count('hang', 'GET');
+    proxy.decide = (request) => (request.method === 'GET' ? 'hang' : 'pass');
+    const controller = new AbortController();
+    const reads = Array.from({ length: 5 }, (_, index) => storage.get(`t/l/${index}`, controller.signal).catch((error: unknown) => error));
+    await waitFor(() => proxy.count('hang', 'GET') - before === 2, { what: 'two GETs reach the proxy' });
+    assert.equal(storage.requestsInFlight, 2);
+    assert.equal(storage.requestsWaiting, 3);
+    controller.abort(new Error('done'));
+    await Promise.all(reads);
+    proxy.decide = () => 'pass';
+    assert.equal(proxy.count('hang', 'GET') - before, 2, 'the waiting three never reached S3');
+    assert.equal(storage.requestsInFlight, 0);
+  });
+
+  test('an aborted call rejects with the abort reason and releases its permit', async () => {
+    const storage = s3Storage(proxy.endpoint, 'faults-abort', { requestsMax: 1, requestTimeoutMs: 10_000 });
+    proxy.decide = () => 'hang';
+    const controller = new AbortController();
+    const pending = storage.put('t/l/abort', pattern(10), controller.signal);
+    await new Promise((resolve) => setImmediate(resolve));
+    const reason = new Error('stop');
+    controller.abort(reason);
+    await assert.rejects(pending, (error) => error === reason);
+    assert.equal(storage.requestsInFlight, 0);
+    proxy.decide = () => 'pass';
+    await storage.put('t/l/after', pattern(10), signal);
+  });
+});
