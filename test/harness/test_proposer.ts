@@ -23,7 +23,8 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import type { AcceptorGreeting, AcceptorMessage, AppendResponse, ProposerMessage, ProtocolVersion, VoteResponse } from '../../src/acceptor/messages.js';
 import { encodeAppendRequestHeader } from '../../src/acceptor/messages.js';
 import { decodeAcceptorMessage, encodeProposerMessage } from '../../src/acceptor/messages_codec.js';
@@ -549,9 +550,28 @@ export async function listSegmentFiles(dir: string, segmentSizeBytes: number): P
   return files.sort((a, b) => (a.segno < b.segno ? -1 : a.segno > b.segno ? 1 : 0));
 }
 
-/** The bytes of [fromLsn, toLsn) from a timeline's segment files (`.partial` or complete). */
+/**
+ * The node's default remote storage (`file://{data_dir}/remote`) for a timeline dir `<data_dir>/<t>/<l>`.
+ * Once a segment is uploaded, WAL removal deletes it locally; its bytes are then only there.
+ */
+export function defaultRemoteDirOf(dir: string): string {
+  const tenantDir = dirname(dir);
+  return join(dirname(tenantDir), 'remote', basename(tenantDir), basename(dir));
+}
+
+/** A timeline's segment files, plus those only in its default remote storage (removed locally after upload). */
+async function segmentFilesWithRemote(dir: string, segmentSizeBytes: number): Promise<SegmentFile[]> {
+  const local = await listSegmentFiles(dir, segmentSizeBytes);
+  const remoteDir = defaultRemoteDirOf(dir);
+  if (!existsSync(remoteDir)) return local;
+  const present = new Set(local.map((file) => file.segno));
+  const remote = (await listSegmentFiles(remoteDir, segmentSizeBytes)).filter((file) => !file.partial && !present.has(file.segno));
+  return [...local, ...remote].sort((a, b) => (a.segno < b.segno ? -1 : a.segno > b.segno ? 1 : 0));
+}
+
+/** The bytes of [fromLsn, toLsn) from a timeline's segment files (`.partial` or complete, local or uploaded). */
 export async function readTimelineWal(dir: string, fromLsn: Lsn, toLsn: Lsn, segmentSizeBytes: number): Promise<Uint8Array> {
-  const files = await listSegmentFiles(dir, segmentSizeBytes);
+  const files = await segmentFilesWithRemote(dir, segmentSizeBytes);
   const out = new Uint8Array(Number(toLsn - fromLsn));
   const segmentSize = BigInt(segmentSizeBytes);
   for (let lsn = fromLsn; lsn < toLsn; ) {
@@ -605,7 +625,7 @@ export async function assertNothingAfter(dir: string, lsn: Lsn, segmentSizeBytes
  * learns the segment size from the long page header of whichever file it opens first.
  */
 export async function copySegmentsForWaldump(dir: string, segmentSizeBytes: number, targetDir: string): Promise<string> {
-  for (const file of await listSegmentFiles(dir, segmentSizeBytes)) {
+  for (const file of await segmentFilesWithRemote(dir, segmentSizeBytes)) {
     const content = await readFile(file.path);
     if (firstNonZero(content) < 0) continue;
     await writeFile(join(targetDir, segmentFileName(file.segno, segmentSizeBytes)), content);

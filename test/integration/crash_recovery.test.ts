@@ -126,6 +126,12 @@ test('kill -9 at random points while streaming loses nothing acknowledged, and s
     assert.ok(status !== null, 'the timeline loads after the crash');
     const flushLsn = parseLsn(status.flushLsn);
     t.diagnostic(`trial ${trial}: recovered flush_lsn ${status.flushLsn}, highest acknowledged ${formatLsn(ackedLsn)}`);
+    if (flushLsn === 0n) {
+      // Killed before the first election was durable: nothing was acknowledged, so nothing need be kept,
+      // and the timeline starts over at START_LSN.
+      assert.equal(ackedLsn, 0n, `flush_lsn 0/0 after acknowledging ${formatLsn(ackedLsn)}`);
+      return START_LSN;
+    }
     assert.ok(flushLsn >= ackedLsn, `recovered flush_lsn ${status.flushLsn} is below the acknowledged ${formatLsn(ackedLsn)}`);
     assert.ok(flushLsn >= recoveredLsn, `flush_lsn ${status.flushLsn} went below the previous recovery point ${formatLsn(recoveredLsn)}`);
     assert.ok(recordEnds.has(flushLsn), `recovered flush_lsn ${status.flushLsn} is a record end`);
