@@ -89,19 +89,17 @@ describe('WAL backup to S3 through a faulting proxy', { timeout: 85_000 }, () =>
     proxy.decide = () => 'pass';
     const baselineIds = newIds();
     const wal = makeWal(3 * SEGMENT_BYTES + 100_000, 22);
-    let started = performance.now();
     const baseline = await stream(node, baselineIds, wal);
-    const baselineMs = performance.now() - started;
     proposers.push(baseline.proposer);
     await baseline.proposer.close();
 
     proxy.decide = (request) => (request.index % 2 === 0 ? 'hang' : 'reset'); // S3 is gone
     const ids = newIds();
-    started = performance.now();
-    const session = await stream(node, ids, wal);
-    const outageMs = performance.now() - started;
+    const session = await stream(node, ids, wal); // resolves once every byte is acknowledged
     proposers.push(session.proposer);
-    assert.ok(outageMs < baselineMs * 3 + 2_000, `ingest during the outage took ${outageMs.toFixed(0)} ms, ${baselineMs.toFixed(0)} ms without`);
+    // Acknowledged while not one upload had succeeded: acks never wait for remote storage. (How fast is
+    // the benchmarks' business; a timed assertion here would only be flaky under load.)
+    assert.equal((await timelineLsns(node, ids)).backupLsn, wal.firstRecordLsn, 'nothing was uploaded while ingest was acknowledged');
     await waitFor(async () => (await metricValue(node, 'safekeeper_remote_storage_requests_total', '{operation="put",outcome="error"}')) >= 1, { what: 'an upload gave up', timeoutMs: 20_000 });
     await checkpoint(node, ids);
     const local = await localSegmentNames(dataDir, ids);

@@ -236,13 +236,11 @@ describe('replication clients', { timeout: TEST_TIMEOUT_MS }, () => {
     for (const reader of readers) await reader.startCopyBoth(`START_REPLICATION PHYSICAL ${formatLsn(firstSegmentStartLsn())}`);
     const receiving = readers.map((reader) => receiveWal(reader, firstSegmentStartLsn(), wal.endLsn));
 
-    const ingestStartedMs = performance.now();
+    // Ingest completes while the stalled reader's socket stays full (a stall that blocked it would hang here).
     await proposer.streamWal(walRange(source(), startLsn), startLsn);
     await proposer.waitForFlush(wal.endLsn);
-    const ingestMs = performance.now() - ingestStartedMs;
     await proposer.heartbeat(wal.endLsn);
     for (const received of await Promise.all(receiving)) assertSameWal(received.bytes, expectedWal(firstSegmentStartLsn(), wal.endLsn), firstSegmentStartLsn(), 'live reader');
-    assert.ok(ingestMs < 20_000, `ingest finished (${ingestMs.toFixed(0)} ms) while a reader stalled`);
 
     const status = await timelineStatus(ids);
     const stalledSender = status.walsenders.find((sender) => sender.appname === 'stalled');
