@@ -65,6 +65,7 @@ export function createNodeHooks(config: Config): NodeHooks {
         log: node.log,
         onBatch,
         onOpen: (timeline) => background.register(timeline),
+        deleteRemote: (tenantId, timelineId) => background.deleteRemote(tenantId, timelineId),
       }).catch(async (error: unknown) => {
         await background.stop(); // onStop does not run when onStart fails
         throw error;

@@ -125,8 +125,8 @@ export function timelineRoutes(registry: TimelineRegistry): RouteGroup {
 
     app.delete('/v1/tenant/:tenant_id/timeline/:timeline_id', async (request) => {
       const { tenantId, timelineId } = ids(request.params);
-      parseBody(deleteQuery, request.query);
-      const { dirExisted } = await registry.delete(tenantId, timelineId);
+      const query = parseBody(deleteQuery, request.query);
+      const { dirExisted } = await registry.delete(tenantId, timelineId, { onlyLocal: query.only_local === 'true' });
       return { dir_existed: dirExisted };
     });
   };

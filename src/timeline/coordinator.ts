@@ -13,10 +13,11 @@ import { getHeapStatistics } from 'node:v8';
 import { NotFoundError, ShutdownError } from '../errors.js';
 import { digestReady } from '../remote/digest.js';
 import { openRemoteStorage } from '../remote/open.js';
-import type { RemoteOperation, RemoteOutcome, RemoteStorage } from '../remote/remote_storage.js';
+import { timelineKeyPrefix, type RemoteOperation, type RemoteOutcome, type RemoteStorage } from '../remote/remote_storage.js';
+import { ttid } from '../acceptor/state.js';
 import { Failpoints, parseFailpointAction } from '../sync/failpoints.js';
 import { Semaphore } from '../sync/semaphore.js';
-import { unreachable } from '../sync/assert.js';
+import { assert, unreachable } from '../sync/assert.js';
 import {
   COORDINATOR_REQUESTS_IN_FLIGHT_MAX,
   type CoordinatorMetrics,
@@ -130,6 +131,13 @@ export class Coordinator {
       case 'checkpoint':
         await this.#manager(request.ttid).checkpoint();
         return { value: null };
+      case 'delete_remote': {
+        assert(!this.#managers.has(ttid(request.tenantId, request.timelineId)), 'a timeline is unregistered before its remote objects go');
+        const signal = new AbortController().signal;
+        const objects = await this.#remote.list(timelineKeyPrefix(request.tenantId, request.timelineId), signal);
+        await this.#remote.delete(objects.map((object) => object.key), signal);
+        return { value: objects.length };
+      }
       case 'acquire_guard':
         if (this.#stopping) throw new ShutdownError();
         await this.#manager(request.ttid).acquireGuard(request.guardId);

@@ -21,6 +21,7 @@ import * as metrics from '../metrics.js';
 import { assert, unreachable } from '../sync/assert.js';
 import type { FailpointState } from '../sync/failpoints.js';
 import type { Lsn } from '../wal/lsn.js';
+import type { TenantId, TimelineId } from '../acceptor/state.js';
 import {
   COORDINATOR_REQUESTS_IN_FLIGHT_MAX,
   GUARD_TIMEOUT_MS,
@@ -176,6 +177,11 @@ export class CoordinatorClient implements Residency {
   }
 
   /** Saves the control file now, runs a manager pass and waits for the WAL removal it starts. */
+  /** Deletes every remote object of a timeline that was deleted locally. Returns how many there were. */
+  deleteRemote(tenantId: TenantId, timelineId: TimelineId): Promise<number> {
+    return this.#request('delete_remote', { kind: 'delete_remote', tenantId, timelineId });
+  }
+
   async checkpoint(timeline: Timeline): Promise<void> {
     await this.#request('checkpoint', { kind: 'checkpoint', ttid: timeline.ttid });
   }

@@ -66,6 +66,8 @@ export type MainNotice = { kind: 'register'; timeline: TimelineRegistration } | 
 export type MainRequest =
   | { kind: 'unregister'; ttid: string }
   | { kind: 'checkpoint'; ttid: string }
+  /** Removes every remote object of a deleted timeline (its manager is unregistered first). */
+  | { kind: 'delete_remote'; tenantId: TenantId; timelineId: TimelineId }
   | { kind: 'acquire_guard'; ttid: string; guardId: number }
   | { kind: 'read_remote_wal'; ttid: string; startLsn: Lsn; lengthBytes: number }
   | { kind: 'metrics' }
@@ -77,6 +79,8 @@ export type MainRequest =
 export interface MainReplies {
   unregister: null;
   checkpoint: null;
+  /** How many objects were deleted. */
+  delete_remote: number;
   acquire_guard: null;
   read_remote_wal: Uint8Array;
   metrics: CoordinatorMetrics;

@@ -43,6 +43,8 @@ export interface RegistryOptions {
   onBatch?: (timeline: string, bytes: number, result: WriteResult) => void;
   /** Called once for every timeline loaded or created (after it is in the map): e.g. start its manager. */
   onOpen?: (timeline: Timeline) => void;
+  /** Deletes a timeline's remote objects (after its local deletion, unless `only_local`). */
+  deleteRemote?: (tenantId: TenantId, timelineId: TimelineId) => Promise<number>;
 }
 
 export interface CreateTimelineArgs {
@@ -113,8 +115,12 @@ export class TimelineRegistry {
     return timeline;
   }
 
-  /** Deletes a timeline: cancel, wait for its tasks, remove its directory. */
-  async delete(tenantId: TenantId, timelineId: TimelineId): Promise<{ dirExisted: boolean }> {
+  /**
+   * Deletes a timeline: cancel, wait for its tasks (its manager included), remove its directory, then its
+   * remote objects unless `onlyLocal`. A crash in between leaves remote objects of a timeline that is gone
+   * locally; a repeated delete removes them.
+   */
+  async delete(tenantId: TenantId, timelineId: TimelineId, options: { onlyLocal?: boolean } = {}): Promise<{ dirExisted: boolean }> {
     const key = ttid(tenantId, timelineId);
     this.#tombstones.add(key);
     const timeline = this.#timelines.get(key);
@@ -127,6 +133,10 @@ export class TimelineRegistry {
     const dirExisted = await exists(dir);
     await rm(dir, { recursive: true, force: true });
     if (dirExisted) await fsyncDir(dirname(dir), this.options.noSync);
+    if (options.onlyLocal !== true && this.options.deleteRemote !== undefined) {
+      const deleted = await this.options.deleteRemote(tenantId, timelineId);
+      this.options.log.info({ tenant_id: tenantId, timeline_id: timelineId, remote_objects: deleted }, 'timeline deleted');
+    }
     return { dirExisted };
   }
 

@@ -13,6 +13,7 @@ import {
   SEGMENT_BYTES,
   checkpoint,
   failpointHits,
+  http,
   localRemote,
   localSegmentNames,
   makeWal,
@@ -89,6 +90,17 @@ describe('WAL backup to the local filesystem', { timeout: 80_000 }, () => {
     assert.ok(local.includes(`${segmentName(6n)}.partial`), `segment being written kept: ${local.join(',')}`);
     assert.ok((await metricValue(node, 'safekeeper_wal_removed_segments_total')) >= 5);
     await session.proposer.close();
+
+    // DELETE with only_local keeps the remote objects; a plain DELETE removes them too.
+    const kept = newIds();
+    const keptSession = await stream(node, kept, makeWal(2 * SEGMENT_BYTES + 100_000, 12));
+    proposers.push(keptSession.proposer);
+    await waitFor(async () => (await remoteNames(remote, kept)).includes(segmentName(1n)), { what: 'a segment of the second timeline uploaded', timeoutMs: 20_000 });
+    await keptSession.proposer.close();
+    assert.equal((await http(node, 'DELETE', `/v1/tenant/${kept.tenantId}/timeline/${kept.timelineId}?only_local=true`)).status, 200);
+    assert.ok((await remoteNames(remote, kept)).includes(segmentName(1n)), 'only_local keeps remote objects');
+    assert.equal((await http(node, 'DELETE', `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}`)).status, 200);
+    assert.deepEqual(await remoteNames(remote, ids), [], 'a delete removes the remote objects');
     await node.stop();
   });
 
