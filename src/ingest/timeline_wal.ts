@@ -51,7 +51,8 @@ export class TimelineWal {
   #writeLsn: Lsn;
   #dispatchedLsn: Lsn;
   #syncedLsn: Lsn;
-  #decoder: DecoderState;
+  /** Decoder state at dispatchedLsn; null = a fresh decoder there (made on the next dispatch: idle timelines hold none). */
+  #decoder: DecoderState | null = null;
   #inFlight: Promise<void> | null = null;
   #kickScheduled = false;
   /** A kick is already registered to run when the segment being prepared is ready. */
@@ -75,7 +76,6 @@ export class TimelineWal {
   constructor(private readonly options: TimelineWalOptions, endLsn: Lsn) {
     this.#writeLsn = this.#dispatchedLsn = this.#syncedLsn = endLsn;
     this.#ringOldestLsn = endLsn;
-    this.#decoder = this.#decoderAt(endLsn);
     this.#preparedUpTo = endLsn === 0n ? -1n : segmentNumber(endLsn, options.segmentSizeBytes);
     this.flush = new Watch(endLsn);
     // As in Neon, the first ProposerElected after every load must truncate before anything is written.
@@ -183,7 +183,7 @@ export class TimelineWal {
     if (!result.ok) throw toError(result.code, result.detail, null);
     this.#writeLsn = this.#dispatchedLsn = this.#syncedLsn = lsn;
     this.#ringOldestLsn = lsn; // conservative: ring bytes from before the cut are not served
-    this.#decoder = this.#decoderAt(lsn);
+    this.#decoder = null;
     this.#preparedUpTo = segmentNumber(lsn, this.options.segmentSizeBytes);
     this.#truncationPending = false;
     this.#failure = null;
@@ -245,7 +245,7 @@ export class TimelineWal {
     }
     const lastSegno = segmentNumber(endLsn - 1n, segmentSize);
     this.#dispatchedLsn = endLsn;
-    const task = { kind: 'write' as const, ring: ring.buffer, beginLsn, endLsn, decoder: this.#decoder, ...this.#files() };
+    const task = { kind: 'write' as const, ring: ring.buffer, beginLsn, endLsn, decoder: this.#decoder ?? this.#decoderAt(beginLsn), ...this.#files() };
     this.#inFlight = this.options.pool.write(task).then(
       async (result) => this.#onWriteDone(beginLsn, endLsn, result),
       (error: unknown) => {
@@ -303,7 +303,7 @@ export class TimelineWal {
     assert(endOfGood >= this.flush.value, 'a failed write keeps every verified record');
     this.#failure = toError(result.code, result.detail, result);
     this.#writeLsn = this.#dispatchedLsn = this.#syncedLsn = endOfGood;
-    this.#decoder = this.#decoderAt(endOfGood);
+    this.#decoder = null;
     this.flush.setIfChanged(endOfGood);
     this.options.state.setMany({ writeLsn: endOfGood, flushLsn: endOfGood });
     this.failure.set(this.#failure);

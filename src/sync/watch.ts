@@ -9,7 +9,8 @@ import { abortReason } from './cancel.js';
 export class Watch<T> {
   #value: T;
   #version = 0;
-  #waiters = new Set<() => void>();
+  /** Allocated on the first wait: most watches (one per idle timeline, several each) never have a waiter. */
+  #waiters: Set<() => void> | null = null;
 
   constructor(initial: T) {
     this.#value = initial;
@@ -27,7 +28,8 @@ export class Watch<T> {
     this.#value = value;
     this.#version += 1;
     const waiters = this.#waiters;
-    this.#waiters = new Set();
+    if (waiters === null) return;
+    this.#waiters = null;
     for (const wake of waiters) wake();
   }
 
@@ -47,11 +49,12 @@ export class Watch<T> {
         signal.removeEventListener('abort', onAbort);
         resolve(this.#value);
       };
+      const waiters = (this.#waiters ??= new Set());
       const onAbort = (): void => {
-        this.#waiters.delete(wake);
+        waiters.delete(wake);
         reject(abortReason(signal));
       };
-      this.#waiters.add(wake);
+      waiters.add(wake);
       signal.addEventListener('abort', onAbort, { once: true });
     });
   }
@@ -66,6 +69,6 @@ export class Watch<T> {
   }
 
   get waiterCount(): number {
-    return this.#waiters.size;
+    return this.#waiters?.size ?? 0;
   }
 }
