@@ -133,32 +133,38 @@ export class ByteWriter {
 
   u8(value: number): void {
     assert(Number.isInteger(value) && value >= 0 && value <= 0xff, 'u8 out of range');
-    this.#view.setUint8(this.#reserve(1), value);
+    const offset = this.#reserve(1); // first: reserving may replace #view
+    this.#view.setUint8(offset, value);
   }
 
   u16(value: number): void {
     assert(Number.isInteger(value) && value >= 0 && value <= 0xffff, 'u16 out of range');
-    this.#view.setUint16(this.#reserve(2), value, this.#littleEndian);
+    const offset = this.#reserve(2); // first: reserving may replace #view
+    this.#view.setUint16(offset, value, this.#littleEndian);
   }
 
   u32(value: number): void {
     assert(Number.isInteger(value) && value >= 0 && value <= 0xffff_ffff, 'u32 out of range');
-    this.#view.setUint32(this.#reserve(4), value, this.#littleEndian);
+    const offset = this.#reserve(4); // first: reserving may replace #view
+    this.#view.setUint32(offset, value, this.#littleEndian);
   }
 
   i32(value: number): void {
     assert(Number.isInteger(value) && value >= -0x8000_0000 && value <= 0x7fff_ffff, 'i32 out of range');
-    this.#view.setInt32(this.#reserve(4), value, this.#littleEndian);
+    const offset = this.#reserve(4); // first: reserving may replace #view
+    this.#view.setInt32(offset, value, this.#littleEndian);
   }
 
   u64(value: bigint): void {
     assert(value >= 0n && value <= 0xffff_ffff_ffff_ffffn, 'u64 out of range');
-    this.#view.setBigUint64(this.#reserve(8), value, this.#littleEndian);
+    const offset = this.#reserve(8); // first: reserving may replace #view
+    this.#view.setBigUint64(offset, value, this.#littleEndian);
   }
 
   i64(value: bigint): void {
     assert(value >= -(1n << 63n) && value < 1n << 63n, 'i64 out of range');
-    this.#view.setBigInt64(this.#reserve(8), value, this.#littleEndian);
+    const offset = this.#reserve(8); // first: reserving may replace #view
+    this.#view.setBigInt64(offset, value, this.#littleEndian);
   }
 
   bytes(value: Uint8Array): void {

@@ -7,6 +7,7 @@
  * for the failure messages.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { appendFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -62,6 +63,9 @@ function spawnCli(args: readonly string[], options: SpawnOptions): { child: Chil
   const out = { stdout: '', stderr: '' };
   child.stdout?.setEncoding('utf8').on('data', (chunk: string) => (out.stdout += chunk));
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (out.stderr += chunk));
+  // Debugging aid: SK_TEST_NODE_LOG=FILE appends every test node's log to FILE.
+  const logFile = process.env['SK_TEST_NODE_LOG'];
+  if (logFile !== undefined) child.stderr?.on('data', (chunk: string) => appendFileSync(logFile, chunk));
   const exited = new Promise<ExitStatus>((resolve) => {
     child.once('close', (code, signal) => {
       liveProcesses.delete(child);

@@ -569,6 +569,19 @@ async function segmentFilesWithRemote(dir: string, segmentSizeBytes: number): Pr
   return [...local, ...remote].sort((a, b) => (a.segno < b.segno ? -1 : a.segno > b.segno ? 1 : 0));
 }
 
+/**
+ * A listed segment's bytes. A running node may remove a complete local segment (after its upload) between
+ * the listing and the read: then it is read from the default remote storage.
+ */
+async function readSegmentFile(file: SegmentFile, dir: string, segmentSizeBytes: number): Promise<Buffer> {
+  try {
+    return await readFile(file.path);
+  } catch (error) {
+    if ((error as { code?: string }).code !== 'ENOENT' || file.partial) throw error;
+    return readFile(join(defaultRemoteDirOf(dir), segmentFileName(file.segno, segmentSizeBytes)));
+  }
+}
+
 /** The bytes of [fromLsn, toLsn) from a timeline's segment files (`.partial` or complete, local or uploaded). */
 export async function readTimelineWal(dir: string, fromLsn: Lsn, toLsn: Lsn, segmentSizeBytes: number): Promise<Uint8Array> {
   const files = await segmentFilesWithRemote(dir, segmentSizeBytes);
@@ -578,7 +591,7 @@ export async function readTimelineWal(dir: string, fromLsn: Lsn, toLsn: Lsn, seg
     const segno = segmentNumber(lsn, segmentSizeBytes);
     const matching = files.filter((file) => file.segno === segno);
     assert.equal(matching.length, 1, `exactly one file for segment ${segno} (found ${matching.map((file) => file.path).join(', ') || 'none'})`);
-    const content = await readFile(matching[0]!.path);
+    const content = await readSegmentFile(matching[0]!, dir, segmentSizeBytes);
     assert.equal(content.length, segmentSizeBytes, `segment ${segno} has its full size`);
     const offset = Number(lsn % segmentSize);
     const take = Math.min(segmentSizeBytes - offset, Number(toLsn - lsn));
@@ -626,7 +639,7 @@ export async function assertNothingAfter(dir: string, lsn: Lsn, segmentSizeBytes
  */
 export async function copySegmentsForWaldump(dir: string, segmentSizeBytes: number, targetDir: string): Promise<string> {
   for (const file of await segmentFilesWithRemote(dir, segmentSizeBytes)) {
-    const content = await readFile(file.path);
+    const content = await readSegmentFile(file, dir, segmentSizeBytes);
     if (firstNonZero(content) < 0) continue;
     await writeFile(join(targetDir, segmentFileName(file.segno, segmentSizeBytes)), content);
   }

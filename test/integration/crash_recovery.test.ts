@@ -31,7 +31,10 @@ const PG_VERSION = 150008;
 const SYSTEM_ID = 7_350_000_000_000_000_002n;
 /** Mid-page on the first page of segment 1, like a compute's start LSN. */
 const START_LSN = segmentStartLsn(1n, SEGMENT_BYTES) + 0x128n;
-const TRIALS = 5;
+/** Kill points per run: 5 in `npm test`; `npm run soak` sets SK_CRASH_TRIALS much higher. */
+const TRIALS = Number(process.env['SK_CRASH_TRIALS'] ?? 5);
+/** Each trial takes about a second here; the deadline grows with the count. */
+const TIMEOUT_MS = 60_000 + TRIALS * 10_000;
 /** A small chunk size gives the kill many points to land between messages, batches and fsyncs. */
 const CHUNK_BYTES = 24 * 1024;
 /**
@@ -47,7 +50,7 @@ after(async () => {
   await removeAllTempDirs();
 });
 
-test('kill -9 at random points while streaming loses nothing acknowledged, and streaming resumes after each restart', { timeout: 60_000 }, async (t) => {
+test('kill -9 at random points while streaming loses nothing acknowledged, and streaming resumes after each restart', { timeout: TIMEOUT_MS }, async (t) => {
   const seed = process.env['SK_TEST_SEED'] !== undefined ? Number(process.env['SK_TEST_SEED']) : Math.floor(Math.random() * 0x7fff_ffff);
   t.diagnostic(`seed ${seed} (SK_TEST_SEED=${seed} replays these kill points)`);
   const random = seededRandom(seed);

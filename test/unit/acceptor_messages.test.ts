@@ -334,3 +334,18 @@ describe('PageserverFeedback', () => {
     assert.throws(() => decodePageserverFeedback(bytes), /has length 4, expected 8/);
   });
 });
+
+describe('messages larger than the encoder starts with', () => {
+  // Regression: the writer grew its buffer while a DataView call on the old buffer was being evaluated,
+  // so any message past 256 bytes (a term history of 15+ entries) failed to encode.
+  for (const protoVersion of [2, 3] as const) {
+    test(`v${protoVersion}: a VoteResponse and a ProposerElected with 100 history entries round-trip`, () => {
+      const termHistory = Array.from({ length: 100 }, (_, index) => ({ term: BigInt(index + 1), lsn: 0x100_0000n + BigInt(index) * 0x1000n }));
+      const vote = { tag: 'vote' as const, generation: 0, term: 100n, voteGiven: true, flushLsn: 0x200_0000n, truncateLsn: 0x100_0000n, termHistory };
+      assert.deepEqual(decodeAcceptorMessage(encodeAcceptorMessage(vote, protoVersion), protoVersion), vote);
+      const elected = { tag: 'elected' as const, generation: 0, term: 101n, startStreamingAtLsn: 0x200_0000n, termHistory };
+      const decoded = decodeProposerMessage(encodeProposerMessage(elected, protoVersion), protoVersion);
+      assert.deepEqual(decoded.tag === 'elected' ? decoded.termHistory : null, termHistory);
+    });
+  }
+});
