@@ -114,6 +114,8 @@ export class TestProposer {
   readonly #options: TestProposerOptions;
   readonly #replies: (AcceptorGreeting | VoteResponse | AppendResponse)[] = [];
   #wake: (() => void) | null = null;
+  /** This connection has sent an AppendRequest (after which AppendResponses may come at any time). */
+  #appended = false;
   readonly #readerDone: Promise<void>;
 
   private constructor(client: PgTestClient, options: TestProposerOptions) {
@@ -164,6 +166,7 @@ export class TestProposer {
 
   /** Sends one proposer message (encoded for this connection's version). */
   send(message: ProposerMessage): Promise<void> {
+    if (message.tag === 'append') this.#appended = true;
     return this.sendRaw(encodeProposerMessage(message, this.protoVersion));
   }
 
@@ -218,6 +221,7 @@ export class TestProposer {
       wal: args.wal,
     };
     const header = encodeAppendRequestHeader(message, this.protoVersion);
+    this.#appended = true;
     const payload = new Uint8Array(header.length + args.wal.length);
     payload.set(header);
     payload.set(args.wal, header.length);
@@ -301,7 +305,12 @@ export class TestProposer {
   async #nextReplyOf<T extends 'greeting' | 'vote'>(tag: T): Promise<Extract<AcceptorMessage, { tag: T }>> {
     for (;;) {
       const reply = await this.nextReply();
-      if (reply.tag === 'append') continue; // group-commit acknowledgements may interleave
+      // Group-commit acknowledgements may interleave once this connection has appended; before that an
+      // AppendResponse breaks walproposer, which expects the greeting and the vote answered first.
+      if (reply.tag === 'append') {
+        assert.ok(this.#appended, `an AppendResponse arrived before the ${tag} reply on a connection that has not appended`);
+        continue;
+      }
       assert.equal(reply.tag, tag, `expected a ${tag} reply, got ${reply.tag}`);
       return reply as Extract<AcceptorMessage, { tag: T }>;
     }

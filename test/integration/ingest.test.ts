@@ -177,6 +177,26 @@ describe('streaming real PostgreSQL 15 WAL', { timeout: TEST_TIMEOUT_MS }, () =>
 });
 
 describe('elections', { timeout: TEST_TIMEOUT_MS }, () => {
+  test('a second connection gets its greeting and vote answered before any AppendResponse, while another proposer streams', async () => {
+    const node = await startNode(makeTempDir('sk-second-conn-'));
+    const ids = newIds();
+    const base = { port: node.pgPort, ...ids, protoVersion: 3 as const, ...syntheticServer() };
+    const source = syntheticWal({ startLsn: SYNTHETIC_START_LSN, segmentSizeBytes: SYNTHETIC_SEGMENT_BYTES, pgVersion: SYNTHETIC_PG_VERSION, systemId: SYNTHETIC_SYSTEM_ID, totalBytes: 6 * SYNTHETIC_SEGMENT_BYTES, seed: 5 });
+    const middle = source.records[Math.floor(source.records.length / 4)]!.endLsn;
+    const first = await electAndStream({ ...base, source, timelineStartLsn: source.firstRecordLsn, toLsn: middle });
+    track(first.proposer);
+    // The second connection greets; then the first proposer writes more, so flush_lsn moves under the second
+    // connection before it votes. Its vote reply must still come first (the harness fails on an
+    // AppendResponse that arrives before it on a connection that has not appended).
+    const second = track(await TestProposer.connect({ ...base }));
+    const greeting = await second.greet();
+    await first.proposer.streamWal(walRange(source, middle), middle, { chunkBytes: 8 * 1024 });
+    await first.proposer.waitForFlush(source.endLsn);
+    const vote = await second.vote(greeting.term); // not above the current term: refused
+    assert.equal(vote.voteGiven, false);
+    await node.stop();
+  });
+
   test('a vote for a term not above the current one is refused; a higher term with a divergent history truncates at the highest common point', async () => {
     const dataDir = makeTempDir('sk-election-');
     const node = await startNode(dataDir);
