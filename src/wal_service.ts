@@ -15,7 +15,7 @@ import { serveStartReplication, type WalSenderDeps } from './send/wal_sender.js'
 import { INT4_OID, TEXT_OID, commandComplete } from './pg/backend_encoder.js';
 import { parseCommand } from './pg/commands.js';
 import type { PgConnection, PgQueryHandler } from './pg/connection.js';
-import type { StartupParams } from './pg/startup.js';
+import { isRecoveryClient, type StartupParams } from './pg/startup.js';
 import type { TimelineRegistry } from './timeline/registry.js';
 import { formatLsn } from './wal/lsn.js';
 
@@ -78,11 +78,6 @@ function requireIds(conn: PgConnection): { tenantId: TenantId; timelineId: Timel
   return { tenantId, timelineId };
 }
 
-/** A recovery client (a peer safekeeper or walproposer's recovery) sees flush_lsn; others commit_lsn. */
-function isRecoveryClient(startup: StartupParams): boolean {
-  const name = startup.applicationName ?? '';
-  return name === 'wal_proposer_recovery' || name.startsWith('safekeeper');
-}
 
 async function identifySystem(conn: PgConnection, registry: TimelineRegistry): Promise<void> {
   const { tenantId, timelineId } = requireIds(conn);

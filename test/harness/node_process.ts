@@ -142,13 +142,3 @@ export async function killAllNodes(): Promise<void> {
   await Promise.all(waits);
 }
 
-/** Polls `condition` until it holds (returns true or a non-null value), or throws after `timeoutMs`. */
-export async function waitFor<T>(condition: () => T | Promise<T>, options: { timeoutMs?: number; intervalMs?: number; what?: string } = {}): Promise<NonNullable<T>> {
-  const deadline = Date.now() + (options.timeoutMs ?? 10_000);
-  for (;;) {
-    const value = await condition();
-    if (value !== false && value !== null && value !== undefined) return value as NonNullable<T>;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${options.what ?? 'condition'}`);
-    await new Promise((resolve) => setTimeout(resolve, options.intervalMs ?? 20));
-  }
-}

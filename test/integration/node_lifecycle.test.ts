@@ -12,7 +12,8 @@ import { loadConfig } from '../../src/config/load.js';
 import { TooManyConnectionsError } from '../../src/errors.js';
 import { createLogger, lsnField } from '../../src/log.js';
 import { SafekeeperNode, type NodeHooks } from '../../src/node.js';
-import { killAllNodes, runCli, spawnNode, testNodeArgs, waitFor } from '../harness/node_process.js';
+import { killAllNodes, runCli, spawnNode, testNodeArgs } from '../harness/node_process.js';
+import { waitFor } from '../harness/wait.js';
 
 let root = '';
 before(async () => {
