@@ -183,7 +183,7 @@ export const CONFIG_KEYS = {
   listen_http: key({ default: '127.0.0.1:7676', flag: 'string', unit: null, doc: 'Address of the HTTP management API and /metrics. Port 0 picks a free port.', schema: stringValue((text) => parseHostPort(text, 0), 'HOST:PORT') }),
   advertise_pg: key({ default: '', flag: 'string', unit: null, doc: 'Address published to peers and the broker for the WAL service; "" means listen_pg.', schema: stringValue(optional((text) => parseHostPort(text, 1)), 'HOST:PORT or ""') }),
   remote_storage: key({ default: 'file://{data_dir}/remote', flag: 'string', unit: null, doc: 'Where WAL is backed up: file:///PATH or s3://BUCKET/PREFIX[?endpoint=URL&region=R]. {data_dir} is replaced by the data directory.', schema: stringValue((text) => { const checked = parseRemoteStorage(text.replaceAll('{data_dir}', '/data_dir')); return checked.ok ? ok(text) : checked; }, 'URL') }),
-  broker: key({ default: 'embedded', flag: 'string', unit: null, doc: 'Peer discovery: "embedded" (one node, in process) or "etcd://HOST:PORT[,HOST:PORT...]".', schema: stringValue(parseBroker, 'broker') }),
+  broker: key({ default: 'embedded', flag: 'string', unit: null, doc: 'Peer discovery: "embedded" (one node, in process) or "etcd://HOST:PORT[,HOST:PORT...]" (not implemented yet: refused at start).', schema: stringValue(parseBroker, 'broker') }),
   enable_offload: key({ default: false, flag: 'boolean', unit: null, doc: 'Evict timelines: remove local WAL of idle timelines once it is in remote storage, keeping only the control file.', schema: z.boolean({ error: 'expected true or false' }) }),
   delete_offloaded_wal: key({ default: false, flag: 'boolean', unit: null, doc: 'With enable_offload: when a timeline is evicted, also delete its last (partial) local segment; it is downloaded again when a proposer or reader needs it.', schema: z.boolean({ error: 'expected true or false' }) }),
   control_file_save_interval: key({ default: '300s', flag: 'string', unit: 'duration', doc: 'Persist in-memory LSNs to the control file at least this often.', schema: duration() }),
@@ -194,7 +194,7 @@ export const CONFIG_KEYS = {
   remote_request_timeout: key({ default: '60s', flag: 'string', unit: 'duration', doc: 'Deadline of one remote storage request; a request that takes longer is abandoned and retried.', schema: duration() }),
   testing_failpoints: key({ default: false, flag: 'boolean', unit: null, doc: 'Testing only: enables PUT/GET /v1/failpoints, which pause, fail or kill background tasks at named points.', schema: z.boolean({ error: 'expected true or false' }) }),
   no_sync: key({ default: false, flag: 'boolean', unit: null, doc: 'Skip every fsync. UNSAFE: acknowledged WAL can be lost. For tests and benchmarks only; logged loudly.', schema: z.boolean({ error: 'expected true or false' }) }),
-  auth_public_key: key({ default: '', flag: 'string', unit: null, doc: 'Path of the PEM public key that verifies JWTs on the pg and HTTP ports; "" turns auth off.', schema: z.string({ error: 'expected a path string' }) }),
+  auth_public_key: key({ default: '', flag: 'string', unit: null, doc: 'Path of the PEM public key that verifies JWTs on the pg and HTTP ports; "" turns auth off. (JWT auth is not implemented yet: a path is refused at start.)', schema: z.string({ error: 'expected a path string' }) }),
   wal_writer_threads: key({ default: 2, flag: 'integer', unit: 'count', doc: 'Worker threads that decode, checksum and write WAL (Piscina pool size).', schema: integer(1, 64) }),
   ring_size: key({ default: formatBytes(limits.RING_SIZE_BYTES_DEFAULT), flag: 'string', unit: 'bytes', doc: 'Shared ring buffer per active timeline between the socket and the writer; a full ring pauses the proposer. A multiple of 8 bytes.', schema: bytes(limits.RING_SIZE_BYTES_MIN, RING_SIZE_BYTES_MAX).refine((value) => value % 8 === 0, 'must be a multiple of 8 bytes') }),
   max_message_size: key({ default: formatBytes(limits.FRAME_BYTES_DEFAULT), flag: 'string', unit: 'bytes', doc: 'Largest protocol message accepted on the pg port; larger ones end the connection with 08P01.', schema: bytes(MESSAGE_BYTES_MIN, limits.FRAME_BYTES_MAX) }),
@@ -251,6 +251,10 @@ export function toConfig(values: ConfigValues, sources: Record<ConfigKey, string
   const dataDir = resolve(cwd, values.data_dir);
   const remoteStorage = parseRemoteStorage(values.remote_storage.replaceAll('{data_dir}', dataDir));
   if (!remoteStorage.ok) return { ...remoteStorage, key: 'remote_storage' };
+  // Accepted by the schema (the contract in DESIGN.md), refused here until implemented: a node that silently
+  // ignored them would run without the authentication or the peers its operator asked for.
+  if (values.broker.kind !== 'embedded') return { ok: false, message: 'the etcd broker (multi-node clusters) is not implemented yet; use "embedded"', key: 'broker' };
+  if (values.auth_public_key !== '') return { ok: false, message: 'JWT authentication is not implemented yet; leave it "" (auth off)', key: 'auth_public_key' };
   const config: Config = {
     nodeId: values.id,
     dataDir,

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { parse as parseToml } from 'smol-toml';
 import { loadConfig, renderDefaultConfig } from '../../src/config/load.js';
-import { CONFIG_KEY_NAMES, parseBytes, parseDurationMs, parseHostPort } from '../../src/config/schema.js';
+import { CONFIG_KEY_NAMES, parseBroker, parseBytes, parseDurationMs, parseHostPort } from '../../src/config/schema.js';
 import { ConfigError } from '../../src/errors.js';
 import * as limits from '../../src/limits.js';
 
@@ -100,7 +100,7 @@ describe('loadConfig precedence', () => {
 
   test('converts every unit form', () => {
     const config = loadConfig({
-      flags: { 'control-file-save-interval': '2h30m', 'ring-size': '4194304', 'max-message-size': '512KiB', 'listen-pg': '[::1]:0', 'advertise-pg': 'sk-1.example:5454', broker: 'etcd://10.0.0.1:2379,10.0.0.2:2379', 'remote-storage': 's3://bucket-1/wal/prefix?endpoint=http://127.0.0.1:9000&region=eu-1' },
+      flags: { 'control-file-save-interval': '2h30m', 'ring-size': '4194304', 'max-message-size': '512KiB', 'listen-pg': '[::1]:0', 'advertise-pg': 'sk-1.example:5454', 'remote-storage': 's3://bucket-1/wal/prefix?endpoint=http://127.0.0.1:9000&region=eu-1' },
       cwd,
     });
     assert.equal(config.controlFileSaveIntervalMs, (2 * 60 + 30) * 60_000);
@@ -108,7 +108,7 @@ describe('loadConfig precedence', () => {
     assert.equal(config.maxMessageBytes, 512 * 1024);
     assert.deepEqual(config.listenPg, { host: '::1', port: 0 });
     assert.deepEqual(config.advertisePg, { host: 'sk-1.example', port: 5454 });
-    assert.deepEqual(config.broker, { kind: 'etcd', endpoints: [{ host: '10.0.0.1', port: 2379 }, { host: '10.0.0.2', port: 2379 }] });
+    assert.deepEqual(parseBroker('etcd://10.0.0.1:2379,10.0.0.2:2379'), { ok: true, value: { kind: 'etcd', endpoints: [{ host: '10.0.0.1', port: 2379 }, { host: '10.0.0.2', port: 2379 }] } });
     assert.deepEqual(config.remoteStorage, { kind: 's3', url: 's3://bucket-1/wal/prefix?endpoint=http://127.0.0.1:9000&region=eu-1', bucket: 'bucket-1', prefix: 'wal/prefix', endpoint: 'http://127.0.0.1:9000', region: 'eu-1' });
   });
 
@@ -192,6 +192,12 @@ describe('loadConfig errors name the key and its source', () => {
     assertConfigError(() => loadConfig({ flags: { 'remote-storage': 's3://b/p?acl=x' }, cwd }), 'remote_storage', 'flag --remote-storage', /bucket name|unknown S3 option/);
     assertConfigError(() => loadConfig({ flags: { broker: 'etcd://' }, cwd }), 'broker', 'flag --broker', /not an address/);
     assertConfigError(() => loadConfig({ flags: { broker: 'zookeeper://x:1' }, cwd }), 'broker', 'flag --broker', /expected "embedded"/);
+  });
+
+  test('features not implemented yet are refused, not ignored', async () => {
+    assertConfigError(() => loadConfig({ flags: { broker: 'etcd://10.0.0.1:2379' }, cwd }), 'broker', 'flag --broker', /etcd broker .* not implemented yet/);
+    const file = await configFile('auth_public_key = "auth_key.pem"\n');
+    assertConfigError(() => loadConfig({ file, flags: {}, cwd }), 'auth_public_key', file, /JWT authentication is not implemented yet/);
   });
 
   test('invalid TOML and a missing file', async () => {
