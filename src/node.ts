@@ -7,22 +7,17 @@
  * listen, so the WAL service only starts once everything is loaded. Stop order (structured concurrency):
  * cancel the root token, stop accepting, give connections `SOCKET_SHUTDOWN_GRACE_MS` to end on their own
  * (their handlers see the abort and send 57P01), destroy the rest, wait for the gate (every connection and
- * task holds it), `onStop`, and only then release the lock file.
- *
- * The lock is `<data_dir>/safekeeper.pid`, holding the owner's pid. It is created exclusively (a
- * complete temp file hard-linked into place, so no reader ever sees it empty). A lock whose pid is dead is
- * stale and is taken over with a warning: it is first renamed aside and checked, so two starting nodes
- * cannot both take over one stale lock. Node has no flock; a reused pid can make a stale lock look alive,
- * and the error message says which process to check. Main thread.
+ * task holds it), `onStop`, and only then release the lock file. The lock file and the node id file are
+ * in data_dir.ts. Main thread.
  */
-import { randomUUID } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { link, mkdir, open, readFile, rename, rm, unlink } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatHostPort, type Config, type HostPort } from './config/schema.js';
-import { ConfigError, DataDirLockedError, ShutdownError, StorageIoError, TooManyConnectionsError } from './errors.js';
+import { acquireLock, releaseLock, settleNodeId } from './data_dir.js';
+import { ConfigError, ShutdownError, TooManyConnectionsError } from './errors.js';
 import { createHttpServer, registerRoutes, type HttpApp, type RouteGroup } from './http/server.js';
 import { childLogger, log as rootLog, type Logger } from './log.js';
 import { buildInfo, pgConnectionsTotal } from './metrics.js';
@@ -31,12 +26,8 @@ import { CancelToken, sleep } from './sync/cancel.js';
 import { Gate } from './sync/gate.js';
 import { SLOW_WAIT_MS } from './limits.js';
 
-export const NODE_ID_FILE_NAME = 'safekeeper.id';
-export const LOCK_FILE_NAME = 'safekeeper.pid';
 /** How long stop() lets connections finish on their own (send 57P01, flush) before destroying them. */
 export const SOCKET_SHUTDOWN_GRACE_MS = 500;
-/** Lock takeover retries: each one means another process changed the lock file meanwhile. */
-const LOCK_ATTEMPTS_MAX = 5;
 
 export interface PgConnectionInfo {
   /** Unique per node run, for the `conn_id` log field. */
@@ -59,9 +50,6 @@ export interface NodeHooks {
   readonly onStop?: (node: SafekeeperNode) => Promise<void>;
   readonly httpRoutes?: readonly RouteGroup[];
 }
-
-/** Data directories locked by this process, so a lock holding our own pid is known to be ours or stale. */
-const lockedDataDirs = new Set<string>();
 
 export class SafekeeperNode {
   /** The root of the cancellation tree; timelines take children of it. */
@@ -238,101 +226,4 @@ export function readPackageVersion(): string {
     if (parent === directory) return '0.0.0-unknown';
     directory = parent;
   }
-}
-
-/**
- * The node id file: written (and fsynced, with its directory) on first start; afterwards it wins over
- * a defaulted `id`, and an explicit different `id` is refused.
- */
-async function settleNodeId(config: Config, log: Logger): Promise<bigint> {
-  const path = join(config.dataDir, NODE_ID_FILE_NAME);
-  const text = await readFile(path, 'utf8').catch((error: NodeJS.ErrnoException) => {
-    if (error.code === 'ENOENT') return null;
-    throw error;
-  });
-  if (text === null) {
-    await writeFileDurably(path, `${config.nodeId}\n`);
-    log.info({ node_id: config.nodeId, path }, 'node id written');
-    return config.nodeId;
-  }
-  if (!/^\d{1,20}$/.test(text.trim())) throw new StorageIoError(`${path} does not hold a node id: ${JSON.stringify(text.slice(0, 40))}`);
-  const storedId = BigInt(text.trim());
-  if (storedId === config.nodeId) return storedId;
-  if (config.sources.id === 'default') return storedId;
-  throw new ConfigError('id', config.sources.id, `data directory ${config.dataDir} belongs to node ${storedId}, not ${config.nodeId}`);
-}
-
-async function writeFileDurably(path: string, text: string): Promise<void> {
-  const temporaryPath = `${path}.${randomUUID()}.tmp`;
-  const file = await open(temporaryPath, 'wx');
-  try {
-    await file.writeFile(text);
-    await file.sync();
-  } finally {
-    await file.close();
-  }
-  await rename(temporaryPath, path);
-  const directory = await open(dirname(path), 'r');
-  try {
-    await directory.sync();
-  } finally {
-    await directory.close();
-  }
-}
-
-function isProcessAlive(pid: number): boolean {
-  if (pid === process.pid) return false; // ours only if lockedDataDirs says so; checked by the caller
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM'; // alive, owned by another user
-  }
-}
-
-async function acquireLock(dataDir: string, log: Logger): Promise<void> {
-  const lockPath = join(dataDir, LOCK_FILE_NAME);
-  if (lockedDataDirs.has(dataDir)) throw new DataDirLockedError(`data directory ${dataDir} is in use by process ${process.pid} (this process)`);
-  const temporaryPath = `${lockPath}.${process.pid}.${randomUUID()}.tmp`;
-  const file = await open(temporaryPath, 'wx');
-  await file.writeFile(`${process.pid}\n`).finally(() => file.close());
-  try {
-    for (let attempt = 0; attempt < LOCK_ATTEMPTS_MAX; attempt += 1) {
-      try {
-        await link(temporaryPath, lockPath);
-        lockedDataDirs.add(dataDir);
-        return;
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-      }
-      const holderText = await readFile(lockPath, 'utf8').catch(() => null);
-      if (holderText === null) continue; // removed meanwhile: try again
-      const holderPid = /^\d+$/.test(holderText.trim()) ? Number(holderText.trim()) : null;
-      if (holderPid !== null && isProcessAlive(holderPid)) {
-        throw new DataDirLockedError(`data directory ${dataDir} is in use by process ${holderPid} (lock file ${lockPath})`);
-      }
-      // Stale. Move it aside first, so that we never delete a lock another node created meanwhile.
-      const asidePath = `${lockPath}.${process.pid}.${randomUUID()}.stale`;
-      if (!(await rename(lockPath, asidePath).then(() => true, () => false))) continue;
-      const movedText = await readFile(asidePath, 'utf8');
-      if (movedText !== holderText) {
-        await link(asidePath, lockPath).catch(() => undefined); // put the newer lock back
-        await unlink(asidePath);
-        continue;
-      }
-      await unlink(asidePath);
-      log.warn({ lock_file: lockPath, stale_pid: holderPid }, 'taking over a stale lock file: its process is gone');
-    }
-    throw new DataDirLockedError(`could not lock data directory ${dataDir}: the lock file ${lockPath} kept changing`);
-  } finally {
-    await rm(temporaryPath, { force: true });
-  }
-}
-
-/** Removes the lock file if this process holds it. */
-async function releaseLock(dataDir: string): Promise<void> {
-  if (!lockedDataDirs.delete(dataDir)) return;
-  const lockPath = join(dataDir, LOCK_FILE_NAME);
-  const text = await readFile(lockPath, 'utf8').catch(() => null);
-  if (text !== null && text.trim() === String(process.pid)) await unlink(lockPath);
 }

@@ -18,7 +18,9 @@ import type {
   WriterTask,
 } from '../src/ingest/writer_protocol.js';
 import { toIoErrorData } from '../src/storage/layout.js';
-import { prepareSegment, readWalSync, SegmentWriter, truncateWalSync } from '../src/storage/segment_file.js';
+import { prepareSegment, truncateWalSync } from '../src/storage/segment_file.js';
+import { readWalSync } from '../src/storage/segment_read.js';
+import { SegmentWriter } from '../src/storage/segment_writer.js';
 import { unreachable } from '../src/sync/assert.js';
 import { segmentNumber, segmentOffsetBytes, segmentStartLsn, type Lsn } from '../src/wal/lsn.js';
 import { initialDecoderState, WalRecordDecoder } from '../src/wal/record_decoder.js';

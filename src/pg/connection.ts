@@ -1,11 +1,11 @@
 /**
  * PgConnection: the server side of one PostgreSQL v3 connection on a net.Socket.
  *
- * Phases: startup (SSLRequest/GSSENCRequest are refused with 'N', CancelRequest closes silently, the
- * StartupMessage gets AuthenticationOk or, with an `authenticate` hook, AuthenticationCleartextPassword
- * first), then the command loop (simple Query and the extended-protocol basics of reference §1.4), then,
+ * Phases: startup (`startup_handshake.ts`: negotiation, optional password, ParameterStatus), then the
+ * command loop (`command_loop.ts`: simple Query and the extended-protocol basics of reference §1.4), then,
  * once a command calls `startCopyBoth`, copy-both mode until the connection closes. The connection never
- * returns from copy-both mode to the command loop (as in Neon).
+ * returns from copy-both mode to the command loop (as in Neon); `copy_both.ts` handles that phase. Socket
+ * mechanics (CopyData writes, drain waits, the read timeout, the half-close) are in `connection_socket.ts`.
  *
  * Ordering and bounds. One message is handled at a time: while a command runs, reading is paused (decoder
  * and socket), so nothing queues beyond the socket's own high-water mark and the decoder's partial frame
@@ -23,78 +23,31 @@
  * when the socket is gone. Main thread.
  */
 import type { Socket } from 'node:net';
-import { ProtocolViolationError, ShutdownError, type SafekeeperError } from '../errors.js';
+import { ShutdownError } from '../errors.js';
 import { FRAME_BYTES_MAX, SOCKET_READ_TIMEOUT_MS } from '../limits.js';
-import { abortReason, CancelToken } from '../sync/cancel.js';
+import { CancelToken } from '../sync/cancel.js';
 import { assert } from '../sync/assert.js';
 import * as encode from './backend_encoder.js';
-import { CommandLoop, rethrowAsBug, type PgQueryHandler } from './command_loop.js';
+import { CommandLoop, type PgQueryHandler } from './command_loop.js';
+import type { CopyBothSink, PgConnectionOptions, PgLogger } from './connection_options.js';
+import { CopyBothMode } from './copy_both.js';
+import { ReadDeadline, endSocketGracefully, waitForDrain, writeCopyData, writeCopyDataParts } from './connection_socket.js';
 import { FrameDecoder, FrontendTag } from './frame_decoder.js';
-import { parseCopyFail, parsePassword } from './frontend_messages.js';
 import { ConnectionLostError, errorFields, isUnexpectedError } from './sqlstate.js';
-import { parseStartupPacket, type StartupParams } from './startup.js';
+import type { StartupParams } from './startup.js';
+import { StartupHandshake } from './startup_handshake.js';
 
 export type { PgQueryHandler } from './command_loop.js';
+export type { CopyBothSink, PgConnectionOptions, PgLogger } from './connection_options.js';
 
-/** pino-compatible subset; fields first, constant message second. */
-export interface PgLogger {
-  debug(fields: Record<string, unknown>, message: string): void;
-  warn(fields: Record<string, unknown>, message: string): void;
-  error(fields: Record<string, unknown>, message: string): void;
-}
-
-export interface PgConnectionOptions {
-  /** Largest declared length of a frontend message (int32 field, counting itself); at most FRAME_BYTES_MAX. */
-  frameBytesMax: number;
-  /** A client that sends nothing for this long is dropped (time spent paused by us does not count). */
-  readTimeoutMs?: number;
-  /** Extra ParameterStatus values, e.g. server_version from the timeline's pg version. */
-  serverParameters?: (startup: StartupParams) => Record<string, string>;
-  /** When set, the client must send a password (Neon: a JWT); a rejection ends the connection. Its result is `conn.auth`. */
-  authenticate?: (startup: StartupParams, password: string, signal: AbortSignal) => Promise<unknown>;
-  /** Answer the StartupMessage with this error and close (used for connection limits). */
-  refuseWith?: SafekeeperError;
-  /** Parent cancellation (node shutdown): closing with ErrorResponse 57P01. */
-  signal?: AbortSignal;
-  log?: PgLogger;
-}
-
-/** Where copy-both mode delivers. All calls are synchronous, from the socket's 'data' handler. */
-export interface CopyBothSink {
-  /** One CopyData payload; the view is valid only during the call. A throw ends the connection. */
-  onCopyData(payload: Uint8Array): void;
-  onCopyDone(): void;
-  onCopyFail(message: string): void;
-  /** Called once when the connection ends: no error for Terminate or a close of ours, else why. */
-  onClose(error?: unknown): void;
-}
-
-/** PostgreSQL reports these, and drivers (psycopg2, JDBC) rely on them. */
-const FIXED_SERVER_PARAMETERS: Readonly<Record<string, string>> = {
-  client_encoding: 'UTF8',
-  server_encoding: 'UTF8',
-  integer_datetimes: 'on',
-  DateStyle: 'ISO',
-  standard_conforming_strings: 'on',
-};
-/** Neon's trust path reports 14.1 (reference §1.3); the caller overrides it with the timeline's version. */
-export const SERVER_VERSION_DEFAULT = '14.1';
-/** SSLRequest then GSSENCRequest is the longest legitimate negotiation. */
-const NEGOTIATIONS_MAX = 2;
-/** A closing socket that cannot flush (client not reading) is destroyed after this long. */
-const CLOSE_FLUSH_TIMEOUT_MS = 10_000;
-/** Payloads up to this size are copied behind their header (one write); larger ones are corked (writev). */
-const COPY_DATA_INLINE_BYTES_MAX = 8 * 1024;
 const PAUSED_BY_COMMAND = 1;
 const PAUSED_BY_SINK = 2;
 
 const SILENT_LOGGER: PgLogger = { debug: () => undefined, warn: () => undefined, error: () => undefined };
-const NO_SINK: CopyBothSink = { onCopyData: () => undefined, onCopyDone: () => undefined, onCopyFail: () => undefined, onClose: () => undefined };
 
 let nextConnectionId = 1;
-const discardBytes = (): void => undefined;
 
-type Phase = 'startup' | 'authenticating' | 'commands' | 'copy_both' | 'copy_both_client_done' | 'closed';
+type Phase = 'startup' | 'authenticating' | 'commands' | 'copy_both' | 'closed';
 
 export class PgConnection {
   /** u32 per process, from 1, wrapping; for logs and status only. */
@@ -105,19 +58,16 @@ export class PgConnection {
   /** What `authenticate` returned (e.g. JWT claims); null without authentication. */
   auth: unknown = null;
   readonly #socket: Socket;
-  readonly #options: PgConnectionOptions;
   readonly #log: PgLogger;
   readonly #decoder: FrameDecoder;
+  readonly #handshake: StartupHandshake;
   readonly #commands: CommandLoop;
+  readonly #copyBoth = new CopyBothMode(this);
   readonly #cancel = new CancelToken();
-  readonly #readTimeoutMs: number;
+  readonly #readDeadline: ReadDeadline;
   #phase: Phase = 'startup';
   #startup: StartupParams | null = null;
-  #sink: CopyBothSink = NO_SINK;
   #pausedBy = 0;
-  #negotiations = 0;
-  #lastReadMs = Date.now();
-  #readTimer: NodeJS.Timeout | null = null;
   #flushTimer: NodeJS.Timeout | null = null;
   #resolveClosed: () => void = () => undefined;
 
@@ -128,37 +78,36 @@ export class PgConnection {
     this.id = nextConnectionId;
     nextConnectionId = nextConnectionId >= 0xffff_ffff ? 1 : nextConnectionId + 1;
     this.#socket = socket;
-    this.#options = options;
     this.#log = options.log ?? SILENT_LOGGER;
-    this.#readTimeoutMs = readTimeoutMs;
+    this.#readDeadline = new ReadDeadline(readTimeoutMs, {
+      isClosed: () => this.#phase === 'closed',
+      isPaused: () => this.#pausedBy !== 0,
+      onTimeout: () => {
+        this.#log.warn({ conn_id: this.id, read_timeout_ms: readTimeoutMs }, 'pg connection read timeout');
+        this.#close(new ConnectionLostError(`nothing received for ${readTimeoutMs} ms`));
+      },
+    });
     this.#decoder = new FrameDecoder(options.frameBytesMax);
     this.remoteAddress = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
+    // The handshake's password check and a running command pause reading for the same reason.
+    const commandReads = { pause: () => this.#pauseRead(PAUSED_BY_COMMAND), resume: () => this.#resumeRead(PAUSED_BY_COMMAND) };
+    this.#handshake = new StartupHandshake(this, options, this.#log, {
+      ...commandReads,
+      beginTypedPhase: (startup) => {
+        this.#decoder.startTypedPhase();
+        this.#startup = startup;
+      },
+      enterPhase: (phase) => void (this.#phase = phase),
+      cork: () => socket.cork(),
+      uncork: () => socket.uncork(),
+    });
     this.#commands = new CommandLoop(this, handler, {
-      pause: () => this.#pauseRead(PAUSED_BY_COMMAND),
-      resume: () => this.#resumeRead(PAUSED_BY_COMMAND),
-      isCopyBoth: () => this.#phase === 'copy_both' || this.#phase === 'copy_both_client_done',
+      ...commandReads,
+      isCopyBoth: () => this.#phase === 'copy_both',
     });
-    socket.setNoDelay(true);
-    socket.on('data', this.#onData);
-    socket.on('end', () => this.#close(this.#phase === 'commands' ? undefined : new ConnectionLostError('client closed the connection')));
-    socket.on('error', (error: Error) => {
-      this.#log.debug({ conn_id: this.id, err: error }, 'pg socket error'); // resets are routine; the close says the rest
-      this.#close(new ConnectionLostError(`socket error: ${error.message}`, { cause: error }));
-    });
-    socket.on('close', () => {
-      this.#close(new ConnectionLostError('connection closed'));
-      if (this.#flushTimer !== null) clearTimeout(this.#flushTimer);
-      this.#resolveClosed();
-    });
-    const parent = options.signal;
-    if (parent !== undefined) {
-      const onAbort = (): void => this.endWithError(new ShutdownError());
-      if (parent.aborted) queueMicrotask(onAbort);
-      else parent.addEventListener('abort', onAbort, { once: true });
-      void this.closed.then(() => parent.removeEventListener('abort', onAbort));
-    }
-    this.#armReadTimer(readTimeoutMs);
+    this.#watch(socket, options.signal);
+    this.#readDeadline.arm();
   }
 
   /** The parsed StartupMessage; available from the first command on. */
@@ -184,21 +133,7 @@ export class PgConnection {
   /** Resolves once the socket buffer has drained; rejects when the connection closes or `signal` fires. */
   drained(signal: AbortSignal): Promise<void> {
     if (this.#phase === 'closed') return Promise.reject(new ConnectionLostError('connection closed'));
-    if (!this.#socket.writableNeedDrain) return Promise.resolve();
-    if (signal.aborted) return Promise.reject(abortReason(signal));
-    return new Promise<void>((resolve, reject) => {
-      const cleanup = (): void => {
-        this.#socket.off('drain', onDrain);
-        this.#cancel.signal.removeEventListener('abort', onClosed);
-        signal.removeEventListener('abort', onAbort);
-      };
-      const onDrain = (): void => (cleanup(), resolve());
-      const onClosed = (): void => (cleanup(), reject(new ConnectionLostError('connection closed')));
-      const onAbort = (): void => (cleanup(), reject(abortReason(signal)));
-      this.#socket.on('drain', onDrain);
-      this.#cancel.signal.addEventListener('abort', onClosed, { once: true });
-      signal.addEventListener('abort', onAbort, { once: true });
-    });
+    return waitForDrain(this.#socket, this.#cancel.signal, signal);
   }
 
   /** Writes one encoded backend message (see backend_encoder.ts). Returns false when the caller should wait for `drained()`. */
@@ -222,7 +157,7 @@ export class PgConnection {
    */
   startCopyBoth(sink: CopyBothSink): void {
     assert(this.#phase === 'commands' && this.#commands.running, 'copy-both starts from a running command');
-    this.#sink = sink;
+    this.#copyBoth.start(sink);
     this.#phase = 'copy_both';
     this.write(encode.COPY_BOTH_RESPONSE);
     // Deliver buffered CopyData after startCopyBoth returns, never from inside it.
@@ -241,37 +176,13 @@ export class PgConnection {
   /** Sends one CopyData. Do not modify `payload` afterwards: large payloads are written without a copy. */
   sendCopyData(payload: Uint8Array): boolean {
     if (this.#phase === 'closed') return false;
-    if (payload.length <= COPY_DATA_INLINE_BYTES_MAX) {
-      const message = Buffer.allocUnsafe(encode.MESSAGE_HEADER_BYTES + payload.length);
-      message.set(payload, encode.writeCopyDataHeader(message, 0, payload.length));
-      return this.#socket.write(message);
-    }
-    const header = Buffer.allocUnsafe(encode.MESSAGE_HEADER_BYTES);
-    encode.writeCopyDataHeader(header, 0, payload.length);
-    this.#socket.cork();
-    this.#socket.write(header);
-    const ok = this.#socket.write(payload);
-    this.#socket.uncork();
-    return ok;
+    return writeCopyData(this.#socket, payload);
   }
 
   /** Sends one CopyData whose payload is `header` then `body`, without concatenating a large body. */
   sendCopyDataParts(header: Uint8Array, body: Uint8Array): boolean {
     if (this.#phase === 'closed') return false;
-    const payloadBytes = header.length + body.length;
-    const inline = payloadBytes <= COPY_DATA_INLINE_BYTES_MAX;
-    const first = Buffer.allocUnsafe(encode.MESSAGE_HEADER_BYTES + header.length + (inline ? body.length : 0));
-    const bodyOffset = encode.writeCopyDataHeader(first, 0, payloadBytes) + header.length;
-    first.set(header, encode.MESSAGE_HEADER_BYTES);
-    if (inline) {
-      first.set(body, bodyOffset);
-      return this.#socket.write(first);
-    }
-    this.#socket.cork();
-    this.#socket.write(first);
-    const ok = this.#socket.write(body);
-    this.#socket.uncork();
-    return ok;
+    return writeCopyDataParts(this.#socket, header, body);
   }
 
   sendCopyDone(): boolean {
@@ -298,7 +209,7 @@ export class PgConnection {
   }
 
   readonly #onData = (chunk: Buffer): void => {
-    this.#lastReadMs = Date.now();
+    this.#readDeadline.touch();
     try {
       this.#decoder.push(chunk, this.#onMessage);
     } catch (error) {
@@ -307,103 +218,45 @@ export class PgConnection {
   };
 
   readonly #onMessage = (tag: number, body: Buffer): void => {
-    if (tag === FrontendTag.CopyData && this.#phase === 'copy_both') this.#sink.onCopyData(body);
+    if (this.#phase === 'copy_both') this.#copyBoth.onMessage(tag, body); // first: the hot path
     else this.#onOtherMessage(tag, body);
   };
 
   #onOtherMessage(tag: number, body: Buffer): void {
     switch (this.#phase) {
       case 'startup':
-        return this.#onStartupPacket(body);
+        return this.#handshake.onStartupPacket(body);
       case 'authenticating':
-        return this.#onPassword(tag, body);
+        return this.#handshake.onPassword(tag, body);
       case 'commands':
         if (tag === FrontendTag.Terminate) return this.#close(undefined);
         return this.#commands.onMessage(tag, body);
-      case 'copy_both':
-      case 'copy_both_client_done':
-        return this.#onCopyMessage(tag, body);
+      case 'copy_both': // handled by #onMessage
       case 'closed':
         return;
     }
   }
 
-  #onCopyMessage(tag: number, body: Buffer): void {
-    switch (tag) {
-      case FrontendTag.CopyDone:
-        if (this.#phase !== 'copy_both') break;
-        this.#phase = 'copy_both_client_done';
-        return this.#sink.onCopyDone();
-      case FrontendTag.CopyFail:
-        if (this.#phase !== 'copy_both') break;
-        this.#phase = 'copy_both_client_done';
-        return this.#sink.onCopyFail(parseCopyFail(body));
-      case FrontendTag.Flush:
-      case FrontendTag.Sync:
-        return; // PostgreSQL ignores these during COPY
-      case FrontendTag.Terminate:
-        return this.#close(undefined);
-      default:
-        break;
+  /** Socket events and the parent signal: each ends the connection through `#close` or `endWithError`. */
+  #watch(socket: Socket, parent: AbortSignal | undefined): void {
+    socket.setNoDelay(true);
+    socket.on('data', this.#onData);
+    socket.on('end', () => this.#close(this.#phase === 'commands' ? undefined : new ConnectionLostError('client closed the connection')));
+    socket.on('error', (error: Error) => {
+      this.#log.debug({ conn_id: this.id, err: error }, 'pg socket error'); // resets are routine; the close says the rest
+      this.#close(new ConnectionLostError(`socket error: ${error.message}`, { cause: error }));
+    });
+    socket.on('close', () => {
+      this.#close(new ConnectionLostError('connection closed'));
+      if (this.#flushTimer !== null) clearTimeout(this.#flushTimer);
+      this.#resolveClosed();
+    });
+    if (parent !== undefined) {
+      const onAbort = (): void => this.endWithError(new ShutdownError());
+      if (parent.aborted) queueMicrotask(onAbort);
+      else parent.addEventListener('abort', onAbort, { once: true });
+      void this.closed.then(() => parent.removeEventListener('abort', onAbort));
     }
-    this.endWithError(new ProtocolViolationError(String.fromCharCode(tag), 'unexpected during COPY'));
-  }
-
-  #onStartupPacket(body: Buffer): void {
-    const packet = parseStartupPacket(body);
-    switch (packet.kind) {
-      case 'ssl_request':
-      case 'gss_enc_request':
-        this.#negotiations += 1;
-        if (this.#negotiations > NEGOTIATIONS_MAX) throw new ProtocolViolationError('startup', 'too many encryption requests');
-        this.write(encode.NEGOTIATION_REFUSED); // no TLS/GSS: the client goes on in plain text or gives up
-        return;
-      case 'cancel_request':
-        this.#log.debug({ conn_id: this.id }, 'cancel request refused'); // there are no cancellable backends
-        this.#close(undefined);
-        return;
-      case 'startup':
-        break;
-    }
-    const startup = packet.params;
-    this.#decoder.startTypedPhase();
-    this.#startup = startup;
-    if (this.#options.refuseWith !== undefined) return this.endWithError(this.#options.refuseWith);
-    if (startup.protocolMinorVersion > 0 || startup.unrecognisedProtocolOptions.length > 0) {
-      this.write(encode.negotiateProtocolVersion(0, startup.unrecognisedProtocolOptions));
-    }
-    if (this.#options.authenticate === undefined) return this.#completeStartup();
-    this.#phase = 'authenticating';
-    this.write(encode.AUTHENTICATION_CLEARTEXT_PASSWORD);
-  }
-
-  #onPassword(tag: number, body: Buffer): void {
-    const authenticate = this.#options.authenticate;
-    assert(authenticate !== undefined, 'authenticating only with an authenticate hook');
-    if (tag !== FrontendTag.Password) throw new ProtocolViolationError(String.fromCharCode(tag), 'expected a password message');
-    const password = parsePassword(body);
-    this.#pauseRead(PAUSED_BY_COMMAND);
-    // The promise is owned here: success completes startup, failure (AuthError, 28000) ends the connection.
-    // errorFields() rethrows AssertionErrors, which then surface as an unhandled rejection and end the process.
-    authenticate(this.startup, password, this.#cancel.signal).then(
-      (auth) => {
-        if (this.#phase === 'closed') return;
-        this.auth = auth;
-        this.#completeStartup();
-        this.#resumeRead(PAUSED_BY_COMMAND);
-      },
-      (error: unknown) => this.endWithError(error),
-    ).catch(rethrowAsBug);
-  }
-
-  #completeStartup(): void {
-    const parameters = { server_version: SERVER_VERSION_DEFAULT, ...this.#options.serverParameters?.(this.startup), ...FIXED_SERVER_PARAMETERS };
-    this.#socket.cork();
-    this.write(encode.AUTHENTICATION_OK);
-    for (const [name, value] of Object.entries(parameters)) this.write(encode.parameterStatus(name, value));
-    this.write(encode.readyForQuery('I'));
-    this.#socket.uncork();
-    this.#phase = 'commands';
   }
 
   #pauseRead(reason: number): void {
@@ -415,7 +268,7 @@ export class PgConnection {
   #resumeRead(reason: number): void {
     this.#pausedBy &= ~reason;
     if (this.#pausedBy !== 0 || this.#phase === 'closed') return;
-    this.#lastReadMs = Date.now(); // time we spent paused is not the client's silence
+    this.#readDeadline.touch(); // time we spent paused is not the client's silence
     try {
       this.#decoder.resume(this.#onMessage);
     } catch (error) {
@@ -424,50 +277,16 @@ export class PgConnection {
     if (this.#pausedBy === 0 && !this.isClosed) this.#socket.resume();
   }
 
-  /** One timer per connection, re-armed lazily: reading a chunk only stores a timestamp. */
-  #armReadTimer(delayMs: number): void {
-    this.#readTimer = setTimeout(() => {
-      this.#readTimer = null;
-      if (this.#phase === 'closed') return;
-      const nowMs = Date.now();
-      if (this.#pausedBy !== 0) this.#lastReadMs = nowMs;
-      const silentMs = nowMs - this.#lastReadMs;
-      if (silentMs < this.#readTimeoutMs) return this.#armReadTimer(this.#readTimeoutMs - silentMs);
-      this.#log.warn({ conn_id: this.id, read_timeout_ms: this.#readTimeoutMs }, 'pg connection read timeout');
-      this.#close(new ConnectionLostError(`nothing received for ${this.#readTimeoutMs} ms`));
-    }, delayMs);
-    this.#readTimer.unref();
-  }
-
   /** Idempotent. Stops delivery, aborts the running command, tells the sink, then flushes and closes the socket. */
   #close(error: unknown): void {
     if (this.#phase === 'closed') return;
-    const wasCopyBoth = this.#phase === 'copy_both' || this.#phase === 'copy_both_client_done';
+    const wasCopyBoth = this.#phase === 'copy_both';
     this.#phase = 'closed';
     this.#decoder.discard();
-    if (this.#readTimer !== null) clearTimeout(this.#readTimer);
-    this.#readTimer = null;
+    this.#readDeadline.stop();
     this.#cancel.cancel(error ?? new ConnectionLostError('connection closed'));
-    const socket = this.#socket;
-    if (!socket.destroyed) {
-      // Half-close, then keep reading (and discarding) until the client closes its side. Destroying the
-      // socket while the client's bytes are still unread makes the kernel send a reset, and the client
-      // can lose our final ErrorResponse. The timer bounds how long a client that never closes may take.
-      socket.off('data', this.#onData);
-      socket.on('data', discardBytes);
-      if (socket.readableEnded) socket.end(() => socket.destroy());
-      else {
-        socket.once('end', () => socket.destroy());
-        socket.resume();
-        socket.end();
-      }
-      this.#flushTimer = setTimeout(() => socket.destroy(), CLOSE_FLUSH_TIMEOUT_MS);
-      this.#flushTimer.unref();
-    }
-    if (wasCopyBoth) {
-      const sink = this.#sink;
-      this.#sink = NO_SINK;
-      sink.onClose(error);
-    }
+    // Half-close and drain rather than destroy, so the client gets our final ErrorResponse (see connection_socket.ts).
+    if (!this.#socket.destroyed) this.#flushTimer = endSocketGracefully(this.#socket, this.#onData);
+    if (wasCopyBoth) this.#copyBoth.close(error);
   }
 }

@@ -11,6 +11,7 @@
  *
  * XLogData (§5.2): at most XLOG_DATA_WAL_BYTES_MAX bytes, ending on the 128 KiB grid (a page boundary)
  * when it stops before the available end, never across a segment boundary; wal_end is the available end.
+ * These bounds and the errors that end the stream are in `stream_rules.ts`.
  * Bytes come from `WalReader`: the ring (copies shared by readers in lockstep), the segment files, remote
  * storage for WAL removed locally, or the synthesised initial segment image.
  *
@@ -34,7 +35,7 @@
  * timeline's cancellation (57P01).
  */
 import type { Acceptor } from '../acceptor/acceptor.js';
-import { InvalidArgumentError, SafekeeperError } from '../errors.js';
+import { InvalidArgumentError } from '../errors.js';
 import type { TimelineWal } from '../ingest/timeline_wal.js';
 import { SLOW_WAIT_MS } from '../limits.js';
 import { walReaders, walSentBytesTotal } from '../metrics.js';
@@ -48,15 +49,13 @@ import type { Residency } from '../timeline/coordinator_client.js';
 import type { Timeline } from '../timeline/timeline.js';
 import type { TimelineRegistry } from '../timeline/registry.js';
 import type { TenantId, TimelineId } from '../acceptor/state.js';
-import { type Lsn, PG_TIMELINE_ID, WAL_PAGE_SIZE_BYTES, formatLsn, lsnMin } from '../wal/lsn.js';
+import { type Lsn, PG_TIMELINE_ID, formatLsn, lsnMin } from '../wal/lsn.js';
 import { readersOf, type ReaderSet, type ReaderSlot } from './reader_set.js';
 import { decodeReaderMessage, encodeKeepalive, encodeXLogDataHeader, postgresNowUs } from '../pg/replication_messages.js';
+import { TermMismatchError, WalTruncatedError, availableEndLsn, checkPageserverCaughtUp, requireTerm, xlogDataEndLsn } from './stream_rules.js';
 import { checkReadStart, WalReader, type WalReaderSource } from './wal_reader.js';
 import { linkCancellation, waitForAnyChange } from './waits.js';
 
-/** walsender's MAX_SEND_SIZE (16 WAL pages), which Neon and the reference use too. */
-export const XLOG_DATA_WAL_BYTES_MAX = 16 * WAL_PAGE_SIZE_BYTES;
-assert(XLOG_DATA_WAL_BYTES_MAX % WAL_PAGE_SIZE_BYTES === 0, 'chunk grid boundaries are page boundaries');
 /** With no new WAL for this long: a keepalive with reply_requested, and the §5.3 check (Neon's POLL_STATE_TIMEOUT). */
 export const KEEPALIVE_INTERVAL_MS = 1_000;
 
@@ -246,14 +245,12 @@ class WalSender implements CopyBothSink {
 
   /** commit_lsn (capped by flush_lsn) without a term; flush_lsn with one (§5.1). */
   #availableEnd(): Lsn {
-    const flushLsn = this.acceptor.flushLsn;
-    return this.args.term === null ? lsnMin(this.acceptor.commitLsn, flushLsn) : flushLsn;
+    return availableEndLsn(this.acceptor, this.args.term);
   }
 
   /** Term mode: the acceptor's term must still be the requested one. */
   #acquireTerm(): void {
-    const term = this.args.term;
-    if (term !== null && this.acceptor.term !== term) throw new TermMismatchError(`failed to acquire term ${term}, current term ${this.acceptor.term}`);
+    requireTerm(this.acceptor, this.args.term);
   }
 
   /**
@@ -277,12 +274,8 @@ class WalSender implements CopyBothSink {
   #checkPageserverCaughtUp(lsn: Lsn): void {
     const slot = this.#slot;
     assert(slot !== null, 'registered');
-    if (slot.feedback.kind !== 'pageserver' || this.timeline.state.get('proposerCount') !== 0n) return;
-    const commitLsn = this.acceptor.commitLsn;
-    if (commitLsn !== 0n && slot.feedback.feedback.remoteConsistentLsn < commitLsn) return;
-    const name = this.conn.startup.applicationName;
-    // "ending streaming" is what the pageserver matches on; the rest mirrors Neon's Debug formatting.
-    throw new StreamEndedError(`ending streaming to ${name === null ? 'None' : `Some(${JSON.stringify(name)})`} at ${formatLsn(lsn)}, receiver is caughtup and there is no computes`);
+    const proposerCount = this.timeline.state.get('proposerCount');
+    checkPageserverCaughtUp({ feedback: slot.feedback, proposerCount, commitLsn: this.acceptor.commitLsn, applicationName: this.conn.startup.applicationName }, lsn);
   }
 
   /** Skipped while the socket is over its high-water mark: the reader is behind anyway. */
@@ -303,37 +296,4 @@ class WalSender implements CopyBothSink {
       clearTimeout(timer);
     }
   }
-}
-
-/** In term mode the acceptor moved to another term. */
-export class TermMismatchError extends SafekeeperError {
-  override readonly name = 'TermMismatchError';
-  readonly code = 'SK_TERM_MISMATCH';
-  readonly sqlState = 'XX000'; // Neon reports it as a plain error
-}
-
-/** WAL already sent to this reader was truncated away (term mode, after a re-election). */
-export class WalTruncatedError extends SafekeeperError {
-  override readonly name = 'WalTruncatedError';
-  readonly code = 'SK_WAL_TRUNCATED';
-  readonly sqlState = 'XX000';
-}
-
-/**
- * The end of the XLogData starting at `lsn` (§5.2): at most XLOG_DATA_WAL_BYTES_MAX; when it stops before
- * `readableEndLsn`, at the next multiple of XLOG_DATA_WAL_BYTES_MAX, which is a page boundary (Neon rounds
- * lsn + 128 KiB down to a page; rounding to the 128 KiB grid also puts every reader's chunks on the same
- * boundaries, so readers following the tip share ring copies); never across a segment boundary.
- * Pure; exported for tests.
- */
-export function xlogDataEndLsn(lsn: Lsn, readableEndLsn: Lsn, segmentSizeBytes: number): Lsn {
-  assert(lsn < readableEndLsn, 'something to send');
-  const chunk = BigInt(XLOG_DATA_WAL_BYTES_MAX);
-  let endLsn = (lsn / chunk + 1n) * chunk;
-  if (endLsn >= readableEndLsn) endLsn = readableEndLsn;
-  const segment = BigInt(segmentSizeBytes);
-  const segmentEndLsn = (lsn / segment + 1n) * segment;
-  if (endLsn > segmentEndLsn) endLsn = segmentEndLsn;
-  assert(endLsn > lsn, 'a chunk is never empty');
-  return endLsn;
 }

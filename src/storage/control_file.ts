@@ -6,7 +6,7 @@
  *   4  u32 LE version CONTROL_FILE_VERSION
  *   8  u32 LE body length N
  *  12  N bytes        UTF-8 JSON, snake_case names as in Neon's JSON dump; u64s are decimal strings,
- *                     LSNs "X/Y" strings, creation_ts an ISO 8601 string
+ *                     LSNs "X/Y" strings, creation_ts an ISO 8601 string (control_file_json.ts)
  *  12+N u32 LE CRC-32C of bytes [0, 12+N)
  *
  * JSON rather than bincode so an operator can read the state with `tail -c +13`, and so fields can be
@@ -23,11 +23,11 @@ import { crc32c } from '@node-rs/crc32';
 import { closeSync, fstatSync, fsyncSync, openSync, readSync, renameSync, writeSync } from 'node:fs';
 import { open, rename } from 'node:fs/promises';
 import { isDeepStrictEqual } from 'node:util';
-import { z } from 'zod';
-import type { EvictionState, SafekeeperMember, TenantId, TimelineId, TimelinePersistentState } from '../acceptor/state.js';
+import type { TimelinePersistentState } from '../acceptor/state.js';
 import { SafekeeperError } from '../errors.js';
-import { AssertionError, assert, unreachable } from '../sync/assert.js';
-import { formatLsn, isValidSegmentSize, parseLsn } from '../wal/lsn.js';
+import { AssertionError, assert } from '../sync/assert.js';
+import { isValidSegmentSize } from '../wal/lsn.js';
+import { controlFileJsonSchema, fromControlFileJson, toControlFileJson } from './control_file_json.js';
 import { controlFilePartialPath, controlFilePath, fsyncDirectory, fsyncDirectorySync, storageError } from './layout.js';
 
 /** "SAFE CODE": distinct from Neon's 0xCAFECEEF, so neither implementation misreads the other's file. */
@@ -65,139 +65,6 @@ export class ControlFileCorruptError extends SafekeeperError {
 export interface SaveOptions {
   /** Skip fsyncs (tests and benchmarks only): a crash may then lose or tear the file. */
   noSync: boolean;
-}
-
-// ---- JSON body: Neon's JSON dump names; u64 as decimal strings, LSNs as "X/Y" ----
-
-const U64_MAX = 0xffff_ffff_ffff_ffffn;
-const u64 = z
-  .string()
-  .regex(/^(0|[1-9][0-9]{0,19})$/, 'a u64 as a decimal string')
-  .refine((text) => BigInt(text) <= U64_MAX, 'a u64 as a decimal string')
-  .transform((text) => BigInt(text));
-const lsn = z
-  .string()
-  .regex(/^[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/, 'an LSN as "X/Y"')
-  .transform((text) => parseLsn(text));
-const id32 = z.string().regex(/^[0-9a-f]{32}$/, '32 lower-case hex chars');
-const member = z.strictObject({ id: u64, host: z.string(), pg_port: z.number().int().min(0).max(65_535) });
-const timestamp = z.string().refine((text) => {
-  const ms = Date.parse(text);
-  return Number.isInteger(ms) && new Date(ms).toISOString() === text;
-}, 'an ISO 8601 UTC timestamp with milliseconds');
-
-const controlFileJsonSchema = z.strictObject({
-  tenant_id: id32,
-  timeline_id: id32,
-  mconf: z.strictObject({
-    generation: z.number().int().min(0).max(0xffff_ffff),
-    members: z.array(member),
-    new_members: z.array(member).nullable(),
-  }),
-  acceptor_state: z.strictObject({
-    term: u64,
-    term_history: z.array(z.strictObject({ term: u64, lsn })),
-  }),
-  server: z.strictObject({
-    pg_version: z.number().int().min(0).max(0xffff_ffff),
-    system_id: u64,
-    wal_seg_size: z.number().int().min(0).max(0xffff_ffff),
-  }),
-  timeline_start_lsn: lsn,
-  local_start_lsn: lsn,
-  commit_lsn: lsn,
-  backup_lsn: lsn,
-  peer_horizon_lsn: lsn,
-  remote_consistent_lsn: lsn,
-  partial_backup: z.strictObject({
-    segments: z.array(
-      z.strictObject({
-        status: z.enum(['InProgress', 'Uploaded', 'Deleting']),
-        name: z.string().min(1),
-        commit_lsn: lsn,
-        flush_lsn: lsn,
-        term: u64,
-      }),
-    ),
-  }),
-  eviction_state: z.union([z.literal('Present'), z.strictObject({ Offloaded: lsn })]),
-  creation_ts: timestamp,
-});
-type ControlFileJson = z.output<typeof controlFileJsonSchema>;
-
-const memberToJson = (m: SafekeeperMember): object => ({ id: m.id.toString(), host: m.host, pg_port: m.pgPort });
-const memberFromJson = (m: ControlFileJson['mconf']['members'][number]): SafekeeperMember => ({ id: m.id, host: m.host, pgPort: m.pg_port });
-
-function evictionToJson(state: EvictionState): 'Present' | { Offloaded: string } {
-  switch (state.kind) {
-    case 'Present':
-      return 'Present';
-    case 'Offloaded':
-      return { Offloaded: formatLsn(state.flushLsn) };
-    default:
-      return unreachable(state, 'unknown eviction state');
-  }
-}
-
-/** The JSON body of `state`. Field order is fixed, so equal states encode to equal bytes. */
-function toControlFileJson(state: TimelinePersistentState): object {
-  assert(Number.isInteger(state.creationTimeMs), 'creation time is whole milliseconds');
-  return {
-    tenant_id: state.tenantId,
-    timeline_id: state.timelineId,
-    mconf: {
-      generation: state.mconf.generation,
-      members: state.mconf.members.map(memberToJson),
-      new_members: state.mconf.newMembers === null ? null : state.mconf.newMembers.map(memberToJson),
-    },
-    acceptor_state: {
-      term: state.acceptorState.term.toString(),
-      term_history: state.acceptorState.termHistory.map((entry) => ({ term: entry.term.toString(), lsn: formatLsn(entry.lsn) })),
-    },
-    server: { pg_version: state.server.pgVersion, system_id: state.server.systemId.toString(), wal_seg_size: state.server.walSegSizeBytes },
-    timeline_start_lsn: formatLsn(state.timelineStartLsn),
-    local_start_lsn: formatLsn(state.localStartLsn),
-    commit_lsn: formatLsn(state.commitLsn),
-    backup_lsn: formatLsn(state.backupLsn),
-    peer_horizon_lsn: formatLsn(state.peerHorizonLsn),
-    remote_consistent_lsn: formatLsn(state.remoteConsistentLsn),
-    partial_backup: {
-      segments: state.partialBackup.segments.map((segment) => ({
-        status: segment.status,
-        name: segment.name,
-        commit_lsn: formatLsn(segment.commitLsn),
-        flush_lsn: formatLsn(segment.flushLsn),
-        term: segment.term.toString(),
-      })),
-    },
-    eviction_state: evictionToJson(state.evictionState),
-    creation_ts: new Date(state.creationTimeMs).toISOString(),
-  };
-}
-
-function fromControlFileJson(json: ControlFileJson): TimelinePersistentState {
-  return {
-    tenantId: json.tenant_id as TenantId,
-    timelineId: json.timeline_id as TimelineId,
-    mconf: {
-      generation: json.mconf.generation,
-      members: json.mconf.members.map(memberFromJson),
-      newMembers: json.mconf.new_members === null ? null : json.mconf.new_members.map(memberFromJson),
-    },
-    acceptorState: { term: json.acceptor_state.term, termHistory: json.acceptor_state.term_history.map((e) => ({ term: e.term, lsn: e.lsn })) },
-    server: { pgVersion: json.server.pg_version, systemId: json.server.system_id, walSegSizeBytes: json.server.wal_seg_size },
-    timelineStartLsn: json.timeline_start_lsn,
-    localStartLsn: json.local_start_lsn,
-    commitLsn: json.commit_lsn,
-    backupLsn: json.backup_lsn,
-    peerHorizonLsn: json.peer_horizon_lsn,
-    remoteConsistentLsn: json.remote_consistent_lsn,
-    partialBackup: {
-      segments: json.partial_backup.segments.map((s) => ({ status: s.status, name: s.name, commitLsn: s.commit_lsn, flushLsn: s.flush_lsn, term: s.term })),
-    },
-    evictionState: json.eviction_state === 'Present' ? { kind: 'Present' } : { kind: 'Offloaded', flushLsn: json.eviction_state.Offloaded },
-    creationTimeMs: Date.parse(json.creation_ts),
-  };
 }
 
 const checksum = (bytes: Uint8Array, length: number): number =>

@@ -1,8 +1,9 @@
 /**
- * WAL segment files (storage reference §2): creating, writing, completing, truncating and reading them.
- * Every write-side function here is SYNCHRONOUS and meant for the Piscina writer workers, where blocking
- * is the job (async fs would queue on libuv's small process-wide pool). Only `readWal` is async, for
- * readers on the main thread.
+ * WAL segment files (storage reference §2): creating, completing, truncating them and writing the
+ * initial segment image. Every function here is SYNCHRONOUS and meant for the Piscina writer workers,
+ * where blocking is the job (async fs would queue on libuv's small process-wide pool). The steady write
+ * path lives in segment_writer.ts, reads in segment_read.ts, and the error-mapped fs calls they all use
+ * in segment_io.ts.
  *
  * Files: a segment being written is `<24 hex>.partial`; a completed one has no suffix; both always have
  * the full segment length, with a zero tail (PostgreSQL-compatible). New files are built at
@@ -17,129 +18,14 @@
  * which a worker returns as data with `toIoErrorData`. Abort: nothing here is abortable; every call
  * finishes its I/O before it returns.
  */
-import { closeSync, fdatasyncSync, fsyncSync, ftruncateSync, openSync, readSync, renameSync, rmSync, unlinkSync, writeSync } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { closeSync, fsyncSync, ftruncateSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { NotFoundError, StorageIoError } from '../errors.js';
 import { assert } from '../sync/assert.js';
-import { type Lsn, isValidSegmentSize, segmentFileName, segmentNumber, segmentOffsetBytes, segmentStartLsn } from '../wal/lsn.js';
+import { type Lsn, isValidSegmentSize, segmentNumber, segmentOffsetBytes, segmentStartLsn } from '../wal/lsn.js';
 import { fsyncDirectorySync, listSegmentsSync, segmentPath, segmentTempPath, storageError } from './layout.js';
+import { type SyncOptions, closeFile, openFile, openIfExists, pwriteAll, removeFile, renameFile, syncData, writeZeros } from './segment_io.js';
 
 export { listSegments, listSegmentsSync, toIoErrorData, ioErrorFromData, type IoErrorData, type SegmentFileEntry } from './layout.js';
-
-export interface SyncOptions {
-  /** Skip fsync/fdatasync (tests and benchmarks only): a crash may then lose acknowledged WAL. */
-  noSync: boolean;
-}
-
-/** Zeros are written in chunks of this size: large enough for few syscalls, small enough to keep around. */
-const ZERO_CHUNK_BYTES = 1024 * 1024;
-/** A read asks for a few pages or at most a segment; this bound keeps a bad length from allocating GiBs. */
-export const READ_WAL_BYTES_MAX = 64 * 1024 * 1024;
-let zeroChunk: Uint8Array | null = null; // allocated on first use, shared by every call in this thread
-
-// ---- fs calls with error mapping ----
-
-function openFile(path: string, flags: string): number {
-  try {
-    return openSync(path, flags);
-  } catch (error) {
-    throw storageError(error, 'open', path);
-  }
-}
-
-/** Opens `path` or returns null when it does not exist. */
-function openIfExists(path: string, flags: string): number | null {
-  try {
-    return openSync(path, flags);
-  } catch (error) {
-    if ((error as { code?: unknown }).code === 'ENOENT') return null;
-    throw storageError(error, 'open', path);
-  }
-}
-
-function closeFile(fd: number, path: string): void {
-  try {
-    closeSync(fd);
-  } catch (error) {
-    throw storageError(error, 'close', path);
-  }
-}
-
-function pwriteAll(fd: number, path: string, bytes: Uint8Array, offset: number, length: number, position: number): void {
-  try {
-    let written = 0;
-    while (written < length) written += writeSync(fd, bytes, offset + written, length - written, position + written);
-  } catch (error) {
-    throw storageError(error, 'write', path);
-  }
-}
-
-function preadAll(fd: number, path: string, into: Uint8Array, offset: number, length: number, position: number): void {
-  let read = 0;
-  while (read < length) {
-    let n: number;
-    try {
-      n = readSync(fd, into, offset + read, length - read, position + read);
-    } catch (error) {
-      throw storageError(error, 'read', path);
-    }
-    if (n === 0) throw new StorageIoError(`storage I/O error: read ${path}: segment file shorter than ${position + length} bytes`);
-    read += n;
-  }
-}
-
-/** Writes zeros over [fromBytes, toBytes): real blocks, unlike ftruncate, so later writes allocate nothing. */
-function writeZeros(fd: number, path: string, fromBytes: number, toBytes: number): void {
-  zeroChunk ??= new Uint8Array(ZERO_CHUNK_BYTES);
-  for (let position = fromBytes; position < toBytes; position += ZERO_CHUNK_BYTES) {
-    pwriteAll(fd, path, zeroChunk, 0, Math.min(ZERO_CHUNK_BYTES, toBytes - position), position);
-  }
-}
-
-function syncData(fd: number, path: string, options: SyncOptions): void {
-  if (options.noSync) return;
-  try {
-    fdatasyncSync(fd);
-  } catch (error) {
-    throw storageError(error, 'fdatasync', path);
-  }
-}
-
-function renameFile(from: string, to: string): void {
-  try {
-    renameSync(from, to);
-  } catch (error) {
-    throw storageError(error, 'rename', from);
-  }
-}
-
-function removeFile(path: string): void {
-  try {
-    unlinkSync(path);
-  } catch (error) {
-    throw storageError(error, 'unlink', path);
-  }
-}
-
-/** One piece of a byte range that lies in a single segment; `done` is the bytes of the range before it. */
-interface SegmentSpan {
-  segno: bigint;
-  segmentOffset: number;
-  length: number;
-  done: number;
-}
-
-/** Splits [startLsn, startLsn + lengthBytes) at segment boundaries. */
-function* segmentSpans(startLsn: Lsn, lengthBytes: number, segmentSizeBytes: number): Generator<SegmentSpan> {
-  for (let done = 0; done < lengthBytes; ) {
-    const lsn = startLsn + BigInt(done);
-    const segmentOffset = segmentOffsetBytes(lsn, segmentSizeBytes);
-    const length = Math.min(lengthBytes - done, segmentSizeBytes - segmentOffset);
-    yield { segno: segmentNumber(lsn, segmentSizeBytes), segmentOffset, length, done };
-    done += length;
-  }
-}
 
 // ---- creating ----
 
@@ -219,137 +105,6 @@ export function completeSegmentSync(dir: string, segno: bigint, segmentSizeBytes
   if (!options.noSync) fsyncDirectorySync(dir);
 }
 
-// ---- writing ----
-
-interface OpenSegment {
-  fd: number;
-  /** Written since its last fdatasync. */
-  dirty: boolean;
-}
-
-/**
- * Writes one timeline's WAL into its segment files, holding the fd of the segment being written so
- * consecutive writes cost one pwrite each. One worker serves many timelines, and the caller owns this
- * object (it may keep one per timeline or build one per task: construction only stores fields).
- * Segments whose end a write reaches are returned by `writeWalAt` and stay open until the caller
- * completes them with `completeSegment`. `close()` releases every fd without syncing: call `flush()`
- * first when the bytes must be durable.
- */
-export class SegmentWriter {
-  #segno: bigint | null = null;
-  #current: OpenSegment | null = null;
-  /** Segments written to their end, waiting for `completeSegment`. */
-  readonly #awaitingCompletion = new Map<bigint, OpenSegment>();
-
-  constructor(
-    readonly dir: string,
-    readonly segmentSizeBytes: number,
-    readonly options: SyncOptions,
-  ) {
-    assert(isValidSegmentSize(segmentSizeBytes), 'valid segment size');
-  }
-
-  /** The segment whose fd is held for writing, if any. */
-  get openSegno(): bigint | null {
-    return this.#segno;
-  }
-
-  /**
-   * pwrites `first` then `second` (two pieces of a wrapped ring) contiguously from `startLsn`, split at
-   * segment boundaries. Returns the segment numbers whose last byte this call wrote, ascending.
-   * No fsync: durability comes from `flush()` and `completeSegment()`.
-   */
-  writeWalAt(startLsn: Lsn, first: Uint8Array, second?: Uint8Array): bigint[] {
-    const completed: bigint[] = [];
-    let lsn = startLsn;
-    for (const piece of second === undefined ? [first] : [first, second]) {
-      for (const { segno, segmentOffset, length, done } of segmentSpans(lsn, piece.length, this.segmentSizeBytes)) {
-        const segment = this.#segmentForWrite(segno);
-        pwriteAll(segment.fd, this.#path(segno), piece, done, length, segmentOffset);
-        segment.dirty = true;
-        if (segmentOffset + length === this.segmentSizeBytes) {
-          this.#awaitingCompletion.set(segno, segment);
-          this.#segno = null;
-          this.#current = null;
-          completed.push(segno);
-        }
-      }
-      lsn += BigInt(piece.length);
-    }
-    return completed;
-  }
-
-  /** fdatasyncs every held segment with unsynced writes. Returns whether anything needed it. */
-  flush(): boolean {
-    let synced = false;
-    for (const [segno, segment] of this.#held()) {
-      if (!segment.dirty) continue;
-      syncData(segment.fd, this.#path(segno), this.options);
-      segment.dirty = false;
-      synced = true;
-    }
-    return synced;
-  }
-
-  /** Completes a segment `writeWalAt` reported (or one written by an earlier writer): see `completeSegmentSync`. */
-  completeSegment(segno: bigint): void {
-    assert(segno !== this.#segno, 'the segment being written is not complete');
-    const segment = this.#awaitingCompletion.get(segno);
-    if (segment === undefined) return completeSegmentSync(this.dir, segno, this.segmentSizeBytes, this.options);
-    this.#awaitingCompletion.delete(segno);
-    const path = this.#path(segno);
-    try {
-      if (segment.dirty) syncData(segment.fd, path, this.options);
-    } finally {
-      closeFile(segment.fd, path);
-    }
-    renameFile(path, segmentPath(this.dir, segno, this.segmentSizeBytes, false));
-    if (!this.options.noSync) fsyncDirectorySync(this.dir);
-  }
-
-  /** Flushes and closes everything held, then truncates WAL at `lsn` (see `truncateWalSync`). */
-  truncate(lsn: Lsn): void {
-    this.flush();
-    this.close();
-    truncateWalSync(this.dir, lsn, this.segmentSizeBytes, this.options);
-  }
-
-  /** Closes every held fd without syncing. The writer can be used again afterwards. */
-  close(): void {
-    const held = [...this.#held()];
-    this.#segno = null;
-    this.#current = null;
-    this.#awaitingCompletion.clear();
-    for (const [segno, segment] of held) closeFile(segment.fd, this.#path(segno));
-  }
-
-  *#held(): Iterable<[bigint, OpenSegment]> {
-    yield* this.#awaitingCompletion;
-    if (this.#segno !== null && this.#current !== null) yield [this.#segno, this.#current];
-  }
-
-  #path(segno: bigint): string {
-    return segmentPath(this.dir, segno, this.segmentSizeBytes, true);
-  }
-
-  #segmentForWrite(segno: bigint): OpenSegment {
-    if (this.#segno === segno && this.#current !== null) return this.#current;
-    assert(!this.#awaitingCompletion.has(segno), 'a segment written to its end is not written again');
-    if (this.#segno !== null && this.#current !== null) {
-      // Leaving a segment before its end (a jump in LSN): make it durable now, since flush() forgets it.
-      const path = this.#path(this.#segno);
-      if (this.#current.dirty) syncData(this.#current.fd, path, this.options);
-      closeFile(this.#current.fd, path);
-      this.#segno = null;
-      this.#current = null;
-    }
-    const fd = openSegmentForWrite(this.dir, segno, this.segmentSizeBytes, this.options);
-    this.#segno = segno;
-    this.#current = { fd, dirty: false };
-    return this.#current;
-  }
-}
-
 // ---- truncating ----
 
 /**
@@ -405,65 +160,4 @@ export function writeInitialSegmentSync(dir: string, lsn: Lsn, segmentSizeBytes:
   } finally {
     closeFile(fd, path);
   }
-}
-
-// ---- reading ----
-
-function checkRead(lengthBytes: number, segmentSizeBytes: number): void {
-  assert(Number.isInteger(lengthBytes) && lengthBytes >= 0, 'read length is a whole number of bytes');
-  assert(lengthBytes <= READ_WAL_BYTES_MAX, 'read length within READ_WAL_BYTES_MAX');
-  assert(isValidSegmentSize(segmentSizeBytes), 'valid segment size');
-}
-
-const missingSegment = (dir: string, segno: bigint, segmentSizeBytes: number): NotFoundError =>
-  new NotFoundError(`WAL segment ${segmentFileName(segno, segmentSizeBytes)} not found in ${dir}`);
-
-/**
- * Reads `lengthBytes` of WAL from `startLsn`, across segments, trying `.partial` before the complete
- * name (§2.1). NotFoundError when a segment has neither file (it may be in remote storage). Blocking.
- */
-export function readWalSync(dir: string, startLsn: Lsn, lengthBytes: number, segmentSizeBytes: number): Uint8Array {
-  checkRead(lengthBytes, segmentSizeBytes);
-  const out = new Uint8Array(lengthBytes);
-  for (const { segno, segmentOffset, length, done } of segmentSpans(startLsn, lengthBytes, segmentSizeBytes)) {
-    let path = segmentPath(dir, segno, segmentSizeBytes, true);
-    let fd = openIfExists(path, 'r');
-    if (fd === null) fd = openIfExists((path = segmentPath(dir, segno, segmentSizeBytes, false)), 'r');
-    if (fd === null) throw missingSegment(dir, segno, segmentSizeBytes);
-    try {
-      preadAll(fd, path, out, done, length, segmentOffset);
-    } finally {
-      closeFile(fd, path);
-    }
-  }
-  return out;
-}
-
-/** `readWalSync` with fs/promises, for the main thread. */
-export async function readWal(dir: string, startLsn: Lsn, lengthBytes: number, segmentSizeBytes: number): Promise<Uint8Array> {
-  checkRead(lengthBytes, segmentSizeBytes);
-  const out = new Uint8Array(lengthBytes);
-  for (const { segno, segmentOffset, length, done } of segmentSpans(startLsn, lengthBytes, segmentSizeBytes)) {
-    let path = segmentPath(dir, segno, segmentSizeBytes, true);
-    try {
-      const handle = await open(path, 'r').catch(async (error: unknown) => {
-        if ((error as { code?: unknown }).code !== 'ENOENT') throw error;
-        path = segmentPath(dir, segno, segmentSizeBytes, false);
-        return open(path, 'r');
-      });
-      try {
-        for (let read = 0; read < length; ) {
-          const { bytesRead } = await handle.read(out, done + read, length - read, segmentOffset + read);
-          if (bytesRead === 0) throw new StorageIoError(`storage I/O error: read ${path}: segment file shorter than ${segmentOffset + length} bytes`);
-          read += bytesRead;
-        }
-      } finally {
-        await handle.close();
-      }
-    } catch (error) {
-      if ((error as { code?: unknown }).code === 'ENOENT') throw missingSegment(dir, segno, segmentSizeBytes);
-      throw storageError(error, 'read', path);
-    }
-  }
-  return out;
 }

@@ -24,7 +24,7 @@ import {
 } from '../../src/pg/replication_messages.js';
 import { timelineHistory, TimelineHistoryNotFoundError } from '../../src/send/timeline_history.js';
 import { WalNotAvailableError, WalReader, checkReadStart, type WalReaderSource } from '../../src/send/wal_reader.js';
-import { xlogDataEndLsn } from '../../src/send/wal_sender.js';
+import { xlogDataEndLsn } from '../../src/send/stream_rules.js';
 import { segmentPath } from '../../src/storage/layout.js';
 import { type Lsn, segmentStartLsn } from '../../src/wal/lsn.js';
 import { initialSegmentImage } from '../../src/wal/segment_image.js';

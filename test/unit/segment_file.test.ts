@@ -7,16 +7,15 @@ import { after, beforeEach, describe, test } from 'node:test';
 import { DiskFullError, NotFoundError, StorageIoError } from '../../src/errors.js';
 import { ioErrorFromData, segmentPath, storageError, toIoErrorData } from '../../src/storage/layout.js';
 import {
-  SegmentWriter,
   completeSegmentSync,
   listSegmentsSync,
   openSegmentForWrite,
   prepareSegment,
-  readWal,
-  readWalSync,
   truncateWalSync,
   writeInitialSegmentSync,
 } from '../../src/storage/segment_file.js';
+import { readWal, readWalSync } from '../../src/storage/segment_read.js';
+import { SegmentWriter } from '../../src/storage/segment_writer.js';
 import { AssertionError } from '../../src/sync/assert.js';
 import { initialSegmentImage } from '../../src/wal/segment_image.js';
 import { closeSync } from 'node:fs';
