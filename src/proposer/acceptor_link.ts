@@ -4,11 +4,8 @@
  *   connect → IDENTIFY_SYSTEM (refuse a timeline of another system) → START_WAL_PUSH → greeting →
  *   wait for the campaign → VoteRequest → vote → wait for the election → ProposerElected with this
  *   acceptor's own start point → streaming.
- * Streaming runs a sender and a reader side by side. The sender walks `streamingAtLsn` through the proposer's
- * WAL window in AppendRequests of at most 128 KiB, waiting for 'drain' when the socket is full; below the
- * window it recovers the gap from a donor safekeeper (`donor_reader.ts`). When caught up it sleeps until the
- * proposer kicks it (new WAL, new commit_lsn) or a heartbeat is due. The reader hands every AppendResponse to
- * the proposer, which computes commit_lsn.
+ * Streaming (`link_stream.ts`) runs a sender and a reader side by side over the proposer's WAL window, and
+ * updates this link's flushLsn, streamingAtLsn, state and counters, which the proposer and the metrics read.
  * Errors: anything that ends a session is logged (once per distinct message) and retried; errors the
  * proposer marks fatal (term conflict, wrong system id, bugs) are rethrown and stop the proposer. `flushLsn`
  * is the acceptor's start point when a session begins (walproposer keeps the old value across reconnects;
@@ -17,23 +14,18 @@
  * Main thread.
  */
 import type { AcceptorGreeting, AcceptorMessage, AppendResponse, HotStandbyFeedback, ProtocolVersion, VoteResponse } from '../acceptor/messages.js';
-import { encodeAppendRequestHeader } from '../acceptor/messages.js';
 import { decodeAcceptorMessage, encodeProposerMessage } from '../acceptor/messages_codec.js';
 import { emptyMembership, type TenantId, type TermHistory, type TimelineId } from '../acceptor/state.js';
 import { formatHostPort, type HostPort } from '../config/schema.js';
 import { ProtocolViolationError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { PgClient, PgConnectionError, PgServerError } from '../pg/client.js';
-import { assert } from '../sync/assert.js';
 import { CancelToken, sleep } from '../sync/cancel.js';
-import { formatLsn, type Lsn } from '../wal/lsn.js';
-import { readDonorWal } from './donor_reader.js';
+import type { Lsn } from '../wal/lsn.js';
 import { startStreamingLsn } from './election.js';
 import { SystemIdMismatchError } from './errors.js';
-import {
-  ACCEPTOR_SILENCE_MS_MAX, APPEND_BYTES_MAX, COMMIT_BROADCAST_DELAY_MS, CONNECT_TIMEOUT_MS, HEARTBEAT_INTERVAL_MS, RECONNECT_BACKOFF_MS_MAX,
-  RECONNECT_BACKOFF_MS_MIN, RECONNECT_JITTER_RATIO,
-} from './limits.js';
+import { ACCEPTOR_SILENCE_MS_MAX, CONNECT_TIMEOUT_MS, RECONNECT_BACKOFF_MS_MAX, RECONNECT_BACKOFF_MS_MIN, RECONNECT_JITTER_RATIO } from './limits.js';
+import { LinkStream } from './link_stream.js';
 import type { ServerIdentity } from './source.js';
 import type { WalWindow } from './wal_window.js';
 
@@ -64,6 +56,8 @@ export interface LinkHost {
   onVote(link: AcceptorLink, vote: VoteResponse): void;
   elected(signal: AbortSignal): Promise<ElectedTerm>;
   onAppendResponse(link: AcceptorLink, response: AppendResponse): void;
+  /** An AppendRequest carrying WAL was acknowledged as flushed `latencyMs` after we sent it. */
+  onAppendAcked(link: AcceptorLink, latencyMs: number): void;
   /** The session ended before the election finished: forget this link's greeting and vote. */
   onSessionEnd(link: AcceptorLink): void;
   /** A safekeeper in our term that has WAL at `lsn`, other than `link`; null if none. */
@@ -81,8 +75,12 @@ export class AcceptorLink {
   lastError: string | null = null;
   /** Sessions that reached streaming; tests and the summary read it. */
   sessionsStreamed = 0;
-  #wake: (() => void) | null = null;
-  #lastHeardMs = 0;
+  /** Connection attempts after the first (metrics). */
+  reconnectsTotal = 0;
+  /** WAL bytes sent in AppendRequests, over all sessions (metrics). */
+  sentWalBytesTotal = 0;
+  /** The streaming part of the current session, once ProposerElected is sent. */
+  #stream: LinkStream | null = null;
   #loggedError: string | null = null;
 
   constructor(readonly index: number, readonly address: HostPort, private readonly host: LinkHost) {}
@@ -93,15 +91,14 @@ export class AcceptorLink {
 
   /** Wakes the sender if it sleeps: new WAL or a new commit_lsn. Cheap; called on every change. */
   kick(): void {
-    const wake = this.#wake;
-    this.#wake = null;
-    wake?.();
+    this.#stream?.kick();
   }
 
   /** Runs sessions until `signal` fires (resolves) or a fatal error (rejects). */
   async run(signal: AbortSignal): Promise<void> {
     let backoffMs = RECONNECT_BACKOFF_MS_MIN;
-    while (!signal.aborted) {
+    for (let attempt = 0; !signal.aborted; attempt += 1) {
+      if (attempt > 0) this.reconnectsTotal += 1;
       const streamedBefore = this.sessionsStreamed;
       try {
         await this.#session(signal);
@@ -186,7 +183,13 @@ export class AcceptorLink {
     const startLsn = startStreamingLsn(elected.history, elected.term, vote.termHistory, vote.flushLsn);
     this.#send(client, { tag: 'elected', generation: elected.generation, term: elected.term, startStreamingAtLsn: startLsn, termHistory: elected.history });
     host.log.info({ safekeeper: this.name, node_id: this.nodeId, term: elected.term, start_lsn: startLsn, flush_lsn: vote.flushLsn }, 'safekeeper elected us; streaming');
-    await this.#stream(client, elected, startLsn, signal);
+    const stream = new LinkStream(this, host);
+    this.#stream = stream;
+    try {
+      await stream.run(client, elected, startLsn, signal);
+    } finally {
+      this.#stream = null;
+    }
   }
 
   async #receive<T extends AcceptorMessage['tag']>(client: PgClient, tag: T, signal: AbortSignal): Promise<Extract<AcceptorMessage, { tag: T }>> {
@@ -213,140 +216,5 @@ export class AcceptorLink {
 
   #send(client: PgClient, message: Parameters<typeof encodeProposerMessage>[0]): boolean {
     return client.sendCopyData(encodeProposerMessage(message, this.host.protocolVersion));
-  }
-
-  async #stream(client: PgClient, elected: ElectedTerm, startLsn: Lsn, signal: AbortSignal): Promise<void> {
-    // ProposerElected truncates the acceptor's WAL at startLsn: that is its flush position now.
-    this.flushLsn = startLsn;
-    this.streamingAtLsn = startLsn;
-    this.state = 'streaming';
-    this.sessionsStreamed += 1;
-    this.#lastHeardMs = performance.now();
-    const both = new CancelToken();
-    const onAbort = (): void => both.cancel(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    let failure: unknown = null;
-    const fail = (error: unknown): void => {
-      failure ??= error;
-      both.cancel(error);
-    };
-    // A safekeeper that stops answering (even while our sends wait for 'drain') is dropped.
-    const watchdog = setInterval(() => {
-      if (performance.now() - this.#lastHeardMs > ACCEPTOR_SILENCE_MS_MAX) fail(new PgConnectionError(`${this.name}: no reply for ${ACCEPTOR_SILENCE_MS_MAX} ms`));
-    }, HEARTBEAT_INTERVAL_MS);
-    try {
-      await Promise.all([this.#sendLoop(client, elected, both.signal).catch(fail), this.#readLoop(client, both.signal).catch(fail)]);
-    } finally {
-      clearInterval(watchdog);
-      signal.removeEventListener('abort', onAbort);
-      this.kick();
-    }
-    throw failure ?? new PgConnectionError(`${this.name}: streaming ended`);
-  }
-
-  async #readLoop(client: PgClient, signal: AbortSignal): Promise<void> {
-    for (;;) {
-      let event = client.tryNextCopy() ?? (await client.nextCopy(signal));
-      for (;;) {
-        if (event.kind === 'done') throw new PgConnectionError(`${this.name}: safekeeper ended the stream`);
-        const message = decodeAcceptorMessage(event.payload, this.host.protocolVersion);
-        if (message.tag !== 'append') throw new ProtocolViolationError('acceptor', `expected AppendResponse, got ${message.tag}`);
-        this.#lastHeardMs = performance.now();
-        if (message.flushLsn > this.flushLsn) this.flushLsn = message.flushLsn;
-        this.hsFeedback = message.hsFeedback;
-        this.host.onAppendResponse(this, message);
-        const next = client.tryNextCopy();
-        if (next === undefined) break;
-        event = next;
-      }
-    }
-  }
-
-  async #sendLoop(client: PgClient, elected: ElectedTerm, signal: AbortSignal): Promise<void> {
-    const window = this.host.window;
-    let sentCommitLsn = -1n;
-    let lastSendMs = performance.now();
-    let commitSeenMs = 0;
-    for (;;) {
-      signal.throwIfAborted();
-      if (this.streamingAtLsn < window.endLsn) {
-        if (this.streamingAtLsn < window.startLsn) {
-          await this.#recover(client, elected, signal);
-          continue;
-        }
-        const wal = window.read(this.streamingAtLsn, APPEND_BYTES_MAX);
-        sentCommitLsn = this.host.commitLsn();
-        const ok = this.#append(client, elected, wal, sentCommitLsn);
-        lastSendMs = performance.now();
-        if (!ok) await client.drained(signal);
-        continue;
-      }
-      const nowMs = performance.now();
-      const commitLsn = this.host.commitLsn();
-      if (commitLsn !== sentCommitLsn && commitSeenMs === 0) commitSeenMs = nowMs;
-      const commitDue = commitLsn !== sentCommitLsn && nowMs - commitSeenMs >= COMMIT_BROADCAST_DELAY_MS;
-      if (commitDue || nowMs - lastSendMs >= HEARTBEAT_INTERVAL_MS) {
-        sentCommitLsn = commitLsn;
-        commitSeenMs = 0;
-        this.#append(client, elected, new Uint8Array(0), commitLsn);
-        lastSendMs = nowMs;
-        continue;
-      }
-      const waitMs = commitLsn !== sentCommitLsn ? COMMIT_BROADCAST_DELAY_MS - (nowMs - commitSeenMs) : HEARTBEAT_INTERVAL_MS - (nowMs - lastSendMs);
-      await this.#sleepUntilKicked(Math.max(1, Math.ceil(waitMs)), signal);
-    }
-  }
-
-  #append(client: PgClient, elected: ElectedTerm, wal: Uint8Array, commitLsn: Lsn): boolean {
-    const beginLsn = this.streamingAtLsn;
-    const endLsn = beginLsn + BigInt(wal.length);
-    const header = encodeAppendRequestHeader(
-      { tag: 'append', generation: elected.generation, term: elected.term, beginLsn, endLsn, commitLsn, truncateLsn: this.host.truncateLsn(), wal },
-      this.host.protocolVersion,
-    );
-    this.streamingAtLsn = endLsn;
-    return wal.length === 0 ? client.sendCopyData(header) : client.sendCopyData(header, wal);
-  }
-
-  #sleepUntilKicked(delayMs: number, signal: AbortSignal): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        signal.removeEventListener('abort', onAbort);
-        this.#wake = null;
-      };
-      const onAbort = (): void => (done(), reject(signal.reason));
-      const timer = setTimeout(() => (done(), resolve()), delayMs);
-      assert(this.#wake === null, 'one sleeper per link');
-      this.#wake = () => (done(), resolve());
-      signal.addEventListener('abort', onAbort, { once: true });
-    });
-  }
-
-  /** Streams [streamingAt, window start) from a donor safekeeper; ends when the window covers the rest. */
-  async #recover(client: PgClient, elected: ElectedTerm, signal: AbortSignal): Promise<void> {
-    const fromLsn = this.streamingAtLsn;
-    const donor = this.host.recoveryDonor(this, fromLsn);
-    if (donor === null) {
-      throw new PgConnectionError(`${this.name}: needs WAL from ${formatLsn(fromLsn)}, below the proposer's window (${formatLsn(this.host.window.startLsn)}), and no donor safekeeper is streaming`);
-    }
-    this.state = 'recovering';
-    this.host.log.info({ safekeeper: this.name, donor: formatHostPort(donor), from_lsn: fromLsn, window_start_lsn: this.host.window.startLsn }, 'recovering safekeeper from a donor');
-    await readDonorWal({
-      donor, tenantId: this.host.tenantId, timelineId: this.host.timelineId, startLsn: fromLsn, term: elected.term, signal,
-      onWal: async (lsn, bytes) => {
-        assert(lsn === this.streamingAtLsn, 'donor WAL continues where we are');
-        for (let offset = 0; offset < bytes.length; ) {
-          const pieceBytes = Math.min(APPEND_BYTES_MAX, bytes.length - offset);
-          const ok = this.#append(client, elected, bytes.subarray(offset, offset + pieceBytes), this.host.commitLsn());
-          offset += pieceBytes;
-          if (!ok) await client.drained(signal);
-        }
-        return this.streamingAtLsn < this.host.window.startLsn;
-      },
-    });
-    signal.throwIfAborted();
-    if (this.streamingAtLsn === fromLsn) throw new PgConnectionError(`${this.name}: donor ${formatHostPort(donor)} has no WAL at ${formatLsn(fromLsn)}`);
-    this.state = 'streaming';
   }
 }

@@ -3,20 +3,24 @@
  * proposer, runs it until SIGTERM/SIGINT (exit 0), a finished synthetic load (exit 0, after a summary on
  * stdout) or a fatal error (exit 1, the error on stderr). Bad flags exit 2.
  *
- * stdout carries machine-readable lines: `elected term=T term_start_lsn=X/Y` once elected, and for
- * `--synthetic` one `synthetic summary ...` line of key=value pairs at the end. Logs go to stderr; on a
+ * stdout carries machine-readable lines: `elected term=T term_start_lsn=X/Y` once elected, with
+ * `--http-listen` `listening http=HOST:PORT` once the metrics listener is bound (before the election), and
+ * for `--synthetic` one `synthetic summary ...` line of key=value pairs at the end. Logs go to stderr; on a
  * terminal `--synthetic` also keeps a live progress line there. Main thread.
  */
 import { parseArgs } from 'node:util';
 import type { ProtocolVersion } from '../acceptor/messages.js';
 import { parseTenantId, parseTimelineId } from '../acceptor/state.js';
-import { LOG_FORMATS, LOG_LEVELS, type HostPort, parseBytes, parseDurationMs, parseHostPort, type LogFormat, type LogLevel } from '../config/schema.js';
+import { formatHostPort, LOG_FORMATS, LOG_LEVELS, type HostPort, parseBytes, parseDurationMs, parseHostPort, type LogFormat, type LogLevel } from '../config/schema.js';
 import { SafekeeperError } from '../errors.js';
 import { childLogger, createLogger, type Logger } from '../log.js';
 import { AssertionError } from '../sync/assert.js';
 import { formatLsn, type Lsn, parseLsn } from '../wal/lsn.js';
-import { QUORUM_TIMEOUT_MS_DEFAULT, SAFEKEEPERS_MAX, WAL_WINDOW_BYTES_DEFAULT, WAL_WINDOW_BYTES_MIN } from './limits.js';
-import { PostgresSource, slotNameFrom } from './postgres_source.js';
+import { PRIMARY_RECONNECT_TIMEOUT_MS_DEFAULT, QUORUM_TIMEOUT_MS_DEFAULT, SAFEKEEPERS_MAX, WAL_WINDOW_BYTES_DEFAULT, WAL_WINDOW_BYTES_MIN } from './limits.js';
+import { ProposerMetrics } from './metrics.js';
+import { startMetricsServer, type MetricsServer } from './metrics_server.js';
+import { PostgresSource } from './postgres_source.js';
+import { slotNameFrom } from './primary_connection.js';
 import { Proposer } from './proposer.js';
 import type { WalSource } from './source.js';
 import { SyntheticSource } from './synthetic_source.js';
@@ -43,6 +47,10 @@ Flags:
   --application-name NAME   application_name on the primary (name it in synchronous_standby_names; default ${APPLICATION_NAME_DEFAULT})
   --slot NAME               physical replication slot on the primary (default: from the application name)
   --start-lsn X/Y           where a new timeline starts (default: first record of the slot's segment; synthetic: segment 1)
+  --primary-reconnect-timeout DUR
+                            after losing the primary mid-stream, keep reconnecting (backoff up to 5s) for this long,
+                            counted from the loss, then exit 1; 0s exits at once (default 5m)
+  --http-listen HOST:PORT   serve Prometheus metrics at GET /metrics (port 0: any free port; default: off)
   --quorum-timeout DUR      give up when no majority has voted within this (default 30s)
   --wal-window-bytes SIZE   WAL kept in memory for lagging safekeepers (default 64MiB)
   --record-bytes N          synthetic: payload bytes per record (default ${RECORD_BYTES_DEFAULT})
@@ -66,6 +74,8 @@ interface ProposeArgs {
   slotName: string;
   startLsn: Lsn | null;
   quorumTimeoutMs: number;
+  primaryReconnectTimeoutMs: number;
+  httpListen: HostPort | null;
   windowBytes: number;
   recordBytes: number;
   recordsPerSecond: number | null;
@@ -88,6 +98,7 @@ function parseProposeArgs(argv: string[]): ProposeArgs | 'help' {
       help: { type: 'boolean', short: 'h' }, safekeepers: string, 'tenant-id': string, 'timeline-id': string, from: string, synthetic: { type: 'boolean' },
       'proto-version': string, 'application-name': string, slot: string, 'start-lsn': string, 'quorum-timeout': string, 'wal-window-bytes': string,
       'record-bytes': string, rate: string, duration: string, 'total-bytes': string, 'log-level': string, 'log-format': string,
+      'primary-reconnect-timeout': string, 'http-listen': string,
     },
   });
   if (values.help === true) return 'help';
@@ -110,7 +121,9 @@ function parseProposeArgs(argv: string[]): ProposeArgs | 'help' {
   for (const flag of ['record-bytes', 'rate', 'duration', 'total-bytes'] as const) {
     if (!synthetic && values[flag] !== undefined) throw new UsageError(`--${flag} needs --synthetic`);
   }
-  if (synthetic && (values.slot !== undefined || values['application-name'] !== undefined)) throw new UsageError('--slot and --application-name need --from');
+  if (synthetic && (values.slot !== undefined || values['application-name'] !== undefined || values['primary-reconnect-timeout'] !== undefined)) {
+    throw new UsageError('--slot, --application-name and --primary-reconnect-timeout need --from');
+  }
   if (values.duration !== undefined && values['total-bytes'] !== undefined) throw new UsageError('give at most one of --duration and --total-bytes');
   const protoText = values['proto-version'] ?? '3';
   if (protoText !== '2' && protoText !== '3') throw new UsageError(`--proto-version: must be 2 or 3, not ${JSON.stringify(protoText)}`);
@@ -138,6 +151,9 @@ function parseProposeArgs(argv: string[]): ProposeArgs | 'help' {
     safekeepers, tenantId: idOf('tenant-id', parseTenantId), timelineId: idOf('timeline-id', parseTimelineId), protocolVersion: protoText === '2' ? 2 : 3,
     from: values.from ?? null, applicationName, slotName: slotNameFrom(values.slot ?? applicationName), startLsn,
     quorumTimeoutMs: values['quorum-timeout'] === undefined ? QUORUM_TIMEOUT_MS_DEFAULT : need(parseDurationMs(values['quorum-timeout']), 'quorum-timeout'),
+    primaryReconnectTimeoutMs: values['primary-reconnect-timeout'] === undefined
+      ? PRIMARY_RECONNECT_TIMEOUT_MS_DEFAULT : need(parseDurationMs(values['primary-reconnect-timeout']), 'primary-reconnect-timeout'),
+    httpListen: values['http-listen'] === undefined ? null : need(parseHostPort(values['http-listen'], 0), 'http-listen'),
     windowBytes,
     recordBytes: values['record-bytes'] === undefined ? RECORD_BYTES_DEFAULT : need(parseBytes(values['record-bytes']), 'record-bytes'),
     recordsPerSecond: rateText === undefined ? null : Number(rateText),
@@ -173,7 +189,9 @@ export async function proposeMain(argv: string[]): Promise<number> {
   let source: WalSource | null = null;
   try {
     source = args.from !== null
-      ? await PostgresSource.open({ url: args.from, applicationName: args.applicationName, slotName: args.slotName, startLsn: args.startLsn, log }, stop.signal)
+      ? await PostgresSource.open({
+        url: args.from, applicationName: args.applicationName, slotName: args.slotName, startLsn: args.startLsn, reconnectTimeoutMs: args.primaryReconnectTimeoutMs, log,
+      }, stop.signal)
       : new SyntheticSource({ tenantId: args.tenantId, timelineId: args.timelineId, recordBytes: args.recordBytes, recordsPerSecond: args.recordsPerSecond, durationMs: args.durationMs, totalBytes: args.totalBytes, startLsn: args.startLsn });
     await runProposer(args, source, log, stop.signal);
     if (source instanceof SyntheticSource) process.stdout.write(`${syntheticSummary(source)}\n`);
@@ -194,11 +212,19 @@ export async function proposeMain(argv: string[]): Promise<number> {
 }
 
 async function runProposer(args: ProposeArgs, source: WalSource, log: Logger, signal: AbortSignal): Promise<void> {
+  let metrics: ProposerMetrics | null = null;
   const proposer = new Proposer({
     safekeepers: args.safekeepers, tenantId: args.tenantId, timelineId: args.timelineId, protocolVersion: args.protocolVersion,
     source, log, quorumTimeoutMs: args.quorumTimeoutMs, windowBytes: args.windowBytes,
     onElected: (elected) => process.stdout.write(`elected term=${elected.term} term_start_lsn=${formatLsn(elected.termStartLsn)}\n`),
+    onAppendAcked: (safekeeper, latencyMs) => metrics?.observeAppendAck(safekeeper, latencyMs),
   });
+  let server: MetricsServer | null = null;
+  if (args.httpListen !== null) {
+    metrics = new ProposerMetrics(proposer, source instanceof PostgresSource ? source : null);
+    server = await startMetricsServer(args.httpListen, metrics.registry, log);
+    process.stdout.write(`listening http=${formatHostPort(server.address)}\n`);
+  }
   const progress = source instanceof SyntheticSource && process.stderr.isTTY === true ? setInterval(() => process.stderr.write(`\r${progressLine(source)}`), PROGRESS_INTERVAL_MS) : null;
   try {
     await proposer.run(signal);
@@ -207,6 +233,7 @@ async function runProposer(args: ProposeArgs, source: WalSource, log: Logger, si
       clearInterval(progress);
       process.stderr.write('\n');
     }
+    await server?.close();
   }
 }
 

@@ -13,6 +13,13 @@ export class SourceError extends SafekeeperError {
   readonly sqlState = '08006'; // connection_failure
 }
 
+/** The primary went away after streaming began and did not come back within `--primary-reconnect-timeout`. */
+export class PrimaryLostError extends SafekeeperError {
+  override readonly name = 'PrimaryLostError';
+  readonly code = 'SK_PRIMARY_LOST';
+  readonly sqlState = '08006'; // connection_failure
+}
+
 /** No majority of safekeepers greeted and voted within the quorum timeout. */
 export class NoQuorumError extends SafekeeperError {
   override readonly name = 'NoQuorumError';
@@ -40,7 +47,10 @@ export class SystemIdMismatchError extends SafekeeperError {
   }
 }
 
-/** The safekeepers' WAL cannot be continued from this source (e.g. their WAL ends past the primary's). */
+/**
+ * The safekeepers' WAL cannot be continued from this source: the primary came back as another cluster
+ * (system id) or on another PostgreSQL timeline, or it no longer has the WAL the quorum needs next.
+ */
 export class SourceMismatchError extends SafekeeperError {
   override readonly name = 'SourceMismatchError';
   readonly code = 'SK_SOURCE_MISMATCH';

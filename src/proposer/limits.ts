@@ -21,6 +21,12 @@ export const WAL_WINDOW_BYTES_MIN = 4 * APPEND_BYTES_MAX;
  * latency rather than the depth of our queue.
  */
 export const UNCOMMITTED_BYTES_MAX = 16 * 1024 * 1024;
+/**
+ * AppendRequests per safekeeper timed for the append→ack latency metric. In flight there are at most
+ * UNCOMMITTED_BYTES_MAX of WAL in 128 KiB appends (128), more when appends are small; past the bound new
+ * appends join the newest timed one, so memory stays fixed whatever the safekeeper does.
+ */
+export const APPENDS_TIMED_MAX = 4096;
 /** An idle acceptor gets an empty AppendRequest this often (neon.safekeeper_reconnect_timeout = 1 s). */
 export const HEARTBEAT_INTERVAL_MS = 1000;
 /** An acceptor that sends nothing for this long is dropped (neon.safekeeper_connect_timeout = 10 s). */
@@ -31,6 +37,18 @@ export const CONNECT_TIMEOUT_MS = 10_000;
 export const RECONNECT_BACKOFF_MS_MIN = 100;
 export const RECONNECT_BACKOFF_MS_MAX = 5000;
 export const RECONNECT_JITTER_RATIO = 0.2;
+/**
+ * Reconnecting to a lost primary: the first attempt is immediate, then the delay doubles from MIN to MAX
+ * with ±JITTER_RATIO. MAX is short next to a primary restart (seconds) so we are back soon after it is,
+ * and long enough that a primary down for minutes sees one connection every few seconds, not a storm.
+ */
+export const PRIMARY_RECONNECT_BACKOFF_MS_MIN = 100;
+export const PRIMARY_RECONNECT_BACKOFF_MS_MAX = 5000;
+/**
+ * Default for `--primary-reconnect-timeout`, counted from the loss. Long enough for a primary restart, a
+ * crash recovery or a short failover of its host; past it a human should look (the process exits 1).
+ */
+export const PRIMARY_RECONNECT_TIMEOUT_MS_DEFAULT = 5 * 60_000;
 /** Default for `--quorum-timeout`: how long the election may take before the proposer gives up. */
 export const QUORUM_TIMEOUT_MS_DEFAULT = 30_000;
 /** Election restarts after losing a vote race (another candidate took our term) before giving up. */
@@ -46,3 +64,5 @@ assert(WAL_WINDOW_BYTES_DEFAULT >= WAL_WINDOW_BYTES_MIN, 'default window above t
 assert(UNCOMMITTED_BYTES_MAX >= 8 * APPEND_BYTES_MAX, 'several appends in flight');
 assert(HEARTBEAT_INTERVAL_MS * 3 <= ACCEPTOR_SILENCE_MS_MAX, 'several heartbeats fit in the silence limit');
 assert(RECONNECT_BACKOFF_MS_MIN < RECONNECT_BACKOFF_MS_MAX, 'backoff range');
+assert(PRIMARY_RECONNECT_BACKOFF_MS_MIN < PRIMARY_RECONNECT_BACKOFF_MS_MAX, 'primary backoff range');
+assert(PRIMARY_RECONNECT_BACKOFF_MS_MAX < PRIMARY_RECONNECT_TIMEOUT_MS_DEFAULT, 'many attempts fit in the default reconnect timeout');

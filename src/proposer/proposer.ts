@@ -49,6 +49,8 @@ export interface ProposerOptions {
   windowBytes: number;
   /** Called once, when elected (before streaming starts). */
   onElected?: (elected: ElectedTerm) => void;
+  /** A safekeeper acknowledged the flush of an AppendRequest with WAL `latencyMs` after it was sent (metrics). */
+  onAppendAcked?: (safekeeper: string, latencyMs: number) => void;
 }
 
 export type ProposerPhase = CampaignPhase;
@@ -169,6 +171,10 @@ export class Proposer implements LinkHost {
     await this.#campaign.changes.waitFor(() => this.#elected !== null, signal);
     assert(this.#elected !== null);
     return this.#elected;
+  }
+
+  onAppendAcked(link: AcceptorLink, latencyMs: number): void {
+    this.#options.onAppendAcked?.(link.name, latencyMs);
   }
 
   onSessionEnd(): void {

@@ -38,7 +38,10 @@ export interface WalSource {
   earliestLsn(): Lsn;
   /** Where a timeline with no WAL yet begins: a record start. */
   initialLsn(signal: AbortSignal): Promise<Lsn>;
-  /** Produces WAL until the signal fires (rejects with its reason) or the source is done (resolves). */
+  /**
+   * Produces WAL until the signal fires (rejects with its reason) or the source is done (resolves). A source
+   * may pause on its own (the primary source reconnecting); it rejects only when it cannot go on.
+   */
   stream(args: StreamArgs): Promise<void>;
   /** The quorum's commit_lsn moved forward. Called synchronously on every advance; must be cheap. */
   onCommit(commitLsn: Lsn): void;

@@ -6,7 +6,9 @@
  * signal without a wrapper in between). The port comes from binding port 0; another cluster may grab it
  * before PostgreSQL does, so a start that fails to bind is retried on a fresh port. Readiness is a condition
  * wait on a real connection. `stop()` asks for a fast shutdown (SIGINT: a clean shutdown checkpoint that does
- * not wait for clients, unlike SIGTERM's smart mode), waits for the exit, then removes the temp dir. Servers
+ * not wait for clients, unlike SIGTERM's smart mode), waits for the exit, then removes the temp dir;
+ * `shutdown()`/`start()`/`restart()` stop and start the same cluster (what `pg_ctl stop|start|restart -m fast`
+ * does, while the postmaster stays our direct child so the fixture still owns it). Servers
  * still running when the process exits are SIGKILLed so a failed test leaves nothing behind.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
@@ -34,10 +36,13 @@ export interface PostgresOptions {
   extraConf?: Record<string, string>;
   /** initdb --wal-segsize, in MiB (a power of two, 1..1024); PostgreSQL's default is 16. */
   walSegmentSizeMb?: number;
+  /** Listen on this port (one attempt, no retry elsewhere); default: a free port. */
+  port?: number;
 }
 
 export interface PostgresInstance {
   readonly host: string;
+  /** The current port (`start({ port })` may move it). */
   readonly port: number;
   /** The temp dir holding the data dir and the socket; removed by stop(). */
   readonly dir: string;
@@ -47,8 +52,16 @@ export interface PostgresInstance {
   readonly process: ChildProcess;
   /** Runs SQL through psql (unaligned, tuples only) and returns its stdout. */
   psql(sql: string): Promise<string>;
-  /** The server log so far (the last 64 KiB). */
+  /** The server log so far (the last 64 KiB) of the current postmaster. */
   log(): string;
+  /** Whether the postmaster runs (false after `shutdown()`). */
+  readonly running: boolean;
+  /** Fast shutdown (like `pg_ctl stop -m fast`), keeping the data dir for `start()`. */
+  shutdown(): Promise<void>;
+  /** Starts the stopped cluster again, on its port unless `port` says otherwise, with extra settings. */
+  start(options?: { port?: number; extraConf?: Record<string, string> }): Promise<void>;
+  /** `pg_ctl restart -m fast`: fast shutdown, then start on the same port and data dir. */
+  restart(): Promise<void>;
   /** Fast shutdown, wait for exit, then remove the temp dir unless `keepDir`. */
   stop(options?: { keepDir?: boolean }): Promise<void>;
 }
@@ -103,9 +116,10 @@ export async function startPostgres(options: PostgresOptions = {}): Promise<Post
     if (options.walSegmentSizeMb !== undefined) initdbArgs.push(`--wal-segsize=${options.walSegmentSizeMb}`);
     await runAsPostgres('initdb', initdbArgs);
     for (let attempt = 1; ; attempt++) {
-      const port = await freePort();
-      const started = await tryStart(dir, dataDir, port, options.extraConf ?? {});
-      if (started !== null) return started;
+      const port = options.port ?? (await freePort());
+      const server = await tryStart(dir, dataDir, port, options.extraConf ?? {});
+      if (server !== null) return makeInstance(dir, dataDir, port, options.extraConf ?? {}, server);
+      if (options.port !== undefined) throw new Error(`postgres could not bind the requested port ${options.port}`);
       if (attempt >= START_ATTEMPTS_MAX) throw new Error(`postgres did not start after ${attempt} attempts`);
     }
   } catch (error) {
@@ -114,8 +128,16 @@ export async function startPostgres(options: PostgresOptions = {}): Promise<Post
   }
 }
 
+/** One running postmaster: the child process, its exit, and its log. */
+interface Postmaster {
+  readonly child: ChildProcess;
+  readonly exitPromise: Promise<void>;
+  exited(): boolean;
+  log(): string;
+}
+
 /** Starts the postmaster on `port`; null if the port was taken (the caller retries), throws on other failures. */
-async function tryStart(dir: string, dataDir: string, port: number, extraConf: Record<string, string>): Promise<PostgresInstance | null> {
+async function tryStart(dir: string, dataDir: string, port: number, extraConf: Record<string, string>): Promise<Postmaster | null> {
   const confArgs = Object.entries(extraConf).flatMap(([key, value]) => ['-c', `${key}=${value}`]);
   const args = ['--reuid=postgres', '--regid=postgres', '--init-groups', join(PG_BIN_DIR, 'postgres'), '-D', dataDir, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', ...confArgs];
   const child = spawn('setpriv', args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -158,8 +180,32 @@ async function tryStart(dir: string, dataDir: string, port: number, extraConf: R
     if (/could not bind|Address already in use/i.test(log)) return null;
     throw new Error(`postgres failed to start (${outcome}):\n${log.slice(-4000)}`);
   }
-  const instance: PostgresInstance = {
-    host: '127.0.0.1', port, dir, dataDir, binDir: PG_BIN_DIR, connectionString, process: child,
+  return { child, exitPromise, exited: () => exited, log: () => log };
+}
+
+/** Fast shutdown (SIGINT: a shutdown checkpoint, clients are not waited for); SIGKILL after STOP_TIMEOUT_MS. */
+async function fastShutdown(server: Postmaster): Promise<void> {
+  if (server.exited()) return;
+  server.child.kill('SIGINT');
+  const timer = setTimeout(() => server.child.kill('SIGKILL'), STOP_TIMEOUT_MS);
+  await server.exitPromise;
+  clearTimeout(timer);
+}
+
+function makeInstance(dir: string, dataDir: string, firstPort: number, extraConf: Record<string, string>, first: Postmaster): PostgresInstance {
+  let server = first;
+  let port = firstPort;
+  return {
+    host: '127.0.0.1', dir, dataDir, binDir: PG_BIN_DIR,
+    get port(): number {
+      return port;
+    },
+    get connectionString(): string {
+      return `postgresql://${PG_USER}@127.0.0.1:${port}/postgres`;
+    },
+    get process(): ChildProcess {
+      return server.child;
+    },
     async psql(sql: string): Promise<string> {
       const psqlArgs = ['-X', '-A', '-t', '-q', '-v', 'ON_ERROR_STOP=1', '-h', '127.0.0.1', '-p', String(port), '-U', PG_USER, '-d', 'postgres', '-c', sql];
       try {
@@ -168,18 +214,30 @@ async function tryStart(dir: string, dataDir: string, port: number, extraConf: R
         throw new Error(`psql failed: ${((error as { stderr?: string }).stderr ?? '').trim()}`, { cause: error });
       }
     },
-    log: () => log,
+    log: () => server.log(),
+    get running(): boolean {
+      return !server.exited();
+    },
+    async shutdown(): Promise<void> {
+      await fastShutdown(server);
+    },
+    async start(startOptions = {}): Promise<void> {
+      if (!server.exited()) throw new Error('postgres is already running');
+      const nextPort = startOptions.port ?? port;
+      const next = await tryStart(dir, dataDir, nextPort, { ...extraConf, ...startOptions.extraConf });
+      if (next === null) throw new Error(`postgres could not bind port ${nextPort}`);
+      server = next;
+      port = nextPort;
+    },
+    async restart(): Promise<void> {
+      await fastShutdown(server);
+      await this.start();
+    },
     async stop(stopOptions = {}): Promise<void> {
-      if (!exited) {
-        child.kill('SIGINT');
-        const timer = setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS);
-        await exitPromise;
-        clearTimeout(timer);
-      }
+      await fastShutdown(server);
       if (stopOptions.keepDir !== true) await removeTempDir(dir);
     },
   };
-  return instance;
 }
 
 export interface WaldumpRecord {

@@ -1,0 +1,123 @@
+/**
+ * Reconnecting to a lost primary, without a primary: the backoff arithmetic, which errors are retried,
+ * and the retry loop over fake attempts (deadline, give-up error, logs, SIGTERM during the backoff). Also
+ * the bounded wait bookkeeping behind the ack latencies (PendingTimings).
+ */
+import assert from 'node:assert/strict';
+import { Writable } from 'node:stream';
+import { describe, it } from 'node:test';
+import { createLogger } from '../../src/log.js';
+import { PgConnectionError, PgServerError } from '../../src/pg/client.js';
+import { PrimaryLostError, SourceError, SourceMismatchError } from '../../src/proposer/errors.js';
+import { PRIMARY_RECONNECT_BACKOFF_MS_MAX, PRIMARY_RECONNECT_BACKOFF_MS_MIN } from '../../src/proposer/limits.js';
+import { PendingTimings } from '../../src/proposer/pending_timings.js';
+import { isTransientPrimaryError, reconnectDelayMs, reconnectPrimary } from '../../src/proposer/primary_reconnect.js';
+
+const serverError = (sqlState: string): PgServerError => new PgServerError({ S: 'FATAL', C: sqlState, M: `error ${sqlState}` }, 'test');
+
+function capturingLogger(): { log: ReturnType<typeof createLogger>; lines: () => Record<string, unknown>[] } {
+  const chunks: string[] = [];
+  const stream = new Writable({ write: (chunk: Buffer, _encoding, done) => (chunks.push(chunk.toString('utf8')), done()) });
+  const log = createLogger({ logLevel: 'info', logFormat: 'json' }, stream);
+  return { log, lines: () => chunks.join('').split('\n').filter((line) => line !== '').map((line) => JSON.parse(line) as Record<string, unknown>) };
+}
+
+describe('primary reconnect backoff', () => {
+  it('doubles from the minimum, stops at the cap, and jitters by at most the ratio', () => {
+    const middle = [1, 2, 3, 4, 5, 6, 7, 8, 40].map((attempt) => reconnectDelayMs(attempt, 0.5));
+    assert.deepEqual(middle, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+    assert.equal(reconnectDelayMs(1, 0), PRIMARY_RECONNECT_BACKOFF_MS_MIN * 0.8);
+    assert.ok(reconnectDelayMs(100, 0.999_999) <= PRIMARY_RECONNECT_BACKOFF_MS_MAX * 1.2);
+    assert.ok(reconnectDelayMs(100, 0.999_999) > PRIMARY_RECONNECT_BACKOFF_MS_MAX);
+  });
+
+  it('retries socket trouble and a restarting server, not a foreign cluster or lost WAL', () => {
+    assert.equal(isTransientPrimaryError(new PgConnectionError('connect ECONNREFUSED')), true);
+    for (const sqlState of ['57P01', '57P03', '55006', '53300', '08006']) assert.equal(isTransientPrimaryError(serverError(sqlState)), true, sqlState);
+    assert.equal(isTransientPrimaryError(new SourceError('connecting', { cause: serverError('57P03') })), true);
+    for (const sqlState of ['58P01', 'XX000', '28P01', '42501']) assert.equal(isTransientPrimaryError(serverError(sqlState)), false, sqlState);
+    assert.equal(isTransientPrimaryError(new SourceMismatchError('another cluster')), false);
+    assert.equal(isTransientPrimaryError(new SourceError('IDENTIFY_SYSTEM returned no system id')), false);
+    assert.equal(isTransientPrimaryError(new Error('bug')), false);
+  });
+});
+
+describe('reconnectPrimary', () => {
+  const base = { what: 'primary at 127.0.0.1:1', fields: { resume_lsn: 0x1234n }, lostError: new PgConnectionError('connection closed by the server'), random: () => 0 };
+
+  it('logs each failed attempt with its number and next delay, then the reconnect', async () => {
+    const { log, lines } = capturingLogger();
+    let calls = 0;
+    const value = await reconnectPrimary({
+      ...base, log, timeoutMs: 60_000, signal: new AbortController().signal,
+      attempt: async () => {
+        calls += 1;
+        if (calls < 3) throw serverError('57P03');
+        return 'client';
+      },
+    });
+    assert.equal(value, 'client');
+    const messages = lines().map((line) => [line['msg'], line['attempt'] ?? line['attempts'], line['next_delay_ms'], line['level']]);
+    assert.deepEqual(messages, [
+      ['lost the replication connection to the primary; reconnecting', undefined, undefined, 'warn'],
+      ['reconnecting to the primary failed', 1, 80, 'warn'],
+      ['reconnecting to the primary failed', 2, 160, 'warn'],
+      ['reconnected to the primary', 3, undefined, 'info'],
+    ]);
+    assert.equal(lines()[0]?.['resume_lsn'], '0/1234');
+  });
+
+  it('gives up after the timeout with the last error, cutting an attempt that runs into the deadline', async () => {
+    const { log } = capturingLogger();
+    const startedMs = performance.now();
+    const attempt = (signal: AbortSignal): Promise<never> => new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }));
+    await assert.rejects(reconnectPrimary({ ...base, log, timeoutMs: 300, signal: new AbortController().signal, attempt }), (error: unknown) => {
+      assert.ok(error instanceof PrimaryLostError);
+      assert.equal(error.code, 'SK_PRIMARY_LOST');
+      assert.match(error.message, /lost the primary at 127\.0\.0\.1:1 and could not reconnect within 300 ms \(--primary-reconnect-timeout; 1 attempts\): no connection within/);
+      return true;
+    });
+    assert.ok(performance.now() - startedMs >= 290);
+  });
+
+  it('stops at once on an error no retry can fix', async () => {
+    const { log } = capturingLogger();
+    const mismatch = new SourceMismatchError('came back as another cluster');
+    let calls = 0;
+    await assert.rejects(reconnectPrimary({ ...base, log, timeoutMs: 60_000, signal: new AbortController().signal, attempt: async () => { calls += 1; throw mismatch; } }), mismatch);
+    assert.equal(calls, 1);
+  });
+
+  it('rejects with the abort reason as soon as the signal fires during the backoff', async () => {
+    const { log, lines } = capturingLogger();
+    const stop = new AbortController();
+    const reason = new Error('SIGTERM');
+    const pending = reconnectPrimary({ ...base, log, timeoutMs: 60_000, signal: stop.signal, random: () => 0.5, attempt: async () => { throw new PgConnectionError('ECONNREFUSED'); } });
+    const assertion = assert.rejects(pending, reason);
+    while (!lines().some((line) => line['next_delay_ms'] === 1600)) await new Promise((resolve) => setTimeout(resolve, 5));
+    const abortedMs = performance.now();
+    stop.abort(reason);
+    await assertion;
+    assert.ok(performance.now() - abortedMs < 1000, 'no waiting out the 1.6 s backoff');
+  });
+});
+
+describe('PendingTimings', () => {
+  it('settles pieces in LSN order and merges past its bound', () => {
+    const timings = new PendingTimings(2);
+    timings.note(100n, 0);
+    timings.note(200n, 10);
+    timings.note(300n, 20); // joins the piece noted at 10
+    const waits: number[] = [];
+    timings.settle(150n, 50, (waitMs) => waits.push(waitMs));
+    assert.deepEqual(waits, [50]);
+    timings.settle(250n, 60, (waitMs) => waits.push(waitMs));
+    assert.deepEqual(waits, [50], 'the merged piece now ends at 300');
+    timings.settle(300n, 70, (waitMs) => waits.push(waitMs));
+    assert.deepEqual(waits, [50, 60]);
+    assert.equal(timings.waiting, 0);
+    timings.note(400n, 80);
+    timings.clear();
+    assert.equal(timings.waiting, 0);
+  });
+});
