@@ -22,7 +22,8 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { type Lsn, formatLsn, segmentStartLsn } from '../src/wal/lsn.js';
 import { killAllNodes, spawnNode, testNodeArgs, type NodeProcess } from '../test/harness/node_process.js';
-import { TestProposer, syntheticWal, walRange, type SyntheticWal } from '../test/harness/test_proposer.js';
+import { TestProposer } from '../test/harness/test_proposer.js';
+import { syntheticWal, walRange, type SyntheticWal } from '../test/harness/wal_source.js';
 import { makeTempDir, removeAllTempDirs } from '../test/harness/tmp.js';
 
 const SEGMENT_BYTES = 16 * 1024 * 1024;

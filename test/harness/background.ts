@@ -8,20 +8,26 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { TimelinePersistentState } from '../../src/acceptor/state.js';
 import { LocalFsBackend } from '../../src/remote/local_fs.js';
 import { RemoteStorage } from '../../src/remote/remote_storage.js';
 import { S3Backend } from '../../src/remote/s3.js';
+import { loadControlFile } from '../../src/storage/control_file.js';
 import { parseLsn, segmentFileName, segmentNumber, segmentStartLsn, type Lsn } from '../../src/wal/lsn.js';
 import { spawnNode, testNodeArgs, type NodeProcess } from './node_process.js';
+import { electAndStream, type Session } from './proposer_session.js';
 import { S3RVER_CREDENTIALS } from './s3.js';
-import { electAndStream, syntheticWal, walRange, type Session, type SyntheticWal } from './test_proposer.js';
-import type { TimelinePersistentState } from '../../src/acceptor/state.js';
-import { loadControlFile } from '../../src/storage/control_file.js';
+import { syntheticWal, walRange, type SyntheticWal } from './wal_source.js';
 
 export const SEGMENT_BYTES = 1 << 20;
 export const PG_VERSION = 150008;
 export const SYSTEM_ID = 7_350_000_000_000_000_777n;
 export const BASE_LSN = segmentStartLsn(1n, SEGMENT_BYTES);
+/**
+ * Flags for offload tests: eviction and deletion of offloaded WAL on, and timers short enough that a timeline
+ * is evicted, its partial segment uploaded and its control file saved within a test's deadline.
+ */
+export const OFFLOAD_ARGS: readonly string[] = ['--enable-offload', '--delete-offloaded-wal', '--eviction-min-resident', '100ms', '--partial-backup-timeout', '200ms', '--control-file-save-interval', '200ms'];
 
 export interface Ids {
   tenantId: string;

@@ -7,9 +7,10 @@
  * them, and the WAL a proposer streams on top is byte-identical.
  */
 import assert from 'node:assert/strict';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { segmentStartLsn } from '../../src/wal/lsn.js';
 import {
+  OFFLOAD_ARGS,
   SEGMENT_BYTES,
   checkpoint,
   controlFile,
@@ -28,20 +29,18 @@ import {
   timelineLsns,
   type Ids,
 } from '../harness/background.js';
-import { killAllNodes, type NodeProcess } from '../harness/node_process.js';
-import { readTimelineWal, walRange, type TestProposer } from '../harness/test_proposer.js';
-import { makeTempDir, removeAllTempDirs } from '../harness/tmp.js';
+import type { NodeProcess } from '../harness/node_process.js';
+import { tearDownAfterAll } from '../harness/teardown.js';
+import type { TestProposer } from '../harness/test_proposer.js';
+import { readTimelineWal } from '../harness/timeline_wal.js';
+import { makeTempDir } from '../harness/tmp.js';
 import { waitFor } from '../harness/wait.js';
+import { walRange } from '../harness/wal_source.js';
 
 const proposers: TestProposer[] = [];
-after(async () => {
-  for (const proposer of proposers) await proposer.close();
-  await killAllNodes();
-  await removeAllTempDirs();
-});
+tearDownAfterAll(proposers);
 
 const signal = new AbortController().signal;
-const OFFLOAD_ARGS = ['--enable-offload', '--delete-offloaded-wal', '--eviction-min-resident', '100ms', '--partial-backup-timeout', '200ms', '--control-file-save-interval', '200ms'];
 
 /** Streams and swallows the failure the node's own death causes. */
 async function streamUntilKilled(node: NodeProcess, ids: Ids, wal: ReturnType<typeof makeWal>): Promise<void> {

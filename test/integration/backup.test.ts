@@ -6,7 +6,7 @@
  * being written; a paused upload (failpoint) holds removal back; /metrics shows the lags.
  */
 import assert from 'node:assert/strict';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { xxhash64Hex, digestReady } from '../../src/remote/digest.js';
 import { formatLsn, segmentStartLsn } from '../../src/wal/lsn.js';
 import {
@@ -29,18 +29,15 @@ import {
   stream,
   timelineLsns,
 } from '../harness/background.js';
-import { killAllNodes } from '../harness/node_process.js';
 import { PgTestClient } from '../harness/pg_client.js';
-import { walRange, type TestProposer } from '../harness/test_proposer.js';
-import { makeTempDir, removeAllTempDirs } from '../harness/tmp.js';
+import { tearDownAfterAll } from '../harness/teardown.js';
+import type { TestProposer } from '../harness/test_proposer.js';
+import { makeTempDir } from '../harness/tmp.js';
 import { waitFor } from '../harness/wait.js';
+import { walRange } from '../harness/wal_source.js';
 
 const proposers: TestProposer[] = [];
-after(async () => {
-  for (const proposer of proposers) await proposer.close();
-  await killAllNodes();
-  await removeAllTempDirs();
-});
+tearDownAfterAll(proposers);
 
 const signal = new AbortController().signal;
 

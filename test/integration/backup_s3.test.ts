@@ -6,7 +6,7 @@
  * the backlog goes up and local WAL is removed.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { before, describe, test } from 'node:test';
 import { digestReady, xxhash64Hex } from '../../src/remote/digest.js';
 import type { RemoteStorage } from '../../src/remote/remote_storage.js';
 import { segmentStartLsn } from '../../src/wal/lsn.js';
@@ -26,10 +26,11 @@ import {
   stream,
   timelineLsns,
 } from '../harness/background.js';
-import { killAllNodes, type NodeProcess } from '../harness/node_process.js';
+import type { NodeProcess } from '../harness/node_process.js';
 import { FaultProxy, startS3rver, type S3Server } from '../harness/s3.js';
+import { tearDownAfterAll } from '../harness/teardown.js';
 import type { TestProposer } from '../harness/test_proposer.js';
-import { makeTempDir, removeAllTempDirs } from '../harness/tmp.js';
+import { makeTempDir } from '../harness/tmp.js';
 import { waitFor } from '../harness/wait.js';
 
 const BUCKET = 'sk-backup-bucket';
@@ -54,13 +55,12 @@ before(async () => {
   remote = s3Remote(s3.endpoint, BUCKET, PREFIX); // the test reads S3 directly, not through the proxy
 });
 
-after(async () => {
-  for (const proposer of proposers) await proposer.close();
-  await killAllNodes();
-  await remote?.close();
-  await proxy?.close();
-  await s3?.close();
-  await removeAllTempDirs();
+tearDownAfterAll(proposers, {
+  beforeTempDirs: async () => {
+    await remote?.close();
+    await proxy?.close();
+    await s3?.close();
+  },
 });
 
 describe('WAL backup to S3 through a faulting proxy', { timeout: 85_000 }, () => {

@@ -7,24 +7,17 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { formatLsn, parseLsn, segmentStartLsn, type Lsn } from '../../src/wal/lsn.js';
-import { killAllNodes, spawnNode, testNodeArgs, type NodeProcess } from '../harness/node_process.js';
+import { StreamClosedError } from '../harness/acceptor_replies.js';
+import { spawnNode, testNodeArgs, type NodeProcess } from '../harness/node_process.js';
 import { pgWaldump } from '../harness/pg.js';
-import {
-  StreamClosedError,
-  TestProposer,
-  assertAcksAreRecordEnds,
-  assertSameWal,
-  copySegmentsForWaldump,
-  readTimelineWal,
-  seededRandom,
-  syntheticWal,
-  timelineDirOf,
-  timelineStatus,
-  walRange,
-} from '../harness/test_proposer.js';
-import { makeTempDir, removeAllTempDirs } from '../harness/tmp.js';
+import { timelineStatus } from '../harness/proposer_session.js';
+import { tearDownAfterAll } from '../harness/teardown.js';
+import { TestProposer } from '../harness/test_proposer.js';
+import { assertAcksAreRecordEnds, assertSameWal, copySegmentsForWaldump, readTimelineWal, timelineDirOf } from '../harness/timeline_wal.js';
+import { makeTempDir } from '../harness/tmp.js';
+import { seededRandom, syntheticWal, walRange } from '../harness/wal_source.js';
 
 const SEGMENT_BYTES = 1 << 20;
 const PG_VERSION = 150008;
@@ -44,11 +37,7 @@ const CHUNK_BYTES = 24 * 1024;
 const IN_FLIGHT_BYTES_MAX = 512 * 1024;
 
 const proposers = new Set<TestProposer>();
-after(async () => {
-  for (const proposer of proposers) await proposer.close();
-  await killAllNodes();
-  await removeAllTempDirs();
-});
+tearDownAfterAll(proposers);
 
 test('kill -9 at random points while streaming loses nothing acknowledged, and streaming resumes after each restart', { timeout: TIMEOUT_MS }, async (t) => {
   const seed = process.env['SK_TEST_SEED'] !== undefined ? Number(process.env['SK_TEST_SEED']) : Math.floor(Math.random() * 0x7fff_ffff);

@@ -7,9 +7,10 @@
  * offloaded state survives a restart.
  */
 import assert from 'node:assert/strict';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { formatLsn, segmentStartLsn } from '../../src/wal/lsn.js';
 import {
+  OFFLOAD_ARGS,
   SEGMENT_BYTES,
   controlFile,
   http,
@@ -25,19 +26,16 @@ import {
   timelineLsns,
   type Ids,
 } from '../harness/background.js';
-import { killAllNodes, type NodeProcess } from '../harness/node_process.js';
-import { readTimelineWal, walRange, type TestProposer } from '../harness/test_proposer.js';
-import { makeTempDir, removeAllTempDirs } from '../harness/tmp.js';
+import type { NodeProcess } from '../harness/node_process.js';
+import { tearDownAfterAll } from '../harness/teardown.js';
+import type { TestProposer } from '../harness/test_proposer.js';
+import { readTimelineWal } from '../harness/timeline_wal.js';
+import { makeTempDir } from '../harness/tmp.js';
 import { waitFor } from '../harness/wait.js';
+import { walRange } from '../harness/wal_source.js';
 
 const proposers: TestProposer[] = [];
-after(async () => {
-  for (const proposer of proposers) await proposer.close();
-  await killAllNodes();
-  await removeAllTempDirs();
-});
-
-const OFFLOAD_ARGS = ['--enable-offload', '--delete-offloaded-wal', '--eviction-min-resident', '100ms', '--partial-backup-timeout', '200ms', '--control-file-save-interval', '200ms'];
+tearDownAfterAll(proposers);
 
 async function waitEvicted(node: NodeProcess, dataDir: string, ids: Ids): Promise<void> {
   await waitFor(async () => (await controlFile(dataDir, ids)).evictionState.kind === 'Offloaded', { what: 'the timeline is offloaded', timeoutMs: 20_000 }).catch(async (error: unknown) => {

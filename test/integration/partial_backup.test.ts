@@ -6,7 +6,7 @@
  * quiet again, a new object replaces it and the old one is deleted.
  */
 import assert from 'node:assert/strict';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { formatLsn, segmentOffsetBytes, segmentStartLsn } from '../../src/wal/lsn.js';
 import {
   SEGMENT_BYTES,
@@ -23,17 +23,13 @@ import {
   stream,
   streamMore,
 } from '../harness/background.js';
-import { killAllNodes } from '../harness/node_process.js';
+import { tearDownAfterAll } from '../harness/teardown.js';
 import type { TestProposer } from '../harness/test_proposer.js';
-import { makeTempDir, removeAllTempDirs } from '../harness/tmp.js';
+import { makeTempDir } from '../harness/tmp.js';
 import { waitFor } from '../harness/wait.js';
 
 const proposers: TestProposer[] = [];
-after(async () => {
-  for (const proposer of proposers) await proposer.close();
-  await killAllNodes();
-  await removeAllTempDirs();
-});
+tearDownAfterAll(proposers);
 
 const hex16 = (lsn: bigint): string => lsn.toString(16).toUpperCase().padStart(16, '0');
 const signal = new AbortController().signal;

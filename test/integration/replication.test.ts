@@ -10,22 +10,26 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { after, before, describe, test } from 'node:test';
+import { before, describe, test } from 'node:test';
 import { encodePageserverFeedback, emptyPageserverFeedback } from '../../src/acceptor/pageserver_feedback.js';
 import { encodeHotStandbyFeedback, encodeStandbyReply, postgresNowUs } from '../../src/pg/replication_messages.js';
 import { type Lsn, formatLsn, segmentFileName, segmentNumber, segmentStartLsn } from '../../src/wal/lsn.js';
 import { initialSegmentImage } from '../../src/wal/segment_image.js';
-import { killAllNodes, spawnNode, testNodeArgs, type NodeProcess } from '../harness/node_process.js';
+import { newIds } from '../harness/background.js';
+import { spawnNode, testNodeArgs, type NodeProcess } from '../harness/node_process.js';
 import { PG_BIN_DIR } from '../harness/pg.js';
 import { DatabaseError, PgTestClient } from '../harness/pg_client.js';
+import { electAndStream } from '../harness/proposer_session.js';
 import { realWal, recordEndLsn, type RealWal } from '../harness/real_wal.js';
-import { TestProposer, assertSameWal, electAndStream, walRange, type TestProposerOptions, type WalSource } from '../harness/test_proposer.js';
-import { makeTempDir, removeAllTempDirs } from '../harness/tmp.js';
+import { tearDownAfterAll } from '../harness/teardown.js';
+import { TestProposer, type TestProposerOptions } from '../harness/test_proposer.js';
+import { assertSameWal } from '../harness/timeline_wal.js';
+import { makeTempDir } from '../harness/tmp.js';
 import { waitFor } from '../harness/wait.js';
+import { walRange, type WalSource } from '../harness/wal_source.js';
 
 const execFileAsync = promisify(execFile);
 const TEST_TIMEOUT_MS = 60_000;
@@ -40,7 +44,6 @@ let full: { tenantId: string; timelineId: string };
 const proposers = new Set<TestProposer>();
 const clients = new Set<PgTestClient>();
 
-const newIds = (): { tenantId: string; timelineId: string } => ({ tenantId: randomBytes(16).toString('hex'), timelineId: randomBytes(16).toString('hex') });
 const source = (): WalSource => ({ bytes: wal.bytes, baseLsn: wal.startLsn, endLsn: wal.endLsn });
 const server = (): Pick<TestProposerOptions, 'pgVersion' | 'systemId' | 'walSegSizeBytes'> => ({ pgVersion: wal.pgVersion, systemId: wal.systemId, walSegSizeBytes: wal.segmentSizeBytes });
 /** Where every test timeline starts: the first record of the fixture. */
@@ -58,11 +61,10 @@ before(async () => {
   await session.proposer.close();
 });
 
-after(async () => {
-  for (const client of clients) client.destroy();
-  for (const proposer of proposers) await proposer.close();
-  await killAllNodes();
-  await removeAllTempDirs();
+tearDownAfterAll(proposers, {
+  beforeProposers: () => {
+    for (const client of clients) client.destroy();
+  },
 });
 
 function track<T extends TestProposer | PgTestClient>(item: T): T {
