@@ -179,6 +179,19 @@ export class PgClient {
     return ok;
   }
 
+  /**
+   * Runs `send` with the socket corked, so every CopyData it sends leaves in one write: messages that belong
+   * together reach the server in one read. Returns what `send` returns.
+   */
+  sendTogether<T>(send: () => T): T {
+    this.#socket.cork();
+    try {
+      return send();
+    } finally {
+      this.#socket.uncork();
+    }
+  }
+
   sendCopyDone(): void {
     this.#write(Buffer.from([0x63, 0, 0, 0, 4]));
   }

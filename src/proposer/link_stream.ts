@@ -106,9 +106,8 @@ export class LinkStream {
           await this.#recover(client, elected, signal);
           continue;
         }
-        const wal = window.read(this.#link.streamingAtLsn, APPEND_BYTES_MAX);
         sentCommitLsn = this.#host.commitLsn();
-        const ok = this.#append(client, elected, wal, sentCommitLsn);
+        const ok = client.sendTogether(() => this.#appendAvailable(client, elected, sentCommitLsn));
         lastSendMs = performance.now();
         if (!ok) await client.drained(signal);
         continue;
@@ -127,6 +126,18 @@ export class LinkStream {
       const waitMs = commitLsn !== sentCommitLsn ? COMMIT_BROADCAST_DELAY_MS - (nowMs - commitSeenMs) : HEARTBEAT_INTERVAL_MS - (nowMs - lastSendMs);
       await this.#sleepUntilKicked(Math.max(1, Math.ceil(waitMs)), signal);
     }
+  }
+
+  /**
+   * AppendRequests for the window's WAL from streamingAtLsn, until all of it is sent or the socket is full.
+   * Called corked: a window read stops at a chunk boundary, and WAL of one commit that straddles one would
+   * otherwise leave as two writes, and could reach the safekeeper as two write tasks (two fsyncs in a row).
+   */
+  #appendAvailable(client: PgClient, elected: ElectedTerm, commitLsn: Lsn): boolean {
+    const window = this.#host.window;
+    let ok = true;
+    while (ok && this.#link.streamingAtLsn < window.endLsn) ok = this.#append(client, elected, window.read(this.#link.streamingAtLsn, APPEND_BYTES_MAX), commitLsn);
+    return ok;
   }
 
   #append(client: PgClient, elected: ElectedTerm, wal: Uint8Array, commitLsn: Lsn): boolean {
