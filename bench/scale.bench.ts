@@ -3,7 +3,8 @@
  * coordinator thread.
  *
  *   1. Idle: IDLE_TIMELINES timelines created over HTTP (each with a control file, a state block, a
- *      TimelineWal, an acceptor and a manager whose only wait is an Atomics.waitAsync); resident memory per
+ *      TimelineWal, an acceptor and a manager that waits on nothing of its own: the coordinator keeps one
+ *      Atomics.waitAsync per chunk of 256 state blocks); resident memory per
  *      timeline (RSS growth of the whole process, all threads, after a settle period, divided by the count)
  *      and the node's CPU use while they sit idle (utime + stime from /proc over IDLE_CPU_WINDOW_MS). Then the
  *      node is restarted and the same is measured with the timelines loaded from disk.

@@ -8,7 +8,8 @@
  * prom-client state is per thread: metrics are updated on the main thread only. Workers (WAL writers,
  * coordinator) return their measurements in task results, and the main thread observes them here.
  * Per-timeline series (`tenant_id`, `timeline_id`) must be removed when the timeline is deleted or
- * evicted (`removeTimelineSeries`), or the registry grows without bound. Add new metrics to this file.
+ * evicted (`removeTimelineSeries`), or the registry grows without bound; the TimelineGauges (lags) keep
+ * none and are built at each scrape instead. Add new metrics to this file.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
@@ -173,19 +174,54 @@ export const remoteStorageRequestsTotal = new Counter({
   registers: [registry],
 });
 
-export const backupLagBytes = new Gauge({
-  name: 'safekeeper_backup_lag_bytes',
-  help: 'flush_lsn minus backup_lsn: WAL not yet confirmed in remote storage',
-  labelNames: ['tenant_id', 'timeline_id'] as const,
-  registers: [registry],
-});
+/** One series of a per-timeline gauge, as one scrape renders it. */
+export interface TimelineSample {
+  tenantId: string;
+  timelineId: string;
+  value: number;
+}
 
-export const removalLagBytes = new Gauge({
-  name: 'safekeeper_removal_lag_bytes',
-  help: 'flush_lsn minus the start of local WAL: WAL kept on local disk',
-  labelNames: ['tenant_id', 'timeline_id'] as const,
-  registers: [registry],
-});
+/**
+ * A gauge with one series per timeline whose values are read when a scrape renders it, and not kept: a
+ * prom-client Gauge keeps each series' labels and value between scrapes (about 0.5 KiB a series), and a
+ * node holds 10,000 mostly idle timelines. `setCollector` (the coordinator client) gives the values; each
+ * render calls it once. It sits in `registry` like any other metric: prom-client calls `get()` (and
+ * `reset()`), and renders the text as for its own gauges.
+ */
+export class TimelineGauge {
+  readonly type = 'gauge';
+  readonly aggregator = 'sum';
+  #collect: (() => Promise<TimelineSample[]>) | null = null;
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+  ) {
+    // prom-client types accept only its own classes; the registry needs name, help, type, get() and reset().
+    registry.registerMetric(this as unknown as Gauge);
+  }
+
+  /** Where the values come from (one call per scrape). Returns the function that removes it. */
+  setCollector(collect: () => Promise<TimelineSample[]>): () => void {
+    this.#collect = collect;
+    return () => {
+      if (this.#collect === collect) this.#collect = null;
+    };
+  }
+
+  async get(): Promise<{ name: string; help: string; type: 'gauge'; aggregator: 'sum'; values: { value: number; labels: { tenant_id: string; timeline_id: string } }[] }> {
+    const samples = this.#collect === null ? [] : await this.#collect();
+    const values = samples.map((sample) => ({ value: sample.value, labels: { tenant_id: sample.tenantId, timeline_id: sample.timelineId } }));
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+  }
+
+  /** Nothing to reset: no value is kept. */
+  reset(): void {}
+}
+
+export const backupLagBytes = new TimelineGauge('safekeeper_backup_lag_bytes', 'flush_lsn minus backup_lsn: WAL not yet confirmed in remote storage');
+
+export const removalLagBytes = new TimelineGauge('safekeeper_removal_lag_bytes', 'flush_lsn minus the start of local WAL: WAL kept on local disk');
 
 const scrapeHooks: (() => Promise<void>)[] = [];
 
@@ -208,10 +244,13 @@ export function setLsnGauge(gauge: Gauge<'tenant_id' | 'timeline_id'>, tenantId:
   gauge.set({ tenant_id: tenantId, timeline_id: timelineId }, Number(lsn));
 }
 
-/** Drops a timeline's series from every per-timeline metric (on delete or eviction). */
+/**
+ * Drops a timeline's series from every per-timeline metric that keeps them (on delete or eviction). The
+ * TimelineGauges keep none: a deleted timeline is simply absent from the next scrape.
+ */
 export function removeTimelineSeries(tenantId: string, timelineId: string): void {
   const labels = { tenant_id: tenantId, timeline_id: timelineId };
-  for (const gauge of [flushLsn, commitLsn, backupLagBytes, removalLagBytes]) gauge.remove(labels);
+  for (const gauge of [flushLsn, commitLsn]) gauge.remove(labels);
 }
 
 /** The registry in Prometheus text format, for GET /metrics. */

@@ -28,7 +28,7 @@ export function createNodeHooks(config: Config): NodeHooks {
   let registry: TimelineRegistry | null = null;
   let coordinator: CoordinatorClient | null = null;
   let service: ReturnType<typeof createWalService> | null = null;
-  const onBatch = (_timeline: string, bytes: number, result: WriteResult): void => {
+  const onBatch = (bytes: number, result: WriteResult): void => {
     if (!result.ok) return;
     writeWalBytesTotal.inc(bytes);
     observeMs(writeWalSeconds, result.timings.writeMs);
@@ -40,6 +40,7 @@ export function createNodeHooks(config: Config): NodeHooks {
       const background = CoordinatorClient.start(
         {
           nodeId: node.id,
+          dataDir: config.dataDir,
           noSync: config.noSync,
           remoteStorage: config.remoteStorage,
           remoteRequestTimeoutMs: config.remoteRequestTimeoutMs,

@@ -1,47 +1,104 @@
 /**
  * Cancellation tree: node → timeline → task, like Neon's child cancellation tokens. Cancelling a parent
  * cancels every child; cancelling a child never touches the parent. A child detaches from its parent on
- * `release()`, so long-lived parents do not accumulate listeners (we avoid `AbortSignal.any`, which has
+ * `release()`, so long-lived parents do not accumulate children (we avoid `AbortSignal.any`, which has
  * leaked with long-lived parents, nodejs/node#55351). Main thread or any worker; no I/O.
+ *
+ * Memory: a node holds one token per timeline, and most timelines sit idle, so a token is a plain object
+ * until someone reads its `signal`: the AbortController (an EventTarget with its listener maps, about
+ * 1 KiB) is created on that first read. Parents therefore keep their children (and `onCancel` listeners)
+ * in a Set of their own rather than as abort listeners on their signal. On `cancel()` the token's own
+ * signal fires first, then its children and listeners are cancelled, in the order they attached.
  */
 import { CancelledError } from '../errors.js';
 
+/** Called once, with the reason, when the token it was attached to is cancelled. */
+export type CancelListener = (reason: unknown) => void;
+
 export class CancelToken {
-  readonly #controller = new AbortController();
-  #detach: (() => void) | null = null;
+  /** Created on the first `signal` read (see the header). */
+  #controller: AbortController | null = null;
+  #cancelled = false;
+  #reason: unknown = undefined;
+  #parent: CancelToken | null = null;
+  /** Children and `onCancel` listeners, cancelled with this token; allocated on the first one. */
+  #attached: Set<CancelToken | CancelListener> | null = null;
 
   get signal(): AbortSignal {
+    if (this.#controller === null) {
+      this.#controller = new AbortController();
+      if (this.#cancelled) this.#controller.abort(this.#reason);
+    }
     return this.#controller.signal;
   }
 
   get cancelled(): boolean {
-    return this.#controller.signal.aborted;
+    return this.#cancelled;
+  }
+
+  /** Children and listeners attached now (tests check that released ones are gone). */
+  get attachedCount(): number {
+    return this.#attached?.size ?? 0;
   }
 
   cancel(reason: unknown = new CancelledError()): void {
-    if (!this.#controller.signal.aborted) this.#controller.abort(reason);
+    if (!this.#cancelled) {
+      this.#cancelled = true;
+      this.#reason = reason;
+      this.#controller?.abort(reason);
+      const attached = this.#attached;
+      this.#attached = null;
+      for (const entry of attached ?? []) {
+        if (entry instanceof CancelToken) entry.cancel(reason);
+        else callListener(entry, reason);
+      }
+    }
     this.release();
   }
 
   /** A token cancelled with this one (and by its own `cancel`). Call `release()` when the child's work ends. */
   child(): CancelToken {
     const child = new CancelToken();
-    const parent = this.signal;
-    const onAbort = (): void => child.cancel(parent.reason);
-    if (parent.aborted) {
-      onAbort();
+    if (this.#cancelled) {
+      child.cancel(this.#reason);
     } else {
-      parent.addEventListener('abort', onAbort, { once: true });
-      child.#detach = () => parent.removeEventListener('abort', onAbort);
+      child.#parent = this;
+      (this.#attached ??= new Set()).add(child);
     }
     return child;
   }
 
+  /**
+   * Calls `listener` once when this token is cancelled (at once if it already is), without creating the
+   * signal. Returns the function that detaches it (idempotent).
+   */
+  onCancel(listener: CancelListener): () => void {
+    if (this.#cancelled) {
+      callListener(listener, this.#reason);
+      return () => {};
+    }
+    (this.#attached ??= new Set()).add(listener);
+    return () => {
+      this.#attached?.delete(listener);
+    };
+  }
+
   /** Detaches from the parent. Idempotent. */
   release(): void {
-    const detach = this.#detach;
-    this.#detach = null;
-    detach?.();
+    const parent = this.#parent;
+    this.#parent = null;
+    if (parent !== null) parent.#attached?.delete(this);
+  }
+}
+
+/** As an EventTarget does for its listeners: a listener that throws is reported as uncaught, the others still run. */
+function callListener(listener: CancelListener, reason: unknown): void {
+  try {
+    listener(reason);
+  } catch (error) {
+    queueMicrotask(() => {
+      throw error;
+    });
   }
 }
 

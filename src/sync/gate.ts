@@ -7,6 +7,9 @@
 import { ShutdownError } from '../errors.js';
 import { assert } from './assert.js';
 
+/** Shared by every gate without a slow-close reporter (one per timeline: no closure each). */
+const ignoreSlowClose = (): void => {};
+
 export class Gate {
   #holders = new Map<number, string>();
   #nextId = 1;
@@ -16,7 +19,7 @@ export class Gate {
   constructor(
     readonly name: string,
     private readonly slowWaitMs = 10_000,
-    private readonly onSlow: (holderNames: string[]) => void = () => {},
+    private readonly onSlow: (holderNames: string[]) => void = ignoreSlowClose,
   ) {}
 
   get closing(): boolean {

@@ -2,23 +2,24 @@
  * Mutex: a FIFO async lock, a Semaphore with one permit. Each timeline's acceptor state changes in one
  * place, in order; several proposer connections (or an HTTP call) may race for it, so async acceptor
  * operations hold this lock, and the synchronous hot path runs only while it is free (`locked`).
- * Single thread.
+ * Memory: every timeline has two (acceptor, control file) and idle ones never lock them, so the semaphore
+ * is created on the first lock. Single thread.
  */
 import { Semaphore } from './semaphore.js';
 
 export class Mutex {
-  readonly #semaphore = new Semaphore(1);
+  #semaphore: Semaphore | null = null;
 
   get locked(): boolean {
-    return this.#semaphore.inUse > 0;
+    return this.#semaphore !== null && this.#semaphore.inUse > 0;
   }
 
   /** Waits for the lock and returns the function that releases it (idempotent). Abort-safe. */
   lock(signal: AbortSignal): Promise<() => void> {
-    return this.#semaphore.acquire(signal);
+    return (this.#semaphore ??= new Semaphore(1)).acquire(signal);
   }
 
   run<T>(signal: AbortSignal, work: () => Promise<T>): Promise<T> {
-    return this.#semaphore.run(signal, work);
+    return (this.#semaphore ??= new Semaphore(1)).run(signal, work);
   }
 }

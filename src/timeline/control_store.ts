@@ -3,6 +3,8 @@
  * what is durably on disk; `persist()` writes a new image atomically (temp, fsync, rename, fsync dir) and
  * only then makes it the current state, so a reply that depends on the new state can be sent after the
  * await. Saves are serialised (one at a time, in call order) and an identical image is not rewritten.
+ * The store takes ownership of the state it starts from (the registry hands over what it just decoded),
+ * rather than keeping a copy: a node holds 10,000 of these, and a copy would double each one's garbage.
  * Main thread; the disk work is async fs on libuv's pool.
  */
 import { isDeepStrictEqual } from 'node:util';
@@ -15,8 +17,9 @@ export class ControlStore {
   readonly #lock = new Mutex();
   #saves = 0;
 
+  /** `initial` is the durable state, and now the store's own: the caller must not keep changing it. */
   constructor(private readonly dir: string, initial: TimelinePersistentState, private readonly noSync: boolean) {
-    this.#state = structuredClone(initial);
+    this.#state = initial;
   }
 
   get state(): Readonly<TimelinePersistentState> {

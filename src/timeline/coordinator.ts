@@ -10,6 +10,7 @@
  * main then terminates the worker. Coordinator thread; entered from `workers/coordinator.ts`.
  */
 import { getHeapStatistics } from 'node:v8';
+import { StateBlock, StateBlockChunk } from '../ingest/state_block.js';
 import { NotFoundError, ShutdownError } from '../errors.js';
 import { digestReady } from '../remote/digest.js';
 import { openRemoteStorage } from '../remote/open.js';
@@ -30,6 +31,7 @@ import {
 } from './coordinator_protocol.js';
 import { TimelineManager, type ManagerCounters, type ManagerHost, type ManagerShared } from './manager.js';
 import { RpcPort, type MessageEndpoint } from './rpc_port.js';
+import { StateWatcher } from './state_watcher.js';
 
 /**
  * Segment buffers held by uploads at once, over all timelines: 8 × 16 MiB = 128 MiB at most, and enough to
@@ -39,6 +41,8 @@ export const UPLOAD_SLOTS = 8;
 
 export class Coordinator {
   readonly #managers = new Map<string, TimelineManager>();
+  /** The chunks of state blocks main sent (each once, before any registration that uses it), watched. */
+  readonly #stateWatcher = new StateWatcher();
   readonly #rpc: RpcPort;
   readonly #remote: RemoteStorage;
   readonly #failpoints: Failpoints;
@@ -68,6 +72,7 @@ export class Coordinator {
     this.#shared = {
       config: {
         nodeId: options.nodeId,
+        dataDir: options.dataDir,
         noSync: options.noSync,
         controlFileSaveIntervalMs: options.controlFileSaveIntervalMs,
         partialBackupTimeoutMs: options.partialBackupTimeoutMs,
@@ -77,6 +82,7 @@ export class Coordinator {
         walBackupParallelJobs: options.walBackupParallelJobs,
       },
       host,
+      stateWatcher: this.#stateWatcher,
       remote: this.#remote,
       uploadSlots: new Semaphore(UPLOAD_SLOTS),
       failpoints: this.#failpoints,
@@ -103,9 +109,14 @@ export class Coordinator {
 
   #onNotify(notice: MainNotice): void {
     switch (notice.kind) {
+      case 'state_chunk':
+        this.#stateWatcher.addChunk(new StateBlockChunk(notice.chunkId, notice.blockCount, notice.buffer));
+        return;
       case 'register': {
         if (this.#stopping || this.#managers.has(notice.timeline.ttid)) return;
-        const manager = new TimelineManager(notice.timeline, this.#shared);
+        const chunk = this.#stateWatcher.chunk(notice.timeline.stateChunkId);
+        assert(chunk !== undefined, 'a state block chunk arrives before the registrations that use it');
+        const manager = new TimelineManager(notice.timeline, new StateBlock(chunk, notice.timeline.stateBlockIndex), this.#shared);
         this.#managers.set(notice.timeline.ttid, manager);
         manager.start();
         return;
@@ -149,6 +160,8 @@ export class Coordinator {
       }
       case 'metrics':
         return { value: this.#metrics() };
+      case 'timeline_metrics':
+        return { value: [...this.#managers.values()].map((manager) => manager.metrics) };
       case 'set_failpoint':
         this.#failpoints.set(request.name, parseFailpointAction(request.action));
         return { value: null };
@@ -158,6 +171,7 @@ export class Coordinator {
         this.#stopping = true;
         await Promise.all([...this.#managers.values()].map((manager) => manager.stop()));
         this.#managers.clear();
+        this.#stateWatcher.close();
         await this.#remote.close();
         return { value: null };
       default:
@@ -169,12 +183,10 @@ export class Coordinator {
     let uploadsRunning = 0;
     let active = 0;
     let evicted = 0;
-    const timelines = [];
     for (const manager of this.#managers.values()) {
       uploadsRunning += manager.uploadsRunning;
       if (manager.active) active += 1;
       if (manager.offloaded) evicted += 1;
-      timelines.push(manager.metrics);
     }
     const counters = this.#counters;
     return {
@@ -191,7 +203,6 @@ export class Coordinator {
       evictedTimelines: evicted,
       heapUsedBytes: getHeapStatistics().used_heap_size,
       remoteRequestsTotal: { ...this.#remoteRequests },
-      timelines,
     };
   }
 }

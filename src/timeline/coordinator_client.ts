@@ -32,6 +32,7 @@ import {
   type MainNotice,
   type MainReplies,
   type MainRequest,
+  type TimelineMetrics,
 } from './coordinator_protocol.js';
 import { RpcPort } from './rpc_port.js';
 import type { Timeline } from './timeline.js';
@@ -72,10 +73,13 @@ export class CoordinatorClient implements Residency {
   readonly #timelines = new Map<string, Timeline>();
   readonly #active = new Set<string>();
   readonly #lastTotals = new Map<string, number>();
-  readonly #reportedTimelines = new Set<string>();
+  /** Chunks of state blocks the coordinator has (each is sent once, before its first registration). */
+  readonly #stateChunksSent = new Set<number>();
   #nextGuardId = 1;
   #stopping = false;
   #unhookScrape: () => void;
+  /** A per-timeline metrics request in flight: the two lag gauges of one scrape share it. */
+  #timelineMetrics: Promise<TimelineMetrics[]> | null = null;
 
   private constructor(options: CoordinatorOptions, private readonly log: Logger) {
     this.#worker = startWorker(options);
@@ -94,7 +98,12 @@ export class CoordinatorClient implements Residency {
       });
     });
     this.#rpc = new RpcPort(this.#worker, { onRequest: (body) => this.#onRequest(body as CoordinatorRequest), onNotify: (body) => this.#onNotify(body as CoordinatorNotice) }, COORDINATOR_REQUESTS_IN_FLIGHT_MAX);
-    this.#unhookScrape = metrics.onScrape(() => this.collectMetrics());
+    const unhooks = [
+      metrics.onScrape(() => this.collectMetrics()),
+      metrics.backupLagBytes.setCollector(async () => (await this.#timelineMetricsOnce()).map((t) => ({ tenantId: t.tenantId, timelineId: t.timelineId, value: t.backupLagBytes }))),
+      metrics.removalLagBytes.setCollector(async () => (await this.#timelineMetricsOnce()).map((t) => ({ tenantId: t.tenantId, timelineId: t.timelineId, value: t.removalLagBytes }))),
+    ];
+    this.#unhookScrape = () => unhooks.forEach((unhook) => unhook());
   }
 
   static start(options: CoordinatorOptions, log: Logger): CoordinatorClient {
@@ -120,31 +129,40 @@ export class CoordinatorClient implements Residency {
     const { ttid } = timeline;
     this.#timelines.set(ttid, timeline);
     const state = control.state;
+    const chunk = timeline.state.chunk;
+    if (!this.#stateChunksSent.has(chunk.id)) {
+      assert(chunk.id >= 0, 'a registered timeline has its state block in a chunk of the registry');
+      this.#stateChunksSent.add(chunk.id);
+      this.#notify({ kind: 'state_chunk', chunkId: chunk.id, blockCount: chunk.blockCount, buffer: chunk.buffer });
+    }
     this.#notify({
       kind: 'register',
       timeline: {
         ttid,
         tenantId: timeline.tenantId,
         timelineId: timeline.timelineId,
-        dir: timeline.dir,
         segmentSizeBytes: state.server.walSegSizeBytes,
-        stateBuffer: timeline.state.buffer,
+        stateChunkId: chunk.id,
+        stateBlockIndex: timeline.state.index,
         partialSegments: structuredClone(state.partialBackup.segments),
         evictionState: structuredClone(state.evictionState),
       },
     });
-    const unregister = (): void => {
-      void this.#request('unregister', { kind: 'unregister', ttid })
-        .catch((error: unknown) => this.log.warn({ err: error, ttid }, 'unregistering a timeline manager failed'))
-        .finally(() => {
-          this.#timelines.delete(ttid);
-          this.#active.delete(ttid);
-          if (this.#reportedTimelines.delete(ttid)) metrics.removeTimelineSeries(timeline.tenantId, timeline.timelineId);
-          leave();
-        });
-    };
-    if (timeline.cancel.cancelled) unregister();
-    else timeline.cancel.signal.addEventListener('abort', unregister, { once: true });
+    // An onCancel listener rather than an abort listener: the timeline's signal is not created for it.
+    timeline.cancel.onCancel(() => this.#unregister(timeline, leave));
+  }
+
+  /** The timeline was cancelled: stop its manager, then leave its gate (delete and shutdown wait for that). */
+  #unregister(timeline: Timeline, leave: () => void): void {
+    const { ttid } = timeline;
+    void this.#request('unregister', { kind: 'unregister', ttid })
+      .catch((error: unknown) => this.log.warn({ err: error, ttid }, 'unregistering a timeline manager failed'))
+      .finally(() => {
+        this.#timelines.delete(ttid);
+        this.#active.delete(ttid);
+        metrics.removeTimelineSeries(timeline.tenantId, timeline.timelineId);
+        leave();
+      });
   }
 
   /** A residency guard for `timeline`: its manager unevicts it first when offloaded. */
@@ -203,7 +221,10 @@ export class CoordinatorClient implements Residency {
     return this.#request('metrics', { kind: 'metrics' });
   }
 
-  /** Copies the coordinator's counters and per-timeline lags into this thread's prom-client registry. */
+  /**
+   * Copies the coordinator's counters into this thread's prom-client registry. The per-timeline lags are
+   * not copied: the TimelineGauges ask for them while rendering (`timeline_metrics`), and keep nothing.
+   */
   async collectMetrics(): Promise<void> {
     if (this.#stopping) return;
     const snapshot = await this.coordinatorMetrics();
@@ -228,12 +249,13 @@ export class CoordinatorClient implements Residency {
     metrics.activeTimelines.set(snapshot.activeTimelines);
     metrics.evictedTimelines.set(snapshot.evictedTimelines);
     metrics.coordinatorHeapUsedBytes.set(snapshot.heapUsedBytes);
-    for (const timeline of snapshot.timelines) {
-      const labels = { tenant_id: timeline.tenantId, timeline_id: timeline.timelineId };
-      metrics.backupLagBytes.set(labels, timeline.backupLagBytes);
-      metrics.removalLagBytes.set(labels, timeline.removalLagBytes);
-      this.#reportedTimelines.add(`${timeline.tenantId}/${timeline.timelineId}`);
-    }
+  }
+
+  /** Every manager's lags, for the per-timeline gauges (built at each scrape, not kept). */
+  #timelineMetricsOnce(): Promise<TimelineMetrics[]> {
+    if (this.#stopping) return Promise.resolve([]);
+    this.#timelineMetrics ??= this.#request('timeline_metrics', { kind: 'timeline_metrics' }).finally(() => (this.#timelineMetrics = null));
+    return this.#timelineMetrics;
   }
 
   /** Stops every manager and the worker. Call after the registry has shut its timelines down. */

@@ -1,18 +1,21 @@
 /**
  * The main ⇄ coordinator protocol: every message that crosses between the main thread and the coordinator
  * worker (`workers/coordinator.ts`), as data. Carried by `RpcPort` (requests with replies, bounded in
- * flight; notifications without). LSNs are bigints, the state block travels as its SharedArrayBuffer,
- * downloaded WAL as a transferred buffer.
+ * flight; notifications without). LSNs are bigints, state blocks travel as their chunk's SharedArrayBuffer
+ * (once per chunk) and an index, downloaded WAL as a transferred buffer.
  *
  * Main → coordinator
- *   notify  register        a timeline to manage: ids, dir, segment size, state block, persisted partial
- *                           backup list and eviction state (the LSNs are in the state block)
+ *   notify  state_chunk     a chunk of state blocks (its SharedArrayBuffer), sent once, before the first
+ *                           registration of a timeline whose block is in it
+ *   notify  register        a timeline to manage: ids, segment size, state block (chunk id and index),
+ *                           persisted partial backup list and eviction state (the LSNs are in the state block)
  *   notify  release_guard   a residency guard is dropped
  *   request unregister      stop the manager; replies once every job of it has ended
  *   request checkpoint      save the control file now, run a manager pass, wait for the removal it starts
  *   request acquire_guard   a residency guard (id chosen by main); the manager unevicts first if needed
  *   request read_remote_wal WAL from remote storage → Uint8Array (≤ one segment)
  *   request metrics         → CoordinatorMetrics (asked at /metrics scrape time)
+ *   request timeline_metrics → TimelineMetrics[], every manager's lags (asked at /metrics scrape time)
  *   request set_failpoint / list_failpoints   (testing_failpoints only)
  *   request shutdown        stop every manager, close remote storage; the worker then exits
  * Coordinator → main
@@ -36,6 +39,7 @@ export const GUARD_TIMEOUT_MS = 30_000;
 /** workerData of the coordinator: what it needs from the config, resolved. */
 export interface CoordinatorOptions {
   nodeId: bigint;
+  dataDir: string;
   noSync: boolean;
   remoteStorage: RemoteStorageConfig;
   remoteRequestTimeoutMs: number;
@@ -54,14 +58,18 @@ export interface TimelineRegistration {
   ttid: string;
   tenantId: TenantId;
   timelineId: TimelineId;
-  dir: string;
   segmentSizeBytes: number;
-  stateBuffer: SharedArrayBuffer;
+  /** The timeline's state block: block `stateBlockIndex` of the chunk sent as `state_chunk` `stateChunkId`. */
+  stateChunkId: number;
+  stateBlockIndex: number;
   partialSegments: PartialRemoteSegment[];
   evictionState: EvictionState;
 }
 
-export type MainNotice = { kind: 'register'; timeline: TimelineRegistration } | { kind: 'release_guard'; ttid: string; guardId: number };
+export type MainNotice =
+  | { kind: 'state_chunk'; chunkId: number; blockCount: number; buffer: SharedArrayBuffer }
+  | { kind: 'register'; timeline: TimelineRegistration }
+  | { kind: 'release_guard'; ttid: string; guardId: number };
 
 export type MainRequest =
   | { kind: 'unregister'; ttid: string }
@@ -71,6 +79,7 @@ export type MainRequest =
   | { kind: 'acquire_guard'; ttid: string; guardId: number }
   | { kind: 'read_remote_wal'; ttid: string; startLsn: Lsn; lengthBytes: number }
   | { kind: 'metrics' }
+  | { kind: 'timeline_metrics' }
   | { kind: 'set_failpoint'; name: string; action: string }
   | { kind: 'list_failpoints' }
   | { kind: 'shutdown' };
@@ -84,6 +93,7 @@ export interface MainReplies {
   acquire_guard: null;
   read_remote_wal: Uint8Array;
   metrics: CoordinatorMetrics;
+  timeline_metrics: TimelineMetrics[];
   set_failpoint: null;
   list_failpoints: FailpointState[];
   shutdown: null;
@@ -131,5 +141,4 @@ export interface CoordinatorMetrics {
   heapUsedBytes: number;
   /** `${operation} ${outcome}` → count. */
   remoteRequestsTotal: Record<string, number>;
-  timelines: TimelineMetrics[];
 }

@@ -9,18 +9,21 @@
  * current step.
  *
  * Passes are at least `MANAGER_PASS_INTERVAL_MS_MIN` apart, so a busy timeline's stream of changes coalesces into a few
- * passes per second. An idle manager has no timer and costs no CPU; to keep 10,000 of them small, the backup queue and
- * the cancellation token are created on first use. Abort: `stop()` cancels every job (uploads abort; a removal or a
- * rename finishes its file first), waits for them, then releases its block wait.
+ * passes per second. An idle manager has no timer, no wait of its own (its block's changes reach it through the
+ * coordinator's StateWatcher, one wait per chunk of blocks) and costs no CPU; to keep 10,000 of them small, the backup
+ * queue, the cancellation token and the promise `stop()` waits on are created on first use, and the ids and directory
+ * are derived from `ttid`. Abort: `stop()` cancels every job (uploads abort; a removal or a rename finishes its file
+ * first), waits for them, then leaves the state watcher.
  */
 import { setMaxListeners } from 'node:events';
-import type { EvictionState, PartialRemoteSegment, TenantId, TimelineId } from '../acceptor/state.js';
+import { ttid, type EvictionState, type PartialRemoteSegment, type TenantId, type TimelineId } from '../acceptor/state.js';
 import { ShutdownError } from '../errors.js';
-import { StateBlock } from '../ingest/state_block.js';
+import type { StateBlock } from '../ingest/state_block.js';
 import { collectPartialGarbage, uploadPartialSegment, uploadedPartial, type PartialBackupDeps } from '../remote/partial_backup.js';
 import type { RemoteStorage } from '../remote/remote_storage.js';
 import { SegmentBackup } from '../remote/wal_backup.js';
 import { readRemoteWal } from '../remote/wal_download.js';
+import { timelineDir } from '../storage/layout.js';
 import { AssertionError, assert } from '../sync/assert.js';
 import { CancelToken, sleep } from '../sync/cancel.js';
 import type { Failpoints } from '../sync/failpoints.js';
@@ -30,6 +33,7 @@ import type { LogLevel, ManagerPersist, TimelineMetrics, TimelineRegistration } 
 import { EvictionControl } from './eviction.js';
 import { partialCurrentOf, planPass, type ManagerFacts, type ManagerPlan, type ManagerSnapshot } from './manager_decisions.js';
 import { ManagerWakeup } from './manager_wakeup.js';
+import type { StateWatcher } from './state_watcher.js';
 import { localSegmentRange, removeSegmentsUpTo } from './wal_removal.js';
 
 /** Passes of one manager are at least this far apart; state changes in between coalesce. */
@@ -41,6 +45,8 @@ export const JOB_RETRY_MS = 2_000;
 
 export interface ManagerConfig {
   nodeId: bigint;
+  /** Where timeline directories are (`storage/layout.ts`). */
+  dataDir: string;
   noSync: boolean;
   controlFileSaveIntervalMs: number;
   partialBackupTimeoutMs: number;
@@ -73,6 +79,8 @@ export interface ManagerCounters {
 export interface ManagerShared {
   config: ManagerConfig;
   host: ManagerHost;
+  /** Tells each manager when its state block changed. */
+  stateWatcher: StateWatcher;
   remote: RemoteStorage;
   uploadSlots: Semaphore;
   failpoints: Failpoints;
@@ -85,9 +93,6 @@ type Job = Promise<void> | null;
 
 export class TimelineManager {
   readonly ttid: string;
-  readonly tenantId: TenantId;
-  readonly timelineId: TimelineId;
-  readonly dir: string;
   readonly segmentSizeBytes: number;
   status = 'starting';
   readonly #block: StateBlock;
@@ -118,24 +123,24 @@ export class TimelineManager {
   #reportedBackupLsn = 0n;
   #active: boolean | null = null;
   #lastPassMs = -Infinity;
-  #loop: Promise<void> | null = null;
-  #loopEnded: (() => void) | null = null;
+  #loop: 'new' | 'running' | 'ended' = 'new';
+  /** What `stop()` waits on; made by the first `stop()` (an idle manager holds no promise). */
+  #loopEnded: { promise: Promise<void>; resolve: () => void } | null = null;
 
-  constructor(registration: TimelineRegistration, private readonly shared: ManagerShared) {
+  /** `block`: the timeline's state block, over the chunk main sent (`registration` names it). */
+  constructor(registration: TimelineRegistration, block: StateBlock, private readonly shared: ManagerShared) {
+    assert(registration.ttid === ttid(registration.tenantId, registration.timelineId), 'a ttid is tenant/timeline');
     this.ttid = registration.ttid;
-    this.tenantId = registration.tenantId;
-    this.timelineId = registration.timelineId;
-    this.dir = registration.dir;
     this.segmentSizeBytes = registration.segmentSizeBytes;
-    this.#block = new StateBlock(registration.stateBuffer);
-    this.#wakeup = new ManagerWakeup(this.#block, shared.nowMs);
-    this.#partialSegments = structuredClone(registration.partialSegments);
+    this.#block = block;
+    this.#wakeup = new ManagerWakeup(this.#block, shared.stateWatcher, shared.nowMs);
+    this.#partialSegments = registration.partialSegments; // deserialized from the message: ours alone
     const now = shared.nowMs();
     this.#lastSaveMs = now;
     this.#lastChangeMs = now;
     this.#evictNotBeforeMs = now + shared.random() * shared.config.evictionMinResidentMs;
     this.#backupStartSegno = this.#segno(lsnMax(this.#block.get('backupLsn'), this.#block.get('localStartLsn')));
-    this.#initialEviction = registration.evictionState;
+    this.#initialEviction = shareablePresent(registration.evictionState);
   }
 
   /** Current lags, computed when asked (at /metrics scrape time). */
@@ -164,9 +169,25 @@ export class TimelineManager {
     return this.#active === true;
   }
 
+  /**
+   * Ids and directory, derived from `ttid` when a job or a scrape needs them: an idle manager keeps one
+   * string instead of four (10,000 managers on the coordinator).
+   */
+  get tenantId(): TenantId {
+    return this.ttid.slice(0, this.ttid.indexOf('/')) as TenantId;
+  }
+
+  get timelineId(): TimelineId {
+    return this.ttid.slice(this.ttid.indexOf('/') + 1) as TimelineId;
+  }
+
+  get dir(): string {
+    return timelineDir(this.shared.config.dataDir, this.tenantId, this.timelineId);
+  }
+
   start(): void {
-    assert(this.#loop === null, 'a manager starts once');
-    this.#loop = new Promise<void>((resolve) => (this.#loopEnded = resolve));
+    assert(this.#loop === 'new', 'a manager starts once');
+    this.#loop = 'running';
     void this.#init().then(() => this.#turn());
   }
 
@@ -180,7 +201,9 @@ export class TimelineManager {
     this.#stopped = true;
     this.#cancel?.cancel(new ShutdownError(`timeline manager ${this.ttid} is stopping`));
     this.kick();
-    await this.#loop;
+    if (this.#loop !== 'running') return;
+    this.#loopEnded ??= promiseWithResolve();
+    await this.#loopEnded.promise;
   }
 
   /** Saves the control file now, runs a pass, and waits for the removal it starts. */
@@ -252,7 +275,8 @@ export class TimelineManager {
     } finally {
       this.#cancel?.release();
       this.status = 'stopped';
-      this.#loopEnded?.();
+      this.#loop = 'ended';
+      this.#loopEnded?.resolve();
     }
   }
 
@@ -456,7 +480,7 @@ export class TimelineManager {
   #dropIdleEviction(): void {
     const control = this.#evictionControl;
     if (control === null || !control.idle) return;
-    this.#initialEviction = control.state;
+    this.#initialEviction = shareablePresent(control.state);
     this.#evictionControl = null;
   }
 
@@ -543,6 +567,19 @@ export class TimelineManager {
   #log(level: LogLevel, message: string, fields: Record<string, unknown> = {}): void {
     this.shared.host.log(level, this.ttid, message, fields);
   }
+}
+
+/** One `Present` state for every manager that is not offloaded (no object each). Never changed. */
+const PRESENT: EvictionState = Object.freeze({ kind: 'Present' });
+
+function shareablePresent(state: EvictionState): EvictionState {
+  return state.kind === 'Present' ? PRESENT : state;
+}
+
+function promiseWithResolve(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((done) => (resolve = done));
+  return { promise, resolve };
 }
 
 function describeError(error: unknown): string {

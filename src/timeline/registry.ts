@@ -20,7 +20,8 @@ import {
   type TimelineId,
 } from '../acceptor/state.js';
 import { ConflictError, InvalidArgumentError, NotFoundError, SafekeeperError, ShutdownError } from '../errors.js';
-import { StateBlock } from '../ingest/state_block.js';
+import type { StateBlock } from '../ingest/state_block.js';
+import { StateBlockArena } from '../ingest/state_block_arena.js';
 import { TimelineWal } from '../ingest/timeline_wal.js';
 import type { WriteResult } from '../ingest/writer_protocol.js';
 import type { WriterPool } from '../ingest/writer_pool.js';
@@ -40,7 +41,7 @@ export interface RegistryOptions {
   /** The node's root token; every timeline's token is a child of it. */
   cancel: CancelToken;
   log: { info(fields: object, message: string): void; warn(fields: object, message: string): void; error(fields: object, message: string): void };
-  onBatch?: (timeline: string, bytes: number, result: WriteResult) => void;
+  onBatch?: (bytes: number, result: WriteResult) => void;
   /** Called once for every timeline loaded or created (after it is in the map): e.g. start its manager. */
   onOpen?: (timeline: Timeline) => void;
   /** Deletes a timeline's remote objects (after its local deletion, unless `only_local`). */
@@ -60,6 +61,8 @@ export class TimelineRegistry {
   readonly #timelines = new Map<string, Timeline>();
   readonly #creating = new Map<string, Promise<Timeline>>();
   readonly #tombstones = new Set<string>();
+  /** Every timeline's state block, broken ones included; a block is freed when its timeline is deleted. */
+  readonly #stateBlocks = new StateBlockArena();
 
   private constructor(private readonly options: RegistryOptions) {}
 
@@ -110,7 +113,7 @@ export class TimelineRegistry {
     const creating = this.#createOnDisk(args).finally(() => this.#creating.delete(key));
     this.#creating.set(key, creating);
     const timeline = await creating;
-    this.#timelines.set(key, timeline);
+    this.#timelines.set(timeline.ttid, timeline); // the timeline's own string as the key: one copy per timeline
     this.options.onOpen?.(timeline);
     return timeline;
   }
@@ -128,6 +131,8 @@ export class TimelineRegistry {
       this.#timelines.delete(key);
       await timeline.shutdown(new ShutdownError(`timeline ${key} is being deleted`));
       if (timeline.wal !== null) await timeline.wal.quiesce(new AbortController().signal);
+      // Its manager has stopped (the gate waited for it) and no write task runs: nothing uses the block's place.
+      this.#stateBlocks.free(timeline.state);
     }
     const dir = timelineDir(this.options.dataDir, tenantId, timelineId);
     const dirExisted = await exists(dir);
@@ -162,14 +167,23 @@ export class TimelineRegistry {
     return this.#open(args.tenantId, args.timelineId);
   }
 
+  /** Opens a timeline's directory: a Timeline, broken if its files are. Only a bug or an I/O failure throws. */
   async #open(tenantId: TenantId, timelineId: TimelineId): Promise<Timeline> {
+    const stateBlock = this.#stateBlocks.allocate();
+    try {
+      return await this.#openWith(stateBlock, tenantId, timelineId);
+    } catch (error) {
+      this.#stateBlocks.free(stateBlock);
+      throw error;
+    }
+  }
+
+  async #openWith(stateBlock: StateBlock, tenantId: TenantId, timelineId: TimelineId): Promise<Timeline> {
     const { dataDir, nodeId, noSync, ringSizeBytes, pool } = this.options;
     const dir = timelineDir(dataDir, tenantId, timelineId);
-    const stateBlock = new StateBlock();
-    const cancel = this.options.cancel.child();
     const broken = (reason: string): Timeline => {
       this.options.log.error({ tenant_id: tenantId, timeline_id: timelineId, reason }, 'timeline is broken');
-      return new Timeline(tenantId, timelineId, dir, cancel, stateBlock, null, null, nodeId, reason);
+      return new Timeline(tenantId, timelineId, dir, this.options.cancel.child(), stateBlock, null, null, nodeId, reason);
     };
     let state;
     try {
@@ -193,24 +207,18 @@ export class TimelineRegistry {
       if (scan.endLsn < state.commitLsn) return broken(`WAL ends before commit_lsn (${scan.detail})`);
       endLsn = scan.endLsn;
     }
-    const control = new ControlStore(dir, state, noSync);
-    const key = ttid(tenantId, timelineId);
-    const onBatch = this.options.onBatch;
-    const wal = new TimelineWal(
-      {
-        ...files,
-        pgVersion: state.server.pgVersion,
-        ringSizeBytes,
-        pool,
-        state: stateBlock,
-        ...(onBatch !== undefined ? { onBatch: (bytes: number, result: WriteResult) => onBatch(key, bytes, result) } : {}),
-      },
-      endLsn,
-    );
+    const control = new ControlStore(dir, state, noSync); // the store owns `state` now: only read below
+    // One literal with every field, so all timelines' options share one hidden class.
+    const walOptions = { dir, segmentSizeBytes: files.segmentSizeBytes, pgVersion: state.server.pgVersion, ringSizeBytes, noSync, pool, state: stateBlock, onBatch: this.options.onBatch ?? ignoreBatch };
+    const wal = new TimelineWal(walOptions, endLsn);
     stateBlock.setMany({ commitLsn: state.commitLsn, term: state.acceptorState.term, localStartLsn: state.localStartLsn, backupLsn: state.backupLsn });
-    return new Timeline(tenantId, timelineId, dir, cancel, stateBlock, control, wal, nodeId, null);
+    // The ids of the control state (equal, checked above): one copy of each string per timeline.
+    return new Timeline(state.tenantId, state.timelineId, dir, this.options.cancel.child(), stateBlock, control, wal, nodeId, null);
   }
 }
+
+/** The `onBatch` of a registry without one: shared, rather than a closure per timeline. */
+function ignoreBatch(): void {}
 
 async function exists(path: string): Promise<boolean> {
   try {

@@ -10,11 +10,15 @@
  * commit_lsn advances (its `onCommitAdvanced`, which also publishes it in the state block), and term-mode
  * readers watch `wal.flush`. They plug their aggregated hot standby feedback in with
  * `setHotStandbyFeedbackSource`, and the acceptor puts it into every AppendResponse.
+ *
+ * Memory: a node holds thousands of idle timelines, so what each one allocates is kept small. The
+ * acceptor's storage adapters are small classes (methods on the prototype) rather than object literals of
+ * closures, and the acceptor's callbacks are bound methods: no closure context per timeline.
  */
 import { Acceptor } from '../acceptor/acceptor.js';
 import type { AcceptorControlStore, AcceptorWalStore } from '../acceptor/acceptor.js';
 import { emptyHotStandbyFeedback, type HotStandbyFeedback } from '../acceptor/messages.js';
-import { ttid, type TenantId, type TimelineId } from '../acceptor/state.js';
+import { ttid, type TenantId, type TimelineId, type TimelinePersistentState } from '../acceptor/state.js';
 import { TimelineBrokenError } from '../errors.js';
 import type { StateBlock } from '../ingest/state_block.js';
 import type { TimelineWal } from '../ingest/timeline_wal.js';
@@ -51,15 +55,19 @@ export class Timeline {
     this.ttid = ttid(tenantId, timelineId);
     this.gate = new Gate(`timeline ${this.ttid}`);
     this.commit = new Watch(control?.state.commitLsn ?? 0n);
-    const acceptorOptions = {
-      hotStandbyFeedback: () => this.#hotStandbyFeedback(),
-      onCommitAdvanced: (commitLsn: Lsn) => {
-        this.commit.set(commitLsn);
-        state.set('commitLsn', commitLsn);
-      },
-    };
-    this.acceptor = control !== null && wal !== null ? new Acceptor(nodeId, publishingControl(control, () => this.publishState()), walStoreOf(wal, control), acceptorOptions) : null;
+    const acceptorOptions = { hotStandbyFeedback: this.#currentHotStandbyFeedback.bind(this), onCommitAdvanced: this.#onCommitAdvanced.bind(this) };
+    this.acceptor = control !== null && wal !== null ? new Acceptor(nodeId, new PublishingControlStore(control, this), new WalStoreAdapter(wal, control), acceptorOptions) : null;
     this.publishState();
+  }
+
+  #currentHotStandbyFeedback(): HotStandbyFeedback {
+    return this.#hotStandbyFeedback();
+  }
+
+  /** The acceptor's in-memory commit_lsn moved: wake commit-mode readers and tell the manager. */
+  #onCommitAdvanced(commitLsn: Lsn): void {
+    this.commit.set(commitLsn);
+    this.state.set('commitLsn', commitLsn);
   }
 
   /**
@@ -121,34 +129,51 @@ export class Timeline {
 }
 
 /** The control store as the acceptor sees it, publishing the state block after every persist. */
-function publishingControl(control: ControlStore, publish: () => void): AcceptorControlStore {
-  return {
-    get state() {
-      return control.state;
-    },
-    persist: async (next, signal) => {
-      await control.persist(next, signal);
-      publish();
-    },
-  };
+class PublishingControlStore implements AcceptorControlStore {
+  constructor(
+    private readonly control: ControlStore,
+    private readonly timeline: Timeline,
+  ) {}
+
+  get state(): Readonly<TimelinePersistentState> {
+    return this.control.state;
+  }
+
+  async persist(next: TimelinePersistentState, signal: AbortSignal): Promise<void> {
+    await this.control.persist(next, signal);
+    this.timeline.publishState();
+  }
 }
 
 /** Adapts the WAL pipeline to the acceptor's storage interface. */
-function walStoreOf(wal: TimelineWal, control: ControlStore): AcceptorWalStore {
-  return {
-    get writeLsn(): Lsn {
-      return wal.writeLsn;
-    },
-    get flushLsn(): Lsn {
-      return wal.flushLsn;
-    },
-    get truncationPending(): boolean {
-      return wal.truncationPending;
-    },
-    tryAppend: (beginLsn, bytes) => wal.tryAppend(beginLsn, bytes),
-    append: (beginLsn, bytes, signal) => wal.append(beginLsn, bytes, signal),
-    flush: (signal) => wal.flushAll(signal),
-    truncate: (lsn, signal) => wal.truncate(lsn, signal),
-    initializeFirstSegment: (lsn, signal) => wal.initializeFirstSegment(lsn, control.state.server.systemId, signal),
-  };
+class WalStoreAdapter implements AcceptorWalStore {
+  constructor(
+    private readonly wal: TimelineWal,
+    private readonly control: ControlStore,
+  ) {}
+
+  get writeLsn(): Lsn {
+    return this.wal.writeLsn;
+  }
+  get flushLsn(): Lsn {
+    return this.wal.flushLsn;
+  }
+  get truncationPending(): boolean {
+    return this.wal.truncationPending;
+  }
+  tryAppend(beginLsn: Lsn, bytes: Uint8Array): boolean {
+    return this.wal.tryAppend(beginLsn, bytes);
+  }
+  append(beginLsn: Lsn, bytes: Uint8Array, signal: AbortSignal): Promise<void> {
+    return this.wal.append(beginLsn, bytes, signal);
+  }
+  flush(signal: AbortSignal): Promise<void> {
+    return this.wal.flushAll(signal);
+  }
+  truncate(lsn: Lsn, signal: AbortSignal): Promise<void> {
+    return this.wal.truncate(lsn, signal);
+  }
+  initializeFirstSegment(lsn: Lsn, signal: AbortSignal): Promise<void> {
+    return this.wal.initializeFirstSegment(lsn, this.control.state.server.systemId, signal);
+  }
 }

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { Worker } from 'node:worker_threads';
 import { RingView } from '../../src/ingest/ring.js';
-import { StateBlock } from '../../src/ingest/state_block.js';
+import { StateBlock, StateBlockChunk } from '../../src/ingest/state_block.js';
 
 describe('RingView', () => {
   test('writes and reads back at every offset, wrapping at the end', () => {
@@ -40,24 +40,39 @@ describe('StateBlock', () => {
     assert.equal(block.snapshot().commitLsn, 5n);
   });
 
-  test('a waiter in another thread wakes on a change made here', async () => {
+  test('a waiter in another thread wakes on the doorbell of a change made here', async () => {
     const block = new StateBlock();
     const worker = new Worker(
       `const { workerData, parentPort } = require('node:worker_threads');
-       const counter = new Int32Array(workerData, 0, 2);
-       const seen = Atomics.load(counter, 0);
-       const result = Atomics.waitAsync(counter, 0, seen, 10000);
+       const words = new Int32Array(workerData);
+       const seen = Atomics.load(words, 0); // the chunk's doorbell: Int32 0 (state_block.ts layout)
+       const result = Atomics.waitAsync(words, 0, seen, 10000);
        parentPort.postMessage('waiting'); // after waitAsync registered: the change below must wake it
-       Promise.resolve(result.async ? result.value : result.value).then((outcome) => {
-         parentPort.postMessage(outcome + ':' + new BigInt64Array(workerData, 8, 16)[0]);
-       });`,
-      { eval: true, workerData: block.buffer },
+       Promise.resolve(result.value).then((outcome) => parentPort.postMessage(outcome));`,
+      { eval: true, workerData: block.chunk.buffer },
     );
-    const messages: string[] = [];
-    const done = new Promise<string>((resolve) => worker.on('message', (message: string) => (messages.push(message), message !== 'waiting' && resolve(message))));
+    const done = new Promise<string>((resolve) => worker.on('message', (message: string) => message !== 'waiting' && resolve(message)));
     await new Promise<void>((resolve) => worker.once('message', () => resolve()));
     block.set('flushLsn', 42n);
-    assert.equal(await done, 'ok:42');
+    assert.equal(await done, 'ok');
+    const changed: number[] = [];
+    block.chunk.takeChanged((index) => changed.push(index));
+    assert.deepEqual(changed, [0], 'the block is marked changed');
+    assert.equal(block.get('flushLsn'), 42n);
     await worker.terminate();
+  });
+
+  test('the changed bitmap marks exactly the blocks that changed, and reading clears it', () => {
+    const chunk = new StateBlockChunk(0, 70); // three bitmap words
+    const blocks = [0, 31, 32, 69].map((index) => new StateBlock(chunk, index));
+    const doorbell = chunk.doorbell;
+    for (const block of blocks) block.set('commitLsn', 1n);
+    blocks[0]?.set('commitLsn', 1n); // no change: no mark, no ring
+    const changed: number[] = [];
+    chunk.takeChanged((index) => changed.push(index));
+    assert.deepEqual(changed.sort((a, b) => a - b), [0, 31, 32, 69]);
+    assert.equal(chunk.doorbell, doorbell + 4);
+    chunk.takeChanged(() => assert.fail('the bitmap was cleared'));
+    assert.equal(new StateBlock(chunk, 1).get('commitLsn'), 0n, 'neighbours are untouched');
   });
 });

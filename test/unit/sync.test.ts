@@ -57,12 +57,13 @@ describe('CancelToken', () => {
     assert.ok(root.child().cancelled);
   });
 
-  test('release detaches the child listener from a long-lived parent', () => {
+  test('release detaches the child from a long-lived parent', () => {
     const root = new CancelToken();
     const children = Array.from({ length: 100 }, () => root.child());
-    assert.equal(abortListenerCount(root.signal), 100);
+    assert.equal(root.attachedCount, 100);
+    assert.equal(abortListenerCount(root.signal), 0, 'children are not abort listeners on the parent signal');
     for (const child of children) child.release();
-    assert.equal(abortListenerCount(root.signal), 0);
+    assert.equal(root.attachedCount, 0);
     children[0]?.release(); // idempotent
     root.cancel();
     assert.ok(children.every((child) => !child.cancelled), 'released children are no longer cancelled by the parent');
@@ -71,7 +72,43 @@ describe('CancelToken', () => {
   test('cancelling a child detaches it too', () => {
     const root = new CancelToken();
     root.child().cancel();
-    assert.equal(abortListenerCount(root.signal), 0);
+    assert.equal(root.attachedCount, 0);
+  });
+
+  test('a signal first read after the cancel is already aborted with the reason', () => {
+    const root = new CancelToken();
+    const child = root.child();
+    const reason = new ShutdownError();
+    root.cancel(reason);
+    assert.equal(child.signal.aborted, true);
+    assert.equal(child.signal.reason, reason);
+    assert.equal(root.signal.reason, reason);
+  });
+
+  test('a signal read before the cancel fires its abort listeners, before the children are cancelled', () => {
+    const root = new CancelToken();
+    const child = root.child();
+    const order: string[] = [];
+    root.signal.addEventListener('abort', () => order.push(`root signal, child cancelled: ${child.cancelled}`));
+    child.signal.addEventListener('abort', () => order.push('child signal'));
+    root.cancel();
+    assert.deepEqual(order, ['root signal, child cancelled: false', 'child signal']);
+  });
+
+  test('onCancel listeners run once with the reason, at once on a cancelled token, and can be detached', () => {
+    const root = new CancelToken();
+    const seen: unknown[] = [];
+    root.onCancel((reason) => seen.push(reason));
+    const detach = root.onCancel(() => seen.push('detached'));
+    detach();
+    detach(); // idempotent
+    assert.equal(root.attachedCount, 1);
+    const reason = new ShutdownError();
+    root.cancel(reason);
+    root.cancel(new CancelledError());
+    assert.deepEqual([...seen], [reason]);
+    root.onCancel((late) => seen.push(late));
+    assert.deepEqual([...seen], [reason, reason]);
   });
 
   test('throwIfAborted, raceAbort and sleep reject with the reason', async () => {
