@@ -29,6 +29,7 @@ import { loadControlFile, saveControlFile } from '../storage/control_file.js';
 import { clearTmpDir, createStagingDir, isIdDirName, timelineDir } from '../storage/layout.js';
 import type { CancelToken } from '../sync/cancel.js';
 import { isValidSegmentSize, type Lsn } from '../wal/lsn.js';
+import { pageMagicForPgVersion } from '../wal/page.js';
 import { ControlStore } from './control_store.js';
 import { Timeline } from './timeline.js';
 
@@ -107,7 +108,7 @@ export class TimelineRegistry {
     if (existing !== undefined) return existing;
     if (this.options.cancel.cancelled) throw new ShutdownError();
     if (this.#tombstones.has(key)) throw new ConflictError(`timeline ${key} was deleted`);
-    if (args.server.pgVersion === 0) throw new InvalidArgumentError('pg_version must not be 0');
+    pageMagicForPgVersion(args.server.pgVersion); // throws InvalidArgumentError naming the supported versions
     if (!isValidSegmentSize(args.server.walSegSizeBytes)) throw new InvalidArgumentError(`wal_seg_size ${args.server.walSegSizeBytes} is not a power of two in [1 MiB, 1 GiB]`);
     if (args.commitLsn < args.startLsn) throw new InvalidArgumentError('commit_lsn must not be below start_lsn');
     const creating = this.#createOnDisk(args).finally(() => this.#creating.delete(key));
@@ -194,6 +195,12 @@ export class TimelineRegistry {
     }
     if (state.tenantId !== tenantId || state.timelineId !== timelineId) {
       return broken(`control file names ${ttid(state.tenantId, state.timelineId)}, not its directory`);
+    }
+    try {
+      pageMagicForPgVersion(state.server.pgVersion); // the WAL scan and every write task need it
+    } catch (error) {
+      if (error instanceof SafekeeperError) return broken(`control file: ${error.message}`);
+      throw error;
     }
     const files = { dir, segmentSizeBytes: state.server.walSegSizeBytes, noSync };
     let endLsn = 0n;

@@ -1,12 +1,14 @@
 /**
  * The HTTP timeline routes and timeline loading, against the real binary: create, list, status, delete,
- * JSON errors; a timeline whose control file is corrupt loads as `broken` while the node and the other
- * timelines go on.
+ * JSON errors (an unsupported pg_version is refused before anything is written); a timeline whose control
+ * file is corrupt, or names a PostgreSQL version we cannot decode, loads as `broken` while the node and the
+ * other timelines go on.
  */
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
+import { loadControlFile, saveControlFile } from '../../src/storage/control_file.js';
 import { killAllNodes, spawnNode, testNodeArgs } from '../harness/node_process.js';
 import { PgTestClient } from '../harness/pg_client.js';
 import { makeTempDir, removeAllTempDirs } from '../harness/tmp.js';
@@ -14,6 +16,7 @@ import { makeTempDir, removeAllTempDirs } from '../harness/tmp.js';
 const TENANT = 'de200bd42b49cc1814412c7e592dd6e9';
 const TIMELINE_A = '0123456789abcdef0123456789abcdef';
 const TIMELINE_B = 'fedcba9876543210fedcba9876543210';
+const TIMELINE_C = '00112233445566778899aabbccddeeff';
 
 after(async () => {
   await killAllNodes();
@@ -63,12 +66,15 @@ describe('HTTP timeline routes', () => {
       await http(base, 'POST', '/v1/tenant/timeline', { ...createBody(TIMELINE_B), wal_seg_size: 1000 }),
       await http(base, 'POST', '/v1/tenant/timeline', { ...createBody(TIMELINE_B), surprise: 1 }),
       await http(base, 'POST', '/v1/tenant/timeline', '{not json'),
+      await http(base, 'POST', '/v1/tenant/timeline', { ...createBody(TIMELINE_B), pg_version: 90000 }),
     ];
     for (const response of bad) {
       assert.equal(response.status, 400, JSON.stringify(response.json));
       assert.equal(typeof (response.json as { msg: unknown }).msg, 'string');
     }
     assert.match(((bad[0]!.json) as { msg: string }).msg, /start_lsn/);
+    assert.match(((bad[5]!.json) as { msg: string }).msg, /unsupported PostgreSQL version 90000/);
+    assert.equal(existsSync(join(dataDir, TENANT, TIMELINE_B)), false, 'a refused create leaves no directory');
     assert.equal((await http(base, 'GET', `/v1/tenant/${TENANT}/timeline/${TIMELINE_B}`)).status, 404);
     assert.equal((await http(base, 'GET', `/v1/tenant/not-hex/timeline/${TIMELINE_B}`)).status, 400);
 
@@ -78,21 +84,28 @@ describe('HTTP timeline routes', () => {
     assert.equal((await node.stop()).code, 0);
   });
 
-  test('a corrupt control file makes only its timeline broken', async () => {
+  test('a corrupt control file, or one naming an unsupported PostgreSQL version, makes only its timeline broken', async () => {
     const dataDir = await makeTempDir('sk-broken');
     const first = await spawnNode(testNodeArgs(dataDir));
-    for (const timeline of [TIMELINE_A, TIMELINE_B]) assert.equal((await http(first.httpUrl, 'POST', '/v1/tenant/timeline', createBody(timeline))).status, 200);
+    for (const timeline of [TIMELINE_A, TIMELINE_B, TIMELINE_C]) assert.equal((await http(first.httpUrl, 'POST', '/v1/tenant/timeline', createBody(timeline))).status, 200);
     assert.equal((await first.stop()).code, 0);
 
     const controlPath = join(dataDir, TENANT, TIMELINE_A, 'safekeeper.control');
     const bytes = readFileSync(controlPath);
     bytes[20] = bytes[20]! ^ 0x01;
     writeFileSync(controlPath, bytes);
+    // A valid control file (e.g. written by a later release) whose version this one cannot decode WAL of.
+    const dirC = join(dataDir, TENANT, TIMELINE_C);
+    const stateC = await loadControlFile(dirC);
+    await saveControlFile(dirC, { ...stateC, server: { ...stateC.server, pgVersion: 90000 } }, { noSync: true });
 
     const second = await spawnNode(testNodeArgs(dataDir));
     const broken = (await http(second.httpUrl, 'GET', `/v1/tenant/${TENANT}/timeline/${TIMELINE_A}`)).json as Record<string, unknown>;
     assert.equal(broken.status, 'broken');
     assert.match(String(broken.broken_reason), /control file/);
+    const unsupported = (await http(second.httpUrl, 'GET', `/v1/tenant/${TENANT}/timeline/${TIMELINE_C}`)).json as Record<string, unknown>;
+    assert.equal(unsupported.status, 'broken');
+    assert.match(String(unsupported.broken_reason), /unsupported PostgreSQL version 90000/);
     const healthy = (await http(second.httpUrl, 'GET', `/v1/tenant/${TENANT}/timeline/${TIMELINE_B}`)).json as Record<string, unknown>;
     assert.equal(healthy.status, 'active');
 
