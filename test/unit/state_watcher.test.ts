@@ -5,9 +5,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { StateBlock, StateBlockChunk } from '../../src/ingest/state_block.js';
 import { AssertionError } from '../../src/sync/assert.js';
 import { StateWatcher } from '../../src/timeline/state_watcher.js';
+import { waitFor } from '../harness/wait.js';
 import { ManagerWakeup } from '../../src/timeline/manager_wakeup.js';
 
-const settle = (): Promise<void> => sleep(10);
+/** For the assertions that nothing happens: far longer than a doorbell ring takes to reach the watcher. */
+const quiet = (): Promise<void> => sleep(50);
 
 function counter(): { calls: number; onStateChanged(): void } {
   return {
@@ -30,10 +32,10 @@ describe('StateWatcher', () => {
     watcher.watch(third, listeners[2]!);
     first.set('flushLsn', 1n);
     second.set('flushLsn', 1n);
-    await settle();
+    await waitFor(() => listeners[0]!.calls === 1 && listeners[1]!.calls === 1);
     assert.deepEqual(listeners.map((listener) => listener.calls), [1, 1, 0]);
     second.set('commitLsn', 5n);
-    await settle();
+    await waitFor(() => listeners[1]!.calls === 2);
     assert.deepEqual(listeners.map((listener) => listener.calls), [1, 2, 0], 'waits again after each ring');
     watcher.close();
   });
@@ -48,7 +50,7 @@ describe('StateWatcher', () => {
     assert.throws(() => watcher.watch(block, counter()), AssertionError, 'one listener per block');
     watcher.unwatch(block, listener);
     block.set('flushLsn', 9n);
-    await settle();
+    await quiet();
     assert.equal(listener.calls, 0);
     assert.equal(watcher.chunk(3), chunk);
     assert.throws(() => watcher.watch(new StateBlock(new StateBlockChunk(4, 2), 0), counter()), AssertionError);
@@ -63,7 +65,7 @@ describe('StateWatcher', () => {
     const listener = counter();
     watcher.watch(new StateBlock(coordinatorView, 2), listener);
     new StateBlock(main, 2).add('proposerCount', 1n);
-    await settle();
+    await waitFor(() => listener.calls === 1);
     assert.equal(listener.calls, 1);
     watcher.close();
   });
@@ -79,24 +81,24 @@ describe('ManagerWakeup', () => {
     let woken = 0;
     wakeup.arm(null, Infinity, () => (woken += 1));
     block.set('flushLsn', 1n);
-    await settle();
+    await quiet();
     assert.equal(woken, 0, 'not watching the block');
     wakeup.kick();
     assert.equal(woken, 1);
     wakeup.reset();
     wakeup.arm(block.changeCount, Infinity, () => (woken += 1));
     block.set('flushLsn', 2n);
-    await settle();
+    await waitFor(() => woken === 2);
     assert.equal(woken, 2, 'woken by the change');
     wakeup.reset();
     const seen = block.changeCount;
     block.set('flushLsn', 3n); // a change between the snapshot and the arm
     wakeup.arm(seen, Infinity, () => (woken += 1));
-    await settle();
+    await waitFor(() => woken === 3);
     assert.equal(woken, 3, 'a counter past `seen` wakes at once');
     wakeup.release();
     block.set('flushLsn', 4n);
-    await settle();
+    await quiet();
     assert.equal(woken, 3);
     watcher.close();
   });
