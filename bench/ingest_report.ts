@@ -24,6 +24,9 @@ export interface IngestBenchRow {
   'MiB/s': number | string;
   'appends/s': number | string;
   'batch KiB': number | string;
+  /** Against the ceiling at the append size (one pwrite + fdatasync per append), where it was measured. */
+  '÷ ceiling@append': string;
+  /** Against the ceiling at the group-commit batch the node actually wrote (the stricter one; the goal's). */
   '÷ ceiling@batch': string;
   '÷ ceiling@1MiB': string;
   'p50 ms': number | string;
@@ -108,7 +111,7 @@ function statsLoad(stats: ThroughputStats): { load: MachineLoad; ownCores: numbe
 }
 
 function blankRow(section: IngestBenchRow['section'], name: string): IngestBenchRow {
-  return { section, case: name, 'MiB/s': '', 'appends/s': '', 'batch KiB': '', '÷ ceiling@batch': '', '÷ ceiling@1MiB': '', 'p50 ms': '', 'p99 ms': '', note: '' };
+  return { section, case: name, 'MiB/s': '', 'appends/s': '', 'batch KiB': '', '÷ ceiling@append': '', '÷ ceiling@batch': '', '÷ ceiling@1MiB': '', 'p50 ms': '', 'p99 ms': '', note: '' };
 }
 
 function ceilingRow(ceiling: MeasuredCeiling): IngestBenchRow {
@@ -130,7 +133,13 @@ function ceilingOf(stats: ThroughputStats): MeasuredCeiling {
 
 const mibPerSecondOf = (stats: ThroughputStats): number => stats.bytes / MIB / stats.seconds;
 
-function throughputRow(stats: ThroughputStats, ceiling1MiB: DiskCeiling): IngestBenchRow {
+/** "0.29 of 840": MiB/s against the ceiling measured at the append size, or '' where none was. */
+function appendCeilingRatio(stats: ThroughputStats, ceilings: readonly DiskCeiling[]): string {
+  const ceiling = ceilings.find((candidate) => candidate.batchBytes === stats.appendBytes);
+  return ceiling === undefined ? '' : `${(mibPerSecondOf(stats) / ceiling.mibPerSecond).toFixed(2)} of ${round(ceiling.mibPerSecond)}`;
+}
+
+function throughputRow(stats: ThroughputStats, ceiling1MiB: DiskCeiling, ceilings: readonly DiskCeiling[]): IngestBenchRow {
   const mibPerSecond = mibPerSecondOf(stats);
   const ceiling = ceilingOf(stats);
   const fsyncMs = stats.fsyncs > 0 ? (stats.fsyncSeconds / stats.fsyncs) * 1000 : 0;
@@ -140,6 +149,7 @@ function throughputRow(stats: ThroughputStats, ceiling1MiB: DiskCeiling): Ingest
     'MiB/s': round(mibPerSecond, 1),
     'appends/s': round(stats.appends / stats.seconds),
     'batch KiB': round(stats.batchWalBytes / Math.max(1, stats.batches) / KIB, 1),
+    '÷ ceiling@append': appendCeilingRatio(stats, ceilings),
     '÷ ceiling@batch': `${(mibPerSecond / ceiling.mibPerSecond).toFixed(2)} of ${round(ceiling.mibPerSecond)}`,
     '÷ ceiling@1MiB': (mibPerSecond / ceiling1MiB.mibPerSecond).toFixed(2),
     note:
@@ -186,15 +196,16 @@ function latencyRows(latency: LatencyResult): LatencySummary {
   return { rows, p99Ms, fsyncP99Ms };
 }
 
-function goalRows(throughput: readonly ThroughputStats[], ceiling1MiB: DiskCeiling, latency: LatencySummary, otherCoresMax: number): IngestBenchRow[] {
+function goalRows(throughput: readonly ThroughputStats[], ceiling1MiB: DiskCeiling, ceilings: readonly DiskCeiling[], latency: LatencySummary, otherCoresMax: number): IngestBenchRow[] {
   const rows: IngestBenchRow[] = [];
   for (const stats of throughput.filter((candidate) => candidate.appendBytes === 128 * KIB)) {
     const ratio = mibPerSecondOf(stats) / ceilingOf(stats).mibPerSecond;
     rows.push({
       ...blankRow('goal', `128 KiB appends, ${stats.timelines} tl ≥ ${GOAL_CEILING_RATIO} × ceiling`),
+      '÷ ceiling@append': appendCeilingRatio(stats, ceilings),
       '÷ ceiling@batch': ratio.toFixed(2),
       '÷ ceiling@1MiB': (mibPerSecondOf(stats) / ceiling1MiB.mibPerSecond).toFixed(2),
-      note: ratio >= GOAL_CEILING_RATIO ? 'MET' : 'MISSED',
+      note: `${ratio >= GOAL_CEILING_RATIO ? 'MET' : 'MISSED'} (judged at the batch ceiling, the stricter)`,
     });
   }
   const small = throughput.find((stats) => stats.appendBytes === 128 && stats.timelines === 1);
@@ -231,8 +242,8 @@ export function reportRows(ceilings: readonly MeasuredCeiling[], throughput: rea
   return [
     ...ceilings.map(ceilingRow),
     ...adjacent.map(ceilingRow),
-    ...throughput.map((stats) => throughputRow(stats, ceiling1MiB)),
+    ...throughput.map((stats) => throughputRow(stats, ceiling1MiB, ceilings)),
     ...latencySummary.rows,
-    ...goalRows(throughput, ceiling1MiB, latencySummary, Math.max(...others)),
+    ...goalRows(throughput, ceiling1MiB, ceilings, latencySummary, Math.max(...others)),
   ];
 }
