@@ -53,6 +53,19 @@ export function testNodeArgs(dataDir: string, extra: readonly string[] = []): st
   return ['run', '--data-dir', dataDir, '--listen-pg', '127.0.0.1:0', '--listen-http', '127.0.0.1:0', '--log-format', 'json', ...extra];
 }
 
+/**
+ * Collects a child's stdout and stderr as text. Debugging aid: SK_TEST_NODE_LOG=FILE also appends its
+ * stderr (the log of a node or a proposer) to FILE.
+ */
+export function captureOutput(child: ChildProcess): { stdout: string; stderr: string } {
+  const out = { stdout: '', stderr: '' };
+  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => (out.stdout += chunk));
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (out.stderr += chunk));
+  const logFile = process.env['SK_TEST_NODE_LOG'];
+  if (logFile !== undefined) child.stderr?.on('data', (chunk: string) => appendFileSync(logFile, chunk));
+  return out;
+}
+
 function spawnCli(args: readonly string[], options: SpawnOptions): { child: ChildProcess; exited: Promise<ExitStatus>; out: { stdout: string; stderr: string } } {
   const child = spawn(process.execPath, ['--import', 'tsx', MAIN_PATH, ...args], {
     cwd: options.cwd ?? REPO_ROOT,
@@ -60,12 +73,7 @@ function spawnCli(args: readonly string[], options: SpawnOptions): { child: Chil
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   liveProcesses.add(child);
-  const out = { stdout: '', stderr: '' };
-  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => (out.stdout += chunk));
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (out.stderr += chunk));
-  // Debugging aid: SK_TEST_NODE_LOG=FILE appends every test node's log to FILE.
-  const logFile = process.env['SK_TEST_NODE_LOG'];
-  if (logFile !== undefined) child.stderr?.on('data', (chunk: string) => appendFileSync(logFile, chunk));
+  const out = captureOutput(child);
   const exited = new Promise<ExitStatus>((resolve) => {
     child.once('close', (code, signal) => {
       liveProcesses.delete(child);

@@ -8,12 +8,11 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { appendFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { parseLsn, segmentFileName, segmentNumber, segmentStartLsn, type Lsn } from '../../src/wal/lsn.js';
-import { killAllNodes, MAIN_PATH, REPO_ROOT, spawnNode, testNodeArgs, type ExitStatus, type NodeProcess } from './node_process.js';
+import { captureOutput, killAllNodes, MAIN_PATH, REPO_ROOT, spawnNode, testNodeArgs, type ExitStatus, type NodeProcess } from './node_process.js';
 import { freePort, PG_BIN_DIR, startPostgres, type PostgresInstance } from './pg.js';
 import { makeTempDir, removeAllTempDirs } from './tmp.js';
 import { waitFor } from './wait.js';
@@ -47,12 +46,7 @@ const proposers = new Set<ChildProcess>();
 export function startProposer(args: readonly string[]): ProposerProcess {
   const child = spawn(process.execPath, ['--import', 'tsx', MAIN_PATH, 'propose', ...args, '--log-format', 'json'], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   proposers.add(child);
-  const out = { stdout: '', stderr: '' };
-  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => (out.stdout += chunk));
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (out.stderr += chunk));
-  // Debugging aid, as for nodes (harness/node_process.ts): SK_TEST_NODE_LOG=FILE appends the proposer's log too.
-  const logFile = process.env['SK_TEST_NODE_LOG'];
-  if (logFile !== undefined) child.stderr?.on('data', (chunk: string) => appendFileSync(logFile, chunk));
+  const out = captureOutput(child);
   const exited = new Promise<ExitStatus>((resolve) => child.once('close', (code, signal) => (proposers.delete(child), resolve({ code, signal }))));
   return { child, exited, stdout: () => out.stdout, stderr: () => out.stderr };
 }
