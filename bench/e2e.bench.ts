@@ -110,7 +110,7 @@ async function startStandby(primary: PostgresInstance, dir: string, app: string)
   const port = await freePort();
   const conninfo = `host=127.0.0.1 port=${primary.port} user=postgres application_name=${app}`;
   return spawn('setpriv', ['--reuid=postgres', '--regid=postgres', '--init-groups', join(PG_BIN_DIR, 'postgres'), '-D', dataDir, '-p', String(port), '-k', dir,
-    '-c', 'listen_addresses=127.0.0.1', '-c', `primary_conninfo=${conninfo}`, '-c', 'hot_standby=on', '-c', 'shared_buffers=256MB'], { stdio: 'ignore' });
+    '-c', 'listen_addresses=127.0.0.1', '-c', 'dynamic_shared_memory_type=mmap', '-c', `primary_conninfo=${conninfo}`, '-c', 'hot_standby=on', '-c', 'shared_buffers=256MB'], { stdio: 'ignore' });
 }
 
 /** One synchronous standby, or `count` of them under synchronous_standby_names = 'ANY acks (…)'. */

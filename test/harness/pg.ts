@@ -139,7 +139,9 @@ interface Postmaster {
 /** Starts the postmaster on `port`; null if the port was taken (the caller retries), throws on other failures. */
 async function tryStart(dir: string, dataDir: string, port: number, extraConf: Record<string, string>): Promise<Postmaster | null> {
   const confArgs = Object.entries(extraConf).flatMap(([key, value]) => ['-c', `${key}=${value}`]);
-  const args = ['--reuid=postgres', '--regid=postgres', '--init-groups', join(PG_BIN_DIR, 'postgres'), '-D', dataDir, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', ...confArgs];
+  // dynamic_shared_memory_type=mmap: DSM segments live under the data directory and go with the temp dir,
+  // instead of piling up in /dev/shm when a test kills PostgreSQL.
+  const args = ['--reuid=postgres', '--regid=postgres', '--init-groups', join(PG_BIN_DIR, 'postgres'), '-D', dataDir, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'dynamic_shared_memory_type=mmap', ...confArgs];
   const child = spawn('setpriv', args, { stdio: ['ignore', 'pipe', 'pipe'] });
   liveServers.add(child);
   let log = '';

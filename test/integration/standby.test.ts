@@ -92,7 +92,7 @@ describe('a PostgreSQL 15 hot standby fed by a safekeeper', { timeout: 120_000 }
     await writeFile(join(dataDir, 'standby.signal'), '');
     await execFileAsync('chown', ['-R', 'postgres:postgres', dataDir]);
     const port = await freePort();
-    const child = spawn('setpriv', ['--reuid=postgres', '--regid=postgres', '--init-groups', join(PG_BIN_DIR, 'postgres'), '-D', dataDir, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('setpriv', ['--reuid=postgres', '--regid=postgres', '--init-groups', join(PG_BIN_DIR, 'postgres'), '-D', dataDir, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'dynamic_shared_memory_type=mmap'], { stdio: ['ignore', 'pipe', 'pipe'] });
     children.add(child);
     let log = '';
     child.stdout?.setEncoding('utf8').on('data', (chunk: string) => (log = (log + chunk).slice(-65536)));
