@@ -232,7 +232,7 @@ export class PostgresSource implements WalSource {
 
   onCommit(commitLsn: Lsn): void {
     this.#commitLsn = commitLsn;
-    this.#received.settle(commitLsn, performance.now(), (waitMs) => this.latency.add(waitMs, 1));
+    this.#received.settle(commitLsn, performance.now(), (waitMs, weight) => this.latency.add(waitMs, weight));
     if (commitLsn > this.#restartLsn) this.#restartLsn = commitLsn;
     if (this.#statusScheduled) return;
     // The first advance in an event-loop turn is reported at once (commit latency); later advances in the

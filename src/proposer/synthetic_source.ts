@@ -6,10 +6,9 @@
  * schedule (records per second), in batches of whatever is due.
  *
  * It stops after `--duration` or `--total-bytes` (then the proposer waits for the quorum to commit the
- * rest), or when the proposer is aborted. Each batch remembers its end LSN and creation time; `onCommit`
- * turns them into commit latencies. The batch list is bounded: past BATCHES_IN_FLIGHT_MAX new records join
- * the last batch (their latency then counts from that batch's creation, an overestimate, never an
- * underestimate).
+ * rest), or when the proposer is aborted. Each batch's end LSN and creation time wait in a PendingTimings
+ * (bounded: past BATCHES_IN_FLIGHT_MAX new records join the last batch); `onCommit` turns them into commit
+ * latencies, weighted by the batch's record count.
  * The identity: a system id derived from the tenant and timeline ids (stable across runs, so an existing
  * timeline is recognised), PostgreSQL 15 page magic, 16 MiB segments. A new timeline starts at the start of
  * segment 1 (or `--start-lsn`). Main thread.
@@ -21,6 +20,7 @@ import { type Lsn, LSN_MAX, SEGMENT_SIZE_BYTES_DEFAULT, segmentStartLsn } from '
 import { WalBuilder } from '../wal/wal_builder.js';
 import { LatencyStats } from './latency_stats.js';
 import { APPEND_BYTES_MAX } from './limits.js';
+import { PendingTimings } from './pending_timings.js';
 import type { ServerIdentity, StreamArgs, WalSource } from './source.js';
 
 /** PostgreSQL 15.8's server_version_num: the page magic of 15. */
@@ -46,12 +46,6 @@ export interface SyntheticProgress {
   generatedLsn: Lsn;
 }
 
-interface Batch {
-  endLsn: Lsn;
-  createdMs: number;
-  records: number;
-}
-
 export class SyntheticSource implements WalSource {
   readonly description = 'synthetic';
   readonly canRewind = false;
@@ -60,8 +54,7 @@ export class SyntheticSource implements WalSource {
   readonly latency = new LatencyStats();
   readonly #options: SyntheticOptions;
   readonly #payload: Uint8Array;
-  readonly #batches: Batch[] = [];
-  #batchHead = 0;
+  readonly #batches = new PendingTimings(BATCHES_IN_FLIGHT_MAX);
   #records = 0;
   #bytes = 0;
   #startedMs = 0;
@@ -120,7 +113,7 @@ export class SyntheticSource implements WalSource {
         this.#records += records;
         this.#bytes += bytes.length;
         this.#generatedLsn = builder.lsn;
-        this.#noteBatch(builder.lsn, records);
+        if (records > 0) this.#batches.note(builder.lsn, performance.now(), records);
         await args.write(beginLsn, bytes, signal);
         // write() may resolve in microtasks only; yield so socket I/O (acks, sends) runs between batches.
         await new Promise<void>((resolve) => setImmediate(resolve));
@@ -132,17 +125,7 @@ export class SyntheticSource implements WalSource {
 
   onCommit(commitLsn: Lsn): void {
     this.#committedLsn = commitLsn;
-    const nowMs = performance.now();
-    while (this.#batchHead < this.#batches.length) {
-      const batch = this.#batches[this.#batchHead] as Batch;
-      if (batch.endLsn > commitLsn) break;
-      this.latency.add(nowMs - batch.createdMs, batch.records);
-      this.#batchHead += 1;
-    }
-    if (this.#batchHead === this.#batches.length || this.#batchHead > 4096) {
-      this.#batches.splice(0, this.#batchHead);
-      this.#batchHead = 0;
-    }
+    this.#batches.settle(commitLsn, performance.now(), (waitMs, records) => this.latency.add(waitMs, records));
   }
 
   onHotStandbyFeedback(): void {
@@ -151,16 +134,5 @@ export class SyntheticSource implements WalSource {
 
   close(): Promise<void> {
     return Promise.resolve();
-  }
-
-  #noteBatch(endLsn: Lsn, records: number): void {
-    if (records === 0) return;
-    const last = this.#batches[this.#batches.length - 1];
-    if (last !== undefined && this.#batches.length - this.#batchHead >= BATCHES_IN_FLIGHT_MAX) {
-      last.endLsn = endLsn;
-      last.records += records;
-      return;
-    }
-    this.#batches.push({ endLsn, createdMs: performance.now(), records });
   }
 }

@@ -120,4 +120,13 @@ describe('PendingTimings', () => {
     timings.clear();
     assert.equal(timings.waiting, 0);
   });
+
+  it('reports each piece with its weight, and a merged piece with the sum', () => {
+    const timings = new PendingTimings(1);
+    timings.note(100n, 0, 3);
+    timings.note(200n, 5, 4); // past the bound: joins the piece noted at 0
+    const settled: [number, number][] = [];
+    timings.settle(200n, 10, (waitMs, weight) => settled.push([waitMs, weight]));
+    assert.deepEqual(settled, [[10, 7]]);
+  });
 });
