@@ -182,16 +182,16 @@ export interface TimelineSample {
 }
 
 /**
- * A gauge with one series per timeline whose values are read when a scrape renders it, and not kept: a
- * prom-client Gauge keeps each series' labels and value between scrapes (about 0.5 KiB a series), and a
- * node holds 10,000 mostly idle timelines. `setCollector` (the coordinator client) gives the values; each
- * render calls it once. It sits in `registry` like any other metric: prom-client calls `get()` (and
- * `reset()`), and renders the text as for its own gauges.
+ * A gauge with one series per timeline that keeps nothing between scrapes: a prom-client Gauge keeps each
+ * series' labels and value (about 0.5 KiB a series), and a node holds 10,000 mostly idle timelines. A
+ * scrape hook (`onScrape`, the coordinator client) sets the values just before the render, and the render
+ * consumes them. It sits in `registry` like any other metric: prom-client calls `get()` (and `reset()`),
+ * and renders the text as for its own gauges.
  */
 export class TimelineGauge {
   readonly type = 'gauge';
   readonly aggregator = 'sum';
-  #collect: (() => Promise<TimelineSample[]>) | null = null;
+  #samples: readonly TimelineSample[] = [];
 
   constructor(
     readonly name: string,
@@ -201,22 +201,21 @@ export class TimelineGauge {
     registry.registerMetric(this as unknown as Gauge);
   }
 
-  /** Where the values come from (one call per scrape). Returns the function that removes it. */
-  setCollector(collect: () => Promise<TimelineSample[]>): () => void {
-    this.#collect = collect;
-    return () => {
-      if (this.#collect === collect) this.#collect = null;
-    };
+  /** The values the next render shows (then forgets). */
+  set(samples: readonly TimelineSample[]): void {
+    this.#samples = samples;
   }
 
   async get(): Promise<{ name: string; help: string; type: 'gauge'; aggregator: 'sum'; values: { value: number; labels: { tenant_id: string; timeline_id: string } }[] }> {
-    const samples = this.#collect === null ? [] : await this.#collect();
+    const samples = this.#samples;
+    this.#samples = [];
     const values = samples.map((sample) => ({ value: sample.value, labels: { tenant_id: sample.tenantId, timeline_id: sample.timelineId } }));
     return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
   }
 
-  /** Nothing to reset: no value is kept. */
-  reset(): void {}
+  reset(): void {
+    this.#samples = [];
+  }
 }
 
 export const backupLagBytes = new TimelineGauge('safekeeper_backup_lag_bytes', 'flush_lsn minus backup_lsn: WAL not yet confirmed in remote storage');

@@ -32,7 +32,6 @@ import {
   type MainNotice,
   type MainReplies,
   type MainRequest,
-  type TimelineMetrics,
 } from './coordinator_protocol.js';
 import { RpcPort } from './rpc_port.js';
 import type { Timeline } from './timeline.js';
@@ -79,7 +78,6 @@ export class CoordinatorClient implements Residency {
   #stopping = false;
   #unhookScrape: () => void;
   /** A per-timeline metrics request in flight: the two lag gauges of one scrape share it. */
-  #timelineMetrics: Promise<TimelineMetrics[]> | null = null;
 
   private constructor(options: CoordinatorOptions, private readonly log: Logger) {
     this.#worker = startWorker(options);
@@ -98,12 +96,7 @@ export class CoordinatorClient implements Residency {
       });
     });
     this.#rpc = new RpcPort(this.#worker, { onRequest: (body) => this.#onRequest(body as CoordinatorRequest), onNotify: (body) => this.#onNotify(body as CoordinatorNotice) }, COORDINATOR_REQUESTS_IN_FLIGHT_MAX);
-    const unhooks = [
-      metrics.onScrape(() => this.collectMetrics()),
-      metrics.backupLagBytes.setCollector(async () => (await this.#timelineMetricsOnce()).map((t) => ({ tenantId: t.tenantId, timelineId: t.timelineId, value: t.backupLagBytes }))),
-      metrics.removalLagBytes.setCollector(async () => (await this.#timelineMetricsOnce()).map((t) => ({ tenantId: t.tenantId, timelineId: t.timelineId, value: t.removalLagBytes }))),
-    ];
-    this.#unhookScrape = () => unhooks.forEach((unhook) => unhook());
+    this.#unhookScrape = metrics.onScrape(() => this.collectMetrics());
   }
 
   static start(options: CoordinatorOptions, log: Logger): CoordinatorClient {
@@ -249,15 +242,12 @@ export class CoordinatorClient implements Residency {
     metrics.activeTimelines.set(snapshot.activeTimelines);
     metrics.evictedTimelines.set(snapshot.evictedTimelines);
     metrics.coordinatorHeapUsedBytes.set(snapshot.heapUsedBytes);
+    const timelines = await this.#request('timeline_metrics', { kind: 'timeline_metrics' });
+    metrics.backupLagBytes.set(timelines.map((t) => ({ tenantId: t.tenantId, timelineId: t.timelineId, value: t.backupLagBytes })));
+    metrics.removalLagBytes.set(timelines.map((t) => ({ tenantId: t.tenantId, timelineId: t.timelineId, value: t.removalLagBytes })));
   }
 
   /** Every manager's lags, for the per-timeline gauges (built at each scrape, not kept). */
-  #timelineMetricsOnce(): Promise<TimelineMetrics[]> {
-    if (this.#stopping) return Promise.resolve([]);
-    this.#timelineMetrics ??= this.#request('timeline_metrics', { kind: 'timeline_metrics' }).finally(() => (this.#timelineMetrics = null));
-    return this.#timelineMetrics;
-  }
-
   /** Stops every manager and the worker. Call after the registry has shut its timelines down. */
   async stop(): Promise<void> {
     if (this.#stopping) return;
