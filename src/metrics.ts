@@ -7,9 +7,9 @@
  *
  * prom-client state is per thread: metrics are updated on the main thread only. Workers (WAL writers,
  * coordinator) return their measurements in task results, and the main thread observes them here.
- * Per-timeline series (`tenant_id`, `timeline_id`) must be removed when the timeline is deleted or
- * evicted (`removeTimelineSeries`), or the registry grows without bound; the TimelineGauges (lags) keep
- * none and are built at each scrape instead. Add new metrics to this file.
+ * Per-timeline series (`tenant_id`, `timeline_id`) are TimelineGauges, set by scrape hooks at each
+ * scrape and kept by nobody in between, so a deleted timeline simply drops out and idle timelines cost
+ * no series memory. Add new metrics to this file.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
@@ -38,21 +38,6 @@ export const pgQueriesReceivedTotal = new Counter({
   name: 'safekeeper_pg_queries_received_total',
   help: 'Queries received on the pg port, by command kind',
   labelNames: ['query'] as const,
-  registers: [registry],
-});
-
-/** LSNs as gauges: a float64 is exact up to 2^53 bytes of WAL (8 PiB), which is enough for a dashboard. */
-export const flushLsn = new Gauge({
-  name: 'safekeeper_flush_lsn',
-  help: 'End of the last durably flushed, verified WAL record, as a byte position',
-  labelNames: ['tenant_id', 'timeline_id'] as const,
-  registers: [registry],
-});
-
-export const commitLsn = new Gauge({
-  name: 'safekeeper_commit_lsn',
-  help: 'Commit LSN told by the proposer (flushed by a quorum), as a byte position',
-  labelNames: ['tenant_id', 'timeline_id'] as const,
   registers: [registry],
 });
 
@@ -222,6 +207,11 @@ export const backupLagBytes = new TimelineGauge('safekeeper_backup_lag_bytes', '
 
 export const removalLagBytes = new TimelineGauge('safekeeper_removal_lag_bytes', 'flush_lsn minus the start of local WAL: WAL kept on local disk');
 
+// LSNs as gauges: a float64 is exact up to 2^53 bytes of WAL (8 PiB), which is enough for a dashboard.
+export const flushLsn = new TimelineGauge('safekeeper_flush_lsn', 'End of the last durably flushed, verified WAL record, as a byte position');
+
+export const commitLsn = new TimelineGauge('safekeeper_commit_lsn', 'Commit LSN told by the proposer (flushed by a quorum), as a byte position');
+
 const scrapeHooks: (() => Promise<void>)[] = [];
 
 /** Runs `hook` before every /metrics render (to fetch another thread's values). */
@@ -236,20 +226,6 @@ export function onScrape(hook: () => Promise<void>): () => void {
 /** Observes a latency measured in milliseconds on a histogram in seconds. */
 export function observeMs(histogram: Histogram, durationMs: number): void {
   histogram.observe(durationMs / 1000);
-}
-
-/** Sets an LSN gauge. Precision above 2^53 is lost, which only a dashboard sees. */
-export function setLsnGauge(gauge: Gauge<'tenant_id' | 'timeline_id'>, tenantId: string, timelineId: string, lsn: bigint): void {
-  gauge.set({ tenant_id: tenantId, timeline_id: timelineId }, Number(lsn));
-}
-
-/**
- * Drops a timeline's series from every per-timeline metric that keeps them (on delete or eviction). The
- * TimelineGauges keep none: a deleted timeline is simply absent from the next scrape.
- */
-export function removeTimelineSeries(tenantId: string, timelineId: string): void {
-  const labels = { tenant_id: tenantId, timeline_id: timelineId };
-  for (const gauge of [flushLsn, commitLsn]) gauge.remove(labels);
 }
 
 /** The registry in Prometheus text format, for GET /metrics. */

@@ -13,7 +13,7 @@ import { timelineRoutes } from './http/timeline_routes.js';
 import { createWriterPool, type WriterPool } from './ingest/writer_pool.js';
 import type { WriteResult } from './ingest/writer_protocol.js';
 import type { Logger } from './log.js';
-import { fsyncSeconds, observeMs, pgQueriesReceivedTotal, writeWalBytesTotal, writeWalSeconds } from './metrics.js';
+import { commitLsn, flushLsn, fsyncSeconds, observeMs, onScrape, pgQueriesReceivedTotal, writeWalBytesTotal, writeWalSeconds } from './metrics.js';
 import type { NodeHooks, PgConnectionInfo } from './node.js';
 import { errorResponse } from './pg/backend_encoder.js';
 import { PgConnection } from './pg/connection.js';
@@ -28,6 +28,7 @@ export function createNodeHooks(config: Config): NodeHooks {
   let registry: TimelineRegistry | null = null;
   let coordinator: CoordinatorClient | null = null;
   let service: ReturnType<typeof createWalService> | null = null;
+  let unhookScrape: (() => void) | null = null;
   const onBatch = (bytes: number, result: WriteResult): void => {
     if (!result.ok) return;
     writeWalBytesTotal.inc(bytes);
@@ -79,9 +80,16 @@ export function createNodeHooks(config: Config): NodeHooks {
         defaultPgVersion: config.defaultPgVersion,
         countQuery: (kind) => pgQueriesReceivedTotal.inc({ query: kind }),
       });
+      const loaded = registry;
+      unhookScrape = onScrape(async () => {
+        const timelines = loaded.list();
+        flushLsn.set(timelines.map((t) => ({ tenantId: t.tenantId, timelineId: t.timelineId, value: Number(t.state.get('flushLsn')) })));
+        commitLsn.set(timelines.map((t) => ({ tenantId: t.tenantId, timelineId: t.timelineId, value: Number(t.state.get('commitLsn')) })));
+      });
       node.log.info({ timelines: registry.list().length }, 'timelines loaded');
     },
     onStop: async () => {
+      unhookScrape?.();
       await registry?.shutdown();
       await coordinator?.stop();
       await pool?.close();

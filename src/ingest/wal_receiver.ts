@@ -19,6 +19,7 @@ import { decodeAppendRequestHeader, TAG_APPEND, type AcceptorMessage, type Propo
 import { decodeProposerMessage, encodeAcceptorMessage } from '../acceptor/messages_codec.js';
 import { parseTenantId, parseTimelineId, type TenantId, type TimelineId } from '../acceptor/state.js';
 import { ProtocolViolationError, ShutdownError } from '../errors.js';
+import { walIngestAppendsTotal } from '../metrics.js';
 import type { CopyBothSink, PgConnection } from '../pg/connection.js';
 import { assert } from '../sync/assert.js';
 import { CancelToken } from '../sync/cancel.js';
@@ -79,7 +80,10 @@ class WalReceiver implements CopyBothSink {
   }
 
   onCopyData(payload: Uint8Array): void {
-    if (payload.length > 0 && this.#tagOf(payload) === TAG_APPEND) this.#throwIfWalFailed();
+    if (payload.length > 0 && this.#tagOf(payload) === TAG_APPEND) {
+      walIngestAppendsTotal.inc();
+      this.#throwIfWalFailed();
+    }
     const acceptor = this.#acceptor;
     if (acceptor !== null && !this.#busy && payload.length > 0 && this.#tagOf(payload) === TAG_APPEND && !this.#timeline!.acceptorLock.locked) {
       const message = decodeAppendRequestHeader(payload, this.options.protoVersion);

@@ -153,7 +153,6 @@ export class CoordinatorClient implements Residency {
       .finally(() => {
         this.#timelines.delete(ttid);
         this.#active.delete(ttid);
-        metrics.removeTimelineSeries(timeline.tenantId, timeline.timelineId);
         leave();
       });
   }

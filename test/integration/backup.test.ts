@@ -127,6 +127,10 @@ describe('WAL backup to the local filesystem', { timeout: 80_000 }, () => {
     assert.deepEqual(after.filter((name) => name < segmentName(4n)), [], `segments 1..3 removed: ${after.join(',')}`);
     assert.ok((await metricValue(node, 'safekeeper_manager_iterations_total')) > 0);
     assert.equal(await metricValue(node, 'safekeeper_backup_lag_bytes', `{tenant_id="${ids.tenantId}",timeline_id="${ids.timelineId}"}`), Number(wal.endLsn - segmentStartLsn(4n, SEGMENT_BYTES)));
+    const lsns = await timelineLsns(node, ids);
+    assert.equal(await metricValue(node, 'safekeeper_flush_lsn', `{tenant_id="${ids.tenantId}",timeline_id="${ids.timelineId}"}`), Number(lsns.flushLsn));
+    assert.equal(await metricValue(node, 'safekeeper_commit_lsn', `{tenant_id="${ids.tenantId}",timeline_id="${ids.timelineId}"}`), Number(lsns.commitLsn));
+    assert.ok((await metricValue(node, 'safekeeper_wal_ingest_appends_total')) > 0);
     await session.proposer.close();
     await node.stop();
   });
