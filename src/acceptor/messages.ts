@@ -238,6 +238,3 @@ export function encodeAppendRequestHeader(message: AppendRequest, protocolVersio
   return header;
 }
 
-/** Names for error messages. */
-export const proposerMessageName = (tag: ProposerMessage['tag']): string =>
-  ({ greeting: 'ProposerGreeting', vote: 'VoteRequest', elected: 'ProposerElected', append: 'AppendRequest' })[tag];

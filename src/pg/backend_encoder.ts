@@ -113,14 +113,6 @@ export function parameterStatus(name: string, value: string): Buffer {
   return message;
 }
 
-/** Never sent by the safekeeper (cancellation is not supported), kept for completeness. */
-export function backendKeyData(processId: number, secretKey: number): Buffer {
-  const message = allocateMessage(BackendTag.BackendKeyData, 8);
-  message.writeInt32BE(processId, 5);
-  message.writeInt32BE(secretKey, 9);
-  return message;
-}
-
 /** The newest minor version we speak (0) and the `_pq_.` options we did not recognise. */
 export function negotiateProtocolVersion(minorVersion: number, unrecognisedOptions: readonly string[]): Buffer {
   let bodyBytes = 8;
@@ -202,10 +194,6 @@ function noticeOrError(tag: number, severity: string, fields: ErrorResponseField
 export function errorResponse(fields: ErrorResponseFields): Buffer {
   assert(/^[0-9A-Z]{5}$/.test(fields.code), 'SQLSTATE is five characters');
   return noticeOrError(BackendTag.ErrorResponse, 'ERROR', fields);
-}
-
-export function noticeResponse(fields: ErrorResponseFields, severity: 'NOTICE' | 'WARNING' | 'INFO' = 'NOTICE'): Buffer {
-  return noticeOrError(BackendTag.NoticeResponse, severity, fields);
 }
 
 export function parameterDescription(typeOids: readonly number[]): Buffer {

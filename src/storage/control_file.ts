@@ -20,7 +20,6 @@
  * block; the `*Sync` ones for worker threads. Abort: a save, once started, finishes its write first.
  */
 import { crc32c } from '@node-rs/crc32';
-import { closeSync, fstatSync, fsyncSync, openSync, readSync, renameSync, writeSync } from 'node:fs';
 import { open, rename } from 'node:fs/promises';
 import { isDeepStrictEqual } from 'node:util';
 import type { TimelinePersistentState } from '../acceptor/state.js';
@@ -28,7 +27,7 @@ import { SafekeeperError } from '../errors.js';
 import { AssertionError, assert } from '../sync/assert.js';
 import { isValidSegmentSize } from '../wal/lsn.js';
 import { controlFileJsonSchema, fromControlFileJson, toControlFileJson } from './control_file_json.js';
-import { controlFilePartialPath, controlFilePath, fsyncDirectory, fsyncDirectorySync, storageError } from './layout.js';
+import { controlFilePartialPath, controlFilePath, fsyncDirectory, storageError } from './layout.js';
 
 /** "SAFE CODE": distinct from Neon's 0xCAFECEEF, so neither implementation misreads the other's file. */
 export const CONTROL_FILE_MAGIC = 0x5afe_c0de;
@@ -205,56 +204,6 @@ export async function loadControlFile(dir: string): Promise<TimelinePersistentSt
       if (bytesRead !== size) throw new ControlFileCorruptError('too_short', `${path}: read ${bytesRead} of ${size} bytes`);
     } finally {
       await handle.close();
-    }
-  } catch (error) {
-    throw storageError(error, 'read', path);
-  }
-  return decodeControlFile(bytes, path);
-}
-
-/** `saveControlFile` with blocking fs, for worker threads. */
-export function saveControlFileSync(dir: string, state: TimelinePersistentState, options: SaveOptions): void {
-  const bytes = encodeCheckedControlFile(state);
-  const tempPath = controlFilePartialPath(dir);
-  let operation = 'open';
-  try {
-    const fd = openSync(tempPath, 'w');
-    try {
-      operation = 'write';
-      let written = 0;
-      while (written < bytes.length) written += writeSync(fd, bytes, written, bytes.length - written, written);
-      operation = 'fsync';
-      if (!options.noSync) fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    operation = 'rename';
-    renameSync(tempPath, controlFilePath(dir));
-    operation = 'fsync directory';
-    if (!options.noSync) fsyncDirectorySync(dir);
-  } catch (error) {
-    throw storageError(error, operation, tempPath);
-  }
-}
-
-/** `loadControlFile` with blocking fs, for worker threads. */
-export function loadControlFileSync(dir: string): TimelinePersistentState {
-  const path = controlFilePath(dir);
-  let bytes: Uint8Array;
-  try {
-    const fd = openSync(path, 'r');
-    try {
-      const { size } = fstatSync(fd);
-      if (size > HEADER_BYTES + CONTROL_FILE_BODY_BYTES_MAX + CHECKSUM_BYTES) throw new ControlFileCorruptError('too_long', `${path}: ${size} bytes`);
-      bytes = new Uint8Array(size);
-      let read = 0;
-      while (read < size) {
-        const n = readSync(fd, bytes, read, size - read, read);
-        if (n === 0) throw new ControlFileCorruptError('too_short', `${path}: read ${read} of ${size} bytes`);
-        read += n;
-      }
-    } finally {
-      closeSync(fd);
     }
   } catch (error) {
     throw storageError(error, 'read', path);

@@ -31,7 +31,6 @@ export function parseLsn(text: string): Lsn {
 
 export const lsnMax = (a: Lsn, b: Lsn): Lsn => (a > b ? a : b);
 export const lsnMin = (a: Lsn, b: Lsn): Lsn => (a < b ? a : b);
-export const compareLsn = (a: Lsn, b: Lsn): number => (a < b ? -1 : a > b ? 1 : 0);
 
 export function isValidSegmentSize(segmentSizeBytes: number): boolean {
   return (
@@ -85,6 +84,3 @@ export function parseSegmentFileName(name: string, segmentSizeBytes: number): { 
 /** The start of the WAL page holding `lsn`. */
 export const pageStartLsn = (lsn: Lsn): Lsn => lsn - (lsn % BigInt(WAL_PAGE_SIZE_BYTES));
 export const pageOffsetBytes = (lsn: Lsn): number => Number(lsn % BigInt(WAL_PAGE_SIZE_BYTES));
-export const isPageBoundary = (lsn: Lsn): boolean => lsn % BigInt(WAL_PAGE_SIZE_BYTES) === 0n;
-/** Records start on 8-byte (MAXALIGN) boundaries. */
-export const alignLsn8 = (lsn: Lsn): Lsn => (lsn + 7n) & ~7n;

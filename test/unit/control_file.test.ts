@@ -12,9 +12,7 @@ import {
   decodeControlFile,
   encodeControlFile,
   loadControlFile,
-  loadControlFileSync,
   saveControlFile,
-  saveControlFileSync,
 } from '../../src/storage/control_file.js';
 import { CONTROL_FILE_NAME, CONTROL_FILE_PARTIAL_NAME } from '../../src/storage/layout.js';
 import { AssertionError } from '../../src/sync/assert.js';
@@ -224,7 +222,6 @@ describe('control file on disk', () => {
     const state = fullState();
     await saveControlFile(dir, state, { noSync: false });
     assert.deepEqual(await loadControlFile(dir), state);
-    assert.deepEqual(loadControlFileSync(dir), state);
     assert.deepEqual(await readdir(dir), [CONTROL_FILE_NAME]);
   });
 
@@ -235,7 +232,7 @@ describe('control file on disk', () => {
     await saveControlFile(dir, second, { noSync: true });
     assert.deepEqual(await loadControlFile(dir), second);
     const third = { ...fullState(), backupLsn: 0x2_0000_00f0n };
-    saveControlFileSync(dir, third, { noSync: false });
+    await saveControlFile(dir, third, { noSync: false });
     assert.deepEqual(await loadControlFile(dir), third);
   });
 
@@ -260,13 +257,11 @@ describe('control file on disk', () => {
     bytes[20] = bytes[20]! ^ 0xff;
     await writeFile(path, bytes);
     await assert.rejects(loadControlFile(dir), (e: unknown) => e instanceof ControlFileCorruptError && e.message.includes(path));
-    assert.throws(() => loadControlFileSync(dir), ControlFileCorruptError);
   });
 
   test('a missing control file is NotFoundError', async () => {
     const empty = await mkdtemp(join(tmpdir(), 'sk-control-empty-'));
     await assert.rejects(loadControlFile(empty), NotFoundError);
-    assert.throws(() => loadControlFileSync(empty), NotFoundError);
     await rm(empty, { recursive: true });
   });
 });
