@@ -71,6 +71,50 @@ describe('StateWatcher', () => {
   });
 });
 
+describe('StateWatcher coalescing', () => {
+  test('after a ring is handled, changes wake nobody until coalesceMs passed', async () => {
+    const watcher = new StateWatcher(60_000);
+    const chunk = new StateBlockChunk(0, 2);
+    watcher.addChunk(chunk);
+    await sleep(0); // the first pass (at addChunk) arms nothing until its delay is over; make it pass here
+    const block = new StateBlock(chunk, 1);
+    const listener = counter();
+    watcher.watch(block, listener);
+    block.set('flushLsn', 1n);
+    await quiet();
+    assert.equal(listener.calls, 0, 'the wait is armed only after the delay (60 s here)');
+    watcher.close();
+  });
+
+  test('an isolated change is seen at once, and a change during the delay right after it', async () => {
+    const watcher = new StateWatcher(0);
+    const chunk = new StateBlockChunk(0, 1);
+    watcher.addChunk(chunk);
+    const block = new StateBlock(chunk, 0);
+    const listener = counter();
+    watcher.watch(block, listener);
+    block.set('flushLsn', 1n);
+    await waitFor(() => listener.calls === 1);
+    watcher.close();
+
+    const coalescing = new StateWatcher(200);
+    const other = new StateBlockChunk(1, 1);
+    coalescing.addChunk(other);
+    const otherBlock = new StateBlock(other, 0);
+    const otherListener = counter();
+    coalescing.watch(otherBlock, otherListener);
+    for (let i = 1n; i <= 5n; i++) {
+      otherBlock.set('flushLsn', i); // inside the first delay: no wake-up until it ends, then one
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    await waitFor(() => otherListener.calls === 1);
+    otherBlock.set('commitLsn', 9n);
+    await waitFor(() => otherListener.calls === 2);
+    assert.equal(otherBlock.get('commitLsn'), 9n);
+    coalescing.close();
+  });
+});
+
 describe('ManagerWakeup', () => {
   test('wakes on a block change only while armed with a seen counter', async () => {
     const watcher = new StateWatcher();
