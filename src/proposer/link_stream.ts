@@ -107,6 +107,7 @@ export class LinkStream {
           continue;
         }
         sentCommitLsn = this.#host.commitLsn();
+        commitSeenMs = 0; // these appends carry it: no commit-only append is owed
         const ok = client.sendTogether(() => this.#appendAvailable(client, elected, sentCommitLsn));
         lastSendMs = performance.now();
         if (!ok) await client.drained(signal);

@@ -29,7 +29,8 @@ import {
   type MainRequest,
   type ManagerPersist,
 } from './coordinator_protocol.js';
-import { TimelineManager, type ManagerCounters, type ManagerHost, type ManagerShared } from './manager.js';
+import { TimelineManager } from './manager.js';
+import type { ManagerCounters, ManagerHost, ManagerShared } from './manager_shared.js';
 import { RpcPort, type MessageEndpoint } from './rpc_port.js';
 import { StateWatcher } from './state_watcher.js';
 

@@ -22,8 +22,8 @@ import { assert } from '../sync/assert.js';
 import { Mutex } from '../sync/mutex.js';
 import { formatLsn, segmentNumber, type Lsn } from '../wal/lsn.js';
 import type { LogLevel, ManagerPersist } from './coordinator_protocol.js';
-import type { ManagerShared } from './manager.js';
 import type { ManagerSnapshot } from './manager_decisions.js';
+import type { ManagerShared } from './manager_shared.js';
 import { removeSegmentsFrom } from './wal_removal.js';
 
 /** What the residency control needs from its manager. */

@@ -1,0 +1,304 @@
+/**
+ * A timeline manager's background jobs and their bookkeeping. The manager's loop
+ * (`manager.ts`) decides when a job runs (`manager_decisions.ts`); this module starts it, holds its slot (at most one
+ * job of each kind at a time) and keeps what the next decision needs: retry times, the last save, the last removed
+ * segment, the partial segment records. Jobs: control-file saves (through main), WAL removal (`wal_removal.ts`),
+ * partial segment upload and garbage collection (`remote/partial_backup.ts`), and eviction and restore with the
+ * residency guards (`eviction.ts`). The segment backup queue retries on its own and is `manager_backup.ts`; this
+ * module reads how far it got, for the decisions and for WAL read from remote storage.
+ *
+ * Nothing restarts the loop, so a job failure is logged and becomes a retry time (`JOB_RETRY_MS` later), never a
+ * throw; an abort (the manager stopping) is silent. Every job ends by kicking the loop. Memory: the eviction control
+ * is created on first use and dropped when idle (a node may hold 10,000 idle timelines). Coordinator thread.
+ * Abort: jobs run under the manager's signal (uploads abort; a removal or a rename finishes its file first), and
+ * `ended()` waits for them.
+ */
+import type { EvictionState, PartialRemoteSegment } from '../acceptor/state.js';
+import type { StateBlock } from '../ingest/state_block.js';
+import { collectPartialGarbage, uploadPartialSegment, uploadedPartial, type PartialBackupDeps } from '../remote/partial_backup.js';
+import { readRemoteWal } from '../remote/wal_download.js';
+import { AssertionError, assert } from '../sync/assert.js';
+import { formatLsn, segmentNumber, segmentStartLsn, type Lsn } from '../wal/lsn.js';
+import type { ManagerPersist, TimelineRegistration } from './coordinator_protocol.js';
+import { EvictionControl } from './eviction.js';
+import type { TimelineManager } from './manager.js';
+import type { ManagerBackup } from './manager_backup.js';
+import { partialCurrentOf, type ManagerFacts, type ManagerSnapshot } from './manager_decisions.js';
+import type { ManagerShared } from './manager_shared.js';
+import { localSegmentRange, removeSegmentsUpTo } from './wal_removal.js';
+
+/** A failed save, removal, partial upload or eviction is retried after this long. */
+export const JOB_RETRY_MS = 2_000;
+
+/** What the jobs and the backup queue use of their manager: identity, cancellation, wakeup, state block and log. */
+export type JobsOwner = Pick<TimelineManager, 'ttid' | 'tenantId' | 'timelineId' | 'dir' | 'segmentSizeBytes' | 'stopping' | 'signal' | 'kick' | 'snapshot' | 'log'>;
+
+type Job = Promise<void> | null;
+
+export class ManagerJobs {
+  /** Created on first use (a guard, an eviction): most idle timelines never need one. */
+  #evictionControl: EvictionControl | null = null;
+  #initialEviction: EvictionState;
+  #partialSegments: PartialRemoteSegment[];
+  #persistJob: Job = null;
+  #removalJob: Job = null;
+  #partialJob: Job = null;
+  #evictJob: Job = null;
+  #lastSaveMs: number;
+  #saveRetryAtMs = 0;
+  #removalRetryAtMs = 0;
+  #partialRetryAtMs = 0;
+  #evictRetryAtMs = 0;
+  #evictNotBeforeMs: number;
+  #lastRemovedSegno = -1n;
+
+  /** `startMs`: when the manager was made (its clock); the first save and eviction are timed from it. */
+  constructor(
+    private readonly owner: JobsOwner,
+    registration: TimelineRegistration,
+    private readonly block: StateBlock,
+    private readonly shared: ManagerShared,
+    private readonly backup: ManagerBackup,
+    startMs: number,
+  ) {
+    this.#partialSegments = registration.partialSegments; // deserialized from the message: ours alone
+    this.#lastSaveMs = startMs;
+    this.#evictNotBeforeMs = startMs + shared.random() * shared.config.evictionMinResidentMs;
+    this.#initialEviction = shareablePresent(registration.evictionState);
+  }
+
+  get offloaded(): boolean {
+    return this.#evictionControl?.offloaded ?? this.#initialEviction.kind === 'Offloaded';
+  }
+
+  /** The running WAL removal, if any (a checkpoint waits for it). */
+  get removalJob(): Promise<void> | null {
+    return this.#removalJob;
+  }
+
+  /** The decisions' input: what the jobs and the backup queue know, at `nowMs`, with the loop's `lastChangeMs`. */
+  facts(nowMs: number, lastChangeMs: number): ManagerFacts {
+    const { backup } = this;
+    return {
+      nowMs,
+      segmentSizeBytes: this.owner.segmentSizeBytes,
+      offloaded: this.offloaded,
+      uploadedEndSegno: backup.uploadedEndSegno,
+      backupRunning: backup.running,
+      backupRetryAtMs: backup.retryAtMs,
+      persistRunning: this.#persistJob !== null,
+      lastSaveMs: this.#lastSaveMs,
+      saveRetryAtMs: this.#saveRetryAtMs,
+      removalRunning: this.#removalJob !== null,
+      removalRetryAtMs: this.#removalRetryAtMs,
+      lastRemovedSegno: this.#lastRemovedSegno,
+      partialRunning: this.#partialJob !== null,
+      partialRetryAtMs: this.#partialRetryAtMs,
+      partialSegments: this.#partialSegments,
+      lastChangeMs,
+      guards: (this.#evictionControl?.guardCount ?? 0),
+      evictRunning: this.#evictJob !== null,
+      evictNotBeforeMs: this.#evictNotBeforeMs,
+      evictRetryAtMs: this.#evictRetryAtMs,
+    };
+  }
+
+  /**
+   * Learns where local WAL starts, and finishes what a crash may have left half done. A failure here is
+   * logged and left to the jobs (removal lists the directory again; eviction cleanup repeats at restart).
+   */
+  async init(): Promise<void> {
+    try {
+      const range = await localSegmentRange(this.owner.dir, this.owner.segmentSizeBytes);
+      this.#lastRemovedSegno = range !== null ? range.lowest - 1n : this.#segno(this.block.get('flushLsn')) - 1n;
+      this.#publishLocalStart();
+      if (this.offloaded) {
+        this.block.set('evicted', 1n);
+        await this.#eviction().removeLeftovers();
+      }
+    } catch (error) {
+      if (error instanceof AssertionError) throw error;
+      this.owner.log('warn', 'timeline manager start: local WAL scan failed', { err: describeError(error) });
+    }
+    if (this.#partialSegments.some((segment) => segment.status !== 'Uploaded')) {
+      const job = this.#runJob('partial backup garbage collection', async () => {
+        this.#partialSegments = await collectPartialGarbage(this.#partialDeps(), this.#partialSegments);
+      }, (atMs) => (this.#partialRetryAtMs = atMs));
+      this.#partialJob = job.finally(() => this.#jobEnded(() => (this.#partialJob = null)));
+    }
+  }
+
+  /** Waits until every running job has ended (the manager is stopping and has cancelled its signal). */
+  async ended(): Promise<void> {
+    await Promise.all([this.#persistJob, this.#removalJob, this.#partialJob, this.#evictJob]);
+  }
+
+  /** Saves the control file (through main) and notes when. */
+  async save(): Promise<void> {
+    await this.#persist({});
+    this.#lastSaveMs = this.shared.nowMs();
+  }
+
+  /** Grants residency guard `guardId` (chosen by main), unevicting first when offloaded. */
+  async acquireGuard(guardId: number): Promise<void> {
+    try {
+      await this.#eviction().acquireGuard(guardId);
+    } finally {
+      this.#dropIdleEviction();
+    }
+  }
+
+  releaseGuard(guardId: number): void {
+    if (this.#evictionControl?.releaseGuard(guardId) === true) this.owner.kick();
+    this.#dropIdleEviction();
+  }
+
+  /** WAL from remote storage for a reader (§11): at most up to the end of `startLsn`'s segment. */
+  async readRemoteWal(startLsn: Lsn, lengthBytes: number): Promise<Uint8Array> {
+    const { owner } = this;
+    const backupLsn = this.backup.backupLsn;
+    const deps = { tenantId: owner.tenantId, timelineId: owner.timelineId, segmentSizeBytes: owner.segmentSizeBytes, remote: this.shared.remote, signal: owner.signal() };
+    return readRemoteWal(deps, startLsn, lengthBytes, { backupLsn, uploadedPartial: uploadedPartial(this.#partialSegments) });
+  }
+
+  startSave(): void {
+    const job = this.#runJob('control file save', () => this.save(), (atMs) => (this.#saveRetryAtMs = atMs));
+    this.#persistJob = job.finally(() => this.#jobEnded(() => (this.#persistJob = null)));
+  }
+
+  startRemoval(removeUpToSegno: bigint): void {
+    assert(removeUpToSegno < this.#segno(this.block.get('flushLsn')), 'removal never reaches the segment being written');
+    const job = this.#runJob('WAL removal', async () => {
+      const removed = await removeSegmentsUpTo(this.owner.dir, this.owner.segmentSizeBytes, removeUpToSegno, { noSync: this.shared.config.noSync, failpoints: this.shared.failpoints, signal: this.owner.signal() });
+      this.#lastRemovedSegno = removeUpToSegno;
+      this.shared.counters.segmentsRemoved += removed;
+      this.#publishLocalStart();
+      if (removed > 0) this.owner.log('debug', 'removed local WAL', { removed_segments: removed, up_to_segno: String(removeUpToSegno) });
+    }, (atMs) => (this.#removalRetryAtMs = atMs));
+    this.#removalJob = job.finally(() => this.#jobEnded(() => (this.#removalJob = null)));
+  }
+
+  startPartialUpload(snapshot: ManagerSnapshot): void {
+    const current = partialCurrentOf(snapshot);
+    const job = this.#runJob('partial segment upload', async () => {
+      this.#partialSegments = await uploadPartialSegment(this.#partialDeps(), this.#partialSegments, current);
+      this.shared.counters.partialUploads += 1;
+      this.owner.log('debug', 'uploaded partial segment', { flush_lsn: formatLsn(current.flushLsn), term: String(current.term) });
+    }, (atMs) => (this.#partialRetryAtMs = atMs));
+    this.#partialJob = job.finally(() => this.#jobEnded(() => (this.#partialJob = null)));
+  }
+
+  startEviction(): void {
+    const job = this.#runJob('eviction', async () => {
+      const evicted = await this.#eviction().evict();
+      this.#dropIdleEviction();
+      if (evicted) this.block.set('evicted', 1n);
+      else this.#evictRetryAtMs = this.shared.nowMs() + JOB_RETRY_MS;
+    }, (atMs) => (this.#evictRetryAtMs = atMs));
+    this.#evictJob = job.finally(() => this.#jobEnded(() => (this.#evictJob = null)));
+  }
+
+  /**
+   * Runs a job: its failure is logged and turned into a retry time (`setRetryAtMs`), never thrown; an abort
+   * (the manager stopping) is silent. The returned promise is the job's slot, cleared when it ends, and the
+   * loop is kicked then.
+   */
+  #runJob(name: string, work: () => Promise<void>, setRetryAtMs: (atMs: number) => void): Promise<void> {
+    return (async () => {
+      try {
+        await work();
+      } catch (error) {
+        if (error instanceof AssertionError) throw error;
+        if (!this.owner.stopping) {
+          setRetryAtMs(this.shared.nowMs() + JOB_RETRY_MS);
+          this.owner.log('warn', `${name} failed; will retry`, { err: describeError(error) });
+        }
+      }
+    })();
+  }
+
+  #jobEnded(clear: () => void): void {
+    clear();
+    this.owner.kick();
+  }
+
+  #eviction(): EvictionControl {
+    const { owner } = this;
+    this.#evictionControl ??= new EvictionControl(
+      {
+        tenantId: owner.tenantId,
+        timelineId: owner.timelineId,
+        dir: owner.dir,
+        segmentSizeBytes: owner.segmentSizeBytes,
+        shared: this.shared,
+        signal: () => owner.signal(),
+        snapshot: () => owner.snapshot(),
+        partialSegments: () => this.#partialSegments,
+        persist: (update) => this.#persist(update),
+        onRestored: (flushLsn) => this.#onRestored(flushLsn),
+        log: (level, message, fields) => owner.log(level, message, fields),
+      },
+      this.#initialEviction,
+    );
+    return this.#evictionControl;
+  }
+
+  /** Keeps only the eviction state once no guard, grant or transition needs the control object. */
+  #dropIdleEviction(): void {
+    const control = this.#evictionControl;
+    if (control === null || !control.idle) return;
+    this.#initialEviction = shareablePresent(control.state);
+    this.#evictionControl = null;
+  }
+
+  #onRestored(flushLsn: Lsn): void {
+    this.block.set('evicted', 0n);
+    this.#lastRemovedSegno = this.#segno(flushLsn) - 1n;
+    this.#publishLocalStart();
+    this.#evictNotBeforeMs = this.shared.nowMs() + this.shared.random() * this.shared.config.evictionMinResidentMs;
+    this.owner.kick();
+  }
+
+  async #persist(update: ManagerPersist): Promise<void> {
+    await this.shared.host.persist(this.owner.ttid, update);
+  }
+
+  #partialDeps(): PartialBackupDeps {
+    return {
+      tenantId: this.owner.tenantId,
+      timelineId: this.owner.timelineId,
+      dir: this.owner.dir,
+      segmentSizeBytes: this.owner.segmentSizeBytes,
+      nodeId: this.shared.config.nodeId,
+      remote: this.shared.remote,
+      failpoints: this.shared.failpoints,
+      signal: this.owner.signal(),
+      persist: async (segments) => {
+        await this.#persist({ partialSegments: segments });
+        this.#partialSegments = structuredClone(segments);
+      },
+      current: () => partialCurrentOf(this.owner.snapshot()),
+    };
+  }
+
+  /** Publishes where local WAL starts: no WAL below this segment start is on local disk. */
+  #publishLocalStart(): void {
+    this.block.set('removedUpToLsn', this.#lastRemovedSegno < 0n ? 0n : segmentStartLsn(this.#lastRemovedSegno + 1n, this.owner.segmentSizeBytes));
+  }
+
+  #segno(lsn: Lsn): bigint {
+    return segmentNumber(lsn, this.owner.segmentSizeBytes);
+  }
+}
+
+/** One `Present` state for every manager that is not offloaded (no object each). Never changed. */
+const PRESENT: EvictionState = Object.freeze({ kind: 'Present' });
+
+function shareablePresent(state: EvictionState): EvictionState {
+  return state.kind === 'Present' ? PRESENT : state;
+}
+
+/** An error as a log field: its name and message. */
+export function describeError(error: unknown): string {
+  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+}
