@@ -8,21 +8,22 @@ import type { RemoteStorage } from '../remote/remote_storage.js';
 import type { Failpoints } from '../sync/failpoints.js';
 import type { Semaphore } from '../sync/semaphore.js';
 import type { Lsn } from '../wal/lsn.js';
-import type { LogLevel, ManagerPersist } from './coordinator_protocol.js';
+import type { CoordinatorOptions, LogLevel, ManagerPersist } from './coordinator_protocol.js';
 import type { StateWatcher } from './state_watcher.js';
 
-export interface ManagerConfig {
-  nodeId: bigint;
-  /** Where timeline directories are (`storage/layout.ts`). */
-  dataDir: string;
-  noSync: boolean;
-  controlFileSaveIntervalMs: number;
-  partialBackupTimeoutMs: number;
-  evictionMinResidentMs: number;
-  enableOffload: boolean;
-  deleteOffloadedWal: boolean;
-  walBackupParallelJobs: number;
-}
+/** The node settings a manager reads: the coordinator's own options, less what only the coordinator uses. */
+export type ManagerConfig = Pick<
+  CoordinatorOptions,
+  | 'nodeId'
+  | 'dataDir'
+  | 'noSync'
+  | 'controlFileSaveIntervalMs'
+  | 'partialBackupTimeoutMs'
+  | 'evictionMinResidentMs'
+  | 'enableOffload'
+  | 'deleteOffloadedWal'
+  | 'walBackupParallelJobs'
+>;
 
 /** What the manager asks of the main thread (through the coordinator's RpcPort). */
 export interface ManagerHost {

@@ -72,46 +72,44 @@ describe('StateWatcher', () => {
 });
 
 describe('StateWatcher coalescing', () => {
-  test('after a ring is handled, changes wake nobody until coalesceMs passed', async () => {
-    const watcher = new StateWatcher(60_000);
-    const chunk = new StateBlockChunk(0, 2);
-    watcher.addChunk(chunk);
-    await sleep(0); // the first pass (at addChunk) arms nothing until its delay is over; make it pass here
-    const block = new StateBlock(chunk, 1);
+  /** A watcher with `coalesceMs`, one chunk of one block, and a counting listener on it. */
+  function watchedBlock(coalesceMs: number): { watcher: StateWatcher; block: StateBlock; listener: ReturnType<typeof counter> } {
+    const watcher = new StateWatcher(coalesceMs);
+    const chunk = new StateBlockChunk(0, 1);
+    watcher.addChunk(chunk); // its first pass runs now; the wait is armed `coalesceMs` later
+    const block = new StateBlock(chunk, 0);
     const listener = counter();
     watcher.watch(block, listener);
+    return { watcher, block, listener };
+  }
+
+  test('after a pass, changes wake nobody until coalesceMs passed', async () => {
+    const { watcher, block, listener } = watchedBlock(60_000);
     block.set('flushLsn', 1n);
     await quiet();
     assert.equal(listener.calls, 0, 'the wait is armed only after the delay (60 s here)');
     watcher.close();
   });
 
-  test('an isolated change is seen at once, and a change during the delay right after it', async () => {
-    const watcher = new StateWatcher(0);
-    const chunk = new StateBlockChunk(0, 1);
-    watcher.addChunk(chunk);
-    const block = new StateBlock(chunk, 0);
-    const listener = counter();
-    watcher.watch(block, listener);
-    block.set('flushLsn', 1n);
-    await waitFor(() => listener.calls === 1);
-    watcher.close();
-
-    const coalescing = new StateWatcher(200);
-    const other = new StateBlockChunk(1, 1);
-    coalescing.addChunk(other);
-    const otherBlock = new StateBlock(other, 0);
-    const otherListener = counter();
-    coalescing.watch(otherBlock, otherListener);
+  test('changes during the delay wake the listener once when it ends; later changes are still seen', async () => {
+    const { watcher, block, listener } = watchedBlock(200);
     for (let i = 1n; i <= 5n; i++) {
-      otherBlock.set('flushLsn', i); // inside the first delay: no wake-up until it ends, then one
+      block.set('flushLsn', i); // inside the first delay: no wake-up until it ends, then one
       await new Promise((resolve) => setImmediate(resolve));
     }
-    await waitFor(() => otherListener.calls === 1);
-    otherBlock.set('commitLsn', 9n);
-    await waitFor(() => otherListener.calls === 2);
-    assert.equal(otherBlock.get('commitLsn'), 9n);
-    coalescing.close();
+    await waitFor(() => listener.calls === 1);
+    block.set('commitLsn', 9n);
+    await waitFor(() => listener.calls === 2);
+    watcher.close();
+  });
+
+  test('coalesceMs 0 re-arms at once: each separate change wakes the listener', async () => {
+    const { watcher, block, listener } = watchedBlock(0);
+    block.set('flushLsn', 1n);
+    await waitFor(() => listener.calls === 1);
+    block.set('flushLsn', 2n);
+    await waitFor(() => listener.calls === 2);
+    watcher.close();
   });
 });
 
