@@ -13,7 +13,7 @@ import { segmentNumber, segmentStartLsn, type Lsn } from '../../src/wal/lsn.js';
 import { spawnNode, testNodeArgs, type NodeProcess } from './node_process.js';
 import { pgWaldump, type WaldumpRecord } from './pg.js';
 import type { TestProposerOptions } from './test_proposer.js';
-import { copySegmentsForWaldump, listSegmentFiles } from './timeline_wal.js';
+import { copySegmentsForWaldump, segmentFilesWithRemote } from './timeline_wal.js';
 import { makeTempDir } from './tmp.js';
 
 /** The deadline of each ingest describe block. */
@@ -48,9 +48,13 @@ export async function waldumpTimeline(dir: string, segmentSizeBytes: number, fro
   return pgWaldump(copy, fromLsn, toLsn);
 }
 
-/** Asserts only the segment holding `endLsn` (if `endLsn` is inside it) is `.partial`, and no segment is missing. */
+/**
+ * Asserts only the segment holding `endLsn` (if `endLsn` is inside it) is `.partial`, and no segment is missing.
+ * A complete segment may already be in the node's remote storage only: the node removes local WAL once it is
+ * uploaded and committed (that copy counts, as it is complete by construction).
+ */
 export async function assertSegmentNames(dir: string, fromLsn: Lsn, endLsn: Lsn, segmentSizeBytes: number): Promise<void> {
-  const files = await listSegmentFiles(dir, segmentSizeBytes);
+  const files = await segmentFilesWithRemote(dir, segmentSizeBytes);
   const endSegno = segmentNumber(endLsn, segmentSizeBytes);
   const endsAtBoundary = endLsn === segmentStartLsn(endSegno, segmentSizeBytes);
   for (let segno = segmentNumber(fromLsn, segmentSizeBytes); segno <= endSegno; segno += 1n) {

@@ -67,7 +67,7 @@ export function defaultRemoteDirOf(dir: string): string {
 }
 
 /** A timeline's segment files, plus those only in its default remote storage (removed locally after upload). */
-async function segmentFilesWithRemote(dir: string, segmentSizeBytes: number): Promise<SegmentFile[]> {
+export async function segmentFilesWithRemote(dir: string, segmentSizeBytes: number): Promise<SegmentFile[]> {
   const local = await listSegmentFiles(dir, segmentSizeBytes);
   const remoteDir = defaultRemoteDirOf(dir);
   if (!existsSync(remoteDir)) return local;
