@@ -127,7 +127,7 @@ export class TimelineManager {
   /** Cancels every job and waits until the loop and all jobs have ended. */
   async stop(): Promise<void> {
     this.#stopped = true;
-    this.#cancel?.cancel(new ShutdownError(`timeline manager ${this.ttid} is stopping`));
+    this.#cancel?.cancel(this.#stoppingError());
     this.kick();
     if (this.#loop !== 'running') return;
     this.#loopEnded ??= promiseWithResolve();
@@ -136,7 +136,7 @@ export class TimelineManager {
 
   /** Saves the control file now, runs a pass, and waits for the removal it starts. */
   async checkpoint(): Promise<void> {
-    if (this.#stopped) throw new ShutdownError(`timeline manager ${this.ttid} is stopping`);
+    if (this.#stopped) throw this.#stoppingError();
     await this.#jobs.save();
     if (this.#stopped) return;
     this.#pass();
@@ -168,7 +168,7 @@ export class TimelineManager {
       this.#cancel = new CancelToken();
       // Each running upload and remote request listens on it (parallel jobs × a few): not a leak.
       setMaxListeners(MANAGER_SIGNAL_LISTENERS_MAX, this.#cancel.signal);
-      if (this.#stopped) this.#cancel.cancel(new ShutdownError(`timeline manager ${this.ttid} is stopping`));
+      if (this.#stopped) this.#cancel.cancel(this.#stoppingError());
     }
     return this.#cancel.signal;
   }
@@ -191,6 +191,10 @@ export class TimelineManager {
       readerCount: block.get('readerCount'),
       readerHorizonLsn: block.get('readerHorizonLsn'),
     };
+  }
+
+  #stoppingError(): ShutdownError {
+    return new ShutdownError(`timeline manager ${this.ttid} is stopping`);
   }
 
   log(level: LogLevel, message: string, fields: Record<string, unknown> = {}): void {

@@ -48,6 +48,12 @@ const source = (): WalSource => ({ bytes: wal.bytes, baseLsn: wal.startLsn, endL
 const server = (): Pick<TestProposerOptions, 'pgVersion' | 'systemId' | 'walSegSizeBytes'> => ({ pgVersion: wal.pgVersion, systemId: wal.systemId, walSegSizeBytes: wal.segmentSizeBytes });
 /** Where every test timeline starts: the first record of the fixture. */
 const timelineStartLsn = (): Lsn => wal.records[0]!.lsn;
+
+/** A proposer elected in term 1 on a new timeline starting at `startLsn`, with no WAL streamed yet (tracked). */
+async function electedWithoutWal(ids: { tenantId: string; timelineId: string }, startLsn: Lsn): Promise<TestProposer> {
+  const session = await electAndStream({ port: node.pgPort, ...ids, protoVersion: 3, ...server(), source: source(), timelineStartLsn: startLsn, toLsn: startLsn });
+  return track(session.proposer);
+}
 const firstSegmentStartLsn = (): Lsn => segmentStartLsn(segmentNumber(timelineStartLsn(), wal.segmentSizeBytes), wal.segmentSizeBytes);
 
 before(async () => {
@@ -155,12 +161,7 @@ describe('pg_receivewal', { timeout: TEST_TIMEOUT_MS }, () => {
   test('follows a live timeline and writes segment files byte-identical to the primary WAL over the streamed range', async () => {
     const ids = newIds();
     const startLsn = timelineStartLsn();
-    const proposer = track(await TestProposer.connect({ port: node.pgPort, ...ids, protoVersion: 3, ...server() }));
-    await proposer.greet();
-    await proposer.vote(1n);
-    await proposer.elect({ term: 1n, startStreamingAtLsn: startLsn, termHistory: [{ term: 1n, lsn: startLsn }] });
-    await proposer.heartbeat(startLsn);
-    await proposer.waitForFlush(startLsn); // the election is done: IDENTIFY_SYSTEM reports commit_lsn = the timeline start
+    const proposer = await electedWithoutWal(ids, startLsn); // IDENTIFY_SYSTEM reports commit_lsn = the timeline start
 
     const dir = makeTempDir('sk-receivewal-');
     // --endpos stops once the received position is past it; -n: fail instead of reconnecting.
@@ -224,12 +225,7 @@ describe('replication clients', { timeout: TEST_TIMEOUT_MS }, () => {
   test('a stalled reader slows neither ingest nor the other readers, and is cleaned up when it goes away', async () => {
     const ids = newIds();
     const startLsn = timelineStartLsn();
-    const proposer = track(await TestProposer.connect({ port: node.pgPort, ...ids, protoVersion: 3, ...server() }));
-    await proposer.greet();
-    await proposer.vote(1n);
-    await proposer.elect({ term: 1n, startStreamingAtLsn: startLsn, termHistory: [{ term: 1n, lsn: startLsn }] });
-    await proposer.heartbeat(startLsn);
-    await proposer.waitForFlush(startLsn);
+    const proposer = await electedWithoutWal(ids, startLsn);
 
     const stalled = await replicationClient(ids, 'stalled');
     await stalled.startCopyBoth(`START_REPLICATION PHYSICAL ${formatLsn(firstSegmentStartLsn())}`);
