@@ -14,6 +14,23 @@
 import { assert } from '../sync/assert.js';
 import type { Lsn } from '../wal/lsn.js';
 
+/** From this many bytes on, copies into or out of the ring go through `Buffer.prototype.fill` (see copyBytes). */
+const MEMCPY_BYTES_MIN = 256;
+const fillBytes = Buffer.prototype.fill as (this: Uint8Array, value: Uint8Array, offset: number, end: number) => Uint8Array;
+
+/**
+ * Copies all of `source` into `target` at `at`. `TypedArray.prototype.set` (and `Buffer.copy`, which uses it)
+ * copies to or from a SharedArrayBuffer with relaxed atomic stores, word by word only when source and target
+ * share their alignment mod 8, else byte by byte: about 3.3 GB/s here against 11 GB/s, and a WAL payload sits
+ * at an arbitrary offset of its frame. `Buffer.prototype.fill` with a value exactly as long as the range is
+ * one plain memcpy in Node's C++ whatever the alignment (8 KiB: 0.3 µs against 2.5 µs); it has a larger fixed
+ * cost, so small copies keep `set`. Plain bytes either way: nothing else reads this range during the copy.
+ */
+export function copyBytes(target: Uint8Array, source: Uint8Array, at: number): void {
+  if (source.length < MEMCPY_BYTES_MIN) target.set(source, at);
+  else fillBytes.call(target, source, at, at + source.length);
+}
+
 export class RingView {
   readonly bytes: Uint8Array;
   readonly capacityBytes: number;
@@ -39,8 +56,8 @@ export class RingView {
     assert(data.length <= this.capacityBytes, 'ring write larger than the ring');
     const offset = this.offsetOf(lsn);
     const first = Math.min(data.length, this.capacityBytes - offset);
-    this.bytes.set(first === data.length ? data : data.subarray(0, first), offset);
-    if (first < data.length) this.bytes.set(data.subarray(first), 0);
+    copyBytes(this.bytes, first === data.length ? data : data.subarray(0, first), offset);
+    if (first < data.length) copyBytes(this.bytes, data.subarray(first), 0);
   }
 
   /**
@@ -60,7 +77,7 @@ export class RingView {
   copyOut(lsn: Lsn, length: number, target: Uint8Array, targetOffset = 0): void {
     let at = targetOffset;
     for (const piece of this.pieces(lsn, length)) {
-      target.set(piece, at);
+      copyBytes(target, piece, at);
       at += piece.length;
     }
   }

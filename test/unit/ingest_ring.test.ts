@@ -28,6 +28,24 @@ describe('RingView', () => {
   });
 });
 
+  test('large copies at every alignment of source and ring offset (the memcpy path) wrap and read back exactly', () => {
+    const ring = RingView.allocate(4096);
+    const frame = Buffer.from(Uint8Array.from({ length: 3000 }, (_, i) => (i * 31 + 7) & 0xff));
+    for (let sourceOffset = 0; sourceOffset < 8; sourceOffset++) {
+      for (const start of [0n, 3n, 8n, 1500n, 4096n - 1000n, 4096n + 5n]) {
+        for (const length of [255, 256, 1000, 2500]) {
+          const data = frame.subarray(sourceOffset, sourceOffset + length);
+          ring.write(start, data);
+          const copy = Buffer.alloc(length + 16, 0xee);
+          ring.copyOut(start, length, copy, 3);
+          assert.deepEqual(copy.subarray(3, 3 + length), data, `source +${sourceOffset}, ring ${start}, ${length} bytes`);
+          assert.equal(copy[2], 0xee, 'nothing written before the target range');
+          assert.equal(copy[3 + length], 0xee, 'nothing written after the target range');
+        }
+      }
+    }
+  });
+
 describe('StateBlock', () => {
   test('set bumps the change counter only when the value changes', () => {
     const block = new StateBlock();
