@@ -1,0 +1,31 @@
+/** readSegment: what the backup uploads is exactly one whole segment file, or a clear SegmentMissingError. */
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { SegmentMissingError, readSegment } from '../../src/remote/wal_backup.js';
+import { segmentPath } from '../../src/storage/layout.js';
+
+const SEGMENT_BYTES = 1024 * 1024;
+
+describe('readSegment', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sk-read-segment-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  const content = (seed: number, length = SEGMENT_BYTES) => Buffer.from(Uint8Array.from({ length }, (_, i) => (i * seed + 3) & 0xff));
+
+  test('reads the complete file, else the .partial, byte for byte', async () => {
+    writeFileSync(segmentPath(dir, 1n, SEGMENT_BYTES, true), content(7));
+    assert.deepEqual(Buffer.from(await readSegment(dir, 1n, SEGMENT_BYTES)), content(7));
+    writeFileSync(segmentPath(dir, 1n, SEGMENT_BYTES, false), content(11));
+    assert.deepEqual(Buffer.from(await readSegment(dir, 1n, SEGMENT_BYTES)), content(11));
+  });
+
+  test('a missing, short or long file is a SegmentMissingError naming the segment', async () => {
+    await assert.rejects(readSegment(dir, 2n, SEGMENT_BYTES), (error: unknown) => error instanceof SegmentMissingError && /not on local disk/.test(error.message));
+    writeFileSync(segmentPath(dir, 3n, SEGMENT_BYTES, false), content(5, SEGMENT_BYTES - 8));
+    await assert.rejects(readSegment(dir, 3n, SEGMENT_BYTES), (error: unknown) => error instanceof SegmentMissingError && /has 1048568 bytes, not 1048576/.test(error.message));
+    writeFileSync(segmentPath(dir, 4n, SEGMENT_BYTES, false), content(5, SEGMENT_BYTES + 1));
+    await assert.rejects(readSegment(dir, 4n, SEGMENT_BYTES), (error: unknown) => error instanceof SegmentMissingError && /more than 1048576 bytes/.test(error.message));
+  });
+});
