@@ -12,7 +12,8 @@
  *      AppendResponse's flush_lsn covers the last byte sent. One tinybench task per scenario, a fixed number
  *      of iterations; MiB/s is total bytes over total durable time. The average group-commit batch, the
  *      node's fdatasync time and its CPU use come from its /metrics, scraped around each iteration.
- *   3. Ack latency of a lone 8 KiB append (one in flight, idle node): send → covering AppendResponse.
+ *   3. Ack latency of a lone 8 KiB append (one in flight, idle node): send → covering AppendResponse, after
+ *      4,000 unmeasured lone appends (the JIT's warm-up, see LATENCY_WARMUP_APPENDS).
  *
  * WAL: valid PG15 WAL of ~310-byte logical-message records (bench/ingest_wal.ts), the same bytes for every
  * timeline. Every timeline is warmed before it is measured: its first segment written, the second one
@@ -69,7 +70,12 @@ const RUN_DURATION_MS_MANY_TIMELINES = 2000;
 const ITERATIONS_ONE_TIMELINE = 2;
 const ITERATIONS_MANY_TIMELINES = 1;
 const LATENCY_APPEND_BYTES = 8 * KIB;
-const LATENCY_WARMUP_APPENDS = 200;
+/**
+ * Lone appends sent before the latency samples. The run comes first on a fresh node, and V8 keeps optimizing
+ * the append path on background threads for the first few thousand appends; on 2 cores that compile work
+ * competes with the append itself and shows as a p99 of several ms that a node running for hours never sees.
+ */
+const LATENCY_WARMUP_APPENDS = 4000;
 const LATENCY_SAMPLES = 2000;
 const FILE_WAIT_MS = 20_000;
 const NODE_STOP_MS = 15_000;
