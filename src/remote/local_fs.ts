@@ -17,6 +17,7 @@ import { dirname, join, relative, sep } from 'node:path';
 import { NotFoundError } from '../errors.js';
 import { assert } from '../sync/assert.js';
 import { RemoteStorageError, isValidKey, remoteNotFound, type ByteRange, type RemoteBackend, type RemoteObjectHead, type RemoteObjectInfo } from './remote_storage.js';
+import { readUpTo } from '../storage/file_read.js';
 
 const META_SUFFIX = '.meta';
 const TEMP_SUFFIX = '.tmp';
@@ -88,11 +89,7 @@ export class LocalFsBackend implements RemoteBackend {
       const handle = await open(path, 'r');
       try {
         const body = new Uint8Array(endBytes - startBytes);
-        for (let done = 0; done < body.length; ) {
-          const { bytesRead } = await handle.read(body, done, body.length - done, startBytes + done);
-          if (bytesRead === 0) break; // shorter than its metadata says: the digest check reports it
-          done += bytesRead;
-        }
+        await readUpTo(handle, body, 0, body.length, startBytes); // shorter than its metadata says: the digest check reports it
         return { body, sizeBytes: meta.sizeBytes, metadata: meta.metadata };
       } finally {
         await handle.close();

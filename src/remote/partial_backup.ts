@@ -23,6 +23,7 @@ import type { Failpoints } from '../sync/failpoints.js';
 import { segmentFileName, segmentNumber, segmentOffsetBytes, type Lsn } from '../wal/lsn.js';
 import { segmentPath } from '../storage/layout.js';
 import { objectKey, type RemoteStorage } from './remote_storage.js';
+import { readUpTo } from '../storage/file_read.js';
 
 /** What a partial object must match to be current: the manager's snapshot. */
 export interface PartialCurrent {
@@ -112,10 +113,8 @@ export async function readPartialPrefix(dir: string, flushLsn: Lsn, segmentSizeB
     handle = await open(segmentPath(dir, segno, segmentSizeBytes, false), 'r');
   }
   try {
-    for (let done = 0; done < lengthBytes; ) {
-      const { bytesRead } = await handle.read(body, done, lengthBytes - done, done);
-      if (bytesRead === 0) throw new PartialBackupStaleError(`segment ${segmentFileName(segno, segmentSizeBytes)} is shorter than ${lengthBytes} bytes`);
-      done += bytesRead;
+    if ((await readUpTo(handle, body, 0, lengthBytes, 0)) !== lengthBytes) {
+      throw new PartialBackupStaleError(`segment ${segmentFileName(segno, segmentSizeBytes)} is shorter than ${lengthBytes} bytes`);
     }
   } finally {
     await handle.close();

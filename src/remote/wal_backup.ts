@@ -16,7 +16,7 @@
  * is read when the complete name does not exist yet.
  * Abort: `signal` (the manager's) aborts running uploads; `stop()` waits for them. Coordinator thread.
  */
-import { open, type FileHandle } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import type { TenantId, TimelineId } from '../acceptor/state.js';
 import { SafekeeperError } from '../errors.js';
 import { AssertionError, assert } from '../sync/assert.js';
@@ -25,6 +25,7 @@ import type { Semaphore } from '../sync/semaphore.js';
 import { segmentFileName, segmentStartLsn, type Lsn } from '../wal/lsn.js';
 import { segmentPath } from '../storage/layout.js';
 import { objectKey, type RemoteStorage } from './remote_storage.js';
+import { readUpTo } from '../storage/file_read.js';
 
 export const BACKUP_RETRY_MS_BASE = 200;
 export const BACKUP_RETRY_MS_MAX = 10_000;
@@ -163,10 +164,13 @@ export async function readSegment(dir: string, segno: bigint, segmentSizeBytes: 
       continue;
     }
     try {
-      const body = await readWhole(handle, segmentSizeBytes);
-      if (body === null) throw new SegmentMissingError(`segment ${segmentFileName(segno, segmentSizeBytes)} has more than ${segmentSizeBytes} bytes`);
-      if (body.length !== segmentSizeBytes) throw new SegmentMissingError(`segment ${segmentFileName(segno, segmentSizeBytes)} has ${body.length} bytes, not ${segmentSizeBytes}`);
-      return body;
+      // One read request for the whole segment (fs.readFile reads 512 KiB at a time: 32 thread-pool round
+      // trips per 16 MiB); one byte more than a segment shows a file that is too long.
+      const body = Buffer.allocUnsafeSlow(segmentSizeBytes + 1);
+      const length = await readUpTo(handle, body, 0, body.length, 0);
+      const size = length > segmentSizeBytes ? `more than ${segmentSizeBytes}` : String(length);
+      if (length !== segmentSizeBytes) throw new SegmentMissingError(`segment ${segmentFileName(segno, segmentSizeBytes)} has ${size} bytes, not ${segmentSizeBytes}`);
+      return body.subarray(0, length);
     } finally {
       await handle.close();
     }
@@ -178,16 +182,7 @@ export async function readSegment(dir: string, segno: bigint, segmentSizeBytes: 
  * The file's bytes, up to `sizeBytes`, or null when it holds more. One read request for the whole size
  * (fs.readFile reads in 512 KiB pieces: 32 thread-pool round trips per 16 MiB segment); short reads loop.
  */
-async function readWhole(handle: FileHandle, sizeBytes: number): Promise<Uint8Array | null> {
-  const body = Buffer.allocUnsafeSlow(sizeBytes + 1); // every byte returned is read first; one more shows a longer file
-  let length = 0;
-  for (;;) {
-    const { bytesRead } = await handle.read(body, length, body.length - length, length);
-    if (bytesRead === 0) return body.subarray(0, length);
-    length += bytesRead;
-    if (length > sizeBytes) return null;
-  }
-}
+
 
 
 /** A segment the backup needs is missing or short on local disk: an operator must look (it is retried). */

@@ -20,6 +20,7 @@ import { assert } from '../sync/assert.js';
 import type { Failpoints } from '../sync/failpoints.js';
 import { formatLsn, segmentFileName, segmentNumber, segmentOffsetBytes, segmentStartLsn, type Lsn } from '../wal/lsn.js';
 import { objectKey, type RemoteStorage } from './remote_storage.js';
+import { readUpTo } from '../storage/file_read.js';
 
 export interface OffloadDeps {
   tenantId: TenantId;
@@ -57,12 +58,8 @@ export async function compareLocalPartial(deps: OffloadDeps, record: PartialRemo
   if (remote.length !== flushOffset) throw new PartialSegmentMismatchError(`remote ${record.name} has ${remote.length} bytes, flush_lsn says ${flushOffset}`);
   const handle = await open(path, 'r');
   try {
-    const local = new Uint8Array(deps.segmentSizeBytes);
-    for (let done = 0; done < local.length; ) {
-      const { bytesRead } = await handle.read(local, done, local.length - done, done);
-      if (bytesRead === 0) break;
-      done += bytesRead;
-    }
+    const local = new Uint8Array(deps.segmentSizeBytes); // its size was checked above; a tail cut meanwhile reads as zeros
+    await readUpTo(handle, local, 0, local.length, 0);
     if (!Buffer.from(local.buffer, 0, flushOffset).equals(Buffer.from(remote.buffer, remote.byteOffset, remote.length))) {
       throw new PartialSegmentMismatchError(`${path} differs from remote ${record.name} below flush_lsn ${formatLsn(record.flushLsn)}`);
     }

@@ -38,6 +38,7 @@ import { assert } from '../sync/assert.js';
 import { sleep } from '../sync/cancel.js';
 import { type Lsn, formatLsn, segmentFileName, segmentNumber, segmentStartLsn } from '../wal/lsn.js';
 import { initialSegmentImage } from '../wal/segment_image.js';
+import { readUpTo } from '../storage/file_read.js';
 
 /**
  * One file read serves several XLogData messages (each at most 128 KiB) and is the most a reader holds
@@ -280,16 +281,13 @@ export class WalReader {
     }
     const out = Buffer.allocUnsafe(lengthBytes);
     const position = Number(lsn - segno * this.#segmentBytes);
-    for (let done = 0; done < lengthBytes; ) {
-      let bytesRead: number;
-      try {
-        ({ bytesRead } = await file.handle.read(out, done, lengthBytes - done, position + done));
-      } catch (error) {
-        throw storageError(error, 'read', file.path);
-      }
-      if (bytesRead === 0) throw new StorageIoError(`storage I/O error: read ${file.path}: segment file shorter than ${position + lengthBytes} bytes`);
-      done += bytesRead;
+    let read: number;
+    try {
+      read = await readUpTo(file.handle, out, 0, lengthBytes, position);
+    } catch (error) {
+      throw storageError(error, 'read', file.path);
     }
+    if (read !== lengthBytes) throw new StorageIoError(`storage I/O error: read ${file.path}: segment file shorter than ${position + lengthBytes} bytes`);
     return out;
   }
 

@@ -14,6 +14,7 @@ import { assert } from '../sync/assert.js';
 import { type Lsn, isValidSegmentSize, segmentFileName } from '../wal/lsn.js';
 import { segmentPath, storageError } from './layout.js';
 import { closeFile, openIfExists, preadAll, segmentSpans } from './segment_io.js';
+import { readUpTo } from './file_read.js';
 
 /** A read asks for a few pages or at most a segment; this bound keeps a bad length from allocating GiBs. */
 export const READ_WAL_BYTES_MAX = 64 * 1024 * 1024;
@@ -61,10 +62,8 @@ export async function readWal(dir: string, startLsn: Lsn, lengthBytes: number, s
         return open(path, 'r');
       });
       try {
-        for (let read = 0; read < length; ) {
-          const { bytesRead } = await handle.read(out, done + read, length - read, segmentOffset + read);
-          if (bytesRead === 0) throw new StorageIoError(`storage I/O error: read ${path}: segment file shorter than ${segmentOffset + length} bytes`);
-          read += bytesRead;
+        if ((await readUpTo(handle, out, done, length, segmentOffset)) !== length) {
+          throw new StorageIoError(`storage I/O error: read ${path}: segment file shorter than ${segmentOffset + length} bytes`);
         }
       } finally {
         await handle.close();

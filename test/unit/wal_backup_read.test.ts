@@ -1,10 +1,15 @@
-/** readSegment: what the backup uploads is exactly one whole segment file, or a clear SegmentMissingError. */
+/**
+ * readSegment: what the backup uploads is exactly one whole segment file, or a clear SegmentMissingError; and
+ * readUpTo, the read loop under it and every other async reader of local files.
+ */
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { SegmentMissingError, readSegment } from '../../src/remote/wal_backup.js';
+import { readUpTo } from '../../src/storage/file_read.js';
 import { segmentPath } from '../../src/storage/layout.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
@@ -26,6 +31,28 @@ describe('readSegment', () => {
     writeFileSync(segmentPath(dir, 3n, SEGMENT_BYTES, false), content(5, SEGMENT_BYTES - 8));
     await assert.rejects(readSegment(dir, 3n, SEGMENT_BYTES), (error: unknown) => error instanceof SegmentMissingError && /has 1048568 bytes, not 1048576/.test(error.message));
     writeFileSync(segmentPath(dir, 4n, SEGMENT_BYTES, false), content(5, SEGMENT_BYTES + 1));
-    await assert.rejects(readSegment(dir, 4n, SEGMENT_BYTES), (error: unknown) => error instanceof SegmentMissingError && /more than 1048576 bytes/.test(error.message));
+    await assert.rejects(readSegment(dir, 4n, SEGMENT_BYTES), (error: unknown) => error instanceof SegmentMissingError && /has more than 1048576 bytes, not 1048576/.test(error.message));
+  });
+});
+
+describe('readUpTo', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sk-read-up-to-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  test('reads at a position into an offset, and stops short only at the end of the file', async () => {
+    const path = join(dir, 'file');
+    writeFileSync(path, Buffer.from(Array.from({ length: 100 }, (_, i) => i)));
+    const handle = await open(path, 'r');
+    try {
+      const into = Buffer.alloc(64, 0xee);
+      assert.equal(await readUpTo(handle, into, 4, 30, 10), 30);
+      assert.deepEqual([...into.subarray(4, 34)], Array.from({ length: 30 }, (_, i) => 10 + i));
+      assert.equal(into[3], 0xee);
+      assert.equal(into[34], 0xee);
+      assert.equal(await readUpTo(handle, into, 0, 64, 90), 10, 'only the 10 bytes before the end');
+      assert.equal(await readUpTo(handle, into, 0, 8, 100), 0, 'nothing at the end');
+    } finally {
+      await handle.close();
+    }
   });
 });
