@@ -6,8 +6,8 @@
  * order but `uploadedEndSegno` (every segment below it confirmed) only moves over a contiguous run.
  * backup_lsn = segment start of `uploadedEndSegno`: it never claims a segment whose upload is unconfirmed.
  *
- * Memory: a segment is read only after a permit of the coordinator-wide `uploadSlots` semaphore is taken,
- * so at most that many segment buffers exist at once, whatever the number of timelines.
+ * Memory: a segment is read only into the buffer of a coordinator-wide upload slot (`upload_slots.ts`), so
+ * at most that many segment buffers exist at once, whatever the number of timelines, and they are reused.
  * Failures (after RemoteStorage's own retries) become state: a retry time that backs off
  * (`BACKUP_RETRY_MS_BASE` doubling per consecutive failure up to `BACKUP_RETRY_MS_MAX`); nothing new starts
  * before it, and the manager's timer calls `advance` again then. Nothing is thrown at the manager except bugs.
@@ -21,11 +21,11 @@ import type { TenantId, TimelineId } from '../acceptor/state.js';
 import { SafekeeperError } from '../errors.js';
 import { AssertionError, assert } from '../sync/assert.js';
 import type { Failpoints } from '../sync/failpoints.js';
-import type { Semaphore } from '../sync/semaphore.js';
 import { segmentFileName, segmentStartLsn, type Lsn } from '../wal/lsn.js';
 import { segmentPath } from '../storage/layout.js';
 import { objectKey, type RemoteStorage } from './remote_storage.js';
 import { readUpTo } from '../storage/file_read.js';
+import type { UploadSlots } from './upload_slots.js';
 
 export const BACKUP_RETRY_MS_BASE = 200;
 export const BACKUP_RETRY_MS_MAX = 10_000;
@@ -36,7 +36,7 @@ export interface SegmentBackupDeps {
   dir: string;
   segmentSizeBytes: number;
   remote: RemoteStorage;
-  uploadSlots: Semaphore;
+  uploadSlots: UploadSlots;
   parallelJobs: number;
   failpoints: Failpoints;
   signal: AbortSignal;
@@ -122,15 +122,17 @@ export class SegmentBackup {
     const { deps } = this;
     const startedMs = deps.nowMs();
     try {
-      const release = await deps.uploadSlots.acquire(deps.signal);
+      const slot = await deps.uploadSlots.acquire(deps.signal);
+      let settled = false;
       try {
         await deps.failpoints.hit('backup-before-upload', deps.signal);
-        const body = await readSegment(deps.dir, segno, deps.segmentSizeBytes);
+        const body = await readSegment(deps.dir, segno, deps.segmentSizeBytes, slot.buffer(deps.segmentSizeBytes + 1));
         await deps.remote.put(objectKey(deps.tenantId, deps.timelineId, segmentFileName(segno, deps.segmentSizeBytes)), body, deps.signal, { sk_type: 'full_segment' });
+        settled = true;
         await deps.failpoints.hit('backup-after-upload', deps.signal);
         deps.onUploaded(body.length, deps.nowMs() - startedMs);
       } finally {
-        release();
+        slot.release(settled);
       }
       this.#done.add(segno);
       while (this.#done.delete(this.#uploadedEndSegno)) this.#uploadedEndSegno += 1n;
@@ -151,8 +153,12 @@ export class SegmentBackup {
   }
 }
 
-/** A whole segment file: the complete name, else the `.partial` (see the header), else the complete name again. */
-export async function readSegment(dir: string, segno: bigint, segmentSizeBytes: number): Promise<Uint8Array> {
+/**
+ * A whole segment file: the complete name, else the `.partial` (see the header), else the complete name again.
+ * Read into `into` (at least one byte longer than a segment) when given; the result is a view of it.
+ */
+export async function readSegment(dir: string, segno: bigint, segmentSizeBytes: number, into?: Buffer): Promise<Uint8Array> {
+  assert(into === undefined || into.length > segmentSizeBytes, 'a segment buffer has room for one byte more than a segment');
   const complete = segmentPath(dir, segno, segmentSizeBytes, false);
   const partial = segmentPath(dir, segno, segmentSizeBytes, true);
   for (const path of [complete, partial, complete]) {
@@ -166,8 +172,8 @@ export async function readSegment(dir: string, segno: bigint, segmentSizeBytes: 
     try {
       // One read request for the whole segment (fs.readFile reads 512 KiB at a time: 32 thread-pool round
       // trips per 16 MiB); one byte more than a segment shows a file that is too long.
-      const body = Buffer.allocUnsafeSlow(segmentSizeBytes + 1);
-      const length = await readUpTo(handle, body, 0, body.length, 0);
+      const body = into ?? Buffer.allocUnsafeSlow(segmentSizeBytes + 1);
+      const length = await readUpTo(handle, body, 0, segmentSizeBytes + 1, 0);
       const size = length > segmentSizeBytes ? `more than ${segmentSizeBytes}` : String(length);
       if (length !== segmentSizeBytes) throw new SegmentMissingError(`segment ${segmentFileName(segno, segmentSizeBytes)} has ${size} bytes, not ${segmentSizeBytes}`);
       return body.subarray(0, length);
@@ -177,13 +183,6 @@ export async function readSegment(dir: string, segno: bigint, segmentSizeBytes: 
   }
   throw new SegmentMissingError(`segment ${segmentFileName(segno, segmentSizeBytes)} is not on local disk (${dir})`);
 }
-
-/**
- * The file's bytes, up to `sizeBytes`, or null when it holds more. One read request for the whole size
- * (fs.readFile reads in 512 KiB pieces: 32 thread-pool round trips per 16 MiB segment); short reads loop.
- */
-
-
 
 /** A segment the backup needs is missing or short on local disk: an operator must look (it is retried). */
 export class SegmentMissingError extends SafekeeperError {

@@ -17,7 +17,7 @@ import { openRemoteStorage } from '../remote/open.js';
 import { timelineKeyPrefix, type RemoteOperation, type RemoteOutcome, type RemoteStorage } from '../remote/remote_storage.js';
 import { ttid } from '../acceptor/state.js';
 import { Failpoints, parseFailpointAction } from '../sync/failpoints.js';
-import { Semaphore } from '../sync/semaphore.js';
+import { UploadSlots } from '../remote/upload_slots.js';
 import { assert, unreachable } from '../sync/assert.js';
 import {
   COORDINATOR_REQUESTS_IN_FLIGHT_MAX,
@@ -85,7 +85,7 @@ export class Coordinator {
       host,
       stateWatcher: this.#stateWatcher,
       remote: this.#remote,
-      uploadSlots: new Semaphore(UPLOAD_SLOTS),
+      uploadSlots: new UploadSlots(UPLOAD_SLOTS),
       failpoints: this.#failpoints,
       counters: this.#counters,
       nowMs: () => performance.now(),

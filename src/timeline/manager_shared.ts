@@ -6,7 +6,7 @@
  */
 import type { RemoteStorage } from '../remote/remote_storage.js';
 import type { Failpoints } from '../sync/failpoints.js';
-import type { Semaphore } from '../sync/semaphore.js';
+import type { UploadSlots } from '../remote/upload_slots.js';
 import type { Lsn } from '../wal/lsn.js';
 import type { CoordinatorOptions, LogLevel, ManagerPersist } from './coordinator_protocol.js';
 import type { StateWatcher } from './state_watcher.js';
@@ -51,7 +51,7 @@ export interface ManagerShared {
   /** Tells each manager when its state block changed. */
   stateWatcher: StateWatcher;
   remote: RemoteStorage;
-  uploadSlots: Semaphore;
+  uploadSlots: UploadSlots;
   failpoints: Failpoints;
   counters: ManagerCounters;
   nowMs: () => number;

@@ -33,6 +33,17 @@ describe('readSegment', () => {
     writeFileSync(segmentPath(dir, 4n, SEGMENT_BYTES, false), content(5, SEGMENT_BYTES + 1));
     await assert.rejects(readSegment(dir, 4n, SEGMENT_BYTES), (error: unknown) => error instanceof SegmentMissingError && /has more than 1048576 bytes, not 1048576/.test(error.message));
   });
+
+  test('reads into a given (reused) buffer, and still sees a file that is too long', async () => {
+    writeFileSync(segmentPath(dir, 5n, SEGMENT_BYTES, false), content(13));
+    const into = Buffer.alloc(SEGMENT_BYTES + 1, 0xee);
+    const body = await readSegment(dir, 5n, SEGMENT_BYTES, into);
+    assert.equal(body.buffer, into.buffer, 'a view of the given buffer');
+    assert.deepEqual(Buffer.from(body), content(13));
+    const stale = Buffer.alloc(2 * SEGMENT_BYTES, 0xee); // longer than needed, old bytes after the segment
+    await assert.rejects(readSegment(dir, 4n, SEGMENT_BYTES, stale), /has more than 1048576 bytes/);
+    assert.equal((await readSegment(dir, 5n, SEGMENT_BYTES, stale)).length, SEGMENT_BYTES, 'old bytes past the segment are not read back');
+  });
 });
 
 describe('readUpTo', () => {
