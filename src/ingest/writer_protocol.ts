@@ -16,7 +16,10 @@ interface TimelineFiles {
   noSync: boolean;
 }
 
-/** Decode, verify, pwrite and fdatasync WAL [beginLsn, endLsn) taken from the ring. */
+/**
+ * Decode, verify, pwrite and fdatasync WAL [beginLsn, endLsn) taken from the ring (a large batch is written
+ * first and verified while it syncs; see `workers/wal_writer.ts`).
+ */
 export interface WriteTask extends TimelineFiles {
   kind: 'write';
   ring: SharedArrayBuffer;
@@ -58,6 +61,8 @@ export type WriterTask = WriteTask | PrepareTask | TruncateTask | InitSegmentTas
 export interface TaskTimings {
   decodeMs: number;
   writeMs: number;
+  /** From the end of the writes to durable; for a large batch, verified meanwhile, it includes whatever part
+   * of the verification the sync did not hide. */
   fsyncMs: number;
 }
 

@@ -4,13 +4,13 @@
  * NotFoundError through layout.ts `storageError`, naming the operation and path. Also the split of a byte
  * range at segment boundaries, which writes and reads share.
  *
- * Design: every function here is SYNCHRONOUS, for the Piscina writer workers, where blocking is the job
- * (async fs would queue on libuv's small process-wide pool). Writes loop until every byte is written,
+ * Design: every function here but `syncDataAsync` is SYNCHRONOUS, for the Piscina writer workers, where
+ * blocking is the job (async fs would queue on libuv's small process-wide pool). Writes loop until every byte is written,
  * and `writeZeros` writes real zero blocks (not a sparse ftruncate) so later writes allocate nothing.
  * `noSync` (tests and benchmarks only) makes `syncData` a no-op. Worker threads; nothing here is
  * abortable, and every call finishes its I/O before it returns.
  */
-import { closeSync, fdatasyncSync, openSync, readSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, fdatasync, fdatasyncSync, openSync, readSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { StorageIoError } from '../errors.js';
 import { type Lsn, segmentNumber, segmentOffsetBytes } from '../wal/lsn.js';
 import { storageError } from './layout.js';
@@ -94,6 +94,17 @@ export function syncData(fd: number, path: string, options: SyncOptions): void {
   } catch (error) {
     throw storageError(error, 'fdatasync', path);
   }
+}
+
+/**
+ * fdatasync on libuv's thread pool, unless `options.noSync`: the calling thread goes on (a writer verifies
+ * the WAL it just wrote while the disk syncs it). The fd must stay open until the promise settles.
+ */
+export function syncDataAsync(fd: number, path: string, options: SyncOptions): Promise<void> {
+  if (options.noSync) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    fdatasync(fd, (error) => (error === null ? resolve() : reject(storageError(error, 'fdatasync', path))));
+  });
 }
 
 /** Renames `from` to `to` (atomic within a directory; the caller fsyncs the directory). */

@@ -13,7 +13,7 @@ import { assert } from '../sync/assert.js';
 import { type Lsn, isValidSegmentSize } from '../wal/lsn.js';
 import { fsyncDirectorySync, segmentPath } from './layout.js';
 import { completeSegmentSync, openSegmentForWrite, truncateWalSync } from './segment_file.js';
-import { type SyncOptions, closeFile, pwriteAll, renameFile, segmentSpans, syncData } from './segment_io.js';
+import { type SyncOptions, closeFile, pwriteAll, renameFile, segmentSpans, syncData, syncDataAsync } from './segment_io.js';
 
 interface OpenSegment {
   fd: number;
@@ -83,6 +83,20 @@ export class SegmentWriter {
       synced = true;
     }
     return synced;
+  }
+
+  /**
+   * `flush()` on libuv's thread pool, every dirty segment at once: this thread is free until it settles, but
+   * must not write, complete or close meanwhile. Resolves with whether anything needed a sync.
+   */
+  async flushAsync(): Promise<boolean> {
+    const dirty = [...this.#held()].filter(([, segment]) => segment.dirty);
+    // allSettled: every fd stays in use until its own sync ends, even when another one failed first.
+    const outcomes = await Promise.allSettled(dirty.map(([segno, segment]) => syncDataAsync(segment.fd, this.#path(segno), this.options)));
+    const failed = outcomes.find((outcome) => outcome.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
+    for (const [, segment] of dirty) segment.dirty = false;
+    return dirty.length > 0;
   }
 
   /** Completes a segment `writeWalAt` reported (or one written by an earlier writer): see `completeSegmentSync`. */

@@ -3,7 +3,7 @@
  * backpressure, corruption handling (nothing after the last good record kept) and truncation.
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { StateBlock } from '../../src/ingest/state_block.js';
 import { TimelineWal } from '../../src/ingest/timeline_wal.js';
@@ -14,6 +14,7 @@ import { WalCorruptionError } from '../../src/errors.js';
 import { segmentOffsetBytes, type Lsn } from '../../src/wal/lsn.js';
 import { WalBuilder } from '../../src/wal/wal_builder.js';
 import { makeTempDir } from '../harness/tmp.js';
+import { OVERLAP_VERIFY_MIN_BYTES } from '../../workers/wal_writer.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
 const PG_VERSION = 150008;
@@ -138,4 +139,50 @@ describe('TimelineWal', () => {
     await wal.flushAll(signal());
     assert.equal(wal.flushLsn, ends.at(-1));
   });
+
+  // A batch this large is written before it is verified (workers/wal_writer.ts writeThenVerify); what is
+  // acknowledged, kept and completed must be exactly what the verify-first path gives.
+  for (const victimSegno of [16n, 17n]) {
+    test(`corrupt record in segment ${victimSegno} of a large batch: the same cut, and only verified segments complete`, async () => {
+      const { wal, dir, batches } = await openWal();
+      const { bytes, ends } = buildWal(500, 3000); // ~1.5 MiB: the rest of segment 16 and half of 17
+      assert.ok(bytes.length >= OVERLAP_VERIFY_MIN_BYTES);
+      // The bad record starts about 200 KB before the end of segment 16, or about 200 KB into segment 17.
+      const near = 17n * BigInt(SEGMENT_BYTES) + (victimSegno === 16n ? -200_000n : 200_000n);
+      const victim = ends.findIndex((end) => end >= near) + 1;
+      assert.ok(victim > 0 && victim < ends.length);
+      const goodEndLsn = ends[victim - 1]!;
+      const bad = bytes.slice();
+      const victimOffset = Number(goodEndLsn - START_LSN) + 100;
+      bad[victimOffset] = bad[victimOffset]! ^ 0xff;
+      assert.equal(wal.tryAppend(START_LSN, bad), true);
+      await wal.flushAll(signal());
+      assert.equal(batches[0], bad.length, 'one batch, large enough to be verified while it syncs');
+      const failure = wal.failure.value;
+      assert.ok(failure instanceof WalCorruptionError && failure.lsn === goodEndLsn, 'the failure names the bad record');
+      assert.equal(wal.flushLsn, goodEndLsn);
+      await wal.quiesce(signal());
+      const startOffset = segmentOffsetBytes(START_LSN, SEGMENT_BYTES);
+      if (victimSegno === 16n) {
+        assert.equal(existsSync(segmentPath(dir, 16n, SEGMENT_BYTES, false)), false, 'a segment holding the bad record is not completed');
+        assert.equal(existsSync(segmentPath(dir, 17n, SEGMENT_BYTES, true)) && readFileSync(segmentPath(dir, 17n, SEGMENT_BYTES, true)).some((byte) => byte !== 0), false, 'nothing after the cut is kept');
+        const file = readFileSync(segmentPath(dir, 16n, SEGMENT_BYTES, true));
+        const goodEnd = segmentOffsetBytes(goodEndLsn, SEGMENT_BYTES);
+        assert.deepEqual(file.subarray(startOffset, goodEnd), Buffer.from(bytes.subarray(0, goodEnd - startOffset)));
+        assert.ok(file.subarray(goodEnd).every((byte) => byte === 0), 'the bad record and everything after it are zeroed');
+      } else {
+        const first = readFileSync(segmentPath(dir, 16n, SEGMENT_BYTES, false)); // verified to its end: completed
+        assert.deepEqual(first.subarray(startOffset), Buffer.from(bytes.subarray(0, SEGMENT_BYTES - startOffset)));
+        const second = readFileSync(segmentPath(dir, 17n, SEGMENT_BYTES, true));
+        const goodEnd = segmentOffsetBytes(goodEndLsn, SEGMENT_BYTES);
+        const secondStart = SEGMENT_BYTES - startOffset;
+        assert.deepEqual(second.subarray(0, goodEnd), Buffer.from(bytes.subarray(secondStart, secondStart + goodEnd)));
+        assert.ok(second.subarray(goodEnd).every((byte) => byte === 0), 'the bad record and everything after it are zeroed');
+      }
+      await wal.truncate(goodEndLsn, signal());
+      assert.equal(wal.tryAppend(goodEndLsn, bytes.subarray(Number(goodEndLsn - START_LSN))), true);
+      await wal.flushAll(signal());
+      assert.equal(wal.flushLsn, ends.at(-1));
+    });
+  }
 });
