@@ -16,14 +16,13 @@
  * A crash between steps leaves records that step 4 of a later upload (or `collectPartialGarbage` at
  * manager start) removes. Coordinator thread; abort-safe at every await (the persisted list stays valid).
  */
-import { open } from 'node:fs/promises';
 import type { PartialRemoteSegment, TenantId, TimelineId } from '../acceptor/state.js';
 import { SafekeeperError } from '../errors.js';
 import type { Failpoints } from '../sync/failpoints.js';
 import { segmentFileName, segmentNumber, segmentOffsetBytes, type Lsn } from '../wal/lsn.js';
-import { segmentPath } from '../storage/layout.js';
 import { objectKey, type RemoteStorage } from './remote_storage.js';
 import { readUpTo } from '../storage/file_read.js';
+import { openSegmentFile } from '../storage/segment_read.js';
 
 /** What a partial object must match to be current: the manager's snapshot. */
 export interface PartialCurrent {
@@ -105,13 +104,9 @@ export async function readPartialPrefix(dir: string, flushLsn: Lsn, segmentSizeB
   const lengthBytes = segmentOffsetBytes(flushLsn, segmentSizeBytes);
   const body = new Uint8Array(lengthBytes);
   if (lengthBytes === 0) return body;
-  let handle;
-  try {
-    handle = await open(segmentPath(dir, segno, segmentSizeBytes, true), 'r');
-  } catch (error) {
-    if ((error as { code?: string }).code !== 'ENOENT') throw error;
-    handle = await open(segmentPath(dir, segno, segmentSizeBytes, false), 'r');
-  }
+  const opened = await openSegmentFile(dir, segno, segmentSizeBytes);
+  if (opened === null) throw new PartialBackupStaleError(`segment ${segmentFileName(segno, segmentSizeBytes)} is not on local disk any more`);
+  const { handle } = opened;
   try {
     if ((await readUpTo(handle, body, 0, lengthBytes, 0)) !== lengthBytes) {
       throw new PartialBackupStaleError(`segment ${segmentFileName(segno, segmentSizeBytes)} is shorter than ${lengthBytes} bytes`);

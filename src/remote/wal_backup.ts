@@ -16,15 +16,14 @@
  * is read when the complete name does not exist yet.
  * Abort: `signal` (the manager's) aborts running uploads; `stop()` waits for them. Coordinator thread.
  */
-import { open } from 'node:fs/promises';
 import type { TenantId, TimelineId } from '../acceptor/state.js';
 import { SafekeeperError } from '../errors.js';
 import { AssertionError, assert } from '../sync/assert.js';
 import type { Failpoints } from '../sync/failpoints.js';
 import { segmentFileName, segmentStartLsn, type Lsn } from '../wal/lsn.js';
-import { segmentPath } from '../storage/layout.js';
 import { objectKey, type RemoteStorage } from './remote_storage.js';
 import { readUpTo } from '../storage/file_read.js';
+import { openSegmentFile } from '../storage/segment_read.js';
 import type { UploadSlots } from './upload_slots.js';
 
 export const BACKUP_RETRY_MS_BASE = 200;
@@ -159,29 +158,19 @@ export class SegmentBackup {
  */
 export async function readSegment(dir: string, segno: bigint, segmentSizeBytes: number, into?: Buffer): Promise<Uint8Array> {
   assert(into === undefined || into.length > segmentSizeBytes, 'a segment buffer has room for one byte more than a segment');
-  const complete = segmentPath(dir, segno, segmentSizeBytes, false);
-  const partial = segmentPath(dir, segno, segmentSizeBytes, true);
-  for (const path of [complete, partial, complete]) {
-    let handle;
-    try {
-      handle = await open(path, 'r');
-    } catch (error) {
-      if ((error as { code?: string }).code !== 'ENOENT') throw error;
-      continue;
-    }
-    try {
-      // One read request for the whole segment (fs.readFile reads 512 KiB at a time: 32 thread-pool round
-      // trips per 16 MiB); one byte more than a segment shows a file that is too long.
-      const body = into ?? Buffer.allocUnsafeSlow(segmentSizeBytes + 1);
-      const length = await readUpTo(handle, body, 0, segmentSizeBytes + 1, 0);
-      const size = length > segmentSizeBytes ? `more than ${segmentSizeBytes}` : String(length);
-      if (length !== segmentSizeBytes) throw new SegmentMissingError(`segment ${segmentFileName(segno, segmentSizeBytes)} has ${size} bytes, not ${segmentSizeBytes}`);
-      return body.subarray(0, length);
-    } finally {
-      await handle.close();
-    }
+  const opened = await openSegmentFile(dir, segno, segmentSizeBytes, true);
+  if (opened === null) throw new SegmentMissingError(`segment ${segmentFileName(segno, segmentSizeBytes)} is not on local disk (${dir})`);
+  try {
+    // One read request for the whole segment (fs.readFile reads 512 KiB at a time: 32 thread-pool round
+    // trips per 16 MiB); one byte more than a segment shows a file that is too long.
+    const body = into ?? Buffer.allocUnsafeSlow(segmentSizeBytes + 1);
+    const length = await readUpTo(opened.handle, body, 0, segmentSizeBytes + 1, 0);
+    const size = length > segmentSizeBytes ? `more than ${segmentSizeBytes}` : String(length);
+    if (length !== segmentSizeBytes) throw new SegmentMissingError(`segment ${segmentFileName(segno, segmentSizeBytes)} has ${size} bytes, not ${segmentSizeBytes}`);
+    return body.subarray(0, length);
+  } finally {
+    await opened.handle.close();
   }
-  throw new SegmentMissingError(`segment ${segmentFileName(segno, segmentSizeBytes)} is not on local disk (${dir})`);
 }
 
 /** A segment the backup needs is missing or short on local disk: an operator must look (it is retried). */

@@ -30,7 +30,7 @@
  * modified afterwards, so the sender hands them to the socket without another copy.
  * Main thread. Abort: `read` takes a signal; an in-flight fs read finishes, and its result is dropped.
  */
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { SafekeeperError, StorageIoError } from '../errors.js';
 import type { TimelineWal } from '../ingest/timeline_wal.js';
 import { segmentPath, storageError } from '../storage/layout.js';
@@ -39,6 +39,7 @@ import { sleep } from '../sync/cancel.js';
 import { type Lsn, formatLsn, segmentFileName, segmentNumber, segmentStartLsn } from '../wal/lsn.js';
 import { initialSegmentImage } from '../wal/segment_image.js';
 import { readUpTo } from '../storage/file_read.js';
+import { openSegmentFile } from '../storage/segment_read.js';
 
 /**
  * One file read serves several XLogData messages (each at most 128 KiB) and is the most a reader holds
@@ -305,13 +306,12 @@ export class WalReader {
 
 /** Opens a segment for reading: `.partial` first, then the complete name (§2.1). */
 async function openSegment(dir: string, segno: bigint, segmentSizeBytes: number): Promise<{ handle: FileHandle; path: string }> {
-  for (const partial of [true, false]) {
-    const path = segmentPath(dir, segno, segmentSizeBytes, partial);
-    try {
-      return { handle: await open(path, 'r'), path };
-    } catch (error) {
-      if ((error as { code?: unknown }).code !== 'ENOENT') throw storageError(error, 'open', path);
-    }
+  let opened;
+  try {
+    opened = await openSegmentFile(dir, segno, segmentSizeBytes);
+  } catch (error) {
+    throw storageError(error, 'open', segmentPath(dir, segno, segmentSizeBytes, true));
   }
-  throw new WalNotAvailableError(`WAL segment ${segmentFileName(segno, segmentSizeBytes)} is not found in ${dir}`);
+  if (opened === null) throw new WalNotAvailableError(`WAL segment ${segmentFileName(segno, segmentSizeBytes)} is not found in ${dir}`);
+  return opened;
 }

@@ -8,7 +8,7 @@
  * Both read whole ranges into one new buffer, bounded by READ_WAL_BYTES_MAX. Abort: neither is
  * abortable; a read finishes (or fails) before it returns.
  */
-import { open } from 'node:fs/promises';
+import { type FileHandle, open } from 'node:fs/promises';
 import { NotFoundError, StorageIoError } from '../errors.js';
 import { assert } from '../sync/assert.js';
 import { type Lsn, isValidSegmentSize, segmentFileName } from '../wal/lsn.js';
@@ -49,6 +49,25 @@ export function readWalSync(dir: string, startLsn: Lsn, lengthBytes: number, seg
   return out;
 }
 
+/**
+ * Opens segment `segno` for reading under the name it has: `.partial` first (the segment being written),
+ * or the complete name first with `completeFirst`. A file renamed between two attempts (completed, or
+ * renamed back to `.partial` by a truncation) is found by a third, under the first name again. Null when
+ * the segment has neither name; other open errors are thrown as they are. The caller closes the handle.
+ */
+export async function openSegmentFile(dir: string, segno: bigint, segmentSizeBytes: number, completeFirst = false): Promise<{ handle: FileHandle; path: string } | null> {
+  const first = segmentPath(dir, segno, segmentSizeBytes, !completeFirst);
+  const second = segmentPath(dir, segno, segmentSizeBytes, completeFirst);
+  for (const path of [first, second, first]) {
+    try {
+      return { handle: await open(path, 'r'), path };
+    } catch (error) {
+      if ((error as { code?: unknown }).code !== 'ENOENT') throw error;
+    }
+  }
+  return null;
+}
+
 /** `readWalSync` with fs/promises, for the main thread. */
 export async function readWal(dir: string, startLsn: Lsn, lengthBytes: number, segmentSizeBytes: number): Promise<Uint8Array> {
   checkRead(lengthBytes, segmentSizeBytes);
@@ -56,20 +75,18 @@ export async function readWal(dir: string, startLsn: Lsn, lengthBytes: number, s
   for (const { segno, segmentOffset, length, done } of segmentSpans(startLsn, lengthBytes, segmentSizeBytes)) {
     let path = segmentPath(dir, segno, segmentSizeBytes, true);
     try {
-      const handle = await open(path, 'r').catch(async (error: unknown) => {
-        if ((error as { code?: unknown }).code !== 'ENOENT') throw error;
-        path = segmentPath(dir, segno, segmentSizeBytes, false);
-        return open(path, 'r');
-      });
+      const opened = await openSegmentFile(dir, segno, segmentSizeBytes);
+      if (opened === null) throw missingSegment(dir, segno, segmentSizeBytes);
+      path = opened.path;
       try {
-        if ((await readUpTo(handle, out, done, length, segmentOffset)) !== length) {
+        if ((await readUpTo(opened.handle, out, done, length, segmentOffset)) !== length) {
           throw new StorageIoError(`storage I/O error: read ${path}: segment file shorter than ${segmentOffset + length} bytes`);
         }
       } finally {
-        await handle.close();
+        await opened.handle.close();
       }
     } catch (error) {
-      if ((error as { code?: unknown }).code === 'ENOENT') throw missingSegment(dir, segno, segmentSizeBytes);
+      if (error instanceof NotFoundError || error instanceof StorageIoError) throw error;
       throw storageError(error, 'read', path);
     }
   }

@@ -1,6 +1,7 @@
 /**
  * readSegment: what the backup uploads is exactly one whole segment file, or a clear SegmentMissingError; and
- * readUpTo, the read loop under it and every other async reader of local files.
+ * under it and every other async reader of local segments, openSegmentFile (which name is opened) and
+ * readUpTo (the read loop).
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -10,6 +11,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { SegmentMissingError, readSegment } from '../../src/remote/wal_backup.js';
 import { readUpTo } from '../../src/storage/file_read.js';
+import { openSegmentFile } from '../../src/storage/segment_read.js';
 import { segmentPath } from '../../src/storage/layout.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
@@ -43,6 +45,28 @@ describe('readSegment', () => {
     const stale = Buffer.alloc(2 * SEGMENT_BYTES, 0xee); // longer than needed, old bytes after the segment
     await assert.rejects(readSegment(dir, 4n, SEGMENT_BYTES, stale), /has more than 1048576 bytes/);
     assert.equal((await readSegment(dir, 5n, SEGMENT_BYTES, stale)).length, SEGMENT_BYTES, 'old bytes past the segment are not read back');
+  });
+});
+
+describe('openSegmentFile', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sk-open-segment-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  test('opens the .partial first unless asked for the complete name first; null when neither exists', async () => {
+    assert.equal(await openSegmentFile(dir, 1n, SEGMENT_BYTES), null);
+    assert.equal(await openSegmentFile(dir, 1n, SEGMENT_BYTES, true), null);
+    writeFileSync(segmentPath(dir, 1n, SEGMENT_BYTES, false), 'complete');
+    writeFileSync(segmentPath(dir, 1n, SEGMENT_BYTES, true), 'partial');
+    for (const [completeFirst, expected] of [[false, 'partial'], [true, 'complete']] as const) {
+      const opened = await openSegmentFile(dir, 1n, SEGMENT_BYTES, completeFirst);
+      assert.ok(opened !== null);
+      try {
+        assert.equal(opened.path, segmentPath(dir, 1n, SEGMENT_BYTES, expected === 'partial'));
+        assert.equal(String(await opened.handle.readFile()), expected);
+      } finally {
+        await opened.handle.close();
+      }
+    }
   });
 });
 
