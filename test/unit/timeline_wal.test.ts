@@ -12,7 +12,7 @@ import type { WriteResult } from '../../src/ingest/writer_protocol.js';
 import { segmentPath } from '../../src/storage/layout.js';
 import { WalCorruptionError } from '../../src/errors.js';
 import { segmentOffsetBytes, type Lsn } from '../../src/wal/lsn.js';
-import { WalBuilder } from '../../src/wal/wal_builder.js';
+import { damageRecordNear, messageWal, type MessageWal } from '../harness/message_wal.js';
 import { makeTempDir } from '../harness/tmp.js';
 import { OVERLAP_VERIFY_MIN_BYTES } from '../../workers/wal_writer.js';
 
@@ -49,13 +49,7 @@ async function openWal(ringSizeBytes = 4 * 1024 * 1024): Promise<Harness> {
   return { wal, dir, batches };
 }
 
-/** Valid WAL of `count` logical messages of `payloadBytes` each, with each record's end LSN. */
-function buildWal(count: number, payloadBytes: number): { bytes: Uint8Array; ends: Lsn[] } {
-  const builder = new WalBuilder({ startLsn: START_LSN, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION, systemId: 7n });
-  const ends: Lsn[] = [];
-  for (let i = 0; i < count; i++) ends.push(builder.appendLogicalMessage(new Uint8Array(payloadBytes).fill(i & 0xff)).endLsn);
-  return { bytes: builder.take(), ends };
-}
+const buildWal = (count: number, payloadBytes: number): MessageWal => messageWal({ startLsn: START_LSN, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION, count, payloadBytes });
 
 const signal = (): AbortSignal => new AbortController().signal;
 
@@ -145,16 +139,11 @@ describe('TimelineWal', () => {
   for (const victimSegno of [16n, 17n]) {
     test(`corrupt record in segment ${victimSegno} of a large batch: the same cut, and only verified segments complete`, async () => {
       const { wal, dir, batches } = await openWal();
-      const { bytes, ends } = buildWal(500, 3000); // ~1.5 MiB: the rest of segment 16 and half of 17
+      const source = buildWal(500, 3000); // ~1.5 MiB: the rest of segment 16 and half of 17
+      const { bytes, ends } = source;
       assert.ok(bytes.length >= OVERLAP_VERIFY_MIN_BYTES);
       // The bad record starts about 200 KB before the end of segment 16, or about 200 KB into segment 17.
-      const near = 17n * BigInt(SEGMENT_BYTES) + (victimSegno === 16n ? -200_000n : 200_000n);
-      const victim = ends.findIndex((end) => end >= near) + 1;
-      assert.ok(victim > 0 && victim < ends.length);
-      const goodEndLsn = ends[victim - 1]!;
-      const bad = bytes.slice();
-      const victimOffset = Number(goodEndLsn - START_LSN) + 100;
-      bad[victimOffset] = bad[victimOffset]! ^ 0xff;
+      const { bad, goodEndLsn } = damageRecordNear(source, START_LSN, 17n * BigInt(SEGMENT_BYTES) + (victimSegno === 16n ? -200_000n : 200_000n));
       assert.equal(wal.tryAppend(START_LSN, bad), true);
       await wal.flushAll(signal());
       assert.equal(batches[0], bad.length, 'one batch, large enough to be verified while it syncs');

@@ -12,21 +12,15 @@ import type { WriteResult } from '../../src/ingest/writer_protocol.js';
 import { segmentPath } from '../../src/storage/layout.js';
 import { segmentOffsetBytes, type Lsn } from '../../src/wal/lsn.js';
 import { initialDecoderState } from '../../src/wal/record_decoder.js';
-import { WalBuilder } from '../../src/wal/wal_builder.js';
 import runTask, { OVERLAP_VERIFY_MIN_BYTES } from '../../workers/wal_writer.js';
+import { damageRecordNear, messageWal, type MessageWal } from '../harness/message_wal.js';
 import { makeTempDir } from '../harness/tmp.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
 const PG_VERSION = 150008;
 const START_LSN: Lsn = 16n * BigInt(SEGMENT_BYTES) + 40n; // just after the long header of segment 16
 
-/** Valid WAL of `count` logical messages of `payloadBytes` each, with each record's end LSN. */
-function buildWal(count: number, payloadBytes: number): { bytes: Uint8Array; ends: Lsn[] } {
-  const builder = new WalBuilder({ startLsn: START_LSN, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION, systemId: 7n });
-  const ends: Lsn[] = [];
-  for (let i = 0; i < count; i++) ends.push(builder.appendLogicalMessage(new Uint8Array(payloadBytes).fill(i & 0xff)).endLsn);
-  return { bytes: builder.take(), ends };
-}
+const buildWal = (count: number, payloadBytes: number): MessageWal => messageWal({ startLsn: START_LSN, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION, count, payloadBytes });
 
 /** Runs one write task over `bytes` placed in a fresh ring at START_LSN. */
 async function writeTask(dir: string, bytes: Uint8Array): Promise<WriteResult> {
@@ -35,17 +29,6 @@ async function writeTask(dir: string, bytes: Uint8Array): Promise<WriteResult> {
   const decoder = initialDecoderState({ startLsn: START_LSN, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION });
   const task = { kind: 'write', ring: ring.buffer, beginLsn: START_LSN, endLsn: START_LSN + BigInt(bytes.length), decoder, dir, segmentSizeBytes: SEGMENT_BYTES, noSync: false } as const;
   return (await runTask(task)) as WriteResult;
-}
-
-/** A copy of `bytes` with a byte flipped inside the first record that ends after `nearLsn`; and its start. */
-function corruptNear(bytes: Uint8Array, ends: Lsn[], nearLsn: Lsn): { bad: Uint8Array; goodEndLsn: Lsn } {
-  const victim = ends.findIndex((end) => end >= nearLsn) + 1;
-  assert.ok(victim > 0 && victim < ends.length);
-  const goodEndLsn = ends[victim - 1]!;
-  const bad = bytes.slice();
-  const at = Number(goodEndLsn - START_LSN) + 100;
-  bad[at] = bad[at]! ^ 0xff;
-  return { bad, goodEndLsn };
 }
 
 const startOffset = segmentOffsetBytes(START_LSN, SEGMENT_BYTES);
@@ -68,8 +51,9 @@ describe('write task', () => {
 
   test('small corrupt batch: only the verified prefix is written', async () => {
     const dir = makeTempDir('wal-writer-task');
-    const { bytes, ends } = buildWal(60, 3000);
-    const { bad, goodEndLsn } = corruptNear(bytes, ends, START_LSN + 90_000n);
+    const wal = buildWal(60, 3000);
+    const { bytes } = wal;
+    const { bad, goodEndLsn } = damageRecordNear(wal, START_LSN, START_LSN + 90_000n);
     const result = await writeTask(dir, bad);
     assert.ok(!result.ok && result.corruption === 'crc_mismatch' && result.errorLsn === goodEndLsn && result.recordEndLsn === goodEndLsn);
     const file = readFileSync(segmentPath(dir, 16n, SEGMENT_BYTES, true));
@@ -80,8 +64,9 @@ describe('write task', () => {
 
   test('large batch, bad record in its first segment: that segment is not completed (the caller cuts the rest)', async () => {
     const dir = makeTempDir('wal-writer-task');
-    const { bytes, ends } = buildWal(500, 3000);
-    const { bad, goodEndLsn } = corruptNear(bytes, ends, 17n * BigInt(SEGMENT_BYTES) - 200_000n);
+    const wal = buildWal(500, 3000);
+    const { bytes } = wal;
+    const { bad, goodEndLsn } = damageRecordNear(wal, START_LSN, 17n * BigInt(SEGMENT_BYTES) - 200_000n);
     const result = await writeTask(dir, bad);
     assert.ok(!result.ok && result.corruption === 'crc_mismatch' && result.errorLsn === goodEndLsn && result.recordEndLsn === goodEndLsn);
     assert.equal(existsSync(segmentPath(dir, 16n, SEGMENT_BYTES, false)), false, 'not renamed: it holds unverified bytes');
@@ -92,8 +77,9 @@ describe('write task', () => {
 
   test('large batch, bad record in its second segment: the first, verified to its end, is completed', async () => {
     const dir = makeTempDir('wal-writer-task');
-    const { bytes, ends } = buildWal(500, 3000);
-    const { bad, goodEndLsn } = corruptNear(bytes, ends, 17n * BigInt(SEGMENT_BYTES) + 200_000n);
+    const wal = buildWal(500, 3000);
+    const { bytes } = wal;
+    const { bad, goodEndLsn } = damageRecordNear(wal, START_LSN, 17n * BigInt(SEGMENT_BYTES) + 200_000n);
     const result = await writeTask(dir, bad);
     assert.ok(!result.ok && result.errorLsn === goodEndLsn && result.recordEndLsn === goodEndLsn);
     const first = readFileSync(segmentPath(dir, 16n, SEGMENT_BYTES, false));
