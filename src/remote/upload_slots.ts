@@ -10,17 +10,18 @@
  * upload settled successfully. After a failure (maybe a timed-out request whose socket was still sending)
  * the buffer is dropped for the GC instead, so no in-flight request ever sees bytes of another segment.
  *
- * Memory: at most `permits` buffers are lent and at most `permits` kept free, so the pool holds at most
- * `permits` buffers; free ones are released once no upload ran for `idleReleaseMs`. Single thread
- * (the coordinator's).
+ * Memory: at most `permits` buffers are lent (one per slot) and at most `permits` kept free; with one
+ * segment size that is `permits` buffers in all. Free ones are released once no upload ran for
+ * `idleReleaseMs`. Single thread (the coordinator's).
  */
+import { assert } from '../sync/assert.js';
 import { Semaphore } from '../sync/semaphore.js';
 
 /** Free buffers are given back to the allocator after this long without any upload. */
 export const UPLOAD_BUFFERS_IDLE_RELEASE_MS = 30_000;
 
 export interface UploadSlot {
-  /** A buffer of at least `minBytes` (contents undefined), lent until `release`. One per slot. */
+  /** A buffer of at least `minBytes` (contents undefined), lent until `release`; later calls return the same one. */
   buffer(minBytes: number): Buffer;
   /** Frees the permit. `bufferReusable`: nothing can read the lent buffer any more (see the header). */
   release(bufferReusable: boolean): void;
@@ -55,10 +56,8 @@ export class UploadSlots {
     let released = false;
     return {
       buffer: (minBytes) => {
-        if (lent === null || lent.length < minBytes) {
-          if (lent !== null) this.#keep(lent);
-          lent = this.#take(minBytes);
-        }
+        lent ??= this.#take(minBytes);
+        assert(lent.length >= minBytes, 'a slot lends one buffer, sized by its first request');
         return lent;
       },
       release: (bufferReusable) => {

@@ -86,8 +86,7 @@ export async function readWal(dir: string, startLsn: Lsn, lengthBytes: number, s
         await opened.handle.close();
       }
     } catch (error) {
-      if (error instanceof NotFoundError || error instanceof StorageIoError) throw error;
-      throw storageError(error, 'read', path);
+      throw storageError(error, 'read', path); // our own errors (missing, short) pass through unchanged
     }
   }
   return out;

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -203,6 +203,9 @@ describe('initial segment and reads', () => {
     assert.equal((await readWal(dir, 6n * BigInt(SEG), 4, SEG))[0], 2);
     assert.throws(() => readWalSync(dir, 7n * BigInt(SEG) - 2n, 4, SEG), NotFoundError);
     await assert.rejects(readWal(dir, 7n * BigInt(SEG) - 2n, 4, SEG), NotFoundError);
+    writeFileSync(partial(8n), new Uint8Array(100));
+    await assert.rejects(readWal(dir, 8n * BigInt(SEG) + 96n, 8, SEG), (error: unknown) => error instanceof StorageIoError && /shorter than 104 bytes/.test(error.message));
+    rmSync(partial(8n));
     assert.deepEqual(listSegmentsSync(dir, SEG).map((e) => [e.segno, e.partial]), [
       [6n, true],
       [6n, false],
