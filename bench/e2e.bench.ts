@@ -10,7 +10,7 @@
  * Prints each TPS and the ratio to the one-standby TPS (the issue's goal: proposer ≥ 0.9 of it) and to the
  * three-standby TPS. Every replica shares the machine's cores with the primary and pgbench, so on a small
  * machine the replicas' CPU per commit decides the ratio. Each setup gets a fresh primary with the same
- * settings and `pgbench -i -s 10`. Run: `node --import tsx bench/e2e.bench.ts` (needs
+ * settings and `pgbench -i -s 10`. Run: `npm run build`, then `node --import tsx bench/e2e.bench.ts` (needs
  * PostgreSQL 15 and root, like the integration tests).
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
@@ -18,7 +18,7 @@ import { chownSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
-import { killAllNodes, MAIN_PATH, REPO_ROOT, spawnNode, testNodeArgs } from '../test/harness/node_process.js';
+import { cliEntry, killAllNodes, REPO_ROOT, spawnNode, testNodeArgs } from '../test/harness/node_process.js';
 import { freePort, PG_BIN_DIR, runAsPostgres, startPostgres, type PostgresInstance } from '../test/harness/pg.js';
 import { makeTempDir, removeTempDir } from '../test/harness/tmp.js';
 import { waitFor } from '../test/harness/wait.js';
@@ -143,9 +143,9 @@ async function withProposer(): Promise<E2eBenchResult> {
   let proposer: ChildProcess | null = null;
   try {
     const nodes = [];
-    for (const [index, dir] of dirs.entries()) nodes.push(await spawnNode(testNodeArgs(dir, ['--id', String(index + 1), '--log-level', 'warn'])));
+    for (const [index, dir] of dirs.entries()) nodes.push(await spawnNode(testNodeArgs(dir, ['--id', String(index + 1), '--log-level', 'warn']), { built: true }));
     const safekeepers = nodes.map((node) => `${node.pgHost}:${node.pgPort}`).join(',');
-    proposer = spawn(process.execPath, ['--import', 'tsx', MAIN_PATH, 'propose', '--safekeepers', safekeepers, '--tenant-id', TENANT, '--timeline-id', TIMELINE,
+    proposer = spawn(process.execPath, [...cliEntry(true), 'propose', '--safekeepers', safekeepers, '--tenant-id', TENANT, '--timeline-id', TIMELINE,
       '--from', `postgres://postgres@127.0.0.1:${primary.port}/postgres`, '--application-name', PROPOSER_APP, '--log-level', 'warn', '--log-format', 'json'], { cwd: REPO_ROOT, stdio: 'ignore' });
     await waitFor(async () => allSynchronous(primary, [PROPOSER_APP]), { timeoutMs: 60_000, what: 'the proposer to stream synchronously' });
     return await measure('proposer + 3 safekeepers', primary, [PROPOSER_APP], 1, proposer.pid);

@@ -7,12 +7,15 @@
  *      interleaved rounds, best round kept (a ceiling is what the disk can do); right after each throughput
  *      scenario, once more at the average group-commit batch that scenario produced; and for 8 KiB right
  *      before and right after the latency run, so its fdatasync figures come from the same conditions.
- *   2. Durable throughput: appends of 128 B, 8 KiB and 128 KiB on 1 timeline and on 64 timelines (64
+ *   2. Runtime floor (bench/runtime_floor.ts): the thread shape with nothing in it (loopback TCP, one copy
+ *      into a SharedArrayBuffer ring, a Piscina task that checksums, pwrites and fdatasyncs, an ack), 128 KiB
+ *      appends and lone 8 KiB appends: what Node and this machine leave of the disk before the product's work.
+ *   3. Durable throughput: appends of 128 B, 8 KiB and 128 KiB on 1 timeline and on 64 timelines (64
  *      connections), each for a fixed time (or until the pre-built WAL runs out); "durable" means until an
  *      AppendResponse's flush_lsn covers the last byte sent. One tinybench task per scenario, a fixed number
  *      of iterations; MiB/s is total bytes over total durable time. The average group-commit batch, the
  *      node's fdatasync time and its CPU use come from its /metrics, scraped around each iteration.
- *   3. Ack latency of a lone 8 KiB append (one in flight, idle node): send → covering AppendResponse, after
+ *   4. Ack latency of a lone 8 KiB append (one in flight, idle node): send → covering AppendResponse, after
  *      4,000 unmeasured lone appends (the JIT's warm-up, see LATENCY_WARMUP_APPENDS).
  *
  * WAL: valid PG15 WAL of ~310-byte logical-message records (bench/ingest_wal.ts), the same bytes for every
@@ -27,7 +30,7 @@
  * p99 ack latency of a lone 8 KiB append ≤ fdatasync p99 + 0.5 ms. They are reported, never asserted.
  * Every row also says how busy the whole machine was (CPU cores, device writes; bench/machine_load.ts):
  * the client shares the machine with the node, and other work on it skews every number here.
- * Run: `node --import tsx bench/ingest.bench.ts` (about 1.5 min on an idle machine).
+ * Run: `npm run build`, then `node --import tsx bench/ingest.bench.ts` (about 1.5 min on an idle machine).
  */
 import { randomBytes } from 'node:crypto';
 import { accessSync, constants, existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -37,15 +40,17 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Bench } from 'tinybench';
+import { assert } from '../src/sync/assert.js';
 import { segmentFileName } from '../src/wal/lsn.js';
 import { spawnNode, testNodeArgs, type NodeProcess } from '../test/harness/node_process.js';
 import { measureDiskCeiling } from './disk_ceiling.js';
 import { WalPushClient } from './ingest_client.js';
 import { BENCH_SEGMENT_BYTES, buildBenchWal, recordEndAtOrBefore, type BenchWal } from './ingest_wal.js';
 import {
-  emptyStats, observedBatchBytes, reportRows, sizeName, type IngestBenchRow, type LatencyResult, type MeasuredCeiling, type ThroughputStats,
+  emptyStats, observedBatchBytes, reportRows, sizeName, type FloorResult, type IngestBenchRow, type LatencyResult, type MeasuredCeiling, type ThroughputStats,
 } from './ingest_report.js';
 import { loadBetween, snapshot } from './machine_load.js';
+import { RuntimeFloor } from './runtime_floor.js';
 
 const KIB = 1024;
 const MIB = 1024 * 1024;
@@ -77,6 +82,9 @@ const LATENCY_APPEND_BYTES = 8 * KIB;
  */
 const LATENCY_WARMUP_APPENDS = 4000;
 const LATENCY_SAMPLES = 2000;
+/** The runtime floor's throughput runs (best kept, as for ceilings) at the goal's append size. */
+const FLOOR_APPEND_BYTES = 128 * KIB;
+const FLOOR_ROUNDS = 2;
 const FILE_WAIT_MS = 20_000;
 const NODE_STOP_MS = 15_000;
 
@@ -258,6 +266,28 @@ class IngestRun {
   }
 }
 
+/**
+ * The runtime floor (bench/runtime_floor.ts) on the data disk: 128 KiB appends, best of FLOOR_ROUNDS runs as
+ * long as one throughput iteration; then lone 8 KiB appends with the node's warm-up and sample counts.
+ */
+async function measureFloor(dir: string): Promise<FloorResult> {
+  const floor = await RuntimeFloor.start(dir);
+  try {
+    let best: FloorResult['throughput'] | null = null;
+    for (let round = 0; round < FLOOR_ROUNDS; round += 1) {
+      const before = snapshot(dir);
+      const throughput = await floor.throughput(FLOOR_APPEND_BYTES, RUN_DURATION_MS_ONE_TIMELINE);
+      const load = loadBetween(before, snapshot(dir));
+      if (best === null || throughput.mibPerSecond > best.mibPerSecond) best = { ...throughput, load };
+    }
+    assert(best !== null, 'at least one floor round');
+    const latencyMs = await floor.latency(LATENCY_APPEND_BYTES, LATENCY_WARMUP_APPENDS, LATENCY_SAMPLES);
+    return { throughput: best, rounds: FLOOR_ROUNDS, latencyAppendBytes: LATENCY_APPEND_BYTES, latencyMs };
+  } finally {
+    await floor.stop();
+  }
+}
+
 /** tinybench's afterAll hook of a scenario: the disk ceiling at the batch size it produced. */
 function ceilingAfter(run: IngestRun, stats: ThroughputStats, name: string): () => void {
   return () => {
@@ -331,15 +361,17 @@ export async function run(): Promise<IngestBenchRow[]> {
     log(`load average ${loadavg().map((value) => value.toFixed(2)).join(' ')} on ${availableParallelism()} cores`);
     log(`disk ceiling in ${root}: ${CEILING_BATCH_BYTES.map(sizeName).join(', ')}, ${CEILING_ROUNDS} rounds`);
     const ceilings = measureCeilings(root);
+    log(`runtime floor: ${FLOOR_ROUNDS} × ${RUN_DURATION_MS_ONE_TIMELINE} ms of ${sizeName(FLOOR_APPEND_BYTES)} appends, ${LATENCY_WARMUP_APPENDS} + ${LATENCY_SAMPLES} lone ${sizeName(LATENCY_APPEND_BYTES)} appends`);
+    const floor = await measureFloor(root);
     const dataDir = join(root, 'data');
     log(`remote storage (WAL backup) in ${remoteDir}`);
-    node = await spawnNode(testNodeArgs(dataDir, ['--log-level', 'warn', '--remote-storage', `file://${remoteDir}`])); // fsync on: no --no-sync
+    node = await spawnNode(testNodeArgs(dataDir, ['--log-level', 'warn', '--remote-storage', `file://${remoteDir}`]), { built: true }); // fsync on: no --no-sync
     ingest = new IngestRun(node, dataDir, root, remoteDir, wal);
 
     log(`ack latency: ${LATENCY_SAMPLES} lone ${sizeName(LATENCY_APPEND_BYTES)} appends`);
     const latency = await ingest.ackLatencies();
     const throughput = await measureThroughput(ingest);
-    return reportRows(ceilings, throughput, latency);
+    return reportRows(ceilings, floor, throughput, latency);
   } catch (error) {
     // The node's own account of what went wrong is usually the useful part.
     const stderrTail = node?.stderr().split('\n').slice(-20).join('\n') ?? '';

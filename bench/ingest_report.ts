@@ -1,6 +1,7 @@
 /**
- * The ingest benchmark's measurements (types) and the one table it prints: disk ceilings, durable
- * throughput with its ratio to the ceiling, ack latency next to fdatasync latency, and the issue's goals.
+ * The ingest benchmark's measurements (types) and the one table it prints: disk ceilings, the runtime floor,
+ * durable throughput with its ratio to the ceiling, ack latency next to fdatasync latency, and the issue's
+ * goals, each with what the runtime floor reached on the same measure.
  * Every row carries how busy the machine was (bench/machine_load.ts); when other work used more than
  * OTHER_CORES_TOLERATED cores during any measurement, the goal rows say their verdict is unreliable.
  * Pure functions over finished measurements.
@@ -9,6 +10,7 @@ import { availableParallelism } from 'node:os';
 import { assert } from '../src/sync/assert.js';
 import type { DiskCeiling } from './disk_ceiling.js';
 import type { MachineLoad } from './machine_load.js';
+import type { FloorThroughput } from './runtime_floor.js';
 
 const KIB = 1024;
 const MIB = 1024 * 1024;
@@ -19,7 +21,7 @@ const GOAL_LATENCY_MARGIN_MS = 0.5;
 const OTHER_CORES_TOLERATED = 0.3;
 
 export interface IngestBenchRow {
-  section: 'disk ceiling' | 'durable throughput' | 'ack latency' | 'goal';
+  section: 'disk ceiling' | 'runtime floor' | 'durable throughput' | 'ack latency' | 'goal';
   case: string;
   'MiB/s': number | string;
   'appends/s': number | string;
@@ -76,6 +78,14 @@ export interface LatencyResult {
   fsyncAfter: MeasuredCeiling;
 }
 
+/** The runtime floor (bench/runtime_floor.ts): its best throughput run, and lone-append latencies. */
+export interface FloorResult {
+  throughput: FloorThroughput & { load: MachineLoad | null };
+  rounds: number;
+  latencyAppendBytes: number;
+  latencyMs: number[];
+}
+
 export const emptyStats = (timelines: number, appendBytes: number): ThroughputStats => ({
   timelines, appendBytes, iterations: 0, bytes: 0, appends: 0, seconds: 0, batches: 0, batchWalBytes: 0, fsyncSeconds: 0, fsyncs: 0, writeSeconds: 0, cpuSeconds: 0,
   clientCpuSeconds: 0, machineBusyCoreSeconds: 0, deviceWriteMib: 0, ceiling: null,
@@ -123,6 +133,28 @@ function ceilingRow(ceiling: MeasuredCeiling): IngestBenchRow {
     'p99 ms': round(ceiling.fdatasyncLatencyMsP99, 3),
     note: `${round(ceiling.batchesPerSecond)} batches/s; ${loadNote(ceiling.load, ceiling.ownCores)}`,
   };
+}
+
+function floorRows(floor: FloorResult, ceilings: readonly DiskCeiling[]): IngestBenchRow[] {
+  const { throughput } = floor;
+  const ceiling = ceilings.find((candidate) => candidate.batchBytes === throughput.appendBytes);
+  const sorted = [...floor.latencyMs].sort((a, b) => a - b);
+  const cores = throughput.serverCores === null ? '' : `CPU server ${throughput.serverCores.toFixed(2)} + client ${throughput.clientCores.toFixed(2)} cores, `;
+  return [
+    {
+      ...blankRow('runtime floor', `TCP → ring → Piscina checksum+pwrite+fdatasync, ${sizeName(throughput.appendBytes)} appends, best of ${floor.rounds}`),
+      'MiB/s': round(throughput.mibPerSecond, 1),
+      'appends/s': round(throughput.bytes / throughput.appendBytes / throughput.seconds),
+      '÷ ceiling@append': ceiling === undefined ? '' : `${(throughput.mibPerSecond / ceiling.mibPerSecond).toFixed(2)} of ${round(ceiling.mibPerSecond)}`,
+      note: `no protocol, record decoding, segment preparation or backup; ${cores}${loadNote(throughput.load, (throughput.serverCores ?? 0) + throughput.clientCores)}`,
+    },
+    {
+      ...blankRow('runtime floor', `lone ${sizeName(floor.latencyAppendBytes)} append through the same, 1 in flight`),
+      'p50 ms': round(percentile(sorted, 0.5), 3),
+      'p99 ms': round(percentile(sorted, 0.99), 3),
+      note: `${sorted.length} samples after the node's warm-up count, p90 ${percentile(sorted, 0.9).toFixed(3)}, max ${(sorted.at(-1) ?? NaN).toFixed(3)} ms`,
+    },
+  ];
 }
 
 /** The ceiling a scenario is compared with: the one measured right after it, at its batch size. */
@@ -196,8 +228,10 @@ function latencyRows(latency: LatencyResult): LatencySummary {
   return { rows, p99Ms, fsyncP99Ms };
 }
 
-function goalRows(throughput: readonly ThroughputStats[], ceiling1MiB: DiskCeiling, ceilings: readonly DiskCeiling[], latency: LatencySummary, otherCoresMax: number): IngestBenchRow[] {
+function goalRows(throughput: readonly ThroughputStats[], ceiling1MiB: DiskCeiling, ceilings: readonly DiskCeiling[], latency: LatencySummary, floor: FloorResult, otherCoresMax: number): IngestBenchRow[] {
   const rows: IngestBenchRow[] = [];
+  const floorCeiling = ceilings.find((candidate) => candidate.batchBytes === floor.throughput.appendBytes);
+  const floorRatio = floorCeiling === undefined ? '' : `; the runtime floor reached ${(floor.throughput.mibPerSecond / floorCeiling.mibPerSecond).toFixed(2)} of ceiling@append`;
   for (const stats of throughput.filter((candidate) => candidate.appendBytes === 128 * KIB)) {
     const ratio = mibPerSecondOf(stats) / ceilingOf(stats).mibPerSecond;
     rows.push({
@@ -205,7 +239,7 @@ function goalRows(throughput: readonly ThroughputStats[], ceiling1MiB: DiskCeili
       '÷ ceiling@append': appendCeilingRatio(stats, ceilings),
       '÷ ceiling@batch': ratio.toFixed(2),
       '÷ ceiling@1MiB': (mibPerSecondOf(stats) / ceiling1MiB.mibPerSecond).toFixed(2),
-      note: `${ratio >= GOAL_CEILING_RATIO ? 'MET' : 'MISSED'} (judged at the batch ceiling, the stricter)`,
+      note: `${ratio >= GOAL_CEILING_RATIO ? 'MET' : 'MISSED'} (judged at the batch ceiling, the stricter)${floorRatio}`,
     });
   }
   const small = throughput.find((stats) => stats.appendBytes === 128 && stats.timelines === 1);
@@ -217,7 +251,7 @@ function goalRows(throughput: readonly ThroughputStats[], ceiling1MiB: DiskCeili
   rows.push({
     ...blankRow('goal', `lone 8 KiB p99 ≤ fdatasync p99 + ${GOAL_LATENCY_MARGIN_MS} ms`),
     'p99 ms': round(latency.p99Ms, 3),
-    note: `${latency.p99Ms <= limitMs ? 'MET' : 'MISSED'} (limit ${limitMs.toFixed(3)} ms)`,
+    note: `${latency.p99Ms <= limitMs ? 'MET' : 'MISSED'} (limit ${limitMs.toFixed(3)} ms); the runtime floor's p99: ${percentile([...floor.latencyMs].sort((a, b) => a - b), 0.99).toFixed(3)} ms`,
   });
   if (otherCoresMax > OTHER_CORES_TOLERATED) {
     for (const row of rows) row.note += ` — UNRELIABLE: other work used up to ${otherCoresMax.toFixed(1)} cores during this run`;
@@ -225,8 +259,8 @@ function goalRows(throughput: readonly ThroughputStats[], ceiling1MiB: DiskCeili
   return rows;
 }
 
-/** The whole table: ceilings (standard, then one per scenario), throughput, latency, goals. */
-export function reportRows(ceilings: readonly MeasuredCeiling[], throughput: readonly ThroughputStats[], latency: LatencyResult): IngestBenchRow[] {
+/** The whole table: ceilings (standard, then one per scenario), the runtime floor, throughput, latency, goals. */
+export function reportRows(ceilings: readonly MeasuredCeiling[], floor: FloorResult, throughput: readonly ThroughputStats[], latency: LatencyResult): IngestBenchRow[] {
   const ceiling1MiB = ceilings.find((ceiling) => ceiling.batchBytes === MIB);
   assert(ceiling1MiB !== undefined, 'the 1 MiB ceiling is measured');
   const adjacent = throughput.map(ceilingOf);
@@ -238,12 +272,14 @@ export function reportRows(ceilings: readonly MeasuredCeiling[], throughput: rea
       return otherCores(load, ownCores);
     }),
     otherCores(latency.load, latency.ownCores),
+    otherCores(floor.throughput.load, (floor.throughput.serverCores ?? 0) + floor.throughput.clientCores),
   ];
   return [
     ...ceilings.map(ceilingRow),
     ...adjacent.map(ceilingRow),
+    ...floorRows(floor, ceilings),
     ...throughput.map((stats) => throughputRow(stats, ceiling1MiB, ceilings)),
     ...latencySummary.rows,
-    ...goalRows(throughput, ceiling1MiB, ceilings, latencySummary, Math.max(...others)),
+    ...goalRows(throughput, ceiling1MiB, ceilings, latencySummary, floor, Math.max(...others)),
   ];
 }

@@ -66,3 +66,15 @@ export function loadBetween(before: LoadSnapshot | null, after: LoadSnapshot | n
     deviceWriteMibPerSecond: written === null ? null : (written * SECTOR_BYTES) / (1024 * 1024) / seconds,
   };
 }
+
+/** CPU seconds (user + system, all threads) process `pid` has used so far; null where /proc is unavailable. */
+export function processCpuSeconds(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the parenthesised command name: state is the 3rd field; utime and stime the 14th and 15th.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / USER_HZ;
+  } catch {
+    return null;
+  }
+}

@@ -13,7 +13,7 @@
  *   - live: 16 readers attached while the WAL is ingested (ingest MiB/s with them, and when they finish).
  * Readers are lean raw clients in this process that parse only message and XLogData headers, so the
  * client side costs little next to the server. Aggregate MiB/s = readers × bytes / wall time.
- * Run: `node --import tsx bench/replication.bench.ts` (or through bench/run.ts).
+ * Run: `npm run build`, then `node --import tsx bench/replication.bench.ts` (or through bench/run.ts).
  */
 import { randomBytes } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
@@ -244,7 +244,7 @@ export async function run(): Promise<ReplicationBenchRow[]> {
   try {
     for (const [where, ring] of [['from segments', SMALL_RING], ['from the ring', LARGE_RING]] as const) {
       const dataDir = makeTempDir('sk-bench-repl-');
-      const node = await spawnNode(testNodeArgs(dataDir, ['--no-sync', '--ring-size', ring, '--log-level', 'warn']));
+      const node = await spawnNode(testNodeArgs(dataDir, ['--no-sync', '--ring-size', ring, '--log-level', 'warn']), { built: true });
       const ids = newIds();
       const proposer = await electedProposer(node, ids, wal);
       const holder = new RawReader(node.pgPort, ids, wal.firstRecordLsn, wal.endLsn, true);

@@ -18,7 +18,7 @@
  * in this process and shares the machine's cores with the node, so on a small machine it is part of what
  * limits the many-timeline run. Goals (issue 6): ≤ 20 KiB per idle timeline, ~0% CPU at idle, aggregate ≥ 0.7
  * × one timeline. Reported, never asserted. Counts can be lowered with SCALE_IDLE_TIMELINES /
- * SCALE_INGEST_TIMELINES (bench knobs, read here only). Run: `node --import tsx bench/scale.bench.ts`.
+ * SCALE_INGEST_TIMELINES (bench knobs, read here only). Run: `npm run build`, then `node --import tsx bench/scale.bench.ts`.
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -113,7 +113,7 @@ function startArgs(dataDir: string, remoteDir: string): string[] {
 async function idlePart(root: string): Promise<Record<string, unknown>[]> {
   const dataDir = join(root, 'idle-data');
   const remoteDir = join(root, 'idle-remote');
-  let node = await spawnNode(startArgs(dataDir, remoteDir));
+  let node = await spawnNode(startArgs(dataDir, remoteDir), { built: true });
   const rows: Record<string, unknown>[] = [];
   try {
     await sleep(SETTLE_MS);
@@ -142,7 +142,7 @@ async function idlePart(root: string): Promise<Record<string, unknown>[]> {
     });
 
     await node.stop();
-    node = await spawnNode(startArgs(dataDir, remoteDir), { readyTimeoutMs: 300_000 });
+    node = await spawnNode(startArgs(dataDir, remoteDir), { readyTimeoutMs: 300_000, built: true });
     await sleep(SETTLE_MS);
     const count = await timelineCount(node);
     const restarted = sample(node.process.pid!);
@@ -205,7 +205,7 @@ async function ingestPart(root: string): Promise<Record<string, unknown>[]> {
   for (const timelines of [1, INGEST_TIMELINES]) {
     const dataDir = join(root, `ingest-${timelines}-data`);
     const remoteDir = join(root, `ingest-${timelines}-remote`);
-    const node = await spawnNode(startArgs(dataDir, remoteDir));
+    const node = await spawnNode(startArgs(dataDir, remoteDir), { built: true });
     try {
       const result = await ingest(node, wal, timelines);
       await sleep(2_000); // let backups of the last complete segments start

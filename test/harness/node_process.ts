@@ -1,5 +1,7 @@
 /**
- * Runs the real `safekeeper` CLI (src/main.ts under tsx) as a child process for integration tests.
+ * Runs the real `safekeeper` CLI (src/main.ts under tsx) as a child process for integration tests, or the
+ * compiled build (`built: true`, dist/src/main.js, what `npm start` runs) for benchmarks, which must measure
+ * what ships: under tsx the writer's hot loop runs markedly slower.
  * `spawnNode(args)` waits for the ready line `listening pg=HOST:PORT http=HOST:PORT` on stdout, with a
  * deadline, and returns the ports and handles to stop or kill the process. `runCli(args)` runs a one-shot
  * command to completion. Every spawned process is tracked and killed by `killAllNodes()` (call it in
@@ -7,12 +9,16 @@
  * for the failure messages.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { appendFileSync } from 'node:fs';
+import { appendFileSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const MAIN_PATH = join(REPO_ROOT, 'src', 'main.ts');
+/** The compiled CLI that `npm start` runs (`npm run build` writes it). */
+export const BUILT_MAIN_PATH = join(REPO_ROOT, 'dist', 'src', 'main.js');
+/** The sources the build compiles; the build is stale when one is newer than BUILT_MAIN_PATH. */
+const SOURCE_DIRS = ['src', 'workers'];
 /** tsx compiles on first start; a loaded CI machine can take several seconds. */
 export const READY_TIMEOUT_MS_DEFAULT = 30_000;
 const READY_LINE = /^listening pg=(.+):(\d+) http=(.+):(\d+)$/;
@@ -44,6 +50,8 @@ export interface SpawnOptions {
   readonly cwd?: string;
   readonly env?: NodeJS.ProcessEnv;
   readonly readyTimeoutMs?: number;
+  /** Run the compiled build instead of src/ under tsx (benchmarks); it must be up to date. */
+  readonly built?: boolean;
 }
 
 const liveProcesses = new Set<ChildProcess>();
@@ -66,8 +74,27 @@ export function captureOutput(child: ChildProcess): { stdout: string; stderr: st
   return out;
 }
 
+/**
+ * The node arguments that run the CLI: src/main.ts under tsx, or the build, which is checked for being up to
+ * date so that a benchmark never measures old code.
+ */
+export function cliEntry(built: boolean): string[] {
+  if (!built) return ['--import', 'tsx', MAIN_PATH];
+  const builtMs = statSync(BUILT_MAIN_PATH, { throwIfNoEntry: false })?.mtimeMs;
+  if (builtMs === undefined) throw new Error(`${BUILT_MAIN_PATH} is missing: run \`npm run build\` first (\`npm run bench\` does)`);
+  for (const dir of SOURCE_DIRS) {
+    for (const name of readdirSync(join(REPO_ROOT, dir), { recursive: true, encoding: 'utf8' })) {
+      const path = join(REPO_ROOT, dir, name);
+      if (/\.[cm]?[jt]s$/.test(name) && statSync(path).mtimeMs > builtMs) {
+        throw new Error(`the build is older than ${path}: run \`npm run build\` first (\`npm run bench\` does)`);
+      }
+    }
+  }
+  return [BUILT_MAIN_PATH];
+}
+
 function spawnCli(args: readonly string[], options: SpawnOptions): { child: ChildProcess; exited: Promise<ExitStatus>; out: { stdout: string; stderr: string } } {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN_PATH, ...args], {
+  const child = spawn(process.execPath, [...cliEntry(options.built ?? false), ...args], {
     cwd: options.cwd ?? REPO_ROOT,
     env: options.env ?? process.env,
     stdio: ['ignore', 'pipe', 'pipe'],
