@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --initial-old-space-size=128
 /**
  * The `safekeeper` command line: `run` starts a node, `config` prints the default config file, `propose`
  * runs a proposer (`proposer/cli.ts`, which parses its own flags).
@@ -18,6 +18,7 @@ import { ConfigError, SafekeeperError } from './errors.js';
 import { createLogger, log, setRootLogger } from './log.js';
 import { readPackageVersion, SafekeeperNode } from './node.js';
 import { createNodeHooks } from './services.js';
+import { missingV8Flags } from './v8_flags.js';
 
 /** A stop that takes longer than this is stuck (the gate logs who holds it); exit rather than hang. */
 const SHUTDOWN_TIMEOUT_MS = 30_000;
@@ -104,6 +105,10 @@ async function run(configFile: string | undefined, flags: Record<string, string 
   const config = loadConfig({ ...(configFile === undefined ? {} : { file: configFile }), flags: flagValues, cwd: process.cwd() });
   // node_id is added by the node's child logger once the id file has been read (it may differ from --id).
   setRootLogger(createLogger({ logLevel: config.logLevel, logFormat: config.logFormat }));
+  const missing = missingV8Flags(process.execArgv, process.env['NODE_OPTIONS']);
+  if (missing.length > 0) {
+    log.warn({ missing }, 'node started without its V8 flags (the safekeeper command and npm start pass them): expect frequent full GCs and lower ingest throughput; see src/v8_flags.ts');
+  }
   const node = await SafekeeperNode.start(config, createNodeHooks(config), log);
   let signalCount = 0;
   const onSignal = (signal: NodeJS.Signals): void => {

@@ -12,6 +12,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { appendFileSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { V8_FLAGS } from '../../src/v8_flags.js';
 
 export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const MAIN_PATH = join(REPO_ROOT, 'src', 'main.ts');
@@ -75,11 +76,11 @@ export function captureOutput(child: ChildProcess): { stdout: string; stderr: st
 }
 
 /**
- * The node arguments that run the CLI: src/main.ts under tsx, or the build, which is checked for being up to
- * date so that a benchmark never measures old code.
+ * The node arguments that run the CLI with the V8 flags it ships with: src/main.ts under tsx, or the build,
+ * which is checked for being up to date so that a benchmark never measures old code.
  */
 export function cliEntry(built: boolean): string[] {
-  if (!built) return ['--import', 'tsx', MAIN_PATH];
+  if (!built) return [...V8_FLAGS, '--import', 'tsx', MAIN_PATH];
   const builtMs = statSync(BUILT_MAIN_PATH, { throwIfNoEntry: false })?.mtimeMs;
   if (builtMs === undefined) throw new Error(`${BUILT_MAIN_PATH} is missing: run \`npm run build\` first (\`npm run bench\` does)`);
   for (const dir of SOURCE_DIRS) {
@@ -90,7 +91,7 @@ export function cliEntry(built: boolean): string[] {
       }
     }
   }
-  return [BUILT_MAIN_PATH];
+  return [...V8_FLAGS, BUILT_MAIN_PATH];
 }
 
 function spawnCli(args: readonly string[], options: SpawnOptions): { child: ChildProcess; exited: Promise<ExitStatus>; out: { stdout: string; stderr: string } } {
