@@ -10,4 +10,4 @@ import type { CoordinatorOptions } from '../src/timeline/coordinator_protocol.js
 import { assert } from '../src/sync/assert.js';
 
 assert(parentPort !== null, 'the coordinator runs in a worker thread');
-void runCoordinator(parentPort, workerData as CoordinatorOptions);
+runCoordinator(parentPort, workerData as CoordinatorOptions);

@@ -21,7 +21,7 @@ import { NotFoundError, SafekeeperError } from '../errors.js';
 import { assert } from '../sync/assert.js';
 import { abortReason, sleep } from '../sync/cancel.js';
 import { Semaphore } from '../sync/semaphore.js';
-import { DIGEST_BLOCK_BYTES_MIN, blockAlignedRange, digestBlockBytes, digestMetadata, digestReady, verifyAgainstDigest } from './digest.js';
+import { DIGEST_BLOCK_BYTES_MIN, blockAlignedRange, digestBlockBytes, digestMetadata, verifyAgainstDigest } from './digest.js';
 
 /** A remote storage request failed. `retryable`: a later attempt may succeed (network, 5xx, timeout). */
 export class RemoteStorageError extends SafekeeperError {
@@ -152,7 +152,6 @@ export class RemoteStorage {
   /** Stores `body` under `key` with its digests (and `metadata`, lower-case names). Overwrites. */
   async put(key: string, body: Uint8Array, signal: AbortSignal, metadata: Record<string, string> = {}): Promise<void> {
     assert(isValidKey(key), 'remote key is relative and clean');
-    await digestReady();
     const all = { ...metadata, ...digestMetadata(body) };
     await this.#withRetries('put', key, signal, body.length, (attemptSignal) => this.backend.put(key, body, all, attemptSignal));
   }
@@ -164,7 +163,6 @@ export class RemoteStorage {
   async get(key: string, signal: AbortSignal, range?: { offsetBytes: number; lengthBytes: number }): Promise<Uint8Array> {
     assert(isValidKey(key), 'remote key is relative and clean');
     assert(range === undefined || (range.offsetBytes >= 0 && range.lengthBytes >= 0), 'range is non-negative');
-    await digestReady();
     return this.#withRetries('get', key, signal, 0, async (attemptSignal) => {
       if (range === undefined) {
         const got = await this.backend.get(key, null, attemptSignal);

@@ -12,7 +12,6 @@
 import { getHeapStatistics } from 'node:v8';
 import { StateBlock, StateBlockChunk } from '../ingest/state_block.js';
 import { NotFoundError, ShutdownError } from '../errors.js';
-import { digestReady } from '../remote/digest.js';
 import { openRemoteStorage } from '../remote/open.js';
 import { timelineKeyPrefix, type RemoteOperation, type RemoteOutcome, type RemoteStorage } from '../remote/remote_storage.js';
 import { ttid } from '../acceptor/state.js';
@@ -91,11 +90,6 @@ export class Coordinator {
       nowMs: () => performance.now(),
       random: Math.random,
     };
-  }
-
-  /** Loads what must be ready before the first request (the xxhash wasm module). */
-  async ready(): Promise<void> {
-    await digestReady();
   }
 
   #notify(notice: CoordinatorNotice): void {
@@ -209,10 +203,8 @@ export class Coordinator {
 }
 
 /** The worker's entry: builds the coordinator on `endpoint` (parentPort). */
-export async function runCoordinator(endpoint: MessageEndpoint, options: CoordinatorOptions): Promise<Coordinator> {
-  const coordinator = new Coordinator(endpoint, options);
-  await coordinator.ready();
-  return coordinator;
+export function runCoordinator(endpoint: MessageEndpoint, options: CoordinatorOptions): Coordinator {
+  return new Coordinator(endpoint, options);
 }
 
 export type { ManagerPersist };

@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { xxhash64Hex, digestReady } from '../../src/remote/digest.js';
+import { xxhash64Hex } from '../../src/remote/digest.js';
 import { formatLsn, segmentStartLsn } from '../../src/wal/lsn.js';
 import {
   SEGMENT_BYTES,
@@ -43,7 +43,6 @@ const signal = new AbortController().signal;
 
 describe('WAL backup to the local filesystem', { timeout: 80_000 }, () => {
   test('complete segments are uploaded with their digests, backup_lsn follows, removal waits for the upload', async () => {
-    await digestReady();
     const dataDir = makeTempDir('sk-backup-data-');
     const remoteDir = makeTempDir('sk-backup-remote-');
     const node = await startNode(dataDir, `file://${remoteDir}`);

@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { before, describe, test } from 'node:test';
-import { digestReady, xxhash64Hex } from '../../src/remote/digest.js';
+import { xxhash64Hex } from '../../src/remote/digest.js';
 import type { RemoteStorage } from '../../src/remote/remote_storage.js';
 import { segmentStartLsn } from '../../src/wal/lsn.js';
 import {
@@ -45,7 +45,6 @@ let remote: RemoteStorage;
 const proposers: TestProposer[] = [];
 
 before(async () => {
-  await digestReady();
   s3 = await startS3rver(BUCKET);
   proxy = new FaultProxy(s3.port);
   await proxy.start();

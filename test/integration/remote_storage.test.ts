@@ -12,7 +12,7 @@ import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { NotFoundError } from '../../src/errors.js';
-import { DIGEST_BLOCK_BYTES_MIN, digestBlockBytes, digestReady, xxhash64Hex } from '../../src/remote/digest.js';
+import { DIGEST_BLOCK_BYTES_MIN, digestBlockBytes, xxhash64Hex } from '../../src/remote/digest.js';
 import { LocalFsBackend } from '../../src/remote/local_fs.js';
 import { RemoteObjectCorruptError, RemoteStorage, RemoteStorageError, backoffMs, isValidKey, type RemotePolicy } from '../../src/remote/remote_storage.js';
 import { S3Backend } from '../../src/remote/s3.js';
@@ -28,7 +28,6 @@ let s3: S3Server;
 const cleanups: (() => Promise<void>)[] = [];
 
 before(async () => {
-  await digestReady();
   s3 = await startS3rver(BUCKET);
 });
 
