@@ -63,6 +63,8 @@ export class WalPushClient {
   #waiter: (() => void) | null = null;
   #flushTarget = Infinity;
   #flushReached: (() => void) | null = null;
+  /** appendAndWait's frame buffer. */
+  #loneFrame = Buffer.allocUnsafe(APPEND_FRAME_HEADER_BYTES + APPEND_WAL_BYTES_MAX);
   /** Rejects when the connection fails; raced against every wait. */
   readonly #failed: Promise<never>;
   #rejectFailed!: (error: Error) => void;
@@ -151,10 +153,16 @@ export class WalPushClient {
     return { bytes: offset - fromOffset, appends, firstSendMs, durableMs: this.ackAtMs, endOffset: offset };
   }
 
-  /** One append [fromOffset, toOffset) written at once; resolves with the ms from write to the covering AppendResponse. */
+  /**
+   * One append [fromOffset, toOffset) written at once; resolves with the ms from write to the covering
+   * AppendResponse. The frame is built in one reused buffer: a fresh one per append is external memory that
+   * makes V8 run full collections in this process, whose pauses would count as the safekeeper's latency.
+   */
   async appendAndWait(fromOffset: number, toOffset: number): Promise<number> {
     assert(toOffset - fromOffset <= APPEND_WAL_BYTES_MAX, 'one append');
-    const frame = Buffer.allocUnsafe(APPEND_FRAME_HEADER_BYTES + toOffset - fromOffset);
+    // Reusable once the socket holds nothing of the previous frame (the covering ack implies it, in practice).
+    if (this.#socket.writableLength > 0) this.#loneFrame = Buffer.allocUnsafe(APPEND_FRAME_HEADER_BYTES + APPEND_WAL_BYTES_MAX);
+    const frame = this.#loneFrame.subarray(0, APPEND_FRAME_HEADER_BYTES + toOffset - fromOffset);
     this.#writeAppendHeader(frame, 0, fromOffset, toOffset - fromOffset);
     this.wal.bytes.copy(frame, APPEND_FRAME_HEADER_BYTES, fromOffset, toOffset);
     const sentMs = performance.now();

@@ -105,7 +105,7 @@ async function run(configFile: string | undefined, flags: Record<string, string 
   const config = loadConfig({ ...(configFile === undefined ? {} : { file: configFile }), flags: flagValues, cwd: process.cwd() });
   // node_id is added by the node's child logger once the id file has been read (it may differ from --id).
   setRootLogger(createLogger({ logLevel: config.logLevel, logFormat: config.logFormat }));
-  const missing = missingV8Flags(process.execArgv, process.env['NODE_OPTIONS']);
+  const missing = missingV8Flags(process.execArgv);
   if (missing.length > 0) {
     log.warn({ missing }, 'node started without its V8 flags (the safekeeper command and npm start pass them): expect frequent full GCs and lower ingest throughput; see src/v8_flags.ts');
   }

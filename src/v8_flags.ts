@@ -13,8 +13,8 @@
  */
 export const V8_FLAGS = ['--initial-old-space-size=128'] as const;
 
-/** The flags of V8_FLAGS that neither the command line (`execArgv`) nor NODE_OPTIONS sets. */
-export function missingV8Flags(execArgv: readonly string[], nodeOptions: string | undefined): string[] {
-  const given = new Set([...execArgv, ...(nodeOptions ?? '').split(/\s+/)].map((flag) => flag.split('=')[0]));
+/** The flags of V8_FLAGS missing from the command line (`execArgv`; Node refuses them in NODE_OPTIONS). */
+export function missingV8Flags(execArgv: readonly string[]): string[] {
+  const given = new Set(execArgv.map((flag) => flag.split('=')[0]));
   return V8_FLAGS.filter((flag) => !given.has(flag.split('=')[0]));
 }
