@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { assert } from '../src/sync/assert.js';
+import { V8_FLAGS } from '../src/v8_flags.js';
 import { processCpuSeconds } from './machine_load.js';
 import { RUNTIME_FLOOR_ACK_BYTES, RUNTIME_FLOOR_READY } from './runtime_floor_protocol.js';
 
@@ -60,7 +61,8 @@ export class RuntimeFloor {
   /** Starts the server with its files in a fresh directory under `parentDir` (the disk being measured). */
   static async start(parentDir: string): Promise<RuntimeFloor> {
     const dir = mkdtempSync(join(parentDir, 'runtime-floor-'));
-    const child = spawn(process.execPath, ['--import', 'tsx', SERVER_PATH, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+    // The node's V8 flags: the floor's main thread reads sockets the same way and would pay the same GCs.
+    const child = spawn(process.execPath, [...V8_FLAGS, '--import', 'tsx', SERVER_PATH, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
     try {
       const port = await readyPort(child);
       const socket = connect(port, '127.0.0.1');
