@@ -43,6 +43,7 @@ const pool = new Piscina({
   idleTimeout: 2 ** 31 - 1,
   atomics: 'sync',
   concurrentTasksPerWorker: 1,
+  recordTiming: false,
 });
 
 /** Stream offsets: bytes received, handed to the writer, and durable. */

@@ -43,6 +43,9 @@ export function createWriterPool(threads: number): WriterPool {
     // Idle workers block in Atomics.wait, so a new task is picked up within microseconds.
     atomics: 'sync',
     concurrentTasksPerWorker: 1,
+    // Piscina's own wait/run-time histograms: never read (the node keeps its own metrics), and recording them
+    // is per-task work on the main thread.
+    recordTiming: false,
   });
   return {
     write: (task) => pool.run(task) as Promise<WriteResult>,
