@@ -3,8 +3,9 @@
  * (preallocated) file like the segments the writer uses. Benchmarks print their numbers next to this one,
  * measured in the same run, so a ratio says how close the product gets to what the disk can do.
  */
-import { closeSync, fdatasyncSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, fdatasyncSync, openSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { pwriteAll, writeZeros } from '../src/storage/segment_io.js';
 
 export interface DiskCeiling {
   batchBytes: number;
@@ -20,8 +21,7 @@ export function measureDiskCeiling(dir: string, batchBytes: number, durationMs =
   const path = join(dir, `ceiling-${batchBytes}.tmp`);
   const fd = openSync(path, 'w+');
   try {
-    const zeros = Buffer.alloc(1 << 20);
-    for (let offset = 0; offset < FILE_BYTES; offset += zeros.length) writeSync(fd, zeros, 0, zeros.length, offset);
+    writeZeros(fd, path, 0, FILE_BYTES);
     fdatasyncSync(fd);
     const batch = Buffer.alloc(batchBytes, 0x5a);
     const latenciesMs: number[] = [];
@@ -31,7 +31,7 @@ export function measureDiskCeiling(dir: string, batchBytes: number, durationMs =
     while (performance.now() - startMs < durationMs) {
       const beforeMs = performance.now();
       if (offset + batchBytes > FILE_BYTES) offset = 0;
-      writeSync(fd, batch, 0, batchBytes, offset);
+      pwriteAll(fd, path, batch, 0, batchBytes, offset);
       fdatasyncSync(fd);
       latenciesMs.push(performance.now() - beforeMs);
       offset += batchBytes;

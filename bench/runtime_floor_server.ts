@@ -9,25 +9,25 @@
  * Run: `node --import tsx bench/runtime_floor_server.ts DIR` (DIR must exist and is used for two 16 MiB
  * files); prints RUNTIME_FLOOR_READY and the port; serves one connection, then exits.
  */
-import { closeSync, fdatasyncSync, openSync, writeSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { RING_SIZE_BYTES_DEFAULT } from '../src/limits.js';
+import { closeFile, openFile, syncData, writeZeros } from '../src/storage/segment_io.js';
 import { RUNTIME_FLOOR_ACK_BYTES, RUNTIME_FLOOR_READY, RUNTIME_FLOOR_SEGMENT_BYTES, type FloorWorkerData } from './runtime_floor_protocol.js';
 
 const dir = process.argv[2];
 if (dir === undefined) throw new Error('usage: runtime_floor_server.ts DIR');
 
+/** Written zeros, synced, as the node prepares a segment (src/storage/segment_file.ts). */
 function preallocate(path: string): void {
-  const fd = openSync(path, 'w');
+  const fd = openFile(path, 'w');
   try {
-    const zeros = Buffer.alloc(1024 * 1024);
-    for (let offset = 0; offset < RUNTIME_FLOOR_SEGMENT_BYTES; offset += zeros.length) writeSync(fd, zeros, 0, zeros.length, offset);
-    fdatasyncSync(fd);
+    writeZeros(fd, path, 0, RUNTIME_FLOOR_SEGMENT_BYTES);
+    syncData(fd, path, { noSync: false });
   } finally {
-    closeSync(fd);
+    closeFile(fd, path);
   }
 }
 for (const index of [0, 1]) preallocate(join(dir, `floor-segment-${index}`));

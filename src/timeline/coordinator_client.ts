@@ -77,8 +77,6 @@ export class CoordinatorClient implements Residency {
   #nextGuardId = 1;
   #stopping = false;
   #unhookScrape: () => void;
-  /** A per-timeline metrics request in flight: the two lag gauges of one scrape share it. */
-
   private constructor(options: CoordinatorOptions, private readonly log: Logger) {
     this.#worker = startWorker(options);
     this.#worker.on('error', (error) => {
@@ -214,8 +212,8 @@ export class CoordinatorClient implements Residency {
   }
 
   /**
-   * Copies the coordinator's counters into this thread's prom-client registry. The per-timeline lags are
-   * not copied: the TimelineGauges ask for them while rendering (`timeline_metrics`), and keep nothing.
+   * Copies the coordinator's counters into this thread's prom-client registry, and hands the per-timeline
+   * lags (`timeline_metrics`) to their TimelineGauges, which show them in this scrape only.
    */
   async collectMetrics(): Promise<void> {
     if (this.#stopping) return;
@@ -246,7 +244,6 @@ export class CoordinatorClient implements Residency {
     metrics.removalLagBytes.set(timelines.map((t) => ({ tenantId: t.tenantId, timelineId: t.timelineId, value: t.removalLagBytes })));
   }
 
-  /** Every manager's lags, for the per-timeline gauges (built at each scrape, not kept). */
   /** Stops every manager and the worker. Call after the registry has shut its timelines down. */
   async stop(): Promise<void> {
     if (this.#stopping) return;

@@ -1,21 +1,24 @@
 /**
- * The timeline manager. There is one per timeline, running on the coordinator thread.
- * It owns its timeline's background jobs: control-file saves, WAL backup and partial backup, WAL removal, and eviction.
- * On each turn it reads one snapshot of the state block, decides from that snapshot alone which jobs to start or stop
- * (`manager_decisions.ts`, pure), starts them (`manager_jobs.ts`; the segment backup queue is `manager_backup.ts`), then
- * sleeps until the block changes, a job ends, a deadline passes or a message (such as a guard request) arrives
- * (`manager_wakeup.ts`). This file is the loop, the manager's public face to the coordinator, and what its jobs share:
- * its ids, its cancellation signal, its log and its snapshot (what the coordinator shares is `manager_shared.ts`). Invariants: local WAL is removed only after its upload is
- * confirmed and persisted and no reader needs it; nothing is evicted while a residency guard is held (`eviction.ts`).
- * Nothing restarts this loop, so a job failure becomes state (retry at a later deadline) and never a throw. `status`
- * names the current step.
+ * The timeline manager. There is one per timeline, running on the coordinator thread. It owns its
+ * timeline's background jobs: control-file saves, WAL backup and partial backup, WAL removal, and eviction.
+ * On each turn it reads one snapshot of the state block, decides from that snapshot alone which jobs to
+ * start or stop (`manager_decisions.ts`, pure), starts them (`manager_jobs.ts`; the segment backup queue is
+ * `manager_backup.ts`), then sleeps until the block changes, a job ends, a deadline passes or a message
+ * (such as a guard request) arrives (`manager_wakeup.ts`). This file is the loop, the manager's public face
+ * to the coordinator, and what its jobs share: its ids, its cancellation signal, its log and its snapshot
+ * (what the coordinator shares is `manager_shared.ts`).
  *
- * Passes are at least `MANAGER_PASS_INTERVAL_MS_MIN` apart, so a busy timeline's stream of changes coalesces into a few
- * passes per second. An idle manager has no timer, no wait of its own (its block's changes reach it through the
- * coordinator's StateWatcher, one wait per chunk of blocks) and costs no CPU; to keep 10,000 of them small, the backup
- * queue, the eviction control, the cancellation token and the promise `stop()` waits on are created on first use (the
- * first two by their modules), and the ids and directory are derived from `ttid`. Abort: `stop()` cancels every job (uploads abort; a removal or a rename finishes its file
- * first), waits for them, then leaves the state watcher.
+ * Invariants: local WAL is removed only after its upload is confirmed and persisted and no reader needs
+ * it; nothing is evicted while a residency guard is held (`eviction.ts`). Nothing restarts this loop, so a
+ * job failure becomes state (retry at a later deadline) and never a throw. `status` names the current step.
+ *
+ * Passes are at least `MANAGER_PASS_INTERVAL_MS_MIN` apart, so a busy timeline's stream of changes
+ * coalesces into a few passes per second. An idle manager has no timer, no wait of its own (its block's
+ * changes reach it through the coordinator's StateWatcher, one wait per chunk of blocks) and costs no CPU;
+ * to keep 10,000 of them small, the backup queue, the eviction control, the cancellation token and the
+ * promise `stop()` waits on are created on first use (the first two by their modules), and the ids and
+ * directory are derived from `ttid`. Abort: `stop()` cancels every job (uploads abort; a removal or a
+ * rename finishes its file first), waits for them, then leaves the state watcher.
  */
 import { setMaxListeners } from 'node:events';
 import { ttid, type TenantId, type TimelineId } from '../acceptor/state.js';

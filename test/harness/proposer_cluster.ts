@@ -12,7 +12,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { parseLsn, segmentFileName, segmentNumber, segmentStartLsn, type Lsn } from '../../src/wal/lsn.js';
-import { captureOutput, killAllNodes, MAIN_PATH, REPO_ROOT, spawnNode, testNodeArgs, type ExitStatus, type NodeProcess } from './node_process.js';
+import { captureOutput, cliEntry, killAllNodes, REPO_ROOT, spawnNode, testNodeArgs, type ExitStatus, type NodeProcess } from './node_process.js';
 import { freePort, PG_BIN_DIR, startPostgres, type PostgresInstance } from './pg.js';
 import { makeTempDir, removeAllTempDirs } from './tmp.js';
 import { waitFor } from './wait.js';
@@ -44,7 +44,7 @@ const proposers = new Set<ChildProcess>();
 
 /** Spawns `safekeeper propose ARGS --log-format json`; output is captured. */
 export function startProposer(args: readonly string[]): ProposerProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN_PATH, 'propose', ...args, '--log-format', 'json'], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...cliEntry(false), 'propose', ...args, '--log-format', 'json'], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   proposers.add(child);
   const out = captureOutput(child);
   const exited = new Promise<ExitStatus>((resolve) => child.once('close', (code, signal) => (proposers.delete(child), resolve({ code, signal }))));

@@ -15,7 +15,7 @@ import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { parseLsn, type Lsn } from '../../src/wal/lsn.js';
-import { killAllNodes, MAIN_PATH, REPO_ROOT, spawnNode, testNodeArgs, type NodeProcess } from '../harness/node_process.js';
+import { cliEntry, killAllNodes, REPO_ROOT, spawnNode, testNodeArgs, type NodeProcess } from '../harness/node_process.js';
 import { freePort, PG_BIN_DIR, runAsPostgres, startPostgres, type PostgresInstance } from '../harness/pg.js';
 import { makeTempDir, removeAllTempDirs } from '../harness/tmp.js';
 import { waitFor } from '../harness/wait.js';
@@ -44,7 +44,7 @@ describe('a PostgreSQL 15 hot standby fed by a safekeeper', { timeout: 120_000 }
   before(async () => {
     primary = await startPostgres({ extraConf: { synchronous_standby_names: APP, wal_keep_size: '1GB', fsync: 'off' } });
     safekeeper = await spawnNode(testNodeArgs(makeTempDir('sk-standby-'), ['--no-sync']));
-    proposer = spawn(process.execPath, ['--import', 'tsx', MAIN_PATH, 'propose', '--safekeepers', `127.0.0.1:${safekeeper.pgPort}`, '--tenant-id', TENANT, '--timeline-id', TIMELINE, '--from', `postgres://postgres@127.0.0.1:${primary.port}/postgres`, '--application-name', APP, '--log-format', 'json'], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    proposer = spawn(process.execPath, [...cliEntry(false), 'propose', '--safekeepers', `127.0.0.1:${safekeeper.pgPort}`, '--tenant-id', TENANT, '--timeline-id', TIMELINE, '--from', `postgres://postgres@127.0.0.1:${primary.port}/postgres`, '--application-name', APP, '--log-format', 'json'], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     children.add(proposer);
     proposer.stdout?.setEncoding('utf8').on('data', (chunk: string) => (proposerOutput += chunk));
     proposer.stderr?.setEncoding('utf8').on('data', (chunk: string) => (proposerOutput += chunk));
