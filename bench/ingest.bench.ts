@@ -10,6 +10,8 @@
  *   2. Runtime floor (bench/runtime_floor.ts): the thread shape with nothing in it (loopback TCP, one copy
  *      into a SharedArrayBuffer ring, a Piscina task that checksums, pwrites and fdatasyncs, an ack), 128 KiB
  *      appends and lone 8 KiB appends: what Node and this machine leave of the disk before the product's work.
+ *      Then the same shape checking the bytes as records of the bench WAL's mean size, one CRC per record as
+ *      the node verifies (128 KiB appends only): what is left once every record is verified.
  *   3. Durable throughput: appends of 128 B, 8 KiB and 128 KiB on 1 timeline and on 64 timelines (64
  *      connections), each for a fixed time (or until the pre-built WAL runs out); "durable" means until an
  *      AppendResponse's flush_lsn covers the last byte sent. One tinybench task per scenario, a fixed number
@@ -270,24 +272,39 @@ class IngestRun {
 
 /**
  * The runtime floor (bench/runtime_floor.ts) on the data disk: 128 KiB appends, best of FLOOR_ROUNDS runs as
- * long as one throughput iteration; then lone 8 KiB appends with the node's warm-up and sample counts.
+ * long as one throughput iteration; then lone 8 KiB appends with the node's warm-up and sample counts. Then
+ * the floor that verifies records of `recordBytes` (throughput only: 8 KiB is a few records, too few to show).
  */
-async function measureFloor(dir: string): Promise<FloorResult> {
+async function measureFloor(dir: string, recordBytes: number): Promise<FloorResult> {
   const floor = await RuntimeFloor.start(dir);
+  let plain: { throughput: FloorThroughputRun; latencyMs: number[] };
   try {
-    let best: FloorResult['throughput'] | null = null;
-    for (let round = 0; round < FLOOR_ROUNDS; round += 1) {
-      const before = snapshot(dir);
-      const throughput = await floor.throughput(FLOOR_APPEND_BYTES, RUN_DURATION_MS_ONE_TIMELINE);
-      const load = loadBetween(before, snapshot(dir));
-      if (best === null || throughput.mibPerSecond > best.mibPerSecond) best = { ...throughput, load };
-    }
-    assert(best !== null, 'at least one floor round');
-    const latencyMs = await floor.latency(LATENCY_APPEND_BYTES, LATENCY_WARMUP_APPENDS, LATENCY_SAMPLES);
-    return { throughput: best, rounds: FLOOR_ROUNDS, latencyAppendBytes: LATENCY_APPEND_BYTES, latencyMs };
+    const throughput = await bestFloorThroughput(floor, dir);
+    plain = { throughput, latencyMs: await floor.latency(LATENCY_APPEND_BYTES, LATENCY_WARMUP_APPENDS, LATENCY_SAMPLES) };
   } finally {
     await floor.stop();
   }
+  const verifying = await RuntimeFloor.start(dir, recordBytes);
+  try {
+    const verified = { throughput: await bestFloorThroughput(verifying, dir), recordBytes };
+    return { ...plain, rounds: FLOOR_ROUNDS, latencyAppendBytes: LATENCY_APPEND_BYTES, verified };
+  } finally {
+    await verifying.stop();
+  }
+}
+
+type FloorThroughputRun = FloorResult['throughput'];
+
+async function bestFloorThroughput(floor: RuntimeFloor, dir: string): Promise<FloorThroughputRun> {
+  let best: FloorThroughputRun | null = null;
+  for (let round = 0; round < FLOOR_ROUNDS; round += 1) {
+    const before = snapshot(dir);
+    const throughput = await floor.throughput(FLOOR_APPEND_BYTES, RUN_DURATION_MS_ONE_TIMELINE);
+    const load = loadBetween(before, snapshot(dir));
+    if (best === null || throughput.mibPerSecond > best.mibPerSecond) best = { ...throughput, load };
+  }
+  assert(best !== null, 'at least one floor round');
+  return best;
 }
 
 /** tinybench's afterAll hook of a scenario: the disk ceiling at the batch size it produced. */
@@ -363,8 +380,9 @@ export async function run(): Promise<IngestBenchRow[]> {
     log(`load average ${loadavg().map((value) => value.toFixed(2)).join(' ')} on ${availableParallelism()} cores`);
     log(`disk ceiling in ${root}: ${CEILING_BATCH_BYTES.map(sizeName).join(', ')}, ${CEILING_ROUNDS} rounds`);
     const ceilings = measureCeilings(root);
-    log(`runtime floor: ${FLOOR_ROUNDS} × ${RUN_DURATION_MS_ONE_TIMELINE} ms of ${sizeName(FLOOR_APPEND_BYTES)} appends, ${LATENCY_WARMUP_APPENDS} + ${LATENCY_SAMPLES} lone ${sizeName(LATENCY_APPEND_BYTES)} appends`);
-    const floor = await measureFloor(root);
+    const recordBytes = Math.round(wal.bytes.length / wal.records);
+    log(`runtime floor: ${FLOOR_ROUNDS} × ${RUN_DURATION_MS_ONE_TIMELINE} ms of ${sizeName(FLOOR_APPEND_BYTES)} appends, ${LATENCY_WARMUP_APPENDS} + ${LATENCY_SAMPLES} lone ${sizeName(LATENCY_APPEND_BYTES)} appends; then verifying ${recordBytes}-byte records`);
+    const floor = await measureFloor(root, recordBytes);
     const dataDir = join(root, 'data');
     log(`remote storage (WAL backup) in ${remoteDir}`);
     node = await spawnNode(testNodeArgs(dataDir, ['--log-level', 'warn', '--remote-storage', `file://${remoteDir}`]), { built: true }); // fsync on: no --no-sync

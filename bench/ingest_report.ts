@@ -84,6 +84,8 @@ export interface FloorResult {
   rounds: number;
   latencyAppendBytes: number;
   latencyMs: number[];
+  /** The best throughput run of the floor that verifies records of `recordBytes`, one CRC each, as the node does. */
+  verified: { throughput: FloorThroughput & { load: MachineLoad | null }; recordBytes: number };
 }
 
 export const emptyStats = (timelines: number, appendBytes: number): ThroughputStats => ({
@@ -135,19 +137,34 @@ function ceilingRow(ceiling: MeasuredCeiling): IngestBenchRow {
   };
 }
 
-function floorRows(floor: FloorResult, ceilings: readonly DiskCeiling[]): IngestBenchRow[] {
-  const { throughput } = floor;
+function floorThroughputRow(name: string, throughput: FloorResult['throughput'], ceilings: readonly DiskCeiling[], what: string): IngestBenchRow {
   const ceiling = ceilings.find((candidate) => candidate.batchBytes === throughput.appendBytes);
-  const sorted = [...floor.latencyMs].sort((a, b) => a - b);
   const cores = throughput.serverCores === null ? '' : `CPU server ${throughput.serverCores.toFixed(2)} + client ${throughput.clientCores.toFixed(2)} cores, `;
+  return {
+    ...blankRow('runtime floor', name),
+    'MiB/s': round(throughput.mibPerSecond, 1),
+    'appends/s': round(throughput.bytes / throughput.appendBytes / throughput.seconds),
+    '÷ ceiling@append': ceiling === undefined ? '' : `${(throughput.mibPerSecond / ceiling.mibPerSecond).toFixed(2)} of ${round(ceiling.mibPerSecond)}`,
+    note: `${what}; ${cores}${loadNote(throughput.load, (throughput.serverCores ?? 0) + throughput.clientCores)}`,
+  };
+}
+
+function floorRows(floor: FloorResult, ceilings: readonly DiskCeiling[]): IngestBenchRow[] {
+  const { throughput, verified } = floor;
+  const sorted = [...floor.latencyMs].sort((a, b) => a - b);
   return [
-    {
-      ...blankRow('runtime floor', `TCP → ring → Piscina checksum+pwrite+fdatasync, ${sizeName(throughput.appendBytes)} appends, best of ${floor.rounds}`),
-      'MiB/s': round(throughput.mibPerSecond, 1),
-      'appends/s': round(throughput.bytes / throughput.appendBytes / throughput.seconds),
-      '÷ ceiling@append': ceiling === undefined ? '' : `${(throughput.mibPerSecond / ceiling.mibPerSecond).toFixed(2)} of ${round(ceiling.mibPerSecond)}`,
-      note: `no protocol, record decoding, segment preparation or backup; ${cores}${loadNote(throughput.load, (throughput.serverCores ?? 0) + throughput.clientCores)}`,
-    },
+    floorThroughputRow(
+      `TCP → ring → Piscina checksum+pwrite+fdatasync, ${sizeName(throughput.appendBytes)} appends, best of ${floor.rounds}`,
+      throughput,
+      ceilings,
+      'no protocol, record decoding, segment preparation or backup',
+    ),
+    floorThroughputRow(
+      `the same verifying ${verified.recordBytes} B records, ${sizeName(verified.throughput.appendBytes)} appends, best of ${floor.rounds}`,
+      verified.throughput,
+      ceilings,
+      "one CRC-32C per record and a large batch verified while it syncs, as the node's writer; no decoding otherwise",
+    ),
     {
       ...blankRow('runtime floor', `lone ${sizeName(floor.latencyAppendBytes)} append through the same, 1 in flight`),
       'p50 ms': round(percentile(sorted, 0.5), 3),
@@ -231,7 +248,10 @@ function latencyRows(latency: LatencyResult): LatencySummary {
 function goalRows(throughput: readonly ThroughputStats[], ceiling1MiB: DiskCeiling, ceilings: readonly DiskCeiling[], latency: LatencySummary, floor: FloorResult, otherCoresMax: number): IngestBenchRow[] {
   const rows: IngestBenchRow[] = [];
   const floorCeiling = ceilings.find((candidate) => candidate.batchBytes === floor.throughput.appendBytes);
-  const floorRatio = floorCeiling === undefined ? '' : `; the runtime floor reached ${(floor.throughput.mibPerSecond / floorCeiling.mibPerSecond).toFixed(2)} of ceiling@append`;
+  const floorRatio =
+    floorCeiling === undefined
+      ? ''
+      : `; the runtime floor reached ${(floor.throughput.mibPerSecond / floorCeiling.mibPerSecond).toFixed(2)} of ceiling@append, ${(floor.verified.throughput.mibPerSecond / floorCeiling.mibPerSecond).toFixed(2)} verifying records`;
   for (const stats of throughput.filter((candidate) => candidate.appendBytes === 128 * KIB)) {
     const ratio = mibPerSecondOf(stats) / ceilingOf(stats).mibPerSecond;
     rows.push({

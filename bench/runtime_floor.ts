@@ -60,11 +60,14 @@ export class RuntimeFloor {
     socket.on('close', () => this.#fail(new Error('runtime floor server closed the connection')));
   }
 
-  /** Starts the server with its files in a fresh directory under `parentDir` (the disk being measured). */
-  static async start(parentDir: string): Promise<RuntimeFloor> {
+  /**
+   * Starts the server with its files in a fresh directory under `parentDir` (the disk being measured).
+   * `recordBytes` > 0 checks the bytes as records of that size, as the node verifies WAL (FloorWorkerData).
+   */
+  static async start(parentDir: string, recordBytes = 0): Promise<RuntimeFloor> {
     const dir = mkdtempSync(join(parentDir, 'runtime-floor-'));
     // The node's V8 flags: the floor's main thread reads sockets the same way and would pay the same GCs.
-    const child = spawn(process.execPath, [...V8_FLAGS, '--import', 'tsx', SERVER_PATH, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, [...V8_FLAGS, '--import', 'tsx', SERVER_PATH, dir, String(recordBytes)], { stdio: ['ignore', 'pipe', 'inherit'] });
     try {
       const port = await readyPort(child);
       const socket = connect(port, '127.0.0.1');

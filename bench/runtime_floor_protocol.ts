@@ -13,4 +13,11 @@ export interface FloorWorkerData {
   readonly ring: SharedArrayBuffer;
   /** Holds the two preallocated segment files. */
   readonly dir: string;
+  /**
+   * 0: one CRC-32C call per ring piece. Otherwise the bytes are checked as records of this size, each the
+   * way the node verifies a WAL record (a CRC of its body, continued over its 20-byte header, compared with
+   * 4 bytes of it), and a batch of at least OVERLAP_VERIFY_MIN_BYTES is checked while its fdatasync runs, as
+   * the node's writer does: the cost of per-record verification with none of the decoder's other work.
+   */
+  readonly recordBytes: number;
 }

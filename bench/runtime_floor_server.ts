@@ -6,8 +6,9 @@
  * an ack. A full ring pauses the socket, as in the node. No protocol, no record decoding, no segment
  * preparation, no backup: what it reaches is what this runtime and machine allow the shape.
  *
- * Run: `node --import tsx bench/runtime_floor_server.ts DIR` (DIR must exist and is used for two 16 MiB
- * files); prints RUNTIME_FLOOR_READY and the port; serves one connection, then exits.
+ * Run: `node --import tsx bench/runtime_floor_server.ts DIR [RECORD_BYTES]` (DIR must exist and is used for
+ * two 16 MiB files; RECORD_BYTES, default 0, see FloorWorkerData); prints RUNTIME_FLOOR_READY and the port;
+ * serves one connection, then exits.
  */
 import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -18,7 +19,8 @@ import { closeFile, openFile, syncData, writeZeros } from '../src/storage/segmen
 import { RUNTIME_FLOOR_ACK_BYTES, RUNTIME_FLOOR_READY, RUNTIME_FLOOR_SEGMENT_BYTES, type FloorWorkerData } from './runtime_floor_protocol.js';
 
 const dir = process.argv[2];
-if (dir === undefined) throw new Error('usage: runtime_floor_server.ts DIR');
+const recordBytes = Number(process.argv[3] ?? 0);
+if (dir === undefined || !Number.isInteger(recordBytes) || recordBytes < 0) throw new Error('usage: runtime_floor_server.ts DIR [RECORD_BYTES]');
 
 /** Written zeros, synced, as the node prepares a segment (src/storage/segment_file.ts). */
 function preallocate(path: string): void {
@@ -33,7 +35,7 @@ function preallocate(path: string): void {
 for (const index of [0, 1]) preallocate(join(dir, `floor-segment-${index}`));
 
 const ring = new Uint8Array(new SharedArrayBuffer(RING_SIZE_BYTES_DEFAULT));
-const workerData: FloorWorkerData = { ring: ring.buffer as SharedArrayBuffer, dir };
+const workerData: FloorWorkerData = { ring: ring.buffer as SharedArrayBuffer, dir, recordBytes };
 // The node's writer pool options (src/ingest/writer_pool.ts), on one thread.
 const pool = new Piscina({
   filename: fileURLToPath(new URL('./runtime_floor_writer.ts', import.meta.url)),
