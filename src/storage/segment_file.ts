@@ -30,9 +30,21 @@ export { listSegments, listSegmentsSync, toIoErrorData, ioErrorFromData, type Io
 // ---- creating ----
 
 /**
- * Builds segment `segno` at its temp name, full length (zero blocks when `fill` is 'zeros', a sparse
- * ftruncate when 'sparse'), fsyncs it, renames it to `.partial` and fsyncs the directory. A crash
- * leaves at most a stale temp file, which the next creation removes.
+ * Zeros of a new segment are made durable every this many bytes while they are written, not all at the end.
+ * One fsync of 16 MiB keeps the device busy for ~10 ms here, and a WAL fdatasync issued meanwhile (the
+ * writer goes on in the current segment while the next one is prepared) waits behind all of it: a lone
+ * 8 KiB append took ~16 ms at every segment preparation, against ~0.4 ms typically. Syncing as it goes
+ * bounds that wait by one chunk's write-back. Measured with lone 8 KiB appends: the largest latency went
+ * from ~16 ms to 8–9 ms, none of the remaining outliers at preparation. Smaller chunks cost throughput
+ * (256 KiB: 128 KiB appends ~15% slower, from the extra device flushes); at 2 MiB it is unchanged.
+ */
+const PREPARE_SYNC_CHUNK_BYTES = 2 * 1024 * 1024;
+
+/**
+ * Builds segment `segno` at its temp name, full length (zero blocks when `fill` is 'zeros', synced as they
+ * are written, see PREPARE_SYNC_CHUNK_BYTES; a sparse ftruncate when 'sparse'), fsyncs it, renames it to
+ * `.partial` and fsyncs the directory. A crash leaves at most a stale temp file, which the next creation
+ * removes.
  */
 function createSegmentFile(dir: string, segno: bigint, segmentSizeBytes: number, fill: 'zeros' | 'sparse', options: SyncOptions): void {
   const tempPath = segmentTempPath(dir, segno, segmentSizeBytes);
@@ -43,8 +55,13 @@ function createSegmentFile(dir: string, segno: bigint, segmentSizeBytes: number,
   }
   const fd = openFile(tempPath, 'wx');
   try {
-    if (fill === 'zeros') writeZeros(fd, tempPath, 0, segmentSizeBytes);
-    else ftruncateSync(fd, segmentSizeBytes);
+    if (fill === 'zeros') {
+      for (let from = 0; from < segmentSizeBytes; from += PREPARE_SYNC_CHUNK_BYTES) {
+        const to = Math.min(segmentSizeBytes, from + PREPARE_SYNC_CHUNK_BYTES);
+        writeZeros(fd, tempPath, from, to);
+        if (to < segmentSizeBytes) syncData(fd, tempPath, options); // the last chunk is in the fsync below
+      }
+    } else ftruncateSync(fd, segmentSizeBytes);
     if (!options.noSync) fsyncSync(fd); // fsync, not fdatasync: the new size must be durable too
   } catch (error) {
     closeSync(fd);
