@@ -62,8 +62,12 @@ const SEGMENT_2_OFFSET = 64 * KIB;
 /** Warm-up: this far into segment 1 first (which makes the node prepare segment 2), then this far into segment 2. */
 const WARM_SEGMENT_1_BYTES = 32 * KIB;
 const WARM_SEGMENT_2_BYTES = 64 * KIB;
-/** Pre-built WAL shared by all timelines; it bounds a one-timeline run (~4 s to build). */
-const WAL_BYTES = 448 * MIB;
+/**
+ * Pre-built WAL shared by all timelines. Every one-timeline iteration streams it from the start, so it must
+ * outlast RUN_DURATION_MS_ONE_TIMELINE at the fastest rate: enough for ~600 MiB/s (~9 s to build, 1.5 GiB
+ * of memory). At 448 MiB, 128 KiB iterations ran out after ~1.1 s and measured mostly their first second.
+ */
+const WAL_BYTES = 1536 * MIB;
 const CEILING_BATCH_BYTES = [8 * KIB, 32 * KIB, 128 * KIB, 512 * KIB, 1 * MIB, 4 * MIB];
 const CEILING_ROUNDS = 2;
 const CEILING_ROUND_MS = 750;
