@@ -7,7 +7,7 @@
  */
 import { pathToFileURL } from 'node:url';
 import { Bench } from 'tinybench';
-import { CRC_NATIVE_AVAILABLE } from '../src/wal/crc.js';
+import { CRC_NATIVE_NAME } from '../src/wal/crc.js';
 import type { Lsn } from '../src/wal/lsn.js';
 import { WalRecordDecoder, initialDecoderState } from '../src/wal/record_decoder.js';
 import { WalBuilder } from '../src/wal/wal_builder.js';
@@ -94,6 +94,6 @@ export async function run(): Promise<DecoderBenchResult[]> {
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  console.log(`CRC-32C: ${CRC_NATIVE_AVAILABLE ? 'native @node-rs/crc32' : 'portable fallback'}`);
+  console.log(`CRC-32C: ${CRC_NATIVE_NAME === null ? 'portable fallback' : `native ${CRC_NATIVE_NAME}`}`);
   console.table(await run());
 }

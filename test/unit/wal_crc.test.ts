@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { CRC_NATIVE_AVAILABLE, crc32c, crc32cNative, crc32cPortable, crc32cPortableRange } from '../../src/wal/crc.js';
+import { CRC_NATIVE_AVAILABLE, CRC_NATIVE_NAME, crc32c, crc32cNative, crc32cPortable, crc32cPortableRange } from '../../src/wal/crc.js';
 
 const IMPLEMENTATIONS = [
   ['native', crc32cNative],
@@ -12,8 +12,9 @@ const IMPLEMENTATIONS = [
 const ascii = (text: string): Uint8Array => new TextEncoder().encode(text);
 
 describe('crc32c', () => {
-  it('loads the native implementation on this platform', () => {
+  it('loads a native implementation on this platform', () => {
     assert.equal(CRC_NATIVE_AVAILABLE, true);
+    assert.ok(CRC_NATIVE_NAME === 'sse4_crc32' || CRC_NATIVE_NAME === '@node-rs/crc32');
   });
 
   for (const [name, crc] of IMPLEMENTATIONS) {
@@ -38,6 +39,14 @@ describe('crc32c', () => {
       const backing = randomBytes(300);
       const view = backing.subarray(17, 290);
       assert.equal(crc(view), crc(Uint8Array.from(view)));
+    });
+
+    it(`${name}: reads views of a SharedArrayBuffer (the WAL ring)`, () => {
+      const shared = new Uint8Array(new SharedArrayBuffer(1024));
+      shared.set(randomBytes(1024));
+      for (const [start, end] of [[0, 1024], [3, 286], [500, 520], [1000, 1000]] as const) {
+        assert.equal(crc(shared.subarray(start, end), 7), crc(Uint8Array.from(shared.subarray(start, end)), 7), `[${start}, ${end})`);
+      }
     });
   }
 
