@@ -25,6 +25,7 @@ import { AssertionError } from './sync/assert.js';
 import { CancelToken, sleep } from './sync/cancel.js';
 import { Gate } from './sync/gate.js';
 import { SLOW_WAIT_MS } from './limits.js';
+import { CRC_NATIVE_NAME } from './wal/crc.js';
 
 /** How long stop() lets connections finish on their own (send 57P01, flush) before destroying them. */
 export const SOCKET_SHUTDOWN_GRACE_MS = 500;
@@ -128,7 +129,8 @@ export class SafekeeperNode {
     } catch (error) {
       throw listenError(error, this.config.listenHttp, this.config.sources.listen_http, 'listen_http');
     }
-    this.log.info({ listen_pg: formatHostPort(this.pgAddress), listen_http: formatHostPort(this.httpAddress), data_dir: this.config.dataDir, version: this.version }, 'safekeeper started');
+    const crc32c = CRC_NATIVE_NAME ?? 'portable (no native package loaded: WAL verification is several times slower)';
+    this.log.info({ listen_pg: formatHostPort(this.pgAddress), listen_http: formatHostPort(this.httpAddress), data_dir: this.config.dataDir, version: this.version, crc32c }, 'safekeeper started');
   }
 
   #onPgConnection(socket: Socket): void {
