@@ -280,20 +280,21 @@ class IngestRun {
  * the floor that verifies records of `recordBytes` (throughput only: 8 KiB is a few records, too few to show).
  */
 async function measureFloor(dir: string, recordBytes: number): Promise<FloorResult> {
-  const floor = await RuntimeFloor.start(dir);
-  let plain: { throughput: FloorThroughputRun; latencyMs: number[] };
+  const plain = await withFloor(dir, 0, async (floor) => ({
+    throughput: await bestFloorThroughput(floor, dir),
+    latencyMs: await floor.latency(LATENCY_APPEND_BYTES, LATENCY_WARMUP_APPENDS, LATENCY_SAMPLES),
+  }));
+  const verified = await withFloor(dir, recordBytes, async (floor) => ({ throughput: await bestFloorThroughput(floor, dir), recordBytes }));
+  return { ...plain, rounds: FLOOR_ROUNDS, latencyAppendBytes: LATENCY_APPEND_BYTES, verified };
+}
+
+/** Runs `work` against a runtime floor started for it, stopped afterwards whatever happens. */
+async function withFloor<T>(dir: string, recordBytes: number, work: (floor: RuntimeFloor) => Promise<T>): Promise<T> {
+  const floor = await RuntimeFloor.start(dir, recordBytes);
   try {
-    const throughput = await bestFloorThroughput(floor, dir);
-    plain = { throughput, latencyMs: await floor.latency(LATENCY_APPEND_BYTES, LATENCY_WARMUP_APPENDS, LATENCY_SAMPLES) };
+    return await work(floor);
   } finally {
     await floor.stop();
-  }
-  const verifying = await RuntimeFloor.start(dir, recordBytes);
-  try {
-    const verified = { throughput: await bestFloorThroughput(verifying, dir), recordBytes };
-    return { ...plain, rounds: FLOOR_ROUNDS, latencyAppendBytes: LATENCY_APPEND_BYTES, verified };
-  } finally {
-    await verifying.stop();
   }
 }
 

@@ -97,11 +97,11 @@ function verifyThenWrite(task: WriteTask, pieces: Uint8Array[]): WriteResult {
 }
 
 /**
- * Write the whole batch, start fdatasync on the thread pool, verify meanwhile, then wait for the sync.
- * A segment written to its end is completed (renamed) only once its last byte is verified. On corruption the bytes after
- * the last good record are on disk, as a record cut by an earlier batch's end always could be: the caller
- * cuts the files there before anything else is written, and crash recovery verifies the tail it keeps.
- * What the result acknowledges is verified and durable either way.
+ * Write the whole batch, start fdatasync on the thread pool, verify meanwhile, then wait for the sync. A
+ * segment written to its end is completed (renamed) only once its last byte is verified. On corruption the
+ * bytes after the last good record are on disk, as a record cut by an earlier batch's end always could be:
+ * the caller cuts the files there before anything else is written, and crash recovery verifies the tail it
+ * keeps. What the result acknowledges is verified and durable either way.
  */
 async function writeThenVerify(task: WriteTask, pieces: Uint8Array[]): Promise<WriteResult> {
   const startMs = performance.now();

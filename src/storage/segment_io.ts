@@ -5,8 +5,9 @@
  * range at segment boundaries, which writes and reads share.
  *
  * Design: every function here but `syncDataAsync` is SYNCHRONOUS, for the Piscina writer workers, where
- * blocking is the job (async fs would queue on libuv's small process-wide pool). Writes loop until every byte is written,
- * and `writeZeros` writes real zero blocks (not a sparse ftruncate) so later writes allocate nothing.
+ * blocking is the job (async fs would queue on libuv's small process-wide pool). Writes loop until every
+ * byte is written, and `writeZeros` writes real zero blocks (not a sparse ftruncate) so later writes
+ * allocate nothing.
  * `noSync` (tests and benchmarks only) makes `syncData` a no-op. Worker threads; nothing here is
  * abortable, and every call finishes its I/O before it returns.
  */
