@@ -26,6 +26,7 @@ import { CancelToken, sleep } from './sync/cancel.js';
 import { Gate } from './sync/gate.js';
 import { SLOW_WAIT_MS } from './limits.js';
 import { CRC_NATIVE_NAME } from './wal/crc.js';
+import { RECORD_CRC_NATIVE } from './wal/record_crc.js';
 
 /** How long stop() lets connections finish on their own (send 57P01, flush) before destroying them. */
 export const SOCKET_SHUTDOWN_GRACE_MS = 500;
@@ -130,7 +131,8 @@ export class SafekeeperNode {
       throw listenError(error, this.config.listenHttp, this.config.sources.listen_http, 'listen_http');
     }
     const crc32c = CRC_NATIVE_NAME ?? 'portable (no native package loaded: WAL verification is several times slower)';
-    this.log.info({ listen_pg: formatHostPort(this.pgAddress), listen_http: formatHostPort(this.httpAddress), data_dir: this.config.dataDir, version: this.version, crc32c }, 'safekeeper started');
+    const walRecordCrc = RECORD_CRC_NATIVE ? 'native batch (native/wal_crc)' : 'one CRC call per record (native/wal_crc not built or not usable here)';
+    this.log.info({ listen_pg: formatHostPort(this.pgAddress), listen_http: formatHostPort(this.httpAddress), data_dir: this.config.dataDir, version: this.version, crc32c, wal_record_crc: walRecordCrc }, 'safekeeper started');
   }
 
   #onPgConnection(socket: Socket): void {

@@ -127,3 +127,8 @@ export const crc32cNative: (data: Uint8Array, previous?: number) => number =
 export function crc32c(data: Uint8Array, previous = 0): number {
   return data.length < CRC_NATIVE_BYTES_MIN ? crc32cPortable(data, previous) : crc32cNative(data, previous);
 }
+
+/** `crc32c(data.subarray(start, end), previous)`, with no view made for a piece the portable code takes. */
+export function crc32cRange(data: Uint8Array, start: number, end: number, previous = 0): number {
+  return end - start >= CRC_NATIVE_BYTES_MIN ? crc32cNative(data.subarray(start, end), previous) : crc32cPortableRange(data, start, end, previous);
+}

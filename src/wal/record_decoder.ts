@@ -8,7 +8,11 @@
  * start, a record (header, then body), padding or post-XLOG_SWITCH bytes to skip, or a leading continuation
  * record to skip. A record's CRC runs over its body as bytes arrive, and only the 24-byte header is kept, so
  * the state is a few numbers plus 64 bytes. Hot path: one DataView per feed, the LSN as a segment base plus a
- * number offset (no bigint per record), one CRC call per contiguous piece (tiny pieces use the portable code).
+ * number offset (no bigint per record). A record that lies whole inside the fed piece and its page (most
+ * of them) is only parsed where it is met; its CRC is checked with the others in one batch call (record_crc.ts)
+ * before `feed` returns or throws, so an error always names the first bad record and `lastRecordEndLsn`
+ * never covers an unchecked one. A record cut by a page or piece end runs its CRC over each part as it
+ * arrives. With an `onRecord` callback, each record is checked before its callback.
  *
  * Checks (errors carry the LSN of the bad page, or of the record's start for record errors, including
  * missing_contrecord and bad_contrecord_length; unexpected_contrecord is a page error, as the page is wrong):
@@ -23,9 +27,10 @@
  */
 import { WalCorruptionError } from '../errors.js';
 import { assert } from '../sync/assert.js';
-import { CRC_NATIVE_BYTES_MIN, crc32cNative, crc32cPortableRange } from './crc.js';
+import { crc32cPortableRange, crc32cRange } from './crc.js';
 import { formatLsn, isValidSegmentSize, type Lsn, WAL_PAGE_SIZE_BYTES } from './lsn.js';
 import { LONG_PAGE_HEADER_BYTES, RECORD_BYTES_MAX, RECORD_CRC_OFFSET_BYTES, RECORD_HEADER_BYTES, isSwitchRecord, pageMagicForPgVersion } from './page.js';
+import { verifyRecords, type RecordCrcVerifier } from './record_crc.js';
 import { checkPageHeader, type PageCheckContext } from './record_decoder_page.js';
 import { type DecoderPhase, type DecoderState, PAGE_MASK, PHASES, type WalCorruptionKind, headerBytesAt, lsnOf } from './record_decoder_state.js';
 
@@ -39,7 +44,18 @@ const CONTRECORD_SKIP = 3;
 
 const padTo8 = (offset: number): number => (8 - (offset & 7)) & 7;
 
+/** Records whose CRC check waits for the batch call; one set per thread, as `feed` never nests. */
+const PENDING_RECORDS_MAX = 1024;
+const pendingStarts = new Int32Array(PENDING_RECORDS_MAX);
+const pendingRecordHi = new Uint32Array(PENDING_RECORDS_MAX);
+const pendingRecordLo = new Uint32Array(PENDING_RECORDS_MAX);
+/** lastRecordEndLsn before each pending record: where the decoder stands if that record is the bad one. */
+const pendingEndHi = new Uint32Array(PENDING_RECORDS_MAX);
+const pendingEndLo = new Float64Array(PENDING_RECORDS_MAX);
+let pendingCount = 0;
+
 export class WalRecordDecoder {
+  readonly #verifyRecords: RecordCrcVerifier;
   readonly #segmentSizeBytes: number;
   readonly #pgVersion: number;
   readonly #page: PageCheckContext;
@@ -67,8 +83,10 @@ export class WalRecordDecoder {
   #endLo = 0;
   #failed = false;
 
-  constructor(state: DecoderState) {
+  /** `verifier` checks batches of whole records (tests pass the portable one to cover both). */
+  constructor(state: DecoderState, verifier: RecordCrcVerifier = verifyRecords) {
     assert(isValidSegmentSize(state.segmentSizeBytes), 'decoder state: segment size');
+    this.#verifyRecords = verifier;
     assert(state.recordHeader.length === RECORD_HEADER_BYTES && state.pageHeader.length === LONG_PAGE_HEADER_BYTES, 'decoder state: buffers');
     const phase = PHASES.indexOf(state.phase);
     assert(phase >= 0, 'decoder state: phase');
@@ -132,12 +150,29 @@ export class WalRecordDecoder {
    */
   feed(chunk: Uint8Array, onRecord?: (startLsn: Lsn, endLsn: Lsn, rmid: number, info: number) => void): number {
     assert(!this.#failed, 'decoder fed after a corruption error');
+    pendingCount = 0;
     try {
-      return this.#feed(chunk, new DataView(chunk.buffer, chunk.byteOffset, chunk.byteLength), onRecord);
+      const completed = this.#feed(chunk, new DataView(chunk.buffer, chunk.byteOffset, chunk.byteLength), onRecord);
+      this.#verifyPending(chunk);
+      return completed;
     } catch (error) {
       this.#failed = true;
+      // A bad record still pending comes before whatever stopped the decoder later: report that one.
+      this.#verifyPending(chunk);
       throw error;
     }
+  }
+
+  /** Checks the pending records' CRCs; on a mismatch, rewinds lastRecordEndLsn to before the bad record and throws. */
+  #verifyPending(chunk: Uint8Array): void {
+    const count = pendingCount;
+    if (count === 0) return;
+    pendingCount = 0;
+    const bad = this.#verifyRecords(chunk, pendingStarts, count);
+    if (bad < 0) return;
+    this.#endHi = pendingEndHi[bad] as number;
+    this.#endLo = pendingEndLo[bad] as number;
+    this.#fail('crc_mismatch', lsnOf(pendingRecordHi[bad] as number, pendingRecordLo[bad] as number), 'record CRC mismatch');
   }
 
   #feed(chunk: Uint8Array, view: DataView, onRecord: ((startLsn: Lsn, endLsn: Lsn, rmid: number, info: number) => void) | undefined): number {
@@ -182,9 +217,13 @@ export class WalRecordDecoder {
           const totalBytes = view.getUint32(pos, true);
           this.#checkHeader(totalBytes, view.getUint32(pos + 8, true), view.getUint32(pos + 12, true));
           if (totalBytes <= available) {
-            const bodyCrc = crcRange(chunk, pos + RECORD_HEADER_BYTES, pos + totalBytes, 0);
-            const crc = crc32cPortableRange(chunk, pos, pos + RECORD_CRC_OFFSET_BYTES, bodyCrc);
-            if (crc !== view.getUint32(pos + RECORD_CRC_OFFSET_BYTES, true)) this.#fail('crc_mismatch', this.#recordLsn(), 'record CRC mismatch');
+            const index = pendingCount++;
+            pendingStarts[index] = pos;
+            pendingRecordHi[index] = this.#recordHi;
+            pendingRecordLo[index] = this.#recordLo;
+            pendingEndHi[index] = this.#endHi;
+            pendingEndLo[index] = this.#endLo;
+            if (onRecord !== undefined || pendingCount === PENDING_RECORDS_MAX) this.#verifyPending(chunk);
             pos += totalBytes;
             this.#advance(totalBytes);
             this.#finishRecord(view.getUint8(pos - totalBytes + 17), view.getUint8(pos - totalBytes + 16), onRecord);
@@ -216,7 +255,7 @@ export class WalRecordDecoder {
         }
       } else {
         const n = Math.min(this.#recordTotalBytes - this.#recordReadBytes, pageLeft, length - pos);
-        this.#recordCrc = crcRange(chunk, pos, pos + n, this.#recordCrc);
+        this.#recordCrc = crc32cRange(chunk, pos, pos + n, this.#recordCrc);
         this.#recordReadBytes += n;
         pos += n;
         this.#advance(n);
@@ -313,6 +352,3 @@ export class WalRecordDecoder {
   }
 }
 
-function crcRange(chunk: Uint8Array, start: number, end: number, previous: number): number {
-  return end - start >= CRC_NATIVE_BYTES_MIN ? crc32cNative(chunk.subarray(start, end), previous) : crc32cPortableRange(chunk, start, end, previous);
-}

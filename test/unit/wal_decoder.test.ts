@@ -4,6 +4,7 @@ import { AssertionError } from '../../src/sync/assert.js';
 import { InvalidArgumentError, WalCorruptionError } from '../../src/errors.js';
 import { WAL_PAGE_SIZE_BYTES, type Lsn } from '../../src/wal/lsn.js';
 import { type DecoderState, WalRecordDecoder, initialDecoderState } from '../../src/wal/record_decoder.js';
+import { type RecordCrcVerifier, verifyRecords, verifyRecordsPortable } from '../../src/wal/record_crc.js';
 import { WalBuilder, type BuiltRecord } from '../../src/wal/wal_builder.js';
 
 const SEGMENT_BYTES = 1 << 20;
@@ -112,6 +113,69 @@ function decodeExpectingError(startLsn: Lsn, bytes: Uint8Array, options: { skipL
   assert.fail('decoder accepted corrupt WAL');
 }
 
+/** The default verifier (the native addon when it is built) and the portable one. */
+const VERIFIERS: RecordCrcVerifier[] = verifyRecords === verifyRecordsPortable ? [verifyRecordsPortable] : [verifyRecords, verifyRecordsPortable];
+
+/** Decodes `bytes` in `chunkBytes` pieces without a callback (the writer's way: CRCs checked in batches). */
+function decodeBatched(startLsn: Lsn, bytes: Uint8Array, chunkBytes: number, verifier: RecordCrcVerifier): { count: number; error: unknown; lastRecordEndLsn: Lsn } {
+  const decoder = new WalRecordDecoder(initialDecoderState({ startLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION }), verifier);
+  let count = 0;
+  try {
+    for (let pos = 0; pos < bytes.length; pos += chunkBytes) count += decoder.feed(bytes.subarray(pos, pos + chunkBytes));
+  } catch (error) {
+    return { count, error, lastRecordEndLsn: decoder.lastRecordEndLsn };
+  }
+  return { count, error: null, lastRecordEndLsn: decoder.lastRecordEndLsn };
+}
+
+describe('WalRecordDecoder batch CRC checks', () => {
+  // More records than one batch holds (1024), of varied sizes, some crossing pages.
+  const builder = builderAt(SEGMENT + 40n);
+  const records: BuiltRecord[] = [];
+  for (let i = 0; i < 3000; i++) records.push(builder.appendLogicalMessage(filled((i * 97) % 600, i)));
+  const bytes = builder.take();
+  const startLsn = SEGMENT + 40n;
+  const recordAt = (index: number): BuiltRecord => records[index] ?? assert.fail(`record ${index}`);
+  const offsetOf = (lsn: Lsn): number => Number(lsn - startLsn);
+
+  for (const verifier of VERIFIERS) {
+    const name = verifier === verifyRecordsPortable ? 'portable' : 'native';
+    it(`${name}: counts and ends every record, whatever the piece size`, () => {
+      for (const chunkBytes of [bytes.length, 100_000, 8192, 333]) {
+        const decoded = decodeBatched(startLsn, bytes, chunkBytes, verifier);
+        assert.equal(decoded.error, null);
+        assert.equal(decoded.count, records.length);
+        assert.equal(decoded.lastRecordEndLsn, recordAt(records.length - 1).endLsn);
+      }
+    });
+
+    it(`${name}: names the first bad record, before and after a batch boundary, and stops the end before it`, () => {
+      for (const index of [0, 1, 1023, 1024, 1025, 2999]) {
+        const corrupt = bytes.slice();
+        xorAt(corrupt, offsetOf(recordAt(index).startLsn) + 21, 0x40); // inside xl_crc: never on a page header
+        for (const chunkBytes of [bytes.length, 8192]) {
+          const decoded = decodeBatched(startLsn, corrupt, chunkBytes, verifier);
+          assert.ok(decoded.error instanceof WalCorruptionError, String(decoded.error));
+          assert.equal(decoded.error.kind, 'crc_mismatch');
+          assert.equal(decoded.error.lsn, recordAt(index).startLsn, `record ${index}, chunk ${chunkBytes}`);
+          assert.equal(decoded.lastRecordEndLsn, index === 0 ? startLsn : recordAt(index - 1).endLsn);
+        }
+      }
+    });
+
+    it(`${name}: a bad CRC is reported before a later record's bad xl_prev in the same piece`, () => {
+      const corrupt = bytes.slice();
+      xorAt(corrupt, offsetOf(recordAt(10).startLsn) + 20, 0x01);
+      xorAt(corrupt, offsetOf(recordAt(12).startLsn) + 8, 0x08); // xl_prev
+      const decoded = decodeBatched(startLsn, corrupt, bytes.length, verifier);
+      assert.ok(decoded.error instanceof WalCorruptionError);
+      assert.equal(decoded.error.kind, 'crc_mismatch');
+      assert.equal(decoded.error.lsn, recordAt(10).startLsn);
+      assert.equal(decoded.lastRecordEndLsn, recordAt(9).endLsn);
+    });
+  }
+});
+
 describe('WalRecordDecoder on synthetic WAL', () => {
   const mixed = buildMixedStream(SEGMENT);
 
@@ -215,8 +279,8 @@ describe('WalRecordDecoder corruption errors', () => {
     return bytes;
   };
   const expectError = (bytes: Uint8Array, kind: WalCorruptionError['kind'], lsn: Lsn, lastEndLsn: Lsn): void => {
-    for (const chunkBytes of [bytes.length, 4096, 13]) {
-      const decoder = new WalRecordDecoder(initialDecoderState({ startLsn: stream.startLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION }));
+    for (const [verifier, chunkBytes] of VERIFIERS.flatMap((v) => [bytes.length, 4096, 13].map((c) => [v, c] as const))) {
+      const decoder = new WalRecordDecoder(initialDecoderState({ startLsn: stream.startLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION }), verifier);
       const error = (() => {
         try {
           for (let pos = 0; pos < bytes.length; pos += chunkBytes) decoder.feed(bytes.subarray(pos, pos + chunkBytes));

@@ -1,0 +1,9 @@
+{
+  "targets": [
+    {
+      "target_name": "wal_crc",
+      "sources": ["wal_crc.c"],
+      "cflags": ["-O2", "-std=c11", "-Wall", "-Wextra"]
+    }
+  ]
+}
