@@ -7,6 +7,10 @@
  *      interleaved rounds, best round kept (a ceiling is what the disk can do); right after each throughput
  *      scenario, once more at the average group-commit batch that scenario produced; and for 8 KiB right
  *      before and right after the latency run, so its fdatasync figures come from the same conditions.
+ *      After each 128 KiB scenario, also the zero-filled-segment ceiling at its batch: the same loop into a
+ *      new segment file every 16 MiB, zero-filled one ahead by another thread with the node's own code. The
+ *      goal's ceiling overwrites one file; a safekeeper writing PostgreSQL-compatible segments also writes
+ *      (and syncs) a zero byte for every WAL byte, and this row shows what the disk leaves after that.
  *   2. Runtime floor (bench/runtime_floor.ts): the thread shape with nothing in it (loopback TCP, one copy
  *      into a SharedArrayBuffer ring, a Piscina task that checksums, pwrites and fdatasyncs, an ack), 128 KiB
  *      appends and lone 8 KiB appends: what Node and this machine leave of the disk before the product's work.
@@ -45,13 +49,13 @@ import { Bench } from 'tinybench';
 import { assert } from '../src/sync/assert.js';
 import { segmentFileName } from '../src/wal/lsn.js';
 import { spawnNode, testNodeArgs, type NodeProcess } from '../test/harness/node_process.js';
-import { measureDiskCeiling } from './disk_ceiling.js';
+import { measureDiskCeiling, measureZeroFilledCeiling, type DiskCeiling } from './disk_ceiling.js';
 import { WalPushClient } from './ingest_client.js';
 import { BENCH_SEGMENT_BYTES, buildBenchWal, recordEndAtOrBefore, type BenchWal } from './ingest_wal.js';
 import {
   emptyStats, observedBatchBytes, reportRows, sizeName, type FloorResult, type IngestBenchRow, type LatencyResult, type MeasuredCeiling, type ThroughputStats,
 } from './ingest_report.js';
-import { loadBetween, snapshot } from './machine_load.js';
+import { loadBetween, snapshot, type LoadSnapshot } from './machine_load.js';
 import { RuntimeFloor } from './runtime_floor.js';
 
 const KIB = 1024;
@@ -90,8 +94,10 @@ const LATENCY_APPEND_BYTES = 8 * KIB;
  */
 const LATENCY_WARMUP_APPENDS = 8000;
 const LATENCY_SAMPLES = 2000;
+/** The append size of the issue's throughput goal. */
+const GOAL_APPEND_BYTES = 128 * KIB;
 /** The runtime floor's throughput runs (best kept, as for ceilings) at the goal's append size. */
-const FLOOR_APPEND_BYTES = 128 * KIB;
+const FLOOR_APPEND_BYTES = GOAL_APPEND_BYTES;
 const FLOOR_ROUNDS = 2;
 const FILE_WAIT_MS = 20_000;
 const NODE_STOP_MS = 15_000;
@@ -146,6 +152,18 @@ function measureCeiling(dir: string, batchBytes: number, durationMs: number, lab
   const cpuBefore = process.cpuUsage();
   const startMs = performance.now();
   const ceiling = measureDiskCeiling(dir, batchBytes, durationMs);
+  return withLoad(ceiling, label, dir, before, cpuBefore, startMs);
+}
+
+/** A ceiling measured by `run`, with the machine's load and this process's CPU meanwhile. */
+async function measure(dir: string, label: string, run: () => Promise<DiskCeiling>): Promise<MeasuredCeiling> {
+  const before = snapshot(dir);
+  const cpuBefore = process.cpuUsage();
+  const startMs = performance.now();
+  return withLoad(await run(), label, dir, before, cpuBefore, startMs);
+}
+
+function withLoad(ceiling: DiskCeiling, label: string, dir: string, before: LoadSnapshot | null, cpuBefore: NodeJS.CpuUsage, startMs: number): MeasuredCeiling {
   const cpu = process.cpuUsage(cpuBefore);
   const ownCores = (cpu.user + cpu.system) / 1000 / (performance.now() - startMs);
   return { ...ceiling, label, load: loadBetween(before, snapshot(dir)), ownCores };
@@ -312,11 +330,18 @@ async function bestFloorThroughput(floor: RuntimeFloor, dir: string): Promise<Fl
   return best;
 }
 
-/** tinybench's afterAll hook of a scenario: the disk ceiling at the batch size it produced. */
-function ceilingAfter(run: IngestRun, stats: ThroughputStats, name: string): () => void {
-  return () => {
+/**
+ * tinybench's afterAll hook of a scenario: the disk ceiling at the batch size it produced and, for the goal's
+ * append size, the zero-filled-segment ceiling at that batch too (see disk_ceiling.ts).
+ */
+function ceilingAfter(run: IngestRun, stats: ThroughputStats, name: string): () => Promise<void> {
+  return async () => {
     const batchBytes = observedBatchBytes(stats);
     stats.ceiling = measureCeiling(run.ceilingDir, batchBytes, CEILING_ADJACENT_MS, `pwrite+fdatasync ${sizeName(batchBytes)}, right after "${name}"`);
+    if (stats.appendBytes !== GOAL_APPEND_BYTES) return;
+    stats.zeroFilledCeiling = await measure(run.ceilingDir, `pwrite+fdatasync ${sizeName(batchBytes)} into new zero-filled segments, right after "${name}"`, () =>
+      measureZeroFilledCeiling(run.ceilingDir, batchBytes, CEILING_ADJACENT_MS),
+    );
   };
 }
 
