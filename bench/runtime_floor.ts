@@ -62,7 +62,7 @@ export class RuntimeFloor {
 
   /**
    * Starts the server with its files in a fresh directory under `parentDir` (the disk being measured).
-   * `recordBytes` > 0 checks the bytes as records of that size, as the node verifies WAL (FloorWorkerData).
+   * `recordBytes` > 0 checks the bytes as records of that size, as the node's portable path verifies WAL (FloorWorkerData).
    */
   static async start(parentDir: string, recordBytes = 0): Promise<RuntimeFloor> {
     const dir = mkdtempSync(join(parentDir, 'runtime-floor-'));

@@ -5,21 +5,20 @@
  * a time (the server keeps one in flight), so the module-level file state needs no locking; the files stay
  * open until the server process exits.
  *
- * Checksums: one native CRC-32C call per ring piece, or (recordBytes > 0, see FloorWorkerData) per-record
- * checks with the node's CRC functions, a large batch checked while its fdatasync runs on libuv's pool.
- * The records are fixed-size slices of each piece (the bytes are not WAL); the comparison is folded into a
- * running value, so the work cannot be skipped, and never fails.
+ * Checksums: one native CRC-32C call per ring piece, or (recordBytes > 0, see FloorWorkerData) the node's
+ * record CRC (`computeRecordCrc`) once per record, a large batch checked while its fdatasync runs on libuv's
+ * pool. The records are fixed-size slices of each piece (the bytes are not WAL, so their xl_tot_len cannot
+ * drive the node's batch check, native/wal_crc): this is the node's portable path, and an upper bound of
+ * what verification costs the node when the addon is built. The comparison is folded into a running value,
+ * so the work cannot be skipped, and never fails.
  */
 import { join } from 'node:path';
 import { workerData } from 'node:worker_threads';
 import { openFile, pwriteAll, syncData, syncDataAsync } from '../src/storage/segment_io.js';
-import { crc32c, crc32cNative, crc32cPortableRange } from '../src/wal/crc.js';
+import { crc32cNative } from '../src/wal/crc.js';
+import { RECORD_CRC_OFFSET_BYTES, computeRecordCrc } from '../src/wal/page.js';
 import { OVERLAP_VERIFY_MIN_BYTES } from '../workers/wal_writer.js';
 import { RUNTIME_FLOOR_SEGMENT_BYTES, type FloorWorkerData } from './runtime_floor_protocol.js';
-
-/** As in a WAL record: the header's first 20 bytes are checksummed after the body, xl_crc is at 20, the body at 24. */
-const HEADER_CRC_BYTES = 20;
-const BODY_OFFSET_BYTES = 24;
 
 const { ring, dir, recordBytes } = workerData as FloorWorkerData;
 const ringBytes = new Uint8Array(ring);
@@ -39,8 +38,7 @@ function check(at: number, length: number): void {
   let record = at;
   if (recordBytes > 0) {
     for (; record + recordBytes <= end; record += recordBytes) {
-      const bodyCrc = crc32c(ringBytes.subarray(record + BODY_OFFSET_BYTES, record + recordBytes));
-      checksum ^= crc32cPortableRange(ringBytes, record, record + HEADER_CRC_BYTES, bodyCrc) ^ ringView.getUint32(record + HEADER_CRC_BYTES, true);
+      checksum ^= computeRecordCrc(ringBytes, record, record + recordBytes) ^ ringView.getUint32(record + RECORD_CRC_OFFSET_BYTES, true);
     }
   }
   if (record < end) checksum = crc32cNative(ringBytes.subarray(record, end), checksum);

@@ -13,7 +13,7 @@
  */
 import { InvalidArgumentError } from '../errors.js';
 import { assert } from '../sync/assert.js';
-import { crc32c } from './crc.js';
+import { crc32cPortableRange, crc32cRange } from './crc.js';
 import type { Lsn } from './lsn.js';
 import { WAL_PAGE_SIZE_BYTES } from './lsn.js';
 
@@ -171,11 +171,13 @@ export function writeRecordHeader(target: Uint8Array, offset: number, header: Re
   return RECORD_HEADER_BYTES;
 }
 
-/** The xl_crc of a complete record image: CRC-32C over [24, tot_len) continued over [0, 20). */
-export function computeRecordCrc(record: Uint8Array): number {
-  assert(record.length >= RECORD_HEADER_BYTES, 'record shorter than its header');
-  const bodyCrc = crc32c(record.subarray(RECORD_HEADER_BYTES));
-  return crc32c(record.subarray(0, RECORD_CRC_OFFSET_BYTES), bodyCrc);
+/**
+ * The xl_crc of the complete record image `data[start, end)` (the whole buffer by default): CRC-32C over
+ * [24, tot_len) continued over [0, 20). No view is made for a piece the portable code takes.
+ */
+export function computeRecordCrc(data: Uint8Array, start = 0, end = data.length): number {
+  assert(start >= 0 && end - start >= RECORD_HEADER_BYTES && end <= data.length, 'a whole record inside the buffer');
+  return crc32cPortableRange(data, start, start + RECORD_CRC_OFFSET_BYTES, crc32cRange(data, start + RECORD_HEADER_BYTES, end));
 }
 
 export interface RecordFields {

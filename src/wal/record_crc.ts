@@ -17,8 +17,7 @@ import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { assert } from '../sync/assert.js';
-import { crc32cPortableRange, crc32cRange } from './crc.js';
-import { RECORD_CRC_OFFSET_BYTES, RECORD_HEADER_BYTES } from './page.js';
+import { RECORD_CRC_OFFSET_BYTES, RECORD_HEADER_BYTES, computeRecordCrc } from './page.js';
 
 /**
  * Checks the records starting at `starts[0..count)` inside `data` (each must lie whole inside it). Returns the
@@ -31,9 +30,7 @@ export function verifyRecordsPortable(data: Uint8Array, starts: Int32Array, coun
   for (let index = 0; index < count; index++) {
     const start = starts[index] as number;
     assert(start >= 0 && start + RECORD_HEADER_BYTES <= data.length, 'record header inside the buffer');
-    const end = start + view.getUint32(start, true);
-    assert(end >= start + RECORD_HEADER_BYTES && end <= data.length, 'record inside the buffer');
-    const crc = crc32cPortableRange(data, start, start + RECORD_CRC_OFFSET_BYTES, crc32cRange(data, start + RECORD_HEADER_BYTES, end, 0));
+    const crc = computeRecordCrc(data, start, start + view.getUint32(start, true));
     if (crc !== view.getUint32(start + RECORD_CRC_OFFSET_BYTES, true)) return index;
   }
   return -1;
@@ -69,9 +66,7 @@ function selfCheck(verify: RecordCrcVerifier): boolean {
     const total = index === 0 ? RECORD_HEADER_BYTES : 200 + index;
     for (let at = start + 4; at < start + total; at++) bytes[at] = (at * 31 + index) & 0xff;
     view.setUint32(start, total, true);
-    view.setUint32(start + RECORD_CRC_OFFSET_BYTES, 0, true);
-    const crc = crc32cPortableRange(bytes, start, start + RECORD_CRC_OFFSET_BYTES, crc32cRange(bytes, start + RECORD_HEADER_BYTES, start + total, 0));
-    view.setUint32(start + RECORD_CRC_OFFSET_BYTES, crc, true);
+    view.setUint32(start + RECORD_CRC_OFFSET_BYTES, computeRecordCrc(bytes, start, start + total), true);
   }
   if (verify(bytes, starts, starts.length) !== -1 || verifyRecordsPortable(bytes, starts, starts.length) !== -1) return false;
   const flip = (at: number, bit: number): void => void (bytes[at] = (bytes[at] as number) ^ bit);

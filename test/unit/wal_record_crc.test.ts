@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
-import { crc32c } from '../../src/wal/crc.js';
+import { computeRecordCrc } from '../../src/wal/page.js';
 import { RECORD_CRC_NATIVE, verifyRecords, verifyRecordsPortable } from '../../src/wal/record_crc.js';
 
 const ADDON = fileURLToPath(new URL('../../native/build/Release/wal_crc.node', import.meta.url));
@@ -21,7 +21,7 @@ function recordsInSharedMemory(count: number, seed: number): { data: Uint8Array;
     starts[index] = at;
     for (let i = 4; i < size; i++) data[at + i] = next() & 0xff;
     view.setUint32(at, size, true);
-    view.setUint32(at + 20, crc32c(data.subarray(at, at + 20), crc32c(data.subarray(at + 24, at + size))), true);
+    view.setUint32(at + 20, computeRecordCrc(data, at, at + size), true);
     at += (size + 7) & ~7;
   });
   return { data, starts };
