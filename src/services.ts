@@ -51,6 +51,7 @@ export function createNodeHooks(config: Config): NodeHooks {
           enableOffload: config.enableOffload,
           deleteOffloadedWal: config.deleteOffloadedWal,
           walBackupParallelJobs: config.walBackupParallelJobs,
+          walRecycleSegments: config.walRecycleSegments,
           failpointsEnabled: config.testingFailpoints,
         },
         node.log,

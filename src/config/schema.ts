@@ -196,6 +196,7 @@ export const CONFIG_KEYS = {
   no_sync: key({ default: false, flag: 'boolean', unit: null, doc: 'Skip every fsync. UNSAFE: acknowledged WAL can be lost. For tests and benchmarks only; logged loudly.', schema: z.boolean({ error: 'expected true or false' }) }),
   auth_public_key: key({ default: '', flag: 'string', unit: null, doc: 'Path of the PEM public key that verifies JWTs on the pg and HTTP ports; "" turns auth off. (JWT auth is not implemented yet: a path is refused at start.)', schema: z.string({ error: 'expected a path string' }) }),
   wal_writer_threads: key({ default: 2, flag: 'integer', unit: 'count', doc: 'Worker threads that decode, checksum and write WAL (Piscina pool size).', schema: integer(1, 64) }),
+  wal_recycle_segments: key({ default: 2, flag: 'integer', unit: 'count', doc: 'Removed WAL segments kept per timeline to be zeroed and reused as later segments: overwriting a file is much cheaper for the disk than allocating a new one. Each takes a segment of disk (16 MiB by default) until reused or the timeline is evicted; 0 deletes removed segments.', schema: integer(0, 64) }),
   ring_size: key({ default: formatBytes(limits.RING_SIZE_BYTES_DEFAULT), flag: 'string', unit: 'bytes', doc: 'Shared ring buffer per active timeline between the socket and the writer; a full ring pauses the proposer. A multiple of 8 bytes.', schema: bytes(limits.RING_SIZE_BYTES_MIN, RING_SIZE_BYTES_MAX).refine((value) => value % 8 === 0, 'must be a multiple of 8 bytes') }),
   max_message_size: key({ default: formatBytes(limits.FRAME_BYTES_DEFAULT), flag: 'string', unit: 'bytes', doc: 'Largest protocol message accepted on the pg port; larger ones end the connection with 08P01.', schema: bytes(MESSAGE_BYTES_MIN, limits.FRAME_BYTES_MAX) }),
   default_pg_version: key({ default: 150000, flag: 'integer', unit: null, doc: 'server_version reported to clients before a timeline is known (PostgreSQL numbering, 150000 = 15.0).', schema: integer(90_000, 999_999) }),
@@ -233,6 +234,7 @@ export interface Config {
   readonly noSync: boolean;
   readonly authPublicKeyPath: string | null;
   readonly walWriterThreads: number;
+  readonly walRecycleSegments: number;
   readonly ringSizeBytes: number;
   readonly maxMessageBytes: number;
   readonly defaultPgVersion: number;
@@ -275,6 +277,7 @@ export function toConfig(values: ConfigValues, sources: Record<ConfigKey, string
     noSync: values.no_sync,
     authPublicKeyPath: values.auth_public_key === '' ? null : resolve(cwd, values.auth_public_key),
     walWriterThreads: values.wal_writer_threads,
+    walRecycleSegments: values.wal_recycle_segments,
     ringSizeBytes: values.ring_size,
     maxMessageBytes: values.max_message_size,
     defaultPgVersion: values.default_pg_version,

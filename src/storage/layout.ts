@@ -6,6 +6,7 @@
  *   <data_dir>/<tenant_id>/<timeline_id>/safekeeper.control.partial   its temp file while being replaced
  *   <data_dir>/<tenant_id>/<timeline_id>/<24 hex>[.partial]           WAL segments (segment_file.ts)
  *   <data_dir>/<tenant_id>/<timeline_id>/<24 hex>.partial.tmp         a segment being created
+ *   <data_dir>/<tenant_id>/<timeline_id>/recycled-<24 hex>             a removed segment kept for reuse
  *   <data_dir>/tmp/<tenant>_<timeline>_<random>_temptli/              staging dir for create / pull
  *
  * Fs errors become SafekeeperErrors here, in one place: ENOSPC is DiskFullError (53100), ENOENT on a
@@ -28,6 +29,11 @@ export const CONTROL_FILE_PARTIAL_NAME = 'safekeeper.control.partial';
 export const PARTIAL_SUFFIX = '.partial';
 /** Suffix of a segment file being created; never a valid segment name, so listings skip it. */
 export const SEGMENT_TEMP_SUFFIX = '.partial.tmp';
+/**
+ * Prefix of a removed segment file kept to be reused as a later segment (`wal_recycle_segments`). Not a
+ * segment name, so listings skip it, and it does not start with one, so `ls 00000001*` shows live WAL only.
+ */
+export const RECYCLED_SEGMENT_PREFIX = 'recycled-';
 export const TMP_DIR_NAME = 'tmp';
 const STAGING_DIR_SUFFIX = '_temptli';
 /** Temp file while re-downloading an evicted partial segment (Neon's name). */
@@ -61,6 +67,10 @@ export function segmentTempPath(dir: string, segno: bigint, segmentSizeBytes: nu
   return join(dir, segmentFileName(segno, segmentSizeBytes) + SEGMENT_TEMP_SUFFIX);
 }
 
+/** The name a removed segment file is kept under for reuse (it keeps its old segment name after the prefix). */
+export const recycledSegmentName = (segmentName: string): string => RECYCLED_SEGMENT_PREFIX + segmentName;
+export const isRecycledSegmentName = (name: string): boolean => name.startsWith(RECYCLED_SEGMENT_PREFIX);
+
 /** One segment file found in a timeline dir. */
 export interface SegmentFileEntry {
   segno: bigint;
@@ -84,10 +94,24 @@ export function segmentEntriesFromNames(names: readonly string[], segmentSizeByt
   return entries;
 }
 
+/** Every name in a timeline dir (segments, recycled segments, control and temp files). Async. */
+export async function listTimelineDir(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch (error) {
+    throw storageError(error, 'readdir', dir);
+  }
+}
+
 /** The segment files of a timeline dir (both `.partial` and complete). Async: main and coordinator threads. */
 export async function listSegments(dir: string, segmentSizeBytes: number): Promise<SegmentFileEntry[]> {
+  return segmentEntriesFromNames(await listTimelineDir(dir), segmentSizeBytes);
+}
+
+/** `listTimelineDir` with blocking fs, for worker threads. */
+export function listTimelineDirSync(dir: string): string[] {
   try {
-    return segmentEntriesFromNames(await readdir(dir), segmentSizeBytes);
+    return readdirSync(dir);
   } catch (error) {
     throw storageError(error, 'readdir', dir);
   }
@@ -95,11 +119,7 @@ export async function listSegments(dir: string, segmentSizeBytes: number): Promi
 
 /** `listSegments` with blocking fs, for worker threads. */
 export function listSegmentsSync(dir: string, segmentSizeBytes: number): SegmentFileEntry[] {
-  try {
-    return segmentEntriesFromNames(readdirSync(dir), segmentSizeBytes);
-  } catch (error) {
-    throw storageError(error, 'readdir', dir);
-  }
+  return segmentEntriesFromNames(listTimelineDirSync(dir), segmentSizeBytes);
 }
 
 // ---- staging directory (tmp/) ----

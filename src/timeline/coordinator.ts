@@ -80,6 +80,7 @@ export class Coordinator {
         enableOffload: options.enableOffload,
         deleteOffloadedWal: options.deleteOffloadedWal,
         walBackupParallelJobs: options.walBackupParallelJobs,
+        walRecycleSegments: options.walRecycleSegments,
       },
       host,
       stateWatcher: this.#stateWatcher,

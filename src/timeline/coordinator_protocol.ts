@@ -49,6 +49,7 @@ export interface CoordinatorOptions {
   enableOffload: boolean;
   deleteOffloadedWal: boolean;
   walBackupParallelJobs: number;
+  walRecycleSegments: number;
   failpointsEnabled: boolean;
   /** S3 credentials for tests; production uses the SDK's default chain. */
   s3Credentials?: { accessKeyId: string; secretAccessKey: string };

@@ -169,7 +169,7 @@ export class ManagerJobs {
   startRemoval(removeUpToSegno: bigint): void {
     assert(removeUpToSegno < this.#segno(this.block.get('flushLsn')), 'removal never reaches the segment being written');
     const job = this.#runJob('WAL removal', async () => {
-      const removed = await removeSegmentsUpTo(this.owner.dir, this.owner.segmentSizeBytes, removeUpToSegno, { noSync: this.shared.config.noSync, failpoints: this.shared.failpoints, signal: this.owner.signal() });
+      const removed = await removeSegmentsUpTo(this.owner.dir, this.owner.segmentSizeBytes, removeUpToSegno, { noSync: this.shared.config.noSync, recycleMax: this.shared.config.walRecycleSegments, failpoints: this.shared.failpoints, signal: this.owner.signal() });
       this.#lastRemovedSegno = removeUpToSegno;
       this.shared.counters.segmentsRemoved += removed;
       this.#publishLocalStart();

@@ -23,6 +23,7 @@ export type ManagerConfig = Pick<
   | 'enableOffload'
   | 'deleteOffloadedWal'
   | 'walBackupParallelJobs'
+  | 'walRecycleSegments'
 >;
 
 /** What the manager asks of the main thread (through the coordinator's RpcPort). */

@@ -3,30 +3,41 @@
  * segment number up to a limit the manager computed from its horizon, in ascending order, then fsyncs the
  * directory. Deleting in ascending order keeps the invariant that local WAL is one contiguous run of
  * segments: a crash in the middle leaves a higher start, and the next pass (which lists the directory
- * again) finishes the job. Also `localSegmentRange`, what the manager learns at start. The failpoint
- * `wal-removal-before-delete` fires before each file. Coordinator thread; async fs.
+ * again) finishes the job. Up to `recycleMax` complete segments are renamed to `recycled-<name>` instead of
+ * deleted, for the writer to prepare a later segment in (segment_file.ts; PostgreSQL recycles its segments
+ * too, but we zero them before reuse, so a segment's tail is always zeros). Also `localSegmentRange`, what
+ * the manager learns at start. The failpoint `wal-removal-before-delete` fires before each file.
+ * Coordinator thread; async fs.
  */
-import { unlink } from 'node:fs/promises';
+import { rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fsyncDirectory, listSegments } from '../storage/layout.js';
+import { fsyncDirectory, isRecycledSegmentName, listSegments, listTimelineDir, recycledSegmentName, segmentEntriesFromNames, storageError } from '../storage/layout.js';
 import type { Failpoints } from '../sync/failpoints.js';
 
 export interface RemovalOptions {
   noSync: boolean;
+  /** Removed segments kept for reuse per timeline (`wal_recycle_segments`), counting those already kept. */
+  recycleMax: number;
   failpoints: Failpoints;
   signal: AbortSignal;
 }
 
-/** Removes the segments numbered ≤ `removeUpToSegno`. Returns how many files it deleted. */
+/** Removes the segments numbered ≤ `removeUpToSegno`. Returns how many segment files it removed. */
 export async function removeSegmentsUpTo(dir: string, segmentSizeBytes: number, removeUpToSegno: bigint, options: RemovalOptions): Promise<number> {
+  const names = await listTimelineDir(dir);
+  let recycled = names.filter(isRecycledSegmentName).length;
   let removed = 0;
-  for (const entry of await listSegments(dir, segmentSizeBytes)) {
+  for (const entry of segmentEntriesFromNames(names, segmentSizeBytes)) {
     if (entry.segno > removeUpToSegno) break; // sorted ascending
     options.signal.throwIfAborted();
     await options.failpoints.hit('wal-removal-before-delete', options.signal);
-    await unlink(join(dir, entry.name)).catch((error: unknown) => {
-      if ((error as { code?: string }).code !== 'ENOENT') throw error;
+    const path = join(dir, entry.name);
+    // A `.partial` below the horizon is a leftover (a crash before its rename); only complete ones are reused.
+    const recycle = !entry.partial && recycled < options.recycleMax;
+    await (recycle ? rename(path, join(dir, recycledSegmentName(entry.name))) : unlink(path)).catch((error: unknown) => {
+      if ((error as { code?: string }).code !== 'ENOENT') throw storageError(error, recycle ? 'rename' : 'unlink', path);
     });
+    if (recycle) recycled += 1;
     removed += 1;
   }
   if (removed > 0 && !options.noSync) await fsyncDirectory(dir);
@@ -41,16 +52,18 @@ export async function localSegmentRange(dir: string, segmentSizeBytes: number): 
   return first === undefined || last === undefined ? null : { lowest: first.segno, highest: last.segno };
 }
 
-/** Removes every local segment numbered ≥ `fromSegno` (an offloaded timeline's partial and prepared files). */
+/**
+ * Removes every local segment numbered ≥ `fromSegno` (an offloaded timeline's partial and prepared files),
+ * and every recycled segment: an offloaded timeline keeps no WAL-sized files locally.
+ */
 export async function removeSegmentsFrom(dir: string, segmentSizeBytes: number, fromSegno: bigint, noSync: boolean): Promise<number> {
-  let removed = 0;
-  for (const entry of await listSegments(dir, segmentSizeBytes)) {
-    if (entry.segno < fromSegno) continue;
-    await unlink(join(dir, entry.name)).catch((error: unknown) => {
-      if ((error as { code?: string }).code !== 'ENOENT') throw error;
+  const names = await listTimelineDir(dir);
+  const doomed = [...segmentEntriesFromNames(names, segmentSizeBytes).filter((entry) => entry.segno >= fromSegno).map((entry) => entry.name), ...names.filter(isRecycledSegmentName)];
+  for (const name of doomed) {
+    await unlink(join(dir, name)).catch((error: unknown) => {
+      if ((error as { code?: string }).code !== 'ENOENT') throw storageError(error, 'unlink', join(dir, name));
     });
-    removed += 1;
   }
-  if (removed > 0 && !noSync) await fsyncDirectory(dir);
-  return removed;
+  if (doomed.length > 0 && !noSync) await fsyncDirectory(dir);
+  return doomed.length;
 }

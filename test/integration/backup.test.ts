@@ -6,6 +6,8 @@
  * being written; a paused upload (failpoint) holds removal back; /metrics shows the lags.
  */
 import assert from 'node:assert/strict';
+import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { xxhash64Hex } from '../../src/remote/digest.js';
 import { formatLsn, segmentStartLsn } from '../../src/wal/lsn.js';
@@ -27,6 +29,8 @@ import {
   setFailpoint,
   startNode,
   stream,
+  streamMore,
+  timelineDir,
   timelineLsns,
 } from '../harness/background.js';
 import { PgTestClient } from '../harness/pg_client.js';
@@ -97,6 +101,42 @@ describe('WAL backup to the local filesystem', { timeout: 80_000 }, () => {
     assert.ok((await remoteNames(remote, kept)).includes(segmentName(1n)), 'only_local keeps remote objects');
     assert.equal((await http(node, 'DELETE', `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}`)).status, 200);
     assert.deepEqual(await remoteNames(remote, ids), [], 'a delete removes the remote objects');
+    await node.stop();
+  });
+
+  test('removed segments are recycled: at most wal_recycle_segments kept, and a later segment is prepared in one', async () => {
+    const dataDir = makeTempDir('sk-backup-data-');
+    const remoteDir = makeTempDir('sk-backup-remote-');
+    const node = await startNode(dataDir, `file://${remoteDir}`, ['--wal-recycle-segments', '2']);
+    const ids = newIds();
+    const wal = makeWal(9 * SEGMENT_BYTES + 300_000, 14);
+    // Stop in segment 5: segment 6 is prepared already (a new file), 7 not yet.
+    const firstEnd = recordEndAtOrAfter(wal, segmentStartLsn(5n, SEGMENT_BYTES) + 300_000n);
+    const session = await stream(node, ids, wal, firstEnd);
+    proposers.push(session.proposer);
+    await waitFor(async () => (await timelineLsns(node, ids)).backupLsn === segmentStartLsn(5n, SEGMENT_BYTES), { what: 'backup_lsn = start of segment 5', timeoutMs: 20_000 });
+    await checkpoint(node, ids); // persists backup_lsn and waits for the removal of segments 1..4
+    const dir = timelineDir(dataDir, ids);
+    const recycled = (): string[] => readdirSync(dir).filter((name) => name.startsWith('recycled-')).sort();
+    assert.deepEqual(recycled(), [`recycled-${segmentName(1n)}`, `recycled-${segmentName(2n)}`], 'the first two removed are kept');
+    assert.deepEqual((await localSegmentNames(dataDir, ids)).filter((name) => name < segmentName(5n)), [], 'segments 1..4 are gone as segments');
+    const inodes = recycled().map((name) => statSync(join(dir, name)).ino);
+
+    // The first write into segment 6 prepares segment 7 in one of them: zeros over its blocks. (A batch that
+    // runs past every prepared segment makes the rest itself, as new files: hence two steps.)
+    const inSix = recordEndAtOrAfter(wal, segmentStartLsn(6n, SEGMENT_BYTES) + 100_000n);
+    await streamMore(session, wal, firstEnd, inSix);
+    await streamMore(session, wal, inSix, wal.endLsn);
+    assert.ok(inodes.includes(statSync(join(dir, segmentName(7n))).ino), 'segment 7 is a recycled file');
+    for (const segno of [5n, 6n, 7n, 8n, 9n]) {
+      assert.deepEqual(readFileSync(join(dir, segmentName(segno))), Buffer.from(segmentBytes(wal, segno)), `segment ${segno} holds the source's bytes`);
+    }
+    const last = readFileSync(join(dir, `${segmentName(10n)}.partial`));
+    const kept = Number(wal.endLsn - segmentStartLsn(10n, SEGMENT_BYTES));
+    assert.deepEqual(last.subarray(0, kept), Buffer.from(segmentBytes(wal, 10n).subarray(0, kept)));
+    assert.ok(last.subarray(kept).every((byte) => byte === 0), 'the segment being written has a zero tail');
+    assert.ok(recycled().length <= 2, `never more than wal_recycle_segments: ${recycled().join(',')}`);
+    await session.proposer.close();
     await node.stop();
   });
 

@@ -61,6 +61,33 @@ describe('segment creation', () => {
     assert.deepEqual(names(), ['000000010000000000000004', '000000010000000000000005.partial']);
   });
 
+  test('prepareSegment writes zeros over a recycled segment instead of allocating a new file', () => {
+    const recycled = join(dir, 'recycled-000000010000000000000001');
+    writeFileSync(recycled, pattern(SEG, 3));
+    const inode = statSync(recycled).ino;
+    assert.equal(prepareSegment(dir, 7n, SEG, SYNC), true);
+    assert.deepEqual(names(), ['000000010000000000000007.partial'], 'the recycled file was taken');
+    assert.equal(statSync(partial(7n)).ino, inode, 'the same file, renamed');
+    assert.equal(statSync(partial(7n)).size, SEG);
+    assert.ok(isAllZero(readFileSync(partial(7n))), 'none of the old WAL shows');
+    // None left: the next one is a new file.
+    assert.equal(prepareSegment(dir, 8n, SEG, NOSYNC), true);
+    assert.notEqual(statSync(partial(8n)).ino, inode);
+    assert.ok(isAllZero(readFileSync(partial(8n))));
+  });
+
+  test('a recycled file of another length is cut or grown to the segment size', () => {
+    writeFileSync(join(dir, 'recycled-000000010000000000000001'), pattern(2 * SEG, 4));
+    assert.equal(prepareSegment(dir, 3n, SEG, NOSYNC), true);
+    assert.equal(statSync(partial(3n)).size, SEG);
+    assert.ok(isAllZero(readFileSync(partial(3n))));
+    writeFileSync(join(dir, 'recycled-000000010000000000000002'), pattern(SEG / 4, 5));
+    assert.equal(prepareSegment(dir, 4n, SEG, NOSYNC), true);
+    assert.equal(statSync(partial(4n)).size, SEG);
+    assert.ok(isAllZero(readFileSync(partial(4n))));
+    assert.deepEqual(names(), ['000000010000000000000003.partial', '000000010000000000000004.partial']);
+  });
+
   test('openSegmentForWrite without a prepared file creates a full-size .partial', () => {
     const fd = openSegmentForWrite(dir, 9n, SEG, SYNC);
     closeSync(fd);
