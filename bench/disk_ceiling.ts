@@ -7,16 +7,19 @@
  * each zero-filled ahead by another thread with the node's own `prepareSegment` and completed (renamed) when
  * full. That is the contract PostgreSQL-compatible segments impose on any safekeeper (Neon's too): every WAL
  * byte also costs a zero byte written and synced before it, so the device writes twice the WAL. It tells what
- * the disk leaves for WAL once that is paid, with no protocol, verification or backup.
+ * the disk leaves for WAL once that is paid, with no protocol, verification or backup. With `recycle`, each
+ * completed segment but the last is renamed `recycled-<name>` as the node's WAL removal does, so every
+ * segment after the first few is zeroed over an old one's blocks: the node's steady state once removal runs.
  */
 import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { segmentPath } from '../src/storage/layout.js';
+import { recycledSegmentName, segmentPath } from '../src/storage/layout.js';
 import { completeSegmentSync } from '../src/storage/segment_file.js';
-import { pwriteAll, writeZeros } from '../src/storage/segment_io.js';
+import { pwriteAll, renameFile, writeZeros } from '../src/storage/segment_io.js';
+import { segmentFileName } from '../src/wal/lsn.js';
 
 export interface DiskCeiling {
   batchBytes: number;
@@ -88,8 +91,11 @@ function startPreparer(data: PreparerData): Worker {
   return new Worker(bootstrap, { workerData: { ...data, entry: fileURLToPath(new URL('./zero_fill_preparer.ts', import.meta.url)) } });
 }
 
-/** See the header: the ceiling loop into new, zero-filled 16 MiB segments prepared one ahead on another thread. */
-export async function measureZeroFilledCeiling(parentDir: string, batchBytes: number, durationMs = 1500): Promise<DiskCeiling> {
+/**
+ * See the header: the ceiling loop into zero-filled 16 MiB segments prepared one ahead on another thread, new
+ * files unless `recycle`.
+ */
+export async function measureZeroFilledCeiling(parentDir: string, batchBytes: number, durationMs = 1500, recycle = false): Promise<DiskCeiling> {
   const dir = mkdtempSync(join(parentDir, 'ceiling-segments-'));
   const control = new SharedArrayBuffer(8);
   const state = new Int32Array(control);
@@ -130,6 +136,10 @@ export async function measureZeroFilledCeiling(parentDir: string, batchBytes: nu
       if (offset === SEGMENT_BYTES) {
         closeSync(fd);
         completeSegmentSync(dir, BigInt(segno), SEGMENT_BYTES, { noSync: false });
+        if (recycle && segno > 1) {
+          const old = BigInt(segno - 1);
+          renameFile(segmentPath(dir, old, SEGMENT_BYTES, false), join(dir, recycledSegmentName(segmentFileName(old, SEGMENT_BYTES))));
+        }
         segno += 1;
         awaitPrepared(segno);
         path = segmentPath(dir, BigInt(segno), SEGMENT_BYTES, true);

@@ -10,7 +10,8 @@
  *      After each 128 KiB scenario, also the zero-filled-segment ceiling at its batch: the same loop into a
  *      new segment file every 16 MiB, zero-filled one ahead by another thread with the node's own code. The
  *      goal's ceiling overwrites one file; a safekeeper writing PostgreSQL-compatible segments also writes
- *      (and syncs) a zero byte for every WAL byte, and this row shows what the disk leaves after that.
+ *      (and syncs) a zero byte for every WAL byte, and this row shows what the disk leaves after that. Then
+ *      the same with the zeros written over recycled segments, as the node does once WAL removal runs.
  *   2. Runtime floor (bench/runtime_floor.ts): the thread shape with nothing in it (loopback TCP, one copy
  *      into a SharedArrayBuffer ring, a Piscina task that checksums, pwrites and fdatasyncs, an ack), 128 KiB
  *      appends and lone 8 KiB appends: what Node and this machine leave of the disk before the product's work.
@@ -342,6 +343,9 @@ function ceilingAfter(run: IngestRun, stats: ThroughputStats, name: string): () 
     if (stats.appendBytes !== GOAL_APPEND_BYTES) return;
     stats.zeroFilledCeiling = await measure(run.ceilingDir, `pwrite+fdatasync ${sizeName(batchBytes)} into new zero-filled segments, right after "${name}"`, () =>
       measureZeroFilledCeiling(run.ceilingDir, batchBytes, CEILING_ADJACENT_MS),
+    );
+    stats.recycledCeiling = await measure(run.ceilingDir, `pwrite+fdatasync ${sizeName(batchBytes)} into recycled zero-filled segments, right after "${name}"`, () =>
+      measureZeroFilledCeiling(run.ceilingDir, batchBytes, CEILING_ADJACENT_MS, true),
     );
   };
 }

@@ -66,6 +66,8 @@ export interface ThroughputStats {
   ceiling: MeasuredCeiling | null;
   /** For the goal's append size: the same into new zero-filled segments (disk_ceiling.ts), right after that. */
   zeroFilledCeiling: MeasuredCeiling | null;
+  /** The same into recycled segments (zeros over a removed segment's blocks), right after that. */
+  recycledCeiling: MeasuredCeiling | null;
 }
 
 export interface LatencyResult {
@@ -92,7 +94,7 @@ export interface FloorResult {
 
 export const emptyStats = (timelines: number, appendBytes: number): ThroughputStats => ({
   timelines, appendBytes, iterations: 0, bytes: 0, appends: 0, seconds: 0, batches: 0, batchWalBytes: 0, fsyncSeconds: 0, fsyncs: 0, writeSeconds: 0, cpuSeconds: 0,
-  clientCpuSeconds: 0, machineBusyCoreSeconds: 0, deviceWriteMib: 0, ceiling: null, zeroFilledCeiling: null,
+  clientCpuSeconds: 0, machineBusyCoreSeconds: 0, deviceWriteMib: 0, ceiling: null, zeroFilledCeiling: null, recycledCeiling: null,
 });
 
 export const round = (value: number, digits = 0): number => Number(value.toFixed(digits));
@@ -261,12 +263,17 @@ function goalRows(throughput: readonly ThroughputStats[], ceiling1MiB: DiskCeili
       zeroFilled === null
         ? ''
         : `; ${(mibPerSecondOf(stats) / zeroFilled.mibPerSecond).toFixed(2)} of the zero-filled-segment ceiling (${round(zeroFilled.mibPerSecond)} MiB/s: new segment files zero-filled ahead, as the segment contract needs; itself ${(zeroFilled.mibPerSecond / ceilingOf(stats).mibPerSecond).toFixed(2)} of the batch ceiling)`;
+    const recycled = stats.recycledCeiling;
+    const recycledRatio =
+      recycled === null
+        ? ''
+        : `; ${(mibPerSecondOf(stats) / recycled.mibPerSecond).toFixed(2)} of the recycled-segment ceiling (${round(recycled.mibPerSecond)} MiB/s: the zeros written over removed segments, the node's steady state)`;
     rows.push({
       ...blankRow('goal', `128 KiB appends, ${stats.timelines} tl ≥ ${GOAL_CEILING_RATIO} × ceiling`),
       '÷ ceiling@append': appendCeilingRatio(stats, ceilings),
       '÷ ceiling@batch': ratio.toFixed(2),
       '÷ ceiling@1MiB': (mibPerSecondOf(stats) / ceiling1MiB.mibPerSecond).toFixed(2),
-      note: `${ratio >= GOAL_CEILING_RATIO ? 'MET' : 'MISSED'} (judged at the batch ceiling, the stricter)${zeroFilledRatio}${floorRatio}`,
+      note: `${ratio >= GOAL_CEILING_RATIO ? 'MET' : 'MISSED'} (judged at the batch ceiling, the stricter)${zeroFilledRatio}${recycledRatio}${floorRatio}`,
     });
   }
   const small = throughput.find((stats) => stats.appendBytes === 128 && stats.timelines === 1);
@@ -290,7 +297,7 @@ function goalRows(throughput: readonly ThroughputStats[], ceiling1MiB: DiskCeili
 export function reportRows(ceilings: readonly MeasuredCeiling[], floor: FloorResult, throughput: readonly ThroughputStats[], latency: LatencyResult): IngestBenchRow[] {
   const ceiling1MiB = ceilings.find((ceiling) => ceiling.batchBytes === MIB);
   assert(ceiling1MiB !== undefined, 'the 1 MiB ceiling is measured');
-  const adjacent = throughput.flatMap((stats) => (stats.zeroFilledCeiling === null ? [ceilingOf(stats)] : [ceilingOf(stats), stats.zeroFilledCeiling]));
+  const adjacent = throughput.flatMap((stats) => [ceilingOf(stats), ...[stats.zeroFilledCeiling, stats.recycledCeiling].filter((extra) => extra !== null)]);
   const latencySummary = latencyRows(latency);
   const others = [
     ...[...ceilings, ...adjacent, latency.fsyncBefore, latency.fsyncAfter].map((ceiling) => otherCores(ceiling.load, ceiling.ownCores)),
