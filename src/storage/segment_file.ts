@@ -16,8 +16,8 @@
  * Invariants: at most one writer per timeline touches these files at a time (the DESIGN's one write task
  * per timeline); it is what makes temp names and the existence checks race-free. The coordinator thread
  * only renames segments below the one being written to recycled names (WAL removal) or deletes recycled
- * files (eviction); taking a recycled file is a rename, so losing that race just means taking another. A completed segment is
- * never opened for writing. `noSync` (tests and benchmarks only) skips every fsync and fdatasync.
+ * files (eviction); taking a recycled file is a rename, so losing that race just means taking another. A
+ * completed segment is never opened for writing. `noSync` (tests and benchmarks only) skips every fsync and fdatasync.
  * Errors: fs failures become DiskFullError / StorageIoError / NotFoundError (layout.ts `storageError`),
  * which a worker returns as data with `toIoErrorData`. Abort: nothing here is abortable; every call
  * finishes its I/O before it returns.
