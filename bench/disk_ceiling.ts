@@ -8,18 +8,20 @@
  * full. That is the contract PostgreSQL-compatible segments impose on any safekeeper (Neon's too): every WAL
  * byte also costs a zero byte written and synced before it, so the device writes twice the WAL. It tells what
  * the disk leaves for WAL once that is paid, with no protocol, verification or backup. With `recycle`, each
- * completed segment but the last is renamed `recycled-<name>` as the node's WAL removal does, so every
- * segment after the first few is zeroed over an old one's blocks: the node's steady state once removal runs.
+ * completed segment but the last goes through the node's own WAL removal, which keeps it as `recycled-<name>`,
+ * so every segment after the first few is zeroed over an old one's blocks: the node's steady state once
+ * removal runs.
  */
 import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { recycledSegmentName, segmentPath } from '../src/storage/layout.js';
+import { segmentPath } from '../src/storage/layout.js';
 import { completeSegmentSync } from '../src/storage/segment_file.js';
-import { pwriteAll, renameFile, writeZeros } from '../src/storage/segment_io.js';
-import { segmentFileName } from '../src/wal/lsn.js';
+import { pwriteAll, writeZeros } from '../src/storage/segment_io.js';
+import { Failpoints } from '../src/sync/failpoints.js';
+import { removeSegmentsUpTo } from '../src/timeline/wal_removal.js';
 
 export interface DiskCeiling {
   batchBytes: number;
@@ -29,7 +31,8 @@ export interface DiskCeiling {
   fdatasyncLatencyMsP99: number;
 }
 
-const FILE_BYTES = 16 * 1024 * 1024;
+/** The plain ceiling's file and the zero-filled ceiling's segments: the node's default segment size. */
+const SEGMENT_BYTES = 16 * 1024 * 1024;
 
 function summary(batchBytes: number, bytes: number, seconds: number, latenciesMs: number[]): DiskCeiling {
   latenciesMs.sort((a, b) => a - b);
@@ -47,7 +50,7 @@ export function measureDiskCeiling(dir: string, batchBytes: number, durationMs =
   const path = join(dir, `ceiling-${batchBytes}.tmp`);
   const fd = openSync(path, 'w+');
   try {
-    writeZeros(fd, path, 0, FILE_BYTES);
+    writeZeros(fd, path, 0, SEGMENT_BYTES);
     fdatasyncSync(fd);
     const batch = Buffer.alloc(batchBytes, 0x5a);
     const latenciesMs: number[] = [];
@@ -56,7 +59,7 @@ export function measureDiskCeiling(dir: string, batchBytes: number, durationMs =
     const startMs = performance.now();
     while (performance.now() - startMs < durationMs) {
       const beforeMs = performance.now();
-      if (offset + batchBytes > FILE_BYTES) offset = 0;
+      if (offset + batchBytes > SEGMENT_BYTES) offset = 0;
       pwriteAll(fd, path, batch, 0, batchBytes, offset);
       fdatasyncSync(fd);
       latenciesMs.push(performance.now() - beforeMs);
@@ -80,8 +83,8 @@ export interface PreparerData {
   segmentBytes: number;
 }
 
-const SEGMENT_BYTES = 16 * 1024 * 1024;
 const PREPARE_WAIT_MS_MAX = 30_000;
+const RECYCLING_REMOVAL = { noSync: false, recycleMax: 2, failpoints: new Failpoints(false), signal: new AbortController().signal };
 
 /** The preparer thread: the compiled `.js` next to a build, else the `.ts` source through the tsx bootstrap the node's own workers use. */
 function startPreparer(data: PreparerData): Worker {
@@ -136,10 +139,8 @@ export async function measureZeroFilledCeiling(parentDir: string, batchBytes: nu
       if (offset === SEGMENT_BYTES) {
         closeSync(fd);
         completeSegmentSync(dir, BigInt(segno), SEGMENT_BYTES, { noSync: false });
-        if (recycle && segno > 1) {
-          const old = BigInt(segno - 1);
-          renameFile(segmentPath(dir, old, SEGMENT_BYTES, false), join(dir, recycledSegmentName(segmentFileName(old, SEGMENT_BYTES))));
-        }
+        // The node's own WAL removal: it keeps the segment it removes for reuse (at most two are kept).
+        if (recycle && segno > 1) await removeSegmentsUpTo(dir, SEGMENT_BYTES, BigInt(segno - 1), RECYCLING_REMOVAL);
         segno += 1;
         awaitPrepared(segno);
         path = segmentPath(dir, BigInt(segno), SEGMENT_BYTES, true);

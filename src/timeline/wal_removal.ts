@@ -34,9 +34,7 @@ export async function removeSegmentsUpTo(dir: string, segmentSizeBytes: number, 
     const path = join(dir, entry.name);
     // A `.partial` below the horizon is a leftover (a crash before its rename); only complete ones are reused.
     const recycle = !entry.partial && recycled < options.recycleMax;
-    await (recycle ? rename(path, join(dir, recycledSegmentName(entry.name))) : unlink(path)).catch((error: unknown) => {
-      if ((error as { code?: string }).code !== 'ENOENT') throw storageError(error, recycle ? 'rename' : 'unlink', path);
-    });
+    await ignoringMissing(recycle ? 'rename' : 'unlink', path, recycle ? rename(path, join(dir, recycledSegmentName(entry.name))) : unlink(path));
     if (recycle) recycled += 1;
     removed += 1;
   }
@@ -58,12 +56,16 @@ export async function localSegmentRange(dir: string, segmentSizeBytes: number): 
  */
 export async function removeSegmentsFrom(dir: string, segmentSizeBytes: number, fromSegno: bigint, noSync: boolean): Promise<number> {
   const names = await listTimelineDir(dir);
-  const doomed = [...segmentEntriesFromNames(names, segmentSizeBytes).filter((entry) => entry.segno >= fromSegno).map((entry) => entry.name), ...names.filter(isRecycledSegmentName)];
-  for (const name of doomed) {
-    await unlink(join(dir, name)).catch((error: unknown) => {
-      if ((error as { code?: string }).code !== 'ENOENT') throw storageError(error, 'unlink', join(dir, name));
-    });
-  }
+  const segments = segmentEntriesFromNames(names, segmentSizeBytes).filter((entry) => entry.segno >= fromSegno);
+  const doomed = [...segments.map((entry) => entry.name), ...names.filter(isRecycledSegmentName)];
+  for (const name of doomed) await ignoringMissing('unlink', join(dir, name), unlink(join(dir, name)));
   if (doomed.length > 0 && !noSync) await fsyncDirectory(dir);
   return doomed.length;
+}
+
+/** Awaits an unlink or rename of `path`; a file already gone is fine (a crash or an earlier pass got there). */
+async function ignoringMissing(operation: 'unlink' | 'rename', path: string, work: Promise<void>): Promise<void> {
+  await work.catch((error: unknown) => {
+    if ((error as { code?: string }).code !== 'ENOENT') throw storageError(error, operation, path);
+  });
 }
