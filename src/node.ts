@@ -131,7 +131,7 @@ export class SafekeeperNode {
       throw listenError(error, this.config.listenHttp, this.config.sources.listen_http, 'listen_http');
     }
     const crc32c = CRC_NATIVE_NAME ?? 'portable (no native package loaded: WAL verification is several times slower)';
-    const walRecordCrc = RECORD_CRC_NATIVE ? 'native batch (native/wal_crc)' : 'one CRC call per record (native/wal_crc not built or not usable here)';
+    const walRecordCrc = RECORD_CRC_NATIVE ? 'native batch walk (native/wal_crc)' : 'one CRC call per record (native/wal_crc not built or not usable here)';
     this.log.info({ listen_pg: formatHostPort(this.pgAddress), listen_http: formatHostPort(this.httpAddress), data_dir: this.config.dataDir, version: this.version, crc32c, wal_record_crc: walRecordCrc }, 'safekeeper started');
   }
 

@@ -8,11 +8,14 @@
  * start, a record (header, then body), padding or post-XLOG_SWITCH bytes to skip, or a leading continuation
  * record to skip. A record's CRC runs over its body as bytes arrive, and only the 24-byte header is kept, so
  * the state is a few numbers plus 64 bytes. Hot path: one DataView per feed, the LSN as a segment base plus a
- * number offset (no bigint per record). A record that lies whole inside the fed piece and its page (most
- * of them) is only parsed where it is met; its CRC is checked with the others in one batch call (record_crc.ts)
- * before `feed` returns or throws, so an error always names the first bad record and `lastRecordEndLsn`
- * never covers an unchecked one. A record cut by a page or piece end runs its CRC over each part as it
- * arrives. With an `onRecord` callback, each record is checked before its callback.
+ * number offset (no bigint per record). Records that lie whole inside the fed piece and their page (most of
+ * them) are checked in batches (record_crc.ts): with the native addon, the run of good ones from a record
+ * start to the end of its page is walked in one call (length, xl_prev, CRC), and this code parses only
+ * where the walk stops (a page header, a cut record, a switch, or something wrong, which it then names);
+ * without it, each is parsed here and its CRC checked with the others in one batch call before `feed`
+ * returns or throws. Either way an error names the first bad record and `lastRecordEndLsn` never covers
+ * an unchecked one. A record cut by a page or piece end runs its CRC over each part as it arrives. With an
+ * `onRecord` callback, each record is parsed here and checked before its callback.
  *
  * Checks (errors carry the LSN of the bad page, or of the record's start for record errors, including
  * missing_contrecord and bad_contrecord_length; unexpected_contrecord is a page error, as the page is wrong):
@@ -30,7 +33,10 @@ import { assert } from '../sync/assert.js';
 import { crc32cPortableRange, crc32cRange } from './crc.js';
 import { formatLsn, isValidSegmentSize, type Lsn, WAL_PAGE_SIZE_BYTES } from './lsn.js';
 import { LONG_PAGE_HEADER_BYTES, RECORD_BYTES_MAX, RECORD_CRC_OFFSET_BYTES, RECORD_HEADER_BYTES, isSwitchRecord, pageMagicForPgVersion } from './page.js';
-import { verifyRecords, type RecordCrcVerifier } from './record_crc.js';
+import {
+  recordChecks, type RecordChecks, type RecordCrcVerifier, type RecordWalker, WALK_FROM, WALK_IO_LENGTH, WALK_LAST_END, WALK_LAST_START, WALK_LSN_HI,
+  WALK_LSN_LO, WALK_PREV_HI, WALK_PREV_KNOWN, WALK_PREV_LO, WALK_TO,
+} from './record_crc.js';
 import { checkPageHeader, type PageCheckContext } from './record_decoder_page.js';
 import { type DecoderPhase, type DecoderState, PAGE_MASK, PHASES, type WalCorruptionKind, headerBytesAt, lsnOf } from './record_decoder_state.js';
 
@@ -53,9 +59,12 @@ const pendingRecordLo = new Uint32Array(PENDING_RECORDS_MAX);
 const pendingEndHi = new Uint32Array(PENDING_RECORDS_MAX);
 const pendingEndLo = new Float64Array(PENDING_RECORDS_MAX);
 let pendingCount = 0;
+/** In/out numbers of the native record walk, one set per thread for the same reason. */
+const walkIo = new Uint32Array(WALK_IO_LENGTH);
 
 export class WalRecordDecoder {
   readonly #verifyRecords: RecordCrcVerifier;
+  readonly #walkRecords: RecordWalker | null;
   readonly #segmentSizeBytes: number;
   readonly #pgVersion: number;
   readonly #page: PageCheckContext;
@@ -83,10 +92,11 @@ export class WalRecordDecoder {
   #endLo = 0;
   #failed = false;
 
-  /** `verifier` checks batches of whole records (tests pass the portable one to cover both). */
-  constructor(state: DecoderState, verifier: RecordCrcVerifier = verifyRecords) {
+  /** `checks` checks whole records in batches (tests pass the portable ones to cover both). */
+  constructor(state: DecoderState, checks: RecordChecks = recordChecks) {
     assert(isValidSegmentSize(state.segmentSizeBytes), 'decoder state: segment size');
-    this.#verifyRecords = verifier;
+    this.#verifyRecords = checks.verify;
+    this.#walkRecords = checks.walk;
     assert(state.recordHeader.length === RECORD_HEADER_BYTES && state.pageHeader.length === LONG_PAGE_HEADER_BYTES, 'decoder state: buffers');
     const phase = PHASES.indexOf(state.phase);
     assert(phase >= 0, 'decoder state: phase');
@@ -205,6 +215,14 @@ export class WalRecordDecoder {
       }
       if (this.#phase === RECORD_START) {
         assert((pageOffset & 7) === 0, 'records start 8-byte aligned');
+        if (this.#walkRecords !== null && onRecord === undefined) {
+          const walked = this.#walk(this.#walkRecords, chunk, pos, Math.min(pageLeft, length - pos));
+          if (walked > 0) {
+            pos = walkIo[WALK_LAST_END] as number;
+            completed += walked;
+            continue;
+          }
+        }
         this.#recordHi = this.#segmentHi;
         this.#recordLo = this.#segmentLo + this.#offsetBytes;
         this.#recordReadBytes = 0;
@@ -268,6 +286,33 @@ export class WalRecordDecoder {
       }
     }
     return completed;
+  }
+
+  /**
+   * The native walk over the good records that lie whole in chunk[pos, pos + available), all in one page,
+   * the first starting at `pos`: the decoder moves past the last of them as if it had parsed each. Returns
+   * how many (0: the caller parses the record at `pos` itself); the last one ends at walkIo[WALK_LAST_END].
+   */
+  #walk(walk: RecordWalker, chunk: Uint8Array, pos: number, available: number): number {
+    const io = walkIo;
+    const lsnLo = this.#segmentLo + this.#offsetBytes;
+    io[WALK_FROM] = pos;
+    io[WALK_TO] = pos + available;
+    io[WALK_LSN_HI] = this.#segmentHi;
+    io[WALK_LSN_LO] = lsnLo;
+    io[WALK_PREV_KNOWN] = this.#prevKnown ? 1 : 0;
+    io[WALK_PREV_HI] = this.#prevHi;
+    io[WALK_PREV_LO] = this.#prevLo;
+    const count = walk(chunk, io);
+    if (count === 0) return 0;
+    const lastStart = io[WALK_LAST_START] as number;
+    const walkedBytes = (io[WALK_LAST_END] as number) - pos;
+    this.#recordHi = this.#segmentHi;
+    this.#recordLo = lsnLo + (lastStart - pos);
+    this.#advance(walkedBytes);
+    // The walk stops before a switch, so this is plain padding; the walk checked every CRC already.
+    this.#finishRecord(chunk[lastStart + 17] as number, chunk[lastStart + 16] as number, undefined);
+    return count;
   }
 
   /** Consumes up to the rest of a page header at `pageOffset`; validates it once complete. Returns bytes used. */

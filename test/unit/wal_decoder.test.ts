@@ -4,7 +4,7 @@ import { AssertionError } from '../../src/sync/assert.js';
 import { InvalidArgumentError, WalCorruptionError } from '../../src/errors.js';
 import { WAL_PAGE_SIZE_BYTES, type Lsn } from '../../src/wal/lsn.js';
 import { type DecoderState, WalRecordDecoder, initialDecoderState } from '../../src/wal/record_decoder.js';
-import { type RecordCrcVerifier, verifyRecords, verifyRecordsPortable } from '../../src/wal/record_crc.js';
+import { PORTABLE_RECORD_CHECKS, RECORD_CRC_NATIVE, recordChecks, type RecordChecks } from '../../src/wal/record_crc.js';
 import { WalBuilder, type BuiltRecord } from '../../src/wal/wal_builder.js';
 
 const SEGMENT_BYTES = 1 << 20;
@@ -113,12 +113,17 @@ function decodeExpectingError(startLsn: Lsn, bytes: Uint8Array, options: { skipL
   assert.fail('decoder accepted corrupt WAL');
 }
 
-/** The default verifier (the native addon when it is built) and the portable one. */
-const VERIFIERS: RecordCrcVerifier[] = verifyRecords === verifyRecordsPortable ? [verifyRecordsPortable] : [verifyRecords, verifyRecordsPortable];
+/**
+ * Every way the decoder checks whole records: the native walk (the default when the addon is built), the
+ * native batch CRC with the headers parsed in JS, and the portable code.
+ */
+const CHECKS: { name: string; checks: RecordChecks }[] = RECORD_CRC_NATIVE
+  ? [{ name: 'native walk', checks: recordChecks }, { name: 'native CRC', checks: { verify: recordChecks.verify, walk: null } }, { name: 'portable', checks: PORTABLE_RECORD_CHECKS }]
+  : [{ name: 'portable', checks: PORTABLE_RECORD_CHECKS }];
 
 /** Decodes `bytes` in `chunkBytes` pieces without a callback (the writer's way: CRCs checked in batches). */
-function decodeBatched(startLsn: Lsn, bytes: Uint8Array, chunkBytes: number, verifier: RecordCrcVerifier): { count: number; error: unknown; lastRecordEndLsn: Lsn } {
-  const decoder = new WalRecordDecoder(initialDecoderState({ startLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION }), verifier);
+function decodeBatched(startLsn: Lsn, bytes: Uint8Array, chunkBytes: number, checks: RecordChecks): { count: number; error: unknown; lastRecordEndLsn: Lsn } {
+  const decoder = new WalRecordDecoder(initialDecoderState({ startLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION }), checks);
   let count = 0;
   try {
     for (let pos = 0; pos < bytes.length; pos += chunkBytes) count += decoder.feed(bytes.subarray(pos, pos + chunkBytes));
@@ -138,11 +143,10 @@ describe('WalRecordDecoder batch CRC checks', () => {
   const recordAt = (index: number): BuiltRecord => records[index] ?? assert.fail(`record ${index}`);
   const offsetOf = (lsn: Lsn): number => Number(lsn - startLsn);
 
-  for (const verifier of VERIFIERS) {
-    const name = verifier === verifyRecordsPortable ? 'portable' : 'native';
+  for (const { name, checks } of CHECKS) {
     it(`${name}: counts and ends every record, whatever the piece size`, () => {
       for (const chunkBytes of [bytes.length, 100_000, 8192, 333]) {
-        const decoded = decodeBatched(startLsn, bytes, chunkBytes, verifier);
+        const decoded = decodeBatched(startLsn, bytes, chunkBytes, checks);
         assert.equal(decoded.error, null);
         assert.equal(decoded.count, records.length);
         assert.equal(decoded.lastRecordEndLsn, recordAt(records.length - 1).endLsn);
@@ -154,7 +158,7 @@ describe('WalRecordDecoder batch CRC checks', () => {
         const corrupt = bytes.slice();
         xorAt(corrupt, offsetOf(recordAt(index).startLsn) + 21, 0x40); // inside xl_crc: never on a page header
         for (const chunkBytes of [bytes.length, 8192]) {
-          const decoded = decodeBatched(startLsn, corrupt, chunkBytes, verifier);
+          const decoded = decodeBatched(startLsn, corrupt, chunkBytes, checks);
           assert.ok(decoded.error instanceof WalCorruptionError, String(decoded.error));
           assert.equal(decoded.error.kind, 'crc_mismatch');
           assert.equal(decoded.error.lsn, recordAt(index).startLsn, `record ${index}, chunk ${chunkBytes}`);
@@ -167,7 +171,7 @@ describe('WalRecordDecoder batch CRC checks', () => {
       const corrupt = bytes.slice();
       xorAt(corrupt, offsetOf(recordAt(10).startLsn) + 20, 0x01);
       xorAt(corrupt, offsetOf(recordAt(12).startLsn) + 8, 0x08); // xl_prev
-      const decoded = decodeBatched(startLsn, corrupt, bytes.length, verifier);
+      const decoded = decodeBatched(startLsn, corrupt, bytes.length, checks);
       assert.ok(decoded.error instanceof WalCorruptionError);
       assert.equal(decoded.error.kind, 'crc_mismatch');
       assert.equal(decoded.error.lsn, recordAt(10).startLsn);
@@ -279,8 +283,8 @@ describe('WalRecordDecoder corruption errors', () => {
     return bytes;
   };
   const expectError = (bytes: Uint8Array, kind: WalCorruptionError['kind'], lsn: Lsn, lastEndLsn: Lsn): void => {
-    for (const [verifier, chunkBytes] of VERIFIERS.flatMap((v) => [bytes.length, 4096, 13].map((c) => [v, c] as const))) {
-      const decoder = new WalRecordDecoder(initialDecoderState({ startLsn: stream.startLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION }), verifier);
+    for (const [{ checks }, chunkBytes] of CHECKS.flatMap((c) => [bytes.length, 4096, 13].map((size) => [c, size] as const))) {
+      const decoder = new WalRecordDecoder(initialDecoderState({ startLsn: stream.startLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION }), checks);
       const error = (() => {
         try {
           for (let pos = 0; pos < bytes.length; pos += chunkBytes) decoder.feed(bytes.subarray(pos, pos + chunkBytes));
