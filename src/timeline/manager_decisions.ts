@@ -18,6 +18,10 @@
  *   restart never needs a segment that is gone. remote_consistent_lsn is not part of the horizon (Neon has
  *   it): a pageserver below the local start reads from remote storage (§11), and connected readers hold
  *   the horizon themselves. The segment being written is never below segno(horizon).
+ * - recycled segments (`wal_recycle_segments`) of a quiet timeline are dropped: no proposer connected and
+ *   nothing changed for `partial_backup_timeout`, and no removal running or planned. They only speed up
+ *   the next segments of a timeline that is being written; on a node with thousands of idle timelines they
+ *   would otherwise hold `wal_recycle_segments` segments of disk each until eviction.
  * - partial backup: when the Uploaded record differs from (flush, commit, last_log_term) and nothing
  *   changed for `partial_backup_timeout` (the timeline is quiet).
  * - eviction (`enable_offload`): no proposer, reader or guard; no job running or scheduled; control file
@@ -62,6 +66,8 @@ export interface ManagerFacts {
   removalRetryAtMs: number;
   /** Every local segment numbered ≤ this is gone (−1 when none ever was). */
   lastRemovedSegno: bigint;
+  /** The timeline directory may hold recycled segments (a removal kept some, or the manager just started). */
+  recycledHeld: boolean;
   partialRunning: boolean;
   partialRetryAtMs: number;
   partialSegments: readonly PartialRemoteSegment[];
@@ -87,6 +93,8 @@ export interface ManagerPlan {
   active: boolean;
   save: boolean;
   removeUpToSegno: bigint | null;
+  /** Delete the recycled segments (in the removal slot). */
+  dropRecycled: boolean;
   uploadPartial: boolean;
   evict: boolean;
   /** Look again at this time even if nothing changes (Infinity: only on a change). */
@@ -116,7 +124,7 @@ export function planPass(snapshot: ManagerSnapshot, facts: ManagerFacts, setting
   const { nowMs, segmentSizeBytes } = facts;
   let wakeAtMs = Infinity;
   const wakeAt = (atMs: number): void => void (wakeAtMs = Math.min(wakeAtMs, atMs));
-  const plan: ManagerPlan = { backupTargetSegno: null, reportBackupLsn: null, active: false, save: false, removeUpToSegno: null, uploadPartial: false, evict: false, wakeAtMs, status: 'idle' };
+  const plan: ManagerPlan = { backupTargetSegno: null, reportBackupLsn: null, active: false, save: false, removeUpToSegno: null, dropRecycled: false, uploadPartial: false, evict: false, wakeAtMs, status: 'idle' };
   if (facts.offloaded) return { ...plan, status: 'offloaded' };
   const segno = (lsn: Lsn): bigint => segmentNumber(lsn, segmentSizeBytes);
 
@@ -146,6 +154,13 @@ export function planPass(snapshot: ManagerSnapshot, facts: ManagerFacts, setting
     else wakeAt(facts.removalRetryAtMs);
   }
 
+  // Recycled segments of a quiet timeline.
+  if (facts.recycledHeld && snapshot.proposerCount === 0n && !facts.removalRunning && plan.removeUpToSegno === null) {
+    const dueMs = Math.max(facts.lastChangeMs + settings.partialBackupTimeoutMs, facts.removalRetryAtMs);
+    if (nowMs >= dueMs) plan.dropRecycled = true;
+    else wakeAt(dueMs);
+  }
+
   // Partial backup.
   const current = partialCurrentOf(snapshot);
   const partialStale = snapshot.flushLsn > 0n && needsUploading(facts.partialSegments, current);
@@ -162,7 +177,7 @@ export function planPass(snapshot: ManagerSnapshot, facts: ManagerFacts, setting
     const noJobs = facts.backupRunning === 0 && facts.backupRetryAtMs === null && !facts.persistRunning && !facts.removalRunning && !facts.partialRunning;
     const allRemote = !backupNeeded && !ahead && !partialStale && uploaded !== null && uploaded.commitLsn === snapshot.persistedCommitLsn;
     const onlyLastSegmentLocal = facts.lastRemovedSegno + 1n >= segno(snapshot.flushLsn);
-    const ready = quiet && noJobs && allRemote && onlyLastSegmentLocal && !plan.save && plan.removeUpToSegno === null && !plan.uploadPartial;
+    const ready = quiet && noJobs && allRemote && onlyLastSegmentLocal && !plan.save && plan.removeUpToSegno === null && !plan.dropRecycled && !plan.uploadPartial;
     if (ready) {
       const dueMs = Math.max(facts.evictNotBeforeMs, facts.evictRetryAtMs);
       if (nowMs >= dueMs) plan.evict = true;
@@ -180,7 +195,7 @@ function describe(plan: ManagerPlan, facts: ManagerFacts): string {
   if (facts.backupRunning > 0 || plan.backupTargetSegno !== null) parts.push('backup');
   if (facts.backupRetryAtMs !== null) parts.push('backup-retry');
   if (facts.persistRunning || plan.save) parts.push('save');
-  if (facts.removalRunning || plan.removeUpToSegno !== null) parts.push('removal');
+  if (facts.removalRunning || plan.removeUpToSegno !== null || plan.dropRecycled) parts.push('removal');
   if (facts.partialRunning || plan.uploadPartial) parts.push('partial');
   if (facts.evictRunning || plan.evict) parts.push('evict');
   return parts.length === 0 ? (Number.isFinite(plan.wakeAtMs) ? 'waiting' : 'idle') : parts.join('+');

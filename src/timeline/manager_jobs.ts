@@ -25,7 +25,7 @@ import type { TimelineManager } from './manager.js';
 import type { ManagerBackup } from './manager_backup.js';
 import { partialCurrentOf, type ManagerFacts, type ManagerSnapshot } from './manager_decisions.js';
 import type { ManagerShared } from './manager_shared.js';
-import { localSegmentRange, removeSegmentsUpTo } from './wal_removal.js';
+import { dropRecycledSegments, localSegmentRange, removeSegmentsUpTo } from './wal_removal.js';
 
 /** A failed save, removal, partial upload or eviction is retried after this long. */
 export const JOB_RETRY_MS = 2_000;
@@ -51,6 +51,8 @@ export class ManagerJobs {
   #evictRetryAtMs = 0;
   #evictNotBeforeMs: number;
   #lastRemovedSegno = -1n;
+  /** Recycled segments may be on disk: unknown at start (an earlier run may have left some). */
+  #recycledHeld = true;
 
   /** `startMs`: when the manager was made (its clock); the first save and eviction are timed from it. */
   constructor(
@@ -92,6 +94,7 @@ export class ManagerJobs {
       removalRunning: this.#removalJob !== null,
       removalRetryAtMs: this.#removalRetryAtMs,
       lastRemovedSegno: this.#lastRemovedSegno,
+      recycledHeld: this.#recycledHeld,
       partialRunning: this.#partialJob !== null,
       partialRetryAtMs: this.#partialRetryAtMs,
       partialSegments: this.#partialSegments,
@@ -171,9 +174,20 @@ export class ManagerJobs {
     const job = this.#runJob('WAL removal', async () => {
       const removed = await removeSegmentsUpTo(this.owner.dir, this.owner.segmentSizeBytes, removeUpToSegno, { noSync: this.shared.config.noSync, recycleMax: this.shared.config.walRecycleSegments, failpoints: this.shared.failpoints, signal: this.owner.signal() });
       this.#lastRemovedSegno = removeUpToSegno;
+      if (removed > 0 && this.shared.config.walRecycleSegments > 0) this.#recycledHeld = true;
       this.shared.counters.segmentsRemoved += removed;
       this.#publishLocalStart();
       if (removed > 0) this.owner.log('debug', 'removed local WAL', { removed_segments: removed, up_to_segno: String(removeUpToSegno) });
+    }, (atMs) => (this.#removalRetryAtMs = atMs));
+    this.#removalJob = job.finally(() => this.#jobEnded(() => (this.#removalJob = null)));
+  }
+
+  /** Deletes the recycled segments of a quiet timeline, in the removal slot (the two never overlap). */
+  startRecycledDrop(): void {
+    const job = this.#runJob('recycled segment cleanup', async () => {
+      const dropped = await dropRecycledSegments(this.owner.dir);
+      this.#recycledHeld = false;
+      if (dropped > 0) this.owner.log('debug', 'deleted the recycled segments of a quiet timeline', { segments: dropped });
     }, (atMs) => (this.#removalRetryAtMs = atMs));
     this.#removalJob = job.finally(() => this.#jobEnded(() => (this.#removalJob = null)));
   }

@@ -6,7 +6,8 @@
  * again) finishes the job. Up to `recycleMax` complete segments are renamed to `recycled-<name>` instead of
  * deleted, for the writer to prepare a later segment in (segment_file.ts; PostgreSQL recycles its segments
  * too, but we zero them before reuse, so a segment's tail is always zeros). Also `localSegmentRange`, what
- * the manager learns at start. The failpoint `wal-removal-before-delete` fires before each file.
+ * the manager learns at start, and `dropRecycledSegments` for a quiet timeline. The failpoint
+ * `wal-removal-before-delete` fires before each segment file.
  * Coordinator thread; async fs.
  */
 import { rename, unlink } from 'node:fs/promises';
@@ -40,6 +41,17 @@ export async function removeSegmentsUpTo(dir: string, segmentSizeBytes: number, 
   }
   if (removed > 0 && !options.noSync) await fsyncDirectory(dir);
   return removed;
+}
+
+/**
+ * Deletes the recycled segments of `dir`; returns how many. No directory fsync: a recycled name is never a
+ * segment, so one that comes back after a crash is only disk space until the next drop or reuse. A writer
+ * taking one at the same time (segment_file.ts) renames it first or finds it gone; both are fine.
+ */
+export async function dropRecycledSegments(dir: string): Promise<number> {
+  const names = (await listTimelineDir(dir)).filter(isRecycledSegmentName);
+  for (const name of names) await ignoringMissing('unlink', join(dir, name), unlink(join(dir, name)));
+  return names.length;
 }
 
 /** The lowest and highest local segment numbers, or null when there is no segment file. */

@@ -104,10 +104,10 @@ describe('WAL backup to the local filesystem', { timeout: 80_000 }, () => {
     await node.stop();
   });
 
-  test('removed segments are recycled: at most wal_recycle_segments kept, and a later segment is prepared in one', async () => {
+  test('removed segments are recycled: at most wal_recycle_segments kept, a later segment is prepared in one, and a quiet timeline drops them', async () => {
     const dataDir = makeTempDir('sk-backup-data-');
     const remoteDir = makeTempDir('sk-backup-remote-');
-    const node = await startNode(dataDir, `file://${remoteDir}`, ['--wal-recycle-segments', '2']);
+    const node = await startNode(dataDir, `file://${remoteDir}`, ['--wal-recycle-segments', '2', '--partial-backup-timeout', '1s']);
     const ids = newIds();
     const wal = makeWal(9 * SEGMENT_BYTES + 300_000, 14);
     // Stop in segment 5: segment 6 is prepared already (a new file), 7 not yet.
@@ -137,6 +137,9 @@ describe('WAL backup to the local filesystem', { timeout: 80_000 }, () => {
     assert.ok(last.subarray(kept).every((byte) => byte === 0), 'the segment being written has a zero tail');
     assert.ok(recycled().length <= 2, `never more than wal_recycle_segments: ${recycled().join(',')}`);
     await session.proposer.close();
+    // No proposer, nothing new for partial_backup_timeout: the recycled files go, live WAL stays.
+    await waitFor(() => recycled().length === 0, { what: 'recycled segments of the quiet timeline deleted', timeoutMs: 20_000 });
+    assert.ok((await localSegmentNames(dataDir, ids)).includes(`${segmentName(10n)}.partial`), 'the segment being written stays');
     await node.stop();
   });
 

@@ -1,7 +1,8 @@
 /**
  * The timeline manager's decisions (src/timeline/manager_decisions.ts) from made-up snapshots: backup
  * targets and backup_lsn reports, control-file save timing, the removal horizon (persisted values, readers,
- * never the segment being written), partial backup on a quiet timeline, and eviction's preconditions. Also
+ * never the segment being written), dropping recycled segments and partial backup on a quiet timeline, and
+ * eviction's preconditions. Also
  * the partial object naming and the RpcPort's in-flight bound.
  */
 import assert from 'node:assert/strict';
@@ -52,6 +53,7 @@ function facts(overrides: Partial<ManagerFacts> = {}): ManagerFacts {
     removalRunning: false,
     removalRetryAtMs: 0,
     lastRemovedSegno: 0n,
+    recycledHeld: false,
     partialRunning: false,
     partialRetryAtMs: 0,
     partialSegments: [],
@@ -83,7 +85,7 @@ describe('manager decisions', () => {
   test('an idle, saved, backed-up timeline plans nothing and sets no timer', () => {
     const s = snapshot({ backupLsn: at(6), persistedBackupLsn: at(6), remoteConsistentLsn: at(6, 1000), persistedRemoteConsistentLsn: at(6, 1000) });
     const plan = planPass(s, facts({ uploadedEndSegno: 6n, lastRemovedSegno: 5n, partialSegments: [uploaded(s)] }), { ...settings, enableOffload: false });
-    assert.deepEqual({ ...plan, status: undefined }, { backupTargetSegno: null, reportBackupLsn: null, active: false, save: false, removeUpToSegno: null, uploadPartial: false, evict: false, wakeAtMs: Infinity, status: undefined });
+    assert.deepEqual({ ...plan, status: undefined }, { backupTargetSegno: null, reportBackupLsn: null, active: false, save: false, removeUpToSegno: null, dropRecycled: false, uploadPartial: false, evict: false, wakeAtMs: Infinity, status: undefined });
     assert.equal(plan.status, 'idle');
   });
 
@@ -111,6 +113,23 @@ describe('manager decisions', () => {
     assert.equal(planPass(snapshot({ backupLsn: at(6) }), facts({ uploadedEndSegno: 6n }), settings).removeUpToSegno, null);
   });
 
+  test('recycled segments are dropped once the timeline is quiet with no proposer, never during a removal', () => {
+    const s = snapshot({ persistedBackupLsn: at(1, 40) }); // nothing to remove
+    const held = facts({ recycledHeld: true });
+    const early = planPass(s, { ...held, nowMs: 1_059_000 }, settings);
+    assert.equal(early.dropRecycled, false);
+    assert.equal(early.wakeAtMs <= 1_060_000, true, 'looks again when the quiet period ends');
+    assert.equal(planPass(s, { ...held, nowMs: 1_060_000 }, settings).dropRecycled, true);
+    assert.equal(planPass(s, { ...facts(), nowMs: 1_060_000 }, settings).dropRecycled, false, 'none held');
+    assert.equal(planPass({ ...s, proposerCount: 1n }, { ...held, nowMs: 2_000_000 }, settings).dropRecycled, false, 'a proposer is connected');
+    assert.equal(planPass(s, { ...held, nowMs: 2_000_000, removalRunning: true }, settings).dropRecycled, false, 'a removal runs');
+    assert.equal(planPass(s, { ...held, nowMs: 2_000_000, removalRetryAtMs: 2_000_500 }, settings).dropRecycled, false, 'after a failure, at the retry time');
+    const removable = snapshot({ backupLsn: at(4), persistedBackupLsn: at(4) });
+    const both = planPass(removable, { ...held, nowMs: 2_000_000, uploadedEndSegno: 4n }, settings);
+    assert.equal(both.removeUpToSegno, 3n);
+    assert.equal(both.dropRecycled, false, 'removal first; the drop comes on a later pass');
+  });
+
   test('partial backup waits for a quiet timeline, then uploads what changed', () => {
     const s = snapshot();
     const quiet = planPass(s, facts({ nowMs: 1_000_000 + 59_000 }), settings);
@@ -135,6 +154,9 @@ describe('manager decisions', () => {
     const notYet = planPass(s, { ...ready, evictNotBeforeMs: 1_000_500 }, settings);
     assert.equal(notYet.evict, false);
     assert.equal(notYet.wakeAtMs, 1_000_500);
+    assert.equal(planPass(s, { ...ready, recycledHeld: true }, settings).evict, true, 'eviction deletes recycled segments itself');
+    const dropFirst = planPass(s, { ...ready, recycledHeld: true, nowMs: 1_060_000 }, settings);
+    assert.deepEqual([dropFirst.dropRecycled, dropFirst.evict], [true, false], 'a drop due now runs first, alone');
     assert.equal(planPass(s, { ...ready, offloaded: true }, settings).status, 'offloaded');
   });
 });

@@ -1,7 +1,8 @@
 /**
  * Local WAL removal (`timeline/wal_removal.ts`) on a real directory: ascending deletion up to a limit, up to
  * `recycleMax` complete segments kept under `recycled-<name>` for reuse (counting those already there),
- * leftover `.partial` files never kept, and an offloaded timeline's cleanup removing recycled files too.
+ * leftover `.partial` files never kept, a quiet timeline's recycled files dropped, and an offloaded
+ * timeline's cleanup removing recycled files too.
  */
 import assert from 'node:assert/strict';
 import { readdirSync, writeFileSync } from 'node:fs';
@@ -11,7 +12,7 @@ import { join } from 'node:path';
 import { after, beforeEach, describe, test } from 'node:test';
 import { segmentFileName } from '../../src/wal/lsn.js';
 import { Failpoints } from '../../src/sync/failpoints.js';
-import { removeSegmentsFrom, removeSegmentsUpTo } from '../../src/timeline/wal_removal.js';
+import { dropRecycledSegments, removeSegmentsFrom, removeSegmentsUpTo } from '../../src/timeline/wal_removal.js';
 
 const SEG = 1024 * 1024;
 const dirs: string[] = [];
@@ -49,6 +50,17 @@ describe('WAL removal', () => {
     touch(name(3n));
     assert.equal(await removeSegmentsUpTo(dir, SEG, 3n, options(0)), 1);
     assert.deepEqual(names(), [`recycled-${name(2n)}`]);
+  });
+
+  test('a quiet timeline drops its recycled files and nothing else', async () => {
+    touch(`recycled-${name(1n)}`);
+    touch(`recycled-${name(2n)}`);
+    touch(name(3n));
+    touch(`${name(4n)}.partial`);
+    touch('safekeeper.control');
+    assert.equal(await dropRecycledSegments(dir), 2);
+    assert.deepEqual(names(), [name(3n), `${name(4n)}.partial`, 'safekeeper.control'].sort());
+    assert.equal(await dropRecycledSegments(dir), 0);
   });
 
   test("an offloaded timeline's cleanup removes the segments from a point on and every recycled file", async () => {
