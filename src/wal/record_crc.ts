@@ -22,7 +22,7 @@ import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { assert } from '../sync/assert.js';
-import { RECORD_CRC_OFFSET_BYTES, RECORD_HEADER_BYTES, computeRecordCrc } from './page.js';
+import { RECORD_CRC_OFFSET_BYTES, RECORD_HEADER_BYTES, RM_LOGICALMSG_ID, computeRecordCrc } from './page.js';
 
 /**
  * Checks the records starting at `starts[0..count)` inside `data` (each must lie whole inside it). Returns the
@@ -103,7 +103,7 @@ function selfCheck(checks: RecordChecks): boolean {
     const start = starts[index] as number;
     for (let at = start + 4; at < start + total; at++) bytes[at] = (at * 31 + index) & 0xff;
     view.setUint32(start, total, true);
-    bytes[start + 17] = 21; // not an XLOG record, so never a switch
+    bytes[start + 17] = RM_LOGICALMSG_ID; // not an XLOG record, so never a switch
     view.setUint32(start + 8, index === 0 ? 0 : lsnBase + (starts[index - 1] as number), true); // xl_prev
     view.setUint32(start + 12, 0, true);
     view.setUint32(start + RECORD_CRC_OFFSET_BYTES, computeRecordCrc(bytes, start, start + total), true);
