@@ -10,7 +10,8 @@
  * pageserver termination rule (§5.3).
  *
  * XLogData (§5.2): at most XLOG_DATA_WAL_BYTES_MAX bytes, ending on the 128 KiB grid (a page boundary)
- * when it stops before the available end, never across a segment boundary; wal_end is the available end.
+ * when it stops before the available end, never across a segment boundary; wal_end is the available end
+ * the chunk was cut against (as walsender's SendRqstPtr), or less if WAL was truncated meanwhile.
  * These bounds and the errors that end the stream are in `stream_rules.ts`.
  * Bytes come from `WalReader`: the ring (copies shared by readers in lockstep), the segment files, remote
  * storage for WAL removed locally, or the synthesised initial segment image.
@@ -230,8 +231,11 @@ class WalSender implements CopyBothSink {
       const bytes = await reader.read(lsn, Number(chunkEndLsn - lsn), signal);
       if (bytes.length === 0) continue; // a cut of the files: re-check the bounds
       this.#acquireTerm(); // the read happened under the requested term (Neon holds a term guard across it)
-      const walEndLsn = this.#availableEnd();
-      if (walEndLsn < lsn + BigInt(bytes.length)) continue; // truncated during the read: re-check the bounds
+      const nowEndLsn = this.#availableEnd();
+      if (nowEndLsn < lsn + BigInt(bytes.length)) continue; // truncated during the read: re-check the bounds
+      // wal_end is the end the chunk was cut against (walsender's SendRqstPtr), not one that moved during the
+      // read: then a chunk that stops before wal_end always stops on the grid, as the receiver may check.
+      const walEndLsn = lsnMin(endLsn, nowEndLsn);
       const sent = this.conn.sendCopyDataParts(encodeXLogDataHeader(lsn, walEndLsn, postgresNowUs()), bytes);
       for (const source of ['ring', 'segment', 'remote', 'initial_image'] as const) {
         const delta = reader.bytesBySource[source] - before[source];
