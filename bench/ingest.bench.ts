@@ -22,7 +22,8 @@
  *      connections), each for a fixed time (or until the pre-built WAL runs out); "durable" means until an
  *      AppendResponse's flush_lsn covers the last byte sent. One tinybench task per scenario, a fixed number
  *      of iterations; MiB/s is total bytes over total durable time. The average group-commit batch, the
- *      node's fdatasync time and its CPU use come from its /metrics, scraped around each iteration.
+ *      node's fdatasync time, its CPU use and how many segments it prepared in recycled and in new files
+ *      come from its /metrics, scraped around each iteration.
  *   4. Ack latency of a lone 8 KiB append (one in flight, idle node): send → covering AppendResponse, after
  *      8,000 unmeasured lone appends (the JIT's warm-up, see LATENCY_WARMUP_APPENDS).
  *
@@ -118,6 +119,8 @@ interface NodeCounters {
   fsyncSeconds: number;
   fsyncs: number;
   writeSeconds: number;
+  preparedRecycled: number;
+  preparedNew: number;
   cpuSeconds: number;
 }
 
@@ -131,12 +134,16 @@ async function scrape(node: NodeProcess): Promise<NodeCounters> {
     if (match === null) throw new Error(`metric ${name} missing from /metrics`);
     return Number(match[1]);
   };
+  // Labelled counters appear with their first increment.
+  const prepared = (source: string): number => Number(new RegExp(`^safekeeper_wal_segments_prepared_total\\{source="${source}"\\} ([0-9.e+-]+)$`, 'm').exec(text)?.[1] ?? 0);
   return {
     walBytes: value('safekeeper_write_wal_bytes_total'),
     batches: value('safekeeper_write_wal_seconds_count'),
     writeSeconds: value('safekeeper_write_wal_seconds_sum'),
     fsyncSeconds: value('safekeeper_fsync_seconds_sum'),
     fsyncs: value('safekeeper_fsync_seconds_count'),
+    preparedRecycled: prepared('recycled'),
+    preparedNew: prepared('new'),
     cpuSeconds: value('process_cpu_seconds_total'),
   };
 }
@@ -250,6 +257,8 @@ class IngestRun {
     stats.fsyncSeconds += after.fsyncSeconds - before.fsyncSeconds;
     stats.fsyncs += after.fsyncs - before.fsyncs;
     stats.writeSeconds += after.writeSeconds - before.writeSeconds;
+    stats.preparedRecycled += after.preparedRecycled - before.preparedRecycled;
+    stats.preparedNew += after.preparedNew - before.preparedNew;
     stats.cpuSeconds += after.cpuSeconds - before.cpuSeconds;
     stats.clientCpuSeconds += (clientCpu.user + clientCpu.system) / 1e6;
     if (load !== null) {

@@ -58,6 +58,9 @@ export interface ThroughputStats {
   fsyncSeconds: number;
   fsyncs: number;
   writeSeconds: number;
+  /** Segments zero-filled ahead of the writer: in recycled files and in new ones. */
+  preparedRecycled: number;
+  preparedNew: number;
   cpuSeconds: number;
   clientCpuSeconds: number;
   machineBusyCoreSeconds: number;
@@ -93,8 +96,8 @@ export interface FloorResult {
 }
 
 export const emptyStats = (timelines: number, appendBytes: number): ThroughputStats => ({
-  timelines, appendBytes, iterations: 0, bytes: 0, appends: 0, seconds: 0, batches: 0, batchWalBytes: 0, fsyncSeconds: 0, fsyncs: 0, writeSeconds: 0, cpuSeconds: 0,
-  clientCpuSeconds: 0, machineBusyCoreSeconds: 0, deviceWriteMib: 0, ceiling: null, zeroFilledCeiling: null, recycledCeiling: null,
+  timelines, appendBytes, iterations: 0, bytes: 0, appends: 0, seconds: 0, batches: 0, batchWalBytes: 0, fsyncSeconds: 0, fsyncs: 0, writeSeconds: 0, preparedRecycled: 0,
+  preparedNew: 0, cpuSeconds: 0, clientCpuSeconds: 0, machineBusyCoreSeconds: 0, deviceWriteMib: 0, ceiling: null, zeroFilledCeiling: null, recycledCeiling: null,
 });
 
 export const round = (value: number, digits = 0): number => Number(value.toFixed(digits));
@@ -206,7 +209,8 @@ function throughputRow(stats: ThroughputStats, ceiling1MiB: DiskCeiling, ceiling
     '÷ ceiling@batch': `${(mibPerSecond / ceiling.mibPerSecond).toFixed(2)} of ${round(ceiling.mibPerSecond)}`,
     '÷ ceiling@1MiB': (mibPerSecond / ceiling1MiB.mibPerSecond).toFixed(2),
     note:
-      `${stats.iterations}×${(stats.seconds / stats.iterations).toFixed(1)} s, ${round(stats.batches / stats.seconds)} batches/s, node fdatasync ${fsyncMs.toFixed(2)} ms avg; ` +
+      `${stats.iterations}×${(stats.seconds / stats.iterations).toFixed(1)} s, ${round(stats.batches / stats.seconds)} batches/s, node fdatasync ${fsyncMs.toFixed(2)} ms avg, ` +
+      `segments prepared ${stats.preparedRecycled} recycled + ${stats.preparedNew} new; ` +
       `CPU node ${(stats.cpuSeconds / stats.seconds).toFixed(2)} + client ${(stats.clientCpuSeconds / stats.seconds).toFixed(2)} cores, ${loadNote(load, ownCores)}`,
   };
 }

@@ -61,6 +61,13 @@ export const fsyncSeconds = new Histogram({
   registers: [registry],
 });
 
+export const walSegmentsPreparedTotal = new Counter({
+  name: 'safekeeper_wal_segments_prepared_total',
+  help: 'Segment files zero-filled ahead of the writer, by source: recycled (a removed segment reused) or new; failed ones are counted as failed',
+  labelNames: ['source'] as const,
+  registers: [registry],
+});
+
 export const walIngestAppendsTotal = new Counter({
   name: 'safekeeper_wal_ingest_appends_total',
   help: 'AppendRequest messages received from proposers',

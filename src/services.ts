@@ -11,9 +11,9 @@ import type { TooManyConnectionsError } from './errors.js';
 import { coordinatorRoutes } from './http/coordinator_routes.js';
 import { timelineRoutes } from './http/timeline_routes.js';
 import { createWriterPool, type WriterPool } from './ingest/writer_pool.js';
-import type { WriteResult } from './ingest/writer_protocol.js';
+import type { PrepareResult, WriteResult } from './ingest/writer_protocol.js';
 import type { Logger } from './log.js';
-import { commitLsn, flushLsn, fsyncSeconds, observeMs, onScrape, pgQueriesReceivedTotal, writeWalBytesTotal, writeWalSeconds } from './metrics.js';
+import { commitLsn, flushLsn, fsyncSeconds, observeMs, onScrape, pgQueriesReceivedTotal, walSegmentsPreparedTotal, writeWalBytesTotal, writeWalSeconds } from './metrics.js';
 import type { NodeHooks, PgConnectionInfo } from './node.js';
 import { errorResponse } from './pg/backend_encoder.js';
 import { PgConnection } from './pg/connection.js';
@@ -34,6 +34,10 @@ export function createNodeHooks(config: Config): NodeHooks {
     writeWalBytesTotal.inc(bytes);
     observeMs(writeWalSeconds, result.timings.writeMs);
     observeMs(fsyncSeconds, result.timings.fsyncMs);
+  };
+  const onPrepared = (result: PrepareResult): void => {
+    if (!result.ok) walSegmentsPreparedTotal.inc({ source: 'failed' });
+    else if (result.prepared !== 'existing') walSegmentsPreparedTotal.inc({ source: result.prepared });
   };
   return {
     onStart: async (node) => {
@@ -67,6 +71,7 @@ export function createNodeHooks(config: Config): NodeHooks {
         cancel: node.cancel,
         log: node.log,
         onBatch,
+        onPrepared,
         onOpen: (timeline) => background.register(timeline),
         deleteRemote: (tenantId, timelineId) => background.deleteRemote(tenantId, timelineId),
       }).catch(async (error: unknown) => {

@@ -11,6 +11,8 @@ import { WalCorruptionError } from '../src/errors.js';
 import { RingView } from '../src/ingest/ring.js';
 import type {
   InitSegmentTask,
+  PrepareResult,
+  PrepareTask,
   ScanResult,
   ScanTask,
   SimpleResult,
@@ -29,12 +31,12 @@ import { initialDecoderState, WalRecordDecoder } from '../src/wal/record_decoder
 import { initialSegmentImage } from '../src/wal/segment_image.js';
 import { NotFoundError } from '../src/errors.js';
 
-export default function runTask(task: WriterTask): WriteResult | Promise<WriteResult> | SimpleResult | ScanResult {
+export default function runTask(task: WriterTask): WriteResult | Promise<WriteResult> | SimpleResult | PrepareResult | ScanResult {
   switch (task.kind) {
     case 'write':
       return write(task);
     case 'prepare':
-      return simple(() => prepareSegment(task.dir, task.segno, task.segmentSizeBytes, task));
+      return prepare(task);
     case 'truncate':
       return simple(() => truncateWalSync(task.dir, task.lsn, task.segmentSizeBytes, task));
     case 'init_segment':
@@ -43,6 +45,14 @@ export default function runTask(task: WriterTask): WriteResult | Promise<WriteRe
       return scan(task);
     default:
       return unreachable(task, 'unknown writer task');
+  }
+}
+
+function prepare(task: PrepareTask): PrepareResult {
+  try {
+    return { ok: true, prepared: prepareSegment(task.dir, task.segno, task.segmentSizeBytes, task) };
+  } catch (error) {
+    return { ok: false, ...toIoErrorData(error) };
   }
 }
 

@@ -32,7 +32,7 @@ import { segmentNumber, segmentStartLsn, type Lsn } from '../wal/lsn.js';
 import { RingView } from './ring.js';
 import type { StateBlock } from './state_block.js';
 import type { WriterPool } from './writer_pool.js';
-import type { WriteResult } from './writer_protocol.js';
+import type { PrepareResult, WriteResult } from './writer_protocol.js';
 
 export interface TimelineWalOptions {
   dir: string;
@@ -44,6 +44,8 @@ export interface TimelineWalOptions {
   state: StateBlock;
   /** Called with each finished write task, for metrics. */
   onBatch?: (bytes: number, result: WriteResult) => void;
+  /** Called with each finished segment preparation, for metrics. */
+  onPrepared?: (result: PrepareResult) => void;
 }
 
 export class TimelineWal {
@@ -259,13 +261,13 @@ export class TimelineWal {
   }
 
   #prepare(segno: bigint): void {
-    const done = this.options.pool.run({ kind: 'prepare', segno, ...this.#files() }).then(
+    const done = this.options.pool.prepare({ kind: 'prepare', segno, ...this.#files() }).then(
       (result) => {
         // A failed preparation (e.g. disk full) is not fatal: the writer creates the file itself when it
         // gets there, and reports the error then. Do not retry this segment from here.
         this.#preparedUpTo = segno;
         this.#preparing = null;
-        void result;
+        this.options.onPrepared?.(result);
       },
       (error: unknown) => {
         queueMicrotask(() => {

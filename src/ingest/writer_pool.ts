@@ -8,14 +8,15 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { assert } from '../sync/assert.js';
-import type { ScanResult, ScanTask, SimpleResult, WriteResult, WriteTask, WriterTask } from './writer_protocol.js';
+import type { PrepareResult, PrepareTask, ScanResult, ScanTask, SimpleResult, WriteResult, WriteTask, WriterTask } from './writer_protocol.js';
 
 /** Two tasks (a write and a segment preparation) per active timeline, for this many timelines. */
 export const WRITER_QUEUE_TASKS_MAX = 2 * 100_000;
 
 export interface WriterPool {
   write(task: WriteTask): Promise<WriteResult>;
-  run(task: Exclude<WriterTask, WriteTask | ScanTask>): Promise<SimpleResult>;
+  prepare(task: PrepareTask): Promise<PrepareResult>;
+  run(task: Exclude<WriterTask, WriteTask | PrepareTask | ScanTask>): Promise<SimpleResult>;
   scan(task: ScanTask): Promise<ScanResult>;
   close(): Promise<void>;
 }
@@ -49,6 +50,7 @@ export function createWriterPool(threads: number): WriterPool {
   });
   return {
     write: (task) => pool.run(task) as Promise<WriteResult>,
+    prepare: (task) => pool.run(task) as Promise<PrepareResult>,
     run: (task) => pool.run(task) as Promise<SimpleResult>,
     scan: (task) => pool.run(task) as Promise<ScanResult>,
     close: () => pool.destroy(),

@@ -7,6 +7,7 @@
 import type { DecoderState } from '../wal/record_decoder.js';
 import type { Lsn } from '../wal/lsn.js';
 import type { WalCorruptionError } from '../errors.js';
+import type { PreparedSegment } from '../storage/segment_file.js';
 
 interface TimelineFiles {
   /** The timeline directory holding its segment files. */
@@ -81,5 +82,7 @@ export type WriteResult =
     };
 
 export type SimpleResult = { ok: true } | { ok: false; code: string; detail: string };
+
+export type PrepareResult = { ok: true; prepared: PreparedSegment } | { ok: false; code: string; detail: string };
 
 export type ScanResult = { ok: true; endLsn: Lsn; detail: string } | { ok: false; code: string; detail: string };

@@ -23,7 +23,7 @@ import { ConflictError, InvalidArgumentError, NotFoundError, SafekeeperError, Sh
 import type { StateBlock } from '../ingest/state_block.js';
 import { StateBlockArena } from '../ingest/state_block_arena.js';
 import { TimelineWal } from '../ingest/timeline_wal.js';
-import type { WriteResult } from '../ingest/writer_protocol.js';
+import type { PrepareResult, WriteResult } from '../ingest/writer_protocol.js';
 import type { WriterPool } from '../ingest/writer_pool.js';
 import { loadControlFile, saveControlFile } from '../storage/control_file.js';
 import { clearTmpDir, createStagingDir, isIdDirName, timelineDir } from '../storage/layout.js';
@@ -43,6 +43,7 @@ export interface RegistryOptions {
   cancel: CancelToken;
   log: { info(fields: object, message: string): void; warn(fields: object, message: string): void; error(fields: object, message: string): void };
   onBatch?: (bytes: number, result: WriteResult) => void;
+  onPrepared?: (result: PrepareResult) => void;
   /** Called once for every timeline loaded or created (after it is in the map): e.g. start its manager. */
   onOpen?: (timeline: Timeline) => void;
   /** Deletes a timeline's remote objects (after its local deletion, unless `only_local`). */
@@ -216,7 +217,7 @@ export class TimelineRegistry {
     }
     const control = new ControlStore(dir, state, noSync); // the store owns `state` now: only read below
     // One literal with every field, so all timelines' options share one hidden class.
-    const walOptions = { dir, segmentSizeBytes: files.segmentSizeBytes, pgVersion: state.server.pgVersion, ringSizeBytes, noSync, pool, state: stateBlock, onBatch: this.options.onBatch ?? ignoreBatch };
+    const walOptions = { dir, segmentSizeBytes: files.segmentSizeBytes, pgVersion: state.server.pgVersion, ringSizeBytes, noSync, pool, state: stateBlock, onBatch: this.options.onBatch ?? ignoreBatch, onPrepared: this.options.onPrepared ?? ignoreBatch };
     const wal = new TimelineWal(walOptions, endLsn);
     stateBlock.setMany({ commitLsn: state.commitLsn, term: state.acceptorState.term, localStartLsn: state.localStartLsn, backupLsn: state.backupLsn });
     // The ids of the control state (equal, checked above): one copy of each string per timeline.
@@ -224,7 +225,7 @@ export class TimelineRegistry {
   }
 }
 
-/** The `onBatch` of a registry without one: shared, rather than a closure per timeline. */
+/** The `onBatch` and `onPrepared` of a registry without them: shared, rather than a closure per timeline. */
 function ignoreBatch(): void {}
 
 async function exists(path: string): Promise<boolean> {

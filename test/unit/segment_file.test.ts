@@ -42,22 +42,22 @@ const isAllZero = (bytes: Uint8Array): boolean => bytes.every((b) => b === 0);
 
 describe('segment creation', () => {
   test('prepareSegment creates a full-size zero-filled .partial with real blocks, and is idempotent', () => {
-    assert.equal(prepareSegment(dir, 3n, SEG, SYNC), true);
+    assert.equal(prepareSegment(dir, 3n, SEG, SYNC), 'new');
     assert.deepEqual(names(), ['000000010000000000000003.partial']);
     const stat = statSync(partial(3n));
     assert.equal(stat.size, SEG);
     assert.ok(stat.blocks * 512 >= SEG, 'blocks are allocated, not sparse');
     assert.ok(isAllZero(readFileSync(partial(3n))));
     writeFileSync(partial(3n), pattern(SEG, 1)); // prepared again, it must not be touched
-    assert.equal(prepareSegment(dir, 3n, SEG, SYNC), false);
+    assert.equal(prepareSegment(dir, 3n, SEG, SYNC), 'existing');
     assert.deepEqual(readFileSync(partial(3n)), Buffer.from(pattern(SEG, 1)));
   });
 
   test('prepareSegment does nothing when the segment is complete, and removes a stale temp file', () => {
     writeFileSync(complete(4n), pattern(SEG, 2));
-    assert.equal(prepareSegment(dir, 4n, SEG, NOSYNC), false);
+    assert.equal(prepareSegment(dir, 4n, SEG, NOSYNC), 'existing');
     writeFileSync(join(dir, '000000010000000000000005.partial.tmp'), 'half-made');
-    assert.equal(prepareSegment(dir, 5n, SEG, NOSYNC), true);
+    assert.equal(prepareSegment(dir, 5n, SEG, NOSYNC), 'new');
     assert.deepEqual(names(), ['000000010000000000000004', '000000010000000000000005.partial']);
   });
 
@@ -65,24 +65,24 @@ describe('segment creation', () => {
     const recycled = join(dir, 'recycled-000000010000000000000001');
     writeFileSync(recycled, pattern(SEG, 3));
     const inode = statSync(recycled).ino;
-    assert.equal(prepareSegment(dir, 7n, SEG, SYNC), true);
+    assert.equal(prepareSegment(dir, 7n, SEG, SYNC), 'recycled');
     assert.deepEqual(names(), ['000000010000000000000007.partial'], 'the recycled file was taken');
     assert.equal(statSync(partial(7n)).ino, inode, 'the same file, renamed');
     assert.equal(statSync(partial(7n)).size, SEG);
     assert.ok(isAllZero(readFileSync(partial(7n))), 'none of the old WAL shows');
     // None left: the next one is a new file.
-    assert.equal(prepareSegment(dir, 8n, SEG, NOSYNC), true);
+    assert.equal(prepareSegment(dir, 8n, SEG, NOSYNC), 'new');
     assert.notEqual(statSync(partial(8n)).ino, inode);
     assert.ok(isAllZero(readFileSync(partial(8n))));
   });
 
   test('a recycled file of another length is cut or grown to the segment size', () => {
     writeFileSync(join(dir, 'recycled-000000010000000000000001'), pattern(2 * SEG, 4));
-    assert.equal(prepareSegment(dir, 3n, SEG, NOSYNC), true);
+    assert.equal(prepareSegment(dir, 3n, SEG, NOSYNC), 'recycled');
     assert.equal(statSync(partial(3n)).size, SEG);
     assert.ok(isAllZero(readFileSync(partial(3n))));
     writeFileSync(join(dir, 'recycled-000000010000000000000002'), pattern(SEG / 4, 5));
-    assert.equal(prepareSegment(dir, 4n, SEG, NOSYNC), true);
+    assert.equal(prepareSegment(dir, 4n, SEG, NOSYNC), 'recycled');
     assert.equal(statSync(partial(4n)).size, SEG);
     assert.ok(isAllZero(readFileSync(partial(4n))));
     assert.deepEqual(names(), ['000000010000000000000003.partial', '000000010000000000000004.partial']);
