@@ -17,7 +17,7 @@
  *      appends and lone 8 KiB appends: what Node and this machine leave of the disk before the product's work.
  *      Then the same shape checking the bytes as records of the bench WAL's mean size, one record CRC at a
  *      time as the node's portable path does (128 KiB appends only): what is left once every record is
- *      verified without the batch check of native/wal_crc, which the node uses when it is built.
+ *      verified without the native record walk of native/wal_crc, which the node uses when it is built.
  *   3. Durable throughput: appends of 128 B, 8 KiB and 128 KiB on 1 timeline and on 64 timelines (64
  *      connections), each for a fixed time (or until the pre-built WAL runs out); "durable" means until an
  *      AppendResponse's flush_lsn covers the last byte sent. One tinybench task per scenario, a fixed number

@@ -170,7 +170,7 @@ function floorRows(floor: FloorResult, ceilings: readonly DiskCeiling[]): Ingest
       `the same verifying ${verified.recordBytes} B records, ${sizeName(verified.throughput.appendBytes)} appends, best of ${floor.rounds}`,
       verified.throughput,
       ceilings,
-      "one record CRC at a time (the node's portable path; its native batch check costs less) and a large batch verified while it syncs, as the node's writer; no decoding otherwise",
+      "one record CRC at a time (the node's portable path; its native record walk costs less) and a large batch verified while it syncs, as the node's writer; no decoding otherwise",
     ),
     {
       ...blankRow('runtime floor', `lone ${sizeName(floor.latencyAppendBytes)} append through the same, 1 in flight`),
