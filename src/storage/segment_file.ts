@@ -44,6 +44,9 @@ export { listSegments, listSegmentsSync, toIoErrorData, ioErrorFromData, type Io
  */
 const PREPARE_SYNC_CHUNK_BYTES = 2 * 1024 * 1024;
 
+/** What preparing a segment did: zeroed a recycled file, made a new one, or nothing (it was there). */
+export type PreparedSegment = 'recycled' | 'new' | 'existing';
+
 /**
  * Builds segment `segno` at its temp name, full length (zero blocks when `fill` is 'zeros', synced as they
  * are written, see PREPARE_SYNC_CHUNK_BYTES; a sparse ftruncate when 'sparse'), fsyncs it, renames it to
@@ -52,11 +55,8 @@ const PREPARE_SYNC_CHUNK_BYTES = 2 * 1024 * 1024;
  * journal at each sync. Measured on this machine's ext4 with a pwrite + fdatasync loop of 6 MiB batches and
  * the next segment prepared by another thread: 856–1,099 MiB/s into recycled files against 507–683 into new
  * ones. The old bytes never show: the file gets a segment name only after every zero is durable.
+ * Returns whether it took a recycled file (only 'zeros' does).
  */
-/** What preparing a segment did: zeroed a recycled file, made a new one, or nothing (it was there). */
-export type PreparedSegment = 'recycled' | 'new' | 'existing';
-
-/** Builds the file; returns whether it is a recycled one (only `fill` 'zeros' takes those). */
 function createSegmentFile(dir: string, segno: bigint, segmentSizeBytes: number, fill: 'zeros' | 'sparse', options: SyncOptions): boolean {
   const tempPath = segmentTempPath(dir, segno, segmentSizeBytes);
   try {

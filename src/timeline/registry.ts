@@ -217,7 +217,7 @@ export class TimelineRegistry {
     }
     const control = new ControlStore(dir, state, noSync); // the store owns `state` now: only read below
     // One literal with every field, so all timelines' options share one hidden class.
-    const walOptions = { dir, segmentSizeBytes: files.segmentSizeBytes, pgVersion: state.server.pgVersion, ringSizeBytes, noSync, pool, state: stateBlock, onBatch: this.options.onBatch ?? ignoreBatch, onPrepared: this.options.onPrepared ?? ignoreBatch };
+    const walOptions = { dir, segmentSizeBytes: files.segmentSizeBytes, pgVersion: state.server.pgVersion, ringSizeBytes, noSync, pool, state: stateBlock, onBatch: this.options.onBatch ?? ignoreResult, onPrepared: this.options.onPrepared ?? ignoreResult };
     const wal = new TimelineWal(walOptions, endLsn);
     stateBlock.setMany({ commitLsn: state.commitLsn, term: state.acceptorState.term, localStartLsn: state.localStartLsn, backupLsn: state.backupLsn });
     // The ids of the control state (equal, checked above): one copy of each string per timeline.
@@ -226,7 +226,7 @@ export class TimelineRegistry {
 }
 
 /** The `onBatch` and `onPrepared` of a registry without them: shared, rather than a closure per timeline. */
-function ignoreBatch(): void {}
+function ignoreResult(): void {}
 
 async function exists(path: string): Promise<boolean> {
   try {
