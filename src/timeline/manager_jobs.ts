@@ -25,7 +25,7 @@ import type { TimelineManager } from './manager.js';
 import type { ManagerBackup } from './manager_backup.js';
 import { partialCurrentOf, type ManagerFacts, type ManagerSnapshot } from './manager_decisions.js';
 import type { ManagerShared } from './manager_shared.js';
-import { dropRecycledSegments, localSegmentRange, removeSegmentsUpTo } from './wal_removal.js';
+import { dropRecycledSegments, localWal, removeSegmentsUpTo } from './wal_removal.js';
 
 /** A failed save, removal, partial upload or eviction is retried after this long. */
 export const JOB_RETRY_MS = 2_000;
@@ -51,7 +51,7 @@ export class ManagerJobs {
   #evictRetryAtMs = 0;
   #evictNotBeforeMs: number;
   #lastRemovedSegno = -1n;
-  /** Recycled segments may be on disk: unknown at start (an earlier run may have left some). */
+  /** Recycled segments may be on disk (a removal kept some; at start, until `init` has looked). */
   #recycledHeld = true;
 
   /** `startMs`: when the manager was made (its clock); the first save and eviction are timed from it. */
@@ -107,12 +107,15 @@ export class ManagerJobs {
   }
 
   /**
-   * Learns where local WAL starts, and finishes what a crash may have left half done. A failure here is
-   * logged and left to the jobs (removal lists the directory again; eviction cleanup repeats at restart).
+   * Learns where local WAL starts and whether recycled segments are there (so a node with thousands of
+   * timelines does not list every directory again when they all turn quiet), and finishes what a crash may
+   * have left half done. A failure here is logged and left to the jobs (removal lists the directory again;
+   * eviction cleanup repeats at restart).
    */
   async init(): Promise<void> {
     try {
-      const range = await localSegmentRange(this.owner.dir, this.owner.segmentSizeBytes);
+      const { range, recycledFiles } = await localWal(this.owner.dir, this.owner.segmentSizeBytes);
+      this.#recycledHeld = recycledFiles > 0;
       this.#lastRemovedSegno = range !== null ? range.lowest - 1n : this.#segno(this.block.get('flushLsn')) - 1n;
       this.#publishLocalStart();
       if (this.offloaded) {

@@ -5,14 +5,14 @@
  * segments: a crash in the middle leaves a higher start, and the next pass (which lists the directory
  * again) finishes the job. Up to `recycleMax` complete segments are renamed to `recycled-<name>` instead of
  * deleted, for the writer to prepare a later segment in (segment_file.ts; PostgreSQL recycles its segments
- * too, but we zero them before reuse, so a segment's tail is always zeros). Also `localSegmentRange`, what
- * the manager learns at start, and `dropRecycledSegments` for a quiet timeline. The failpoint
+ * too, but we zero them before reuse, so a segment's tail is always zeros). Also `localWal`, what the
+ * manager learns at start, and `dropRecycledSegments` for a quiet timeline. The failpoint
  * `wal-removal-before-delete` fires before each segment file.
  * Coordinator thread; async fs.
  */
 import { rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fsyncDirectory, isRecycledSegmentName, listSegments, listTimelineDir, recycledSegmentName, segmentEntriesFromNames, storageError } from '../storage/layout.js';
+import { fsyncDirectory, isRecycledSegmentName, listTimelineDir, recycledSegmentName, segmentEntriesFromNames, storageError } from '../storage/layout.js';
 import type { Failpoints } from '../sync/failpoints.js';
 
 export interface RemovalOptions {
@@ -54,12 +54,20 @@ export async function dropRecycledSegments(dir: string): Promise<number> {
   return names.length;
 }
 
-/** The lowest and highest local segment numbers, or null when there is no segment file. */
-export async function localSegmentRange(dir: string, segmentSizeBytes: number): Promise<{ lowest: bigint; highest: bigint } | null> {
-  const entries = await listSegments(dir, segmentSizeBytes);
+/** What a timeline directory holds of WAL: the lowest and highest segment numbers, and recycled files. */
+export interface LocalWal {
+  /** null when there is no segment file. */
+  range: { lowest: bigint; highest: bigint } | null;
+  recycledFiles: number;
+}
+
+export async function localWal(dir: string, segmentSizeBytes: number): Promise<LocalWal> {
+  const names = await listTimelineDir(dir);
+  const entries = segmentEntriesFromNames(names, segmentSizeBytes);
   const first = entries[0];
   const last = entries[entries.length - 1];
-  return first === undefined || last === undefined ? null : { lowest: first.segno, highest: last.segno };
+  const range = first === undefined || last === undefined ? null : { lowest: first.segno, highest: last.segno };
+  return { range, recycledFiles: names.filter(isRecycledSegmentName).length };
 }
 
 /**

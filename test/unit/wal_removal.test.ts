@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, beforeEach, describe, test } from 'node:test';
 import { segmentFileName } from '../../src/wal/lsn.js';
 import { Failpoints } from '../../src/sync/failpoints.js';
-import { dropRecycledSegments, removeSegmentsFrom, removeSegmentsUpTo } from '../../src/timeline/wal_removal.js';
+import { dropRecycledSegments, localWal, removeSegmentsFrom, removeSegmentsUpTo } from '../../src/timeline/wal_removal.js';
 
 const SEG = 1024 * 1024;
 const dirs: string[] = [];
@@ -50,6 +50,15 @@ describe('WAL removal', () => {
     touch(name(3n));
     assert.equal(await removeSegmentsUpTo(dir, SEG, 3n, options(0)), 1);
     assert.deepEqual(names(), [`recycled-${name(2n)}`]);
+  });
+
+  test('the manager learns the local segment range and the recycled files from one listing', async () => {
+    assert.deepEqual(await localWal(dir, SEG), { range: null, recycledFiles: 0 });
+    touch(`recycled-${name(1n)}`);
+    touch(name(3n));
+    touch(`${name(5n)}.partial`);
+    touch('safekeeper.control');
+    assert.deepEqual(await localWal(dir, SEG), { range: { lowest: 3n, highest: 5n }, recycledFiles: 1 });
   });
 
   test('a quiet timeline drops its recycled files and nothing else', async () => {
