@@ -9,9 +9,10 @@
  *      before and right after the latency run, so its fdatasync figures come from the same conditions.
  *      After each 128 KiB scenario, also the zero-filled-segment ceiling at its batch: the same loop into a
  *      new segment file every 16 MiB, zero-filled one ahead by another thread with the node's own code. The
- *      goal's ceiling overwrites one file; a safekeeper writing PostgreSQL-compatible segments also writes
- *      (and syncs) a zero byte for every WAL byte, and this row shows what the disk leaves after that. Then
- *      the same with the zeros written over recycled segments, as the node does once WAL removal runs.
+ *      goal's ceiling overwrites one file; a safekeeper that zero-fills new segments (as the node does for
+ *      small batches; after large ones it makes them sparse) writes and syncs a zero byte for every WAL
+ *      byte, and this row shows what the disk leaves after that. Then the same with the zeros written over
+ *      recycled segments, as the node does once WAL removal runs.
  *   2. Runtime floor (bench/runtime_floor.ts): the thread shape with nothing in it (loopback TCP, one copy
  *      into a SharedArrayBuffer ring, a Piscina task that checksums, pwrites and fdatasyncs, an ack), 128 KiB
  *      appends and lone 8 KiB appends: what Node and this machine leave of the disk before the product's work.
@@ -22,8 +23,8 @@
  *      connections), each for a fixed time (or until the pre-built WAL runs out); "durable" means until an
  *      AppendResponse's flush_lsn covers the last byte sent. One tinybench task per scenario, a fixed number
  *      of iterations; MiB/s is total bytes over total durable time. The average group-commit batch, the
- *      node's fdatasync time, its CPU use and how many segments it prepared in recycled and in new files
- *      come from its /metrics, scraped around each iteration.
+ *      node's fdatasync time, its CPU use and how many segments it prepared in recycled files, new
+ *      zero-filled ones and new sparse ones come from its /metrics, scraped around each iteration.
  *   4. Ack latency of a lone 8 KiB append (one in flight, idle node): send → covering AppendResponse, after
  *      8,000 unmeasured lone appends (the JIT's warm-up, see LATENCY_WARMUP_APPENDS).
  *
@@ -120,7 +121,8 @@ interface NodeCounters {
   fsyncs: number;
   writeSeconds: number;
   preparedRecycled: number;
-  preparedNew: number;
+  preparedZeroed: number;
+  preparedSparse: number;
   cpuSeconds: number;
 }
 
@@ -143,7 +145,8 @@ async function scrape(node: NodeProcess): Promise<NodeCounters> {
     fsyncSeconds: value('safekeeper_fsync_seconds_sum'),
     fsyncs: value('safekeeper_fsync_seconds_count'),
     preparedRecycled: prepared('recycled'),
-    preparedNew: prepared('new'),
+    preparedZeroed: prepared('zeroed'),
+    preparedSparse: prepared('sparse'),
     cpuSeconds: value('process_cpu_seconds_total'),
   };
 }
@@ -258,7 +261,8 @@ class IngestRun {
     stats.fsyncs += after.fsyncs - before.fsyncs;
     stats.writeSeconds += after.writeSeconds - before.writeSeconds;
     stats.preparedRecycled += after.preparedRecycled - before.preparedRecycled;
-    stats.preparedNew += after.preparedNew - before.preparedNew;
+    stats.preparedZeroed += after.preparedZeroed - before.preparedZeroed;
+    stats.preparedSparse += after.preparedSparse - before.preparedSparse;
     stats.cpuSeconds += after.cpuSeconds - before.cpuSeconds;
     stats.clientCpuSeconds += (clientCpu.user + clientCpu.system) / 1e6;
     if (load !== null) {

@@ -58,9 +58,10 @@ export interface ThroughputStats {
   fsyncSeconds: number;
   fsyncs: number;
   writeSeconds: number;
-  /** Segments zero-filled ahead of the writer: in recycled files and in new ones. */
+  /** Segments prepared ahead of the writer: zeros over recycled files, new zero-filled files, new sparse ones. */
   preparedRecycled: number;
-  preparedNew: number;
+  preparedZeroed: number;
+  preparedSparse: number;
   cpuSeconds: number;
   clientCpuSeconds: number;
   machineBusyCoreSeconds: number;
@@ -97,7 +98,7 @@ export interface FloorResult {
 
 export const emptyStats = (timelines: number, appendBytes: number): ThroughputStats => ({
   timelines, appendBytes, iterations: 0, bytes: 0, appends: 0, seconds: 0, batches: 0, batchWalBytes: 0, fsyncSeconds: 0, fsyncs: 0, writeSeconds: 0, preparedRecycled: 0,
-  preparedNew: 0, cpuSeconds: 0, clientCpuSeconds: 0, machineBusyCoreSeconds: 0, deviceWriteMib: 0, ceiling: null, zeroFilledCeiling: null, recycledCeiling: null,
+  preparedZeroed: 0, preparedSparse: 0, cpuSeconds: 0, clientCpuSeconds: 0, machineBusyCoreSeconds: 0, deviceWriteMib: 0, ceiling: null, zeroFilledCeiling: null, recycledCeiling: null,
 });
 
 export const round = (value: number, digits = 0): number => Number(value.toFixed(digits));
@@ -210,7 +211,7 @@ function throughputRow(stats: ThroughputStats, ceiling1MiB: DiskCeiling, ceiling
     '÷ ceiling@1MiB': (mibPerSecond / ceiling1MiB.mibPerSecond).toFixed(2),
     note:
       `${stats.iterations}×${(stats.seconds / stats.iterations).toFixed(1)} s, ${round(stats.batches / stats.seconds)} batches/s, node fdatasync ${fsyncMs.toFixed(2)} ms avg, ` +
-      `segments prepared ${stats.preparedRecycled} recycled + ${stats.preparedNew} new; ` +
+      `segments prepared ${stats.preparedRecycled} recycled + ${stats.preparedZeroed} zero-filled + ${stats.preparedSparse} sparse; ` +
       `CPU node ${(stats.cpuSeconds / stats.seconds).toFixed(2)} + client ${(stats.clientCpuSeconds / stats.seconds).toFixed(2)} cores, ${loadNote(load, ownCores)}`,
   };
 }
@@ -266,7 +267,7 @@ function goalRows(throughput: readonly ThroughputStats[], ceiling1MiB: DiskCeili
     const zeroFilledRatio =
       zeroFilled === null
         ? ''
-        : `; ${(mibPerSecondOf(stats) / zeroFilled.mibPerSecond).toFixed(2)} of the zero-filled-segment ceiling (${round(zeroFilled.mibPerSecond)} MiB/s: new segment files zero-filled ahead, as the segment contract needs; itself ${(zeroFilled.mibPerSecond / ceilingOf(stats).mibPerSecond).toFixed(2)} of the batch ceiling)`;
+        : `; ${(mibPerSecondOf(stats) / zeroFilled.mibPerSecond).toFixed(2)} of the zero-filled-segment ceiling (${round(zeroFilled.mibPerSecond)} MiB/s: new segment files zero-filled ahead, as the node does for small batches; itself ${(zeroFilled.mibPerSecond / ceilingOf(stats).mibPerSecond).toFixed(2)} of the batch ceiling)`;
     const recycled = stats.recycledCeiling;
     const recycledRatio =
       recycled === null

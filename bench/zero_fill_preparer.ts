@@ -19,7 +19,7 @@ for (;;) {
     continue;
   }
   prepared += 1;
-  prepareSegment(dir, BigInt(prepared), segmentBytes, { noSync: false });
+  prepareSegment(dir, BigInt(prepared), segmentBytes, 'zeros', { noSync: false });
   Atomics.store(state, PREPARER_PREPARED, prepared);
   Atomics.notify(state, PREPARER_PREPARED);
 }

@@ -63,7 +63,7 @@ export const fsyncSeconds = new Histogram({
 
 export const walSegmentsPreparedTotal = new Counter({
   name: 'safekeeper_wal_segments_prepared_total',
-  help: 'Segment files zero-filled ahead of the writer, by source: recycled (a removed segment reused) or new; failed ones are counted as failed',
+  help: 'Segment files prepared ahead of the writer, by source: recycled (zeros over a removed segment), zeroed (a new zero-filled file), sparse (a new file without blocks, for large batches), failed',
   labelNames: ['source'] as const,
   registers: [registry],
 });

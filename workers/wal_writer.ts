@@ -50,7 +50,7 @@ export default function runTask(task: WriterTask): WriteResult | Promise<WriteRe
 
 function prepare(task: PrepareTask): PrepareResult {
   try {
-    return { ok: true, prepared: prepareSegment(task.dir, task.segno, task.segmentSizeBytes, task) };
+    return { ok: true, prepared: prepareSegment(task.dir, task.segno, task.segmentSizeBytes, task.newFill, task) };
   } catch (error) {
     return { ok: false, ...toIoErrorData(error) };
   }

@@ -8,10 +8,11 @@
  * Files: a segment being written is `<24 hex>.partial`; a completed one has no suffix; both always have
  * the full segment length, with a zero tail (PostgreSQL-compatible). New files are built at
  * `<name>.partial.tmp` and durably renamed into place, so a crash never leaves a short `.partial`.
- * `prepareSegment` builds the next file ahead of time with real zero blocks (not sparse), so the hot
- * path's pwrite + fdatasync only flushes data and never waits for block allocation in the journal. When
- * WAL removal left a recycled segment (`recycled-<name>`, `wal_recycle_segments`), preparation takes it
- * and writes zeros over its blocks instead of allocating a new file.
+ * `prepareSegment` builds the next file ahead of time. When WAL removal left a recycled segment
+ * (`recycled-<name>`, `wal_recycle_segments`), it takes it and writes zeros over its blocks. Else it makes
+ * a new file with real zero blocks, so a small append's pwrite + fdatasync only flushes data and never
+ * waits for block allocation in the journal, or, for a timeline writing large batches, a sparse one, which
+ * saves the device a zero byte per WAL byte (the caller chooses).
  *
  * Invariants: at most one writer per timeline touches these files at a time (the DESIGN's one write task
  * per timeline); it is what makes temp names and the existence checks race-free. The coordinator thread
@@ -44,32 +45,35 @@ export { listSegments, listSegmentsSync, toIoErrorData, ioErrorFromData, type Io
  */
 const PREPARE_SYNC_CHUNK_BYTES = 2 * 1024 * 1024;
 
-/** What preparing a segment did: zeroed a recycled file, made a new one, or nothing (it was there). */
-export type PreparedSegment = 'recycled' | 'new' | 'existing';
+/** How preparation makes a new file when no recycled one is there (see `prepareSegment`). */
+export type NewSegmentFill = 'zeros' | 'sparse';
+
+/** What preparing a segment did: zeroed a recycled file, made a new zero-filled or sparse one, or nothing. */
+export type PreparedSegment = 'recycled' | 'zeroed' | 'sparse' | 'existing';
 
 /**
- * Builds segment `segno` at its temp name, full length (zero blocks when `fill` is 'zeros', synced as they
- * are written, see PREPARE_SYNC_CHUNK_BYTES; a sparse ftruncate when 'sparse'), fsyncs it, renames it to
- * `.partial` and fsyncs the directory. A crash leaves at most a stale temp file, which the next creation
- * removes. Zeros go over a recycled segment's blocks when there is one: no block allocation to commit in the
- * journal at each sync. Measured on this machine's ext4 with a pwrite + fdatasync loop of 6 MiB batches and
- * the next segment prepared by another thread: 856–1,099 MiB/s into recycled files against 507–683 into new
- * ones. The old bytes never show: the file gets a segment name only after every zero is durable.
- * Returns whether it took a recycled file (only 'zeros' does).
+ * Builds segment `segno` at its temp name, full length, fsyncs it, renames it to `.partial` and fsyncs the
+ * directory. A crash leaves at most a stale temp file, which the next creation removes. With `recycle`, a
+ * recycled segment is taken when there is one and zeros go over its blocks (synced as they are written, see
+ * PREPARE_SYNC_CHUNK_BYTES): no block allocation to commit in the journal at each sync. Measured on this
+ * machine's ext4 with a pwrite + fdatasync loop of 6 MiB batches and the next segment prepared by another
+ * thread: 856–1,099 MiB/s into recycled files against 507–683 into new ones. The old bytes never show: the
+ * file gets a segment name only after every zero is durable. Otherwise a new file: zero blocks when `fill` is
+ * 'zeros', a sparse ftruncate when 'sparse'. Returns whether it took a recycled file.
  */
-function createSegmentFile(dir: string, segno: bigint, segmentSizeBytes: number, fill: 'zeros' | 'sparse', options: SyncOptions): boolean {
+function createSegmentFile(dir: string, segno: bigint, segmentSizeBytes: number, fill: NewSegmentFill, recycle: boolean, options: SyncOptions): boolean {
   const tempPath = segmentTempPath(dir, segno, segmentSizeBytes);
   try {
     rmSync(tempPath, { force: true });
   } catch (error) {
     throw storageError(error, 'unlink', tempPath);
   }
-  const recycled = fill === 'zeros' && takeRecycledSegment(dir, tempPath);
+  const recycled = recycle && takeRecycledSegment(dir, tempPath);
   const fd = openFile(tempPath, recycled ? 'r+' : 'wx');
   try {
     // A recycled file is a complete segment, so of this size; a different one (another segment size) is cut.
     if (recycled && fstatSync(fd).size !== segmentSizeBytes) ftruncateSync(fd, segmentSizeBytes);
-    if (fill === 'zeros') {
+    if (recycled || fill === 'zeros') {
       for (let from = 0; from < segmentSizeBytes; from += PREPARE_SYNC_CHUNK_BYTES) {
         const to = Math.min(segmentSizeBytes, from + PREPARE_SYNC_CHUNK_BYTES);
         writeZeros(fd, tempPath, from, to);
@@ -115,13 +119,18 @@ const segmentExists = (dir: string, segno: bigint, segmentSizeBytes: number, par
 };
 
 /**
- * Creates segment `segno` as a zero-filled `.partial` ahead of time, in a recycled file when there is one.
- * Idempotent: does nothing (and returns 'existing') when the segment exists, partial or complete.
+ * Creates segment `segno` as a `.partial` ahead of time: zeros over a recycled file when there is one, else a
+ * new file made as `newFill` says. Zero blocks let a small append's fdatasync flush only data (the blocks are
+ * allocated); a sparse file saves writing 16 MiB of zeros, and each fdatasync into it also commits the new
+ * blocks in the journal, which only large batches amortise (the caller chooses, see timeline_wal.ts).
+ * Either reads as zeros past the WAL written, as PostgreSQL's segments do. Idempotent: does nothing (and
+ * returns 'existing') when the segment exists, partial or complete.
  */
-export function prepareSegment(dir: string, segno: bigint, segmentSizeBytes: number, options: SyncOptions): PreparedSegment {
+export function prepareSegment(dir: string, segno: bigint, segmentSizeBytes: number, newFill: NewSegmentFill, options: SyncOptions): PreparedSegment {
   assert(isValidSegmentSize(segmentSizeBytes), 'valid segment size');
   if (segmentExists(dir, segno, segmentSizeBytes, true) || segmentExists(dir, segno, segmentSizeBytes, false)) return 'existing';
-  return createSegmentFile(dir, segno, segmentSizeBytes, 'zeros', options) ? 'recycled' : 'new';
+  if (createSegmentFile(dir, segno, segmentSizeBytes, newFill, true, options)) return 'recycled';
+  return newFill === 'zeros' ? 'zeroed' : 'sparse';
 }
 
 /**
@@ -133,7 +142,7 @@ export function openSegmentForWrite(dir: string, segno: bigint, segmentSizeBytes
   const fd = openIfExists(partialPath, 'r+');
   if (fd !== null) return fd;
   assert(!segmentExists(dir, segno, segmentSizeBytes, false), 'a completed segment is never opened for writing');
-  createSegmentFile(dir, segno, segmentSizeBytes, 'sparse', options);
+  createSegmentFile(dir, segno, segmentSizeBytes, 'sparse', false, options);
   return openFile(partialPath, 'r+');
 }
 

@@ -129,7 +129,7 @@ describe('WAL backup to the local filesystem', { timeout: 80_000 }, () => {
     await streamMore(session, wal, inSix, wal.endLsn);
     assert.ok(inodes.includes(statSync(join(dir, segmentName(7n))).ino), 'segment 7 is a recycled file');
     assert.ok((await metricValue(node, 'safekeeper_wal_segments_prepared_total', '{source="recycled"}')) >= 1, '/metrics counts it');
-    assert.ok((await metricValue(node, 'safekeeper_wal_segments_prepared_total', '{source="new"}')) >= 1, 'and the new ones before it');
+    assert.ok((await metricValue(node, 'safekeeper_wal_segments_prepared_total', '{source="zeroed"}')) >= 1, 'and the new zero-filled ones before it');
     for (const segno of [5n, 6n, 7n, 8n, 9n]) {
       assert.deepEqual(readFileSync(join(dir, segmentName(segno))), Buffer.from(segmentBytes(wal, segno)), `segment ${segno} holds the source's bytes`);
     }

@@ -276,7 +276,7 @@ describe('TimelineWal.copyFromRing', () => {
         new Promise<WriteResult>((resolve) =>
           waiting.push(() => resolve({ ok: true, decoder: task.decoder, recordEndLsn: task.endLsn, completedSegments: 0, timings: { decodeMs: 0, writeMs: 0, fsyncMs: 0 } })),
         ),
-      prepare: async () => ({ ok: true, prepared: 'new' }),
+      prepare: async () => ({ ok: true, prepared: 'zeroed' }),
       run: async () => ({ ok: true }),
       scan: async () => ({ ok: true, endLsn: 0n, detail: '' }),
       close: async () => undefined,

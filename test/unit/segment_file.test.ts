@@ -42,22 +42,22 @@ const isAllZero = (bytes: Uint8Array): boolean => bytes.every((b) => b === 0);
 
 describe('segment creation', () => {
   test('prepareSegment creates a full-size zero-filled .partial with real blocks, and is idempotent', () => {
-    assert.equal(prepareSegment(dir, 3n, SEG, SYNC), 'new');
+    assert.equal(prepareSegment(dir, 3n, SEG, 'zeros', SYNC), 'zeroed');
     assert.deepEqual(names(), ['000000010000000000000003.partial']);
     const stat = statSync(partial(3n));
     assert.equal(stat.size, SEG);
     assert.ok(stat.blocks * 512 >= SEG, 'blocks are allocated, not sparse');
     assert.ok(isAllZero(readFileSync(partial(3n))));
     writeFileSync(partial(3n), pattern(SEG, 1)); // prepared again, it must not be touched
-    assert.equal(prepareSegment(dir, 3n, SEG, SYNC), 'existing');
+    assert.equal(prepareSegment(dir, 3n, SEG, 'zeros', SYNC), 'existing');
     assert.deepEqual(readFileSync(partial(3n)), Buffer.from(pattern(SEG, 1)));
   });
 
   test('prepareSegment does nothing when the segment is complete, and removes a stale temp file', () => {
     writeFileSync(complete(4n), pattern(SEG, 2));
-    assert.equal(prepareSegment(dir, 4n, SEG, NOSYNC), 'existing');
+    assert.equal(prepareSegment(dir, 4n, SEG, 'zeros', NOSYNC), 'existing');
     writeFileSync(join(dir, '000000010000000000000005.partial.tmp'), 'half-made');
-    assert.equal(prepareSegment(dir, 5n, SEG, NOSYNC), 'new');
+    assert.equal(prepareSegment(dir, 5n, SEG, 'zeros', NOSYNC), 'zeroed');
     assert.deepEqual(names(), ['000000010000000000000004', '000000010000000000000005.partial']);
   });
 
@@ -65,24 +65,38 @@ describe('segment creation', () => {
     const recycled = join(dir, 'recycled-000000010000000000000001');
     writeFileSync(recycled, pattern(SEG, 3));
     const inode = statSync(recycled).ino;
-    assert.equal(prepareSegment(dir, 7n, SEG, SYNC), 'recycled');
+    assert.equal(prepareSegment(dir, 7n, SEG, 'zeros', SYNC), 'recycled');
     assert.deepEqual(names(), ['000000010000000000000007.partial'], 'the recycled file was taken');
     assert.equal(statSync(partial(7n)).ino, inode, 'the same file, renamed');
     assert.equal(statSync(partial(7n)).size, SEG);
     assert.ok(isAllZero(readFileSync(partial(7n))), 'none of the old WAL shows');
     // None left: the next one is a new file.
-    assert.equal(prepareSegment(dir, 8n, SEG, NOSYNC), 'new');
+    assert.equal(prepareSegment(dir, 8n, SEG, 'zeros', NOSYNC), 'zeroed');
     assert.notEqual(statSync(partial(8n)).ino, inode);
     assert.ok(isAllZero(readFileSync(partial(8n))));
   });
 
+  test('prepareSegment sparse: a full-length .partial without blocks that reads as zeros; a recycled file is still taken and zeroed', () => {
+    assert.equal(prepareSegment(dir, 3n, SEG, 'sparse', SYNC), 'sparse');
+    const stat = statSync(partial(3n));
+    assert.equal(stat.size, SEG);
+    assert.ok(stat.blocks * 512 < SEG / 2, `no blocks allocated (${stat.blocks} blocks)`);
+    assert.ok(isAllZero(readFileSync(partial(3n))));
+    const recycled = join(dir, 'recycled-000000010000000000000001');
+    writeFileSync(recycled, pattern(SEG, 6));
+    const inode = statSync(recycled).ino;
+    assert.equal(prepareSegment(dir, 4n, SEG, 'sparse', SYNC), 'recycled');
+    assert.equal(statSync(partial(4n)).ino, inode, 'the recycled file, renamed');
+    assert.ok(isAllZero(readFileSync(partial(4n))), 'zeroed over its old bytes');
+  });
+
   test('a recycled file of another length is cut or grown to the segment size', () => {
     writeFileSync(join(dir, 'recycled-000000010000000000000001'), pattern(2 * SEG, 4));
-    assert.equal(prepareSegment(dir, 3n, SEG, NOSYNC), 'recycled');
+    assert.equal(prepareSegment(dir, 3n, SEG, 'zeros', NOSYNC), 'recycled');
     assert.equal(statSync(partial(3n)).size, SEG);
     assert.ok(isAllZero(readFileSync(partial(3n))));
     writeFileSync(join(dir, 'recycled-000000010000000000000002'), pattern(SEG / 4, 5));
-    assert.equal(prepareSegment(dir, 4n, SEG, NOSYNC), 'recycled');
+    assert.equal(prepareSegment(dir, 4n, SEG, 'zeros', NOSYNC), 'recycled');
     assert.equal(statSync(partial(4n)).size, SEG);
     assert.ok(isAllZero(readFileSync(partial(4n))));
     assert.deepEqual(names(), ['000000010000000000000003.partial', '000000010000000000000004.partial']);
@@ -105,7 +119,7 @@ describe('segment creation', () => {
 describe('SegmentWriter', () => {
   test('a write spanning a segment boundary lands in both files at the right offsets', () => {
     const writer = new SegmentWriter(dir, SEG, SYNC);
-    prepareSegment(dir, 2n, SEG, SYNC);
+    prepareSegment(dir, 2n, SEG, 'zeros', SYNC);
     const start = 2n * BigInt(SEG) + BigInt(SEG - 1000);
     // The ring wrapped: two views of one SharedArrayBuffer, the second piece continuing the first.
     const ring = new Uint8Array(new SharedArrayBuffer(2048));
@@ -159,7 +173,7 @@ describe('SegmentWriter', () => {
   });
 
   test('completeSegmentSync completes a segment no writer holds', () => {
-    prepareSegment(dir, 4n, SEG, NOSYNC);
+    prepareSegment(dir, 4n, SEG, 'zeros', NOSYNC);
     completeSegmentSync(dir, 4n, SEG, SYNC);
     assert.deepEqual(names(), ['000000010000000000000004']);
   });
@@ -171,7 +185,7 @@ describe('truncation', () => {
     const bytes = pattern(3 * SEG - 100, 6);
     const completed = writer.writeWalAt(BigInt(SEG), bytes);
     for (const segno of completed) writer.completeSegment(segno);
-    prepareSegment(dir, 4n, SEG, NOSYNC);
+    prepareSegment(dir, 4n, SEG, 'zeros', NOSYNC);
     assert.deepEqual(names(), ['000000010000000000000001', '000000010000000000000002', '000000010000000000000003.partial', '000000010000000000000004.partial']);
     const at = 2n * BigInt(SEG) + 5000n;
     writer.truncate(at);
@@ -260,7 +274,7 @@ describe('initial segment and reads', () => {
 
   test('creating a segment in a missing directory is NotFoundError naming the path', () => {
     const gone = join(dir, 'gone');
-    assert.throws(() => prepareSegment(gone, 1n, SEG, NOSYNC), (e: unknown) => e instanceof NotFoundError && e.message.includes(gone));
+    assert.throws(() => prepareSegment(gone, 1n, SEG, 'zeros', NOSYNC), (e: unknown) => e instanceof NotFoundError && e.message.includes(gone));
     assert.equal(existsSync(gone), false);
   });
 });

@@ -3,15 +3,15 @@
  * backpressure, corruption handling (nothing after the last good record kept) and truncation.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { StateBlock } from '../../src/ingest/state_block.js';
-import { TimelineWal } from '../../src/ingest/timeline_wal.js';
+import { SPARSE_PREPARE_MIN_BATCH_BYTES, TimelineWal } from '../../src/ingest/timeline_wal.js';
 import { createWriterPool, type WriterPool } from '../../src/ingest/writer_pool.js';
 import type { WriteResult } from '../../src/ingest/writer_protocol.js';
 import { segmentPath } from '../../src/storage/layout.js';
 import { WalCorruptionError } from '../../src/errors.js';
-import { segmentOffsetBytes, type Lsn } from '../../src/wal/lsn.js';
+import { segmentNumber, segmentOffsetBytes, type Lsn } from '../../src/wal/lsn.js';
 import { damageRecordNear, messageWal, type MessageWal } from '../harness/message_wal.js';
 import { makeTempDir } from '../harness/tmp.js';
 import { OVERLAP_VERIFY_MIN_BYTES } from '../../workers/wal_writer.js';
@@ -69,6 +69,45 @@ describe('TimelineWal', () => {
     assert.deepEqual(first.subarray(offset), Buffer.from(bytes.subarray(0, SEGMENT_BYTES - offset)));
     const second = readFileSync(segmentPath(dir, 17n, SEGMENT_BYTES, true));
     assert.deepEqual(second.subarray(0, bytes.length - (SEGMENT_BYTES - offset)), Buffer.from(bytes.subarray(SEGMENT_BYTES - offset)));
+  });
+
+  test('after small batches the next segment is prepared zero-filled, after a large one sparse', async () => {
+    const { wal, dir } = await openWal();
+    const { bytes, ends } = buildWal(1800, 3000); // ~5.3 MiB: segments 16..21
+    const allocated = (segno: bigint): number => statSync(segmentPath(dir, segno, SEGMENT_BYTES, true)).blocks * 512;
+    // Small batches (one 64 KiB append durable before the next) into segment 17: 18 is prepared with zeros.
+    let at = 0;
+    while (segmentNumber(START_LSN + BigInt(at), SEGMENT_BYTES) < 17n) {
+      const piece = bytes.subarray(at, at + 64 * 1024);
+      assert.equal(wal.tryAppend(START_LSN + BigInt(at), piece), true);
+      await wal.flushAll(signal());
+      at += piece.length;
+    }
+    await wal.quiesce(signal());
+    assert.ok(allocated(18n) >= SEGMENT_BYTES, 'segment 18: zero blocks');
+    // One large batch from segment 17 into 20: 21 is prepared sparse.
+    const large = bytes.subarray(at, at + 3 * SEGMENT_BYTES);
+    assert.ok(large.length >= SPARSE_PREPARE_MIN_BATCH_BYTES);
+    assert.equal(wal.tryAppend(START_LSN + BigInt(at), large), true);
+    at += large.length;
+    await wal.flushAll(signal());
+    await wal.quiesce(signal());
+    const lastSegno = segmentNumber(START_LSN + BigInt(at) - 1n, SEGMENT_BYTES);
+    assert.ok(allocated(lastSegno + 1n) < SEGMENT_BYTES / 2, `segment ${lastSegno + 1n}: sparse`);
+    assert.ok(readFileSync(segmentPath(dir, lastSegno + 1n, SEGMENT_BYTES, true)).every((byte) => byte === 0), 'and reads as zeros');
+    // WAL written into the zero-filled, sparse and fallback files is all there.
+    assert.equal(wal.tryAppend(START_LSN + BigInt(at), bytes.subarray(at)), true);
+    await wal.flushAll(signal());
+    assert.equal(wal.flushLsn, ends.at(-1));
+    const endLsn = START_LSN + BigInt(bytes.length);
+    for (let segno = 17n; segno <= segmentNumber(endLsn - 1n, SEGMENT_BYTES); segno++) {
+      const startLsn = segno * BigInt(SEGMENT_BYTES);
+      const complete = segmentPath(dir, segno, SEGMENT_BYTES, false);
+      const file = readFileSync(existsSync(complete) ? complete : segmentPath(dir, segno, SEGMENT_BYTES, true));
+      const expected = bytes.subarray(Number(startLsn - START_LSN), Number(startLsn - START_LSN) + SEGMENT_BYTES);
+      assert.deepEqual(file.subarray(0, expected.length), Buffer.from(expected), `segment ${segno}`);
+      assert.ok(file.subarray(expected.length).every((byte) => byte === 0), `segment ${segno}: zeros after the WAL`);
+    }
   });
 
   test('groups appends that arrive while a write is in flight into one batch', async () => {
