@@ -12,7 +12,6 @@ import { RingView } from '../src/ingest/ring.js';
 import type {
   InitSegmentTask,
   PrepareResult,
-  PrepareTask,
   ScanResult,
   ScanTask,
   SimpleResult,
@@ -36,11 +35,11 @@ export default function runTask(task: WriterTask): WriteResult | Promise<WriteRe
     case 'write':
       return write(task);
     case 'prepare':
-      return prepare(task);
+      return attempt(() => ({ prepared: prepareSegment(task.dir, task.segno, task.segmentSizeBytes, task.newFill, task) }));
     case 'truncate':
-      return simple(() => truncateWalSync(task.dir, task.lsn, task.segmentSizeBytes, task));
+      return attempt(() => void truncateWalSync(task.dir, task.lsn, task.segmentSizeBytes, task));
     case 'init_segment':
-      return simple(() => initSegment(task));
+      return attempt(() => initSegment(task));
     case 'scan':
       return scan(task);
     default:
@@ -48,18 +47,10 @@ export default function runTask(task: WriterTask): WriteResult | Promise<WriteRe
   }
 }
 
-function prepare(task: PrepareTask): PrepareResult {
+/** Runs segment-file work; its result fields come back with `ok: true`, an fs failure as data. */
+function attempt<T extends object>(work: () => T | void): ({ ok: true } & T) | { ok: false; code: string; detail: string } {
   try {
-    return { ok: true, prepared: prepareSegment(task.dir, task.segno, task.segmentSizeBytes, task.newFill, task) };
-  } catch (error) {
-    return { ok: false, ...toIoErrorData(error) };
-  }
-}
-
-function simple(work: () => unknown): SimpleResult {
-  try {
-    work();
-    return { ok: true };
+    return { ok: true, ...(work() ?? ({} as T)) };
   } catch (error) {
     return { ok: false, ...toIoErrorData(error) };
   }

@@ -48,6 +48,7 @@ import type { PrepareResult, WriteResult } from './writer_protocol.js';
  * (wal_writer.ts OVERLAP_VERIFY_MIN_BYTES), where sync time dwarfs a journal commit.
  */
 export const SPARSE_PREPARE_MIN_BATCH_BYTES = 1024 * 1024;
+const SPARSE_PREPARE_MIN_BATCH = BigInt(SPARSE_PREPARE_MIN_BATCH_BYTES);
 
 export interface TimelineWalOptions {
   dir: string;
@@ -273,7 +274,7 @@ export class TimelineWal {
       },
     );
     if (lastSegno + 1n > this.#preparedUpTo && this.#preparing === null) {
-      this.#prepare(lastSegno + 1n, endLsn - beginLsn >= BigInt(SPARSE_PREPARE_MIN_BATCH_BYTES) ? 'sparse' : 'zeros');
+      this.#prepare(lastSegno + 1n, endLsn - beginLsn >= SPARSE_PREPARE_MIN_BATCH ? 'sparse' : 'zeros');
     }
   }
 

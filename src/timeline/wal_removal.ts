@@ -49,9 +49,7 @@ export async function removeSegmentsUpTo(dir: string, segmentSizeBytes: number, 
  * taking one at the same time (segment_file.ts) renames it first or finds it gone; both are fine.
  */
 export async function dropRecycledSegments(dir: string): Promise<number> {
-  const names = (await listTimelineDir(dir)).filter(isRecycledSegmentName);
-  for (const name of names) await ignoringMissing('unlink', join(dir, name), unlink(join(dir, name)));
-  return names.length;
+  return unlinkAll(dir, (await listTimelineDir(dir)).filter(isRecycledSegmentName));
 }
 
 /** What a timeline directory holds of WAL: the lowest and highest segment numbers, and recycled files. */
@@ -77,10 +75,15 @@ export async function localWal(dir: string, segmentSizeBytes: number): Promise<L
 export async function removeSegmentsFrom(dir: string, segmentSizeBytes: number, fromSegno: bigint, noSync: boolean): Promise<number> {
   const names = await listTimelineDir(dir);
   const segments = segmentEntriesFromNames(names, segmentSizeBytes).filter((entry) => entry.segno >= fromSegno);
-  const doomed = [...segments.map((entry) => entry.name), ...names.filter(isRecycledSegmentName)];
-  for (const name of doomed) await ignoringMissing('unlink', join(dir, name), unlink(join(dir, name)));
-  if (doomed.length > 0 && !noSync) await fsyncDirectory(dir);
-  return doomed.length;
+  const removed = await unlinkAll(dir, [...segments.map((entry) => entry.name), ...names.filter(isRecycledSegmentName)]);
+  if (removed > 0 && !noSync) await fsyncDirectory(dir);
+  return removed;
+}
+
+/** Unlinks each of `names` in `dir` (one already gone is fine); returns how many names there were. */
+async function unlinkAll(dir: string, names: readonly string[]): Promise<number> {
+  for (const name of names) await ignoringMissing('unlink', join(dir, name), unlink(join(dir, name)));
+  return names.length;
 }
 
 /** Awaits an unlink or rename of `path`; a file already gone is fine (a crash or an earlier pass got there). */

@@ -140,6 +140,3 @@ export const PORTABLE_RECORD_CHECKS: RecordChecks = { verify: verifyRecordsPorta
 
 /** What the WAL decoder uses by default: native when available, else portable. */
 export const recordChecks: RecordChecks = native ?? PORTABLE_RECORD_CHECKS;
-
-/** The CRC verifier of `recordChecks`. */
-export const verifyRecords: RecordCrcVerifier = recordChecks.verify;

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
 import { computeRecordCrc, RM_LOGICALMSG_ID, RM_XLOG_ID, XLOG_SWITCH } from '../../src/wal/page.js';
 import {
-  RECORD_CRC_NATIVE, recordChecks, verifyRecords, verifyRecordsPortable, WALK_FROM, WALK_IO_LENGTH, WALK_LAST_END, WALK_LAST_START, WALK_LSN_HI, WALK_LSN_LO,
+  RECORD_CRC_NATIVE, recordChecks, verifyRecordsPortable, WALK_FROM, WALK_IO_LENGTH, WALK_LAST_END, WALK_LAST_START, WALK_LSN_HI, WALK_LSN_LO,
   WALK_PREV_HI, WALK_PREV_KNOWN, WALK_PREV_LO, WALK_TO,
 } from '../../src/wal/record_crc.js';
 
@@ -29,6 +29,8 @@ function recordsInSharedMemory(count: number, seed: number): { data: Uint8Array;
   });
   return { data, starts };
 }
+
+const verifyRecords = recordChecks.verify;
 
 describe('WAL record batch CRC check', () => {
   it('uses the native addon whenever it is built on x64 (a silent fallback would hide a broken build)', () => {
