@@ -68,6 +68,12 @@ export const walSegmentsPreparedTotal = new Counter({
   registers: [registry],
 });
 
+export const walRingBytes = new Gauge({
+  name: 'safekeeper_wal_ring_bytes',
+  help: 'Memory held by the WAL rings of timelines: one per timeline with a proposer, released when the last proposer leaves and its bytes are durable',
+  registers: [registry],
+});
+
 export const walIngestAppendsTotal = new Counter({
   name: 'safekeeper_wal_ingest_appends_total',
   help: 'AppendRequest messages received from proposers',

@@ -13,7 +13,7 @@ import { timelineRoutes } from './http/timeline_routes.js';
 import { createWriterPool, type WriterPool } from './ingest/writer_pool.js';
 import type { PrepareResult, WriteResult } from './ingest/writer_protocol.js';
 import type { Logger } from './log.js';
-import { commitLsn, flushLsn, fsyncSeconds, observeMs, onScrape, pgQueriesReceivedTotal, walSegmentsPreparedTotal, writeWalBytesTotal, writeWalSeconds } from './metrics.js';
+import { commitLsn, flushLsn, fsyncSeconds, observeMs, onScrape, pgQueriesReceivedTotal, walRingBytes, walSegmentsPreparedTotal, writeWalBytesTotal, writeWalSeconds } from './metrics.js';
 import type { NodeHooks, PgConnectionInfo } from './node.js';
 import { errorResponse } from './pg/backend_encoder.js';
 import { PgConnection } from './pg/connection.js';
@@ -72,6 +72,7 @@ export function createNodeHooks(config: Config): NodeHooks {
         log: node.log,
         onBatch,
         onPrepared,
+        onRingBytes: (deltaBytes) => walRingBytes.inc(deltaBytes),
         onOpen: (timeline) => background.register(timeline),
         deleteRemote: (tenantId, timelineId) => background.deleteRemote(tenantId, timelineId),
       }).catch(async (error: unknown) => {

@@ -18,6 +18,13 @@
  * A write task that finds corrupt WAL (or fails on disk) moves every position back to the last verified
  * record end, keeps nothing after it, and fails further appends until the next truncation (a new election).
  *
+ * The ring (DESIGN: allocated on first append, released when the timeline goes idle) is made when a proposer
+ * arrives (`warmRing`): a pool task touches each of its pages first, so the page faults and the kernel's
+ * zeroing of 16 MiB (~11 ms here) happen on a writer thread rather than in the main thread's first copies,
+ * where they held up every connection. Appends wait for it (`tryAppend` is false meanwhile); an append with no
+ * ring and none coming makes one on the spot. When the last proposer leaves (`releaseRing`), the ring is
+ * dropped as soon as every byte in it is durable, so idle timelines hold no ring memory.
+ *
  * Readers (send/wal_reader.ts) copy recent WAL out of the ring with `copyFromRing`, which succeeds only while
  * the whole range is still held: [ringOldestLsn, writeLsn). The copy runs on the main thread, like the only
  * producer, so it is never torn. Cuts of the files (truncate, failAndCut) bump `cutSequence` to an odd value
@@ -62,10 +69,16 @@ export interface TimelineWalOptions {
   onBatch?: (bytes: number, result: WriteResult) => void;
   /** Called with each finished segment preparation, for metrics. */
   onPrepared?: (result: PrepareResult) => void;
+  /** Called with the bytes of a ring taken (positive) or released (negative), for metrics. */
+  onRingBytes?: (deltaBytes: number) => void;
 }
 
 export class TimelineWal {
   #ring: RingView | null = null;
+  /** A new ring's pages are being touched in the pool; appends wait for it. */
+  #ringComing = false;
+  /** The last proposer left: drop the ring once everything in it is durable (cleared by the next append). */
+  #releaseRingWhenDurable = false;
   #writeLsn: Lsn;
   #dispatchedLsn: Lsn;
   #syncedLsn: Lsn;
@@ -85,7 +98,7 @@ export class TimelineWal {
   #cutSequence = 0;
   /** Record-aligned durable end: the protocol's flush_lsn. */
   readonly flush: Watch<Lsn>;
-  /** Bumped whenever a task finishes: ring space freed, durability advanced, or a failure recorded. */
+  /** Bumped whenever a task finishes (ring space freed, durability advanced, a failure recorded) or a new ring is ready. */
   readonly progress = new Watch(0);
   /** The error that stopped ingest, until the next truncation. */
   readonly failure = new Watch<SafekeeperError | null>(null);
@@ -113,9 +126,6 @@ export class TimelineWal {
   get truncationPending(): boolean {
     return this.#truncationPending;
   }
-  get ring(): RingView | null {
-    return this.#ring;
-  }
   /** Even while no cut of the files runs, odd during one; it changes at each start and end of a cut. */
   get cutSequence(): number {
     return this.#cutSequence;
@@ -141,11 +151,12 @@ export class TimelineWal {
     if (this.#failure !== null) throw this.#failure;
     assert(!this.#truncationPending, 'append while a truncation is pending');
     assert(beginLsn === this.#writeLsn, 'appends are contiguous');
+    this.#releaseRingWhenDurable = false;
     if (this.#ring === null) {
-      this.#ring = RingView.allocate(this.options.ringSizeBytes);
-      this.#ringOldestLsn = beginLsn; // a new ring holds nothing older
+      if (this.#ringComing) return false; // `progress` moves when it is ready
+      this.#useRing(RingView.allocate(this.options.ringSizeBytes));
     }
-    const ring = this.#ring;
+    const ring = this.#ring!;
     assert(wal.length <= ring.capacityBytes, 'one append fits in the ring');
     if (this.#writeLsn - this.#syncedLsn + BigInt(wal.length) > BigInt(ring.capacityBytes)) return false;
     ring.write(beginLsn, wal);
@@ -154,6 +165,48 @@ export class TimelineWal {
     if (overwrittenBelowLsn > this.#ringOldestLsn) this.#ringOldestLsn = overwrittenBelowLsn;
     this.#scheduleKick();
     return true;
+  }
+
+  /**
+   * A proposer arrived: make the ring now, its pages touched by a pool task (see the header), unless there is
+   * one. Appends meanwhile wait for it. Fire and forget: a failed touch only means the ring is made cold.
+   */
+  warmRing(): void {
+    this.#releaseRingWhenDurable = false;
+    if (this.#ring !== null || this.#ringComing) return;
+    this.#ringComing = true;
+    const buffer = new SharedArrayBuffer(this.options.ringSizeBytes);
+    const ready = (): void => {
+      this.#ringComing = false;
+      if (this.#ring === null) this.#useRing(new RingView(buffer));
+      this.progress.set(this.progress.value + 1);
+      this.#releaseRingIfDone(); // the proposer may have left meanwhile
+    };
+    // The task only reads the buffer, so a pool that refuses it (closing) changes nothing: use it untouched.
+    this.options.pool.run({ kind: 'touch_ring', ring: buffer }).then(ready, ready);
+  }
+
+  /**
+   * The last proposer left: drop the ring (its memory goes back once no thread refers to it) as soon as every
+   * byte in it is durable. Readers then read the files. The next append or `warmRing` cancels this.
+   */
+  releaseRing(): void {
+    this.#releaseRingWhenDurable = true;
+    this.#releaseRingIfDone();
+  }
+
+  #useRing(ring: RingView): void {
+    this.#ring = ring;
+    this.options.onRingBytes?.(ring.capacityBytes);
+    this.#ringOldestLsn = this.#writeLsn; // a new ring holds nothing older
+  }
+
+  #releaseRingIfDone(): void {
+    if (!this.#releaseRingWhenDurable || this.#inFlight !== null || this.#syncedLsn !== this.#writeLsn) return;
+    this.#releaseRingWhenDurable = false;
+    if (this.#ring !== null) this.options.onRingBytes?.(-this.#ring.capacityBytes);
+    this.#ring = null;
+    this.#ringOldestLsn = this.#writeLsn;
   }
 
   /** Waits for ring space, then appends. Abort-safe: an aborted call appends nothing. */
@@ -310,6 +363,7 @@ export class TimelineWal {
     this.options.state.setMany({ writeLsn: this.#writeLsn, flushLsn: result.recordEndLsn });
     this.progress.set(this.progress.value + 1);
     this.#kick();
+    this.#releaseRingIfDone();
   }
 
   /**
@@ -333,6 +387,7 @@ export class TimelineWal {
     if (cut.ok) this.#preparedUpTo = segmentNumber(endOfGood, this.options.segmentSizeBytes);
     this.#inFlight = null;
     this.progress.set(this.progress.value + 1);
+    this.#releaseRingIfDone();
   }
 }
 

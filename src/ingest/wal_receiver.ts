@@ -109,7 +109,12 @@ class WalReceiver implements CopyBothSink {
 
   onClose(): void {
     this.#cancel.cancel();
-    if (this.#proposerRegistered) this.#timeline?.state.add('proposerCount', -1n);
+    if (this.#proposerRegistered) {
+      const timeline = this.#timeline!;
+      timeline.state.add('proposerCount', -1n);
+      // The last proposer left: the timeline is idle, and its ring goes once everything in it is durable.
+      if (timeline.state.get('proposerCount') === 0n) timeline.wal!.releaseRing();
+    }
     this.#guard?.release();
     this.#detachTimelineCancel?.();
     this.#leaveGate?.();
@@ -188,6 +193,7 @@ class WalReceiver implements CopyBothSink {
     this.#acceptor = acceptor;
     timeline.state.add('proposerCount', 1n);
     this.#proposerRegistered = true;
+    timeline.wal!.warmRing();
     this.#send(reply);
     void this.#replyLoop(timeline, acceptor);
   }
@@ -209,8 +215,10 @@ class WalReceiver implements CopyBothSink {
     try {
       for (let seen = wal.progress.version; ; seen = wal.progress.version) {
         await wal.progress.changed(seen, signal);
+        // A failure ends the stream that was writing; a connection still electing goes on, since its
+        // election's truncation clears the failure (progress also moves when a new ring is ready).
         const failure = wal.failure.value;
-        if (failure !== null) return this.conn.endWithError(failure);
+        if (failure !== null && this.#streaming) return this.conn.endWithError(failure);
         if (!this.#streaming || (wal.flushLsn === sentFlushLsn && !this.#replyOwed)) continue;
         // Another connection's vote or election holds the lock: wait for it rather than interleave.
         if (timeline.acceptorLock.locked || !acceptor.onFlushAdvancedSync()) {

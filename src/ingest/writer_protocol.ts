@@ -58,7 +58,16 @@ export interface ScanTask extends TimelineFiles {
   pgVersion: number;
 }
 
-export type WriterTask = WriteTask | PrepareTask | TruncateTask | InitSegmentTask | ScanTask;
+/**
+ * Touch every page of a new ring, so the kernel maps (and zeroes) its memory here rather than in the main
+ * thread's first copies into it. Sent before the main thread writes anything into the ring.
+ */
+export interface TouchRingTask {
+  kind: 'touch_ring';
+  ring: SharedArrayBuffer;
+}
+
+export type WriterTask = WriteTask | PrepareTask | TruncateTask | InitSegmentTask | ScanTask | TouchRingTask;
 
 export interface TaskTimings {
   decodeMs: number;

@@ -44,6 +44,8 @@ export interface RegistryOptions {
   log: { info(fields: object, message: string): void; warn(fields: object, message: string): void; error(fields: object, message: string): void };
   onBatch?: (bytes: number, result: WriteResult) => void;
   onPrepared?: (result: PrepareResult) => void;
+  /** Called with the bytes of each ring a timeline takes (positive) or releases (negative), for metrics. */
+  onRingBytes?: (deltaBytes: number) => void;
   /** Called once for every timeline loaded or created (after it is in the map): e.g. start its manager. */
   onOpen?: (timeline: Timeline) => void;
   /** Deletes a timeline's remote objects (after its local deletion, unless `only_local`). */
@@ -217,7 +219,7 @@ export class TimelineRegistry {
     }
     const control = new ControlStore(dir, state, noSync); // the store owns `state` now: only read below
     // One literal with every field, so all timelines' options share one hidden class.
-    const walOptions = { dir, segmentSizeBytes: files.segmentSizeBytes, pgVersion: state.server.pgVersion, ringSizeBytes, noSync, pool, state: stateBlock, onBatch: this.options.onBatch ?? ignoreResult, onPrepared: this.options.onPrepared ?? ignoreResult };
+    const walOptions = { dir, segmentSizeBytes: files.segmentSizeBytes, pgVersion: state.server.pgVersion, ringSizeBytes, noSync, pool, state: stateBlock, onBatch: this.options.onBatch ?? ignoreResult, onPrepared: this.options.onPrepared ?? ignoreResult, onRingBytes: this.options.onRingBytes ?? ignoreResult };
     const wal = new TimelineWal(walOptions, endLsn);
     stateBlock.setMany({ commitLsn: state.commitLsn, term: state.acceptorState.term, localStartLsn: state.localStartLsn, backupLsn: state.backupLsn });
     // The ids of the control state (equal, checked above): one copy of each string per timeline.
@@ -225,7 +227,7 @@ export class TimelineRegistry {
   }
 }
 
-/** The `onBatch` and `onPrepared` of a registry without them: shared, rather than a closure per timeline. */
+/** The `onBatch`, `onPrepared` and `onRingBytes` of a registry without them: shared, rather than a closure per timeline. */
 function ignoreResult(): void {}
 
 async function exists(path: string): Promise<boolean> {

@@ -9,9 +9,10 @@
  */
 import assert from 'node:assert/strict';
 import { before, describe, test } from 'node:test';
+import { RING_SIZE_BYTES_DEFAULT } from '../../src/limits.js';
 import { WAL_PAGE_SIZE_BYTES, formatLsn, type Lsn } from '../../src/wal/lsn.js';
 import { StreamClosedError } from '../harness/acceptor_replies.js';
-import { newIds } from '../harness/background.js';
+import { metricValue, newIds } from '../harness/background.js';
 import { INGEST_TEST_TIMEOUT_MS, assertSegmentNames, startFsyncNode, waldumpTimeline } from '../harness/ingest.js';
 import type { WaldumpRecord } from '../harness/pg.js';
 import { electAndStream, timelineStatus } from '../harness/proposer_session.js';
@@ -56,7 +57,10 @@ async function streamRealWalAndVerify(protoVersion: 2 | 3, chunkBytes: number): 
   const idleReply = await session.proposer.nextAppendResponse();
   assert.equal(idleReply.flushLsn, wal.endLsn);
   assert.equal(idleReply.commitLsn, wal.endLsn);
+  assert.equal(await metricValue(node, 'safekeeper_wal_ring_bytes'), RING_SIZE_BYTES_DEFAULT, 'the streaming timeline holds one ring');
   await session.proposer.close();
+  // The last proposer left and everything is durable: the ring is released.
+  await waitFor(async () => (await metricValue(node, 'safekeeper_wal_ring_bytes')) === 0);
 
   const dir = timelineDirOf(dataDir, ids.tenantId, ids.timelineId);
   assertSameWal(await readTimelineWal(dir, startLsn, wal.endLsn, segmentBytes), walRange(realSource(), startLsn), startLsn, 'streamed range');
