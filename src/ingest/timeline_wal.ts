@@ -19,7 +19,7 @@
  * record end, keeps nothing after it, and fails further appends until the next truncation (a new election).
  *
  * The ring (DESIGN: allocated on first append, released when the timeline goes idle) is made when a proposer
- * arrives (`warmRing`): a pool task touches each of its pages first, so the page faults and the kernel's
+ * arrives (`warmRing`), just before its first append: a pool task touches each of its pages first, so the page faults and the kernel's
  * zeroing of 16 MiB (~11 ms here) happen on a writer thread rather than in the main thread's first copies,
  * where they held up every connection. Appends wait for it (`tryAppend` is false meanwhile); an append with no
  * ring and none coming makes one on the spot. When the last proposer leaves (`releaseRing`), the ring is
@@ -182,7 +182,8 @@ export class TimelineWal {
       this.progress.set(this.progress.value + 1);
       this.#releaseRingIfDone(); // the proposer may have left meanwhile
     };
-    // The task only reads the buffer, so a pool that refuses it (closing) changes nothing: use it untouched.
+    // `ready` runs once the task has finished, or was refused (a closing pool): the ring is usable either way,
+    // touched or not, and nothing else holds it yet.
     this.options.pool.run({ kind: 'touch_ring', ring: buffer }).then(ready, ready);
   }
 
