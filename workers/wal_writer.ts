@@ -42,21 +42,9 @@ export default function runTask(task: WriterTask): WriteResult | Promise<WriteRe
       return attempt(() => initSegment(task));
     case 'scan':
       return scan(task);
-    case 'touch_ring':
-      touchPages(task.ring);
-      return { ok: true };
     default:
       return unreachable(task, 'unknown writer task');
   }
-}
-
-/** The smallest page size of the platforms Node runs on: one write per page maps it. */
-const PAGE_BYTES = 4096;
-
-/** Writes a zero into every page of a ring nothing else uses yet: the page faults happen on this thread. */
-function touchPages(ring: SharedArrayBuffer): void {
-  const bytes = new Uint8Array(ring);
-  for (let offset = 0; offset < bytes.length; offset += PAGE_BYTES) bytes[offset] = 0;
 }
 
 /** Runs segment-file work; its result fields come back with `ok: true`, an fs failure as data. */

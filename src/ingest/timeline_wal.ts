@@ -18,12 +18,13 @@
  * A write task that finds corrupt WAL (or fails on disk) moves every position back to the last verified
  * record end, keeps nothing after it, and fails further appends until the next truncation (a new election).
  *
- * The ring (DESIGN: allocated on first append, released when the timeline goes idle) is made when a proposer
- * arrives (`warmRing`), just before its first append: a pool task touches each of its pages first, so the page faults and the kernel's
- * zeroing of 16 MiB (~11 ms here) happen on a writer thread rather than in the main thread's first copies,
- * where they held up every connection. Appends wait for it (`tryAppend` is false meanwhile); an append with no
- * ring and none coming makes one on the spot. When the last proposer leaves (`releaseRing`), the ring is
- * dropped as soon as every byte in it is durable, so idle timelines hold no ring memory.
+ * The ring is allocated by the first append (DESIGN) and released when the timeline goes idle: when the last
+ * proposer leaves (`releaseRing`), it is dropped as soon as every byte in it is durable, so idle timelines
+ * hold no ring memory. Its pages are mapped by the kernel as the main thread first writes them (a 16 MiB ring
+ * costs ~11 ms of page faults and zeroing over its first pass). Touching them all ahead on a writer thread was
+ * tried: it moved that cost off the main thread, but made every new proposer commit the whole ring at once and
+ * queue 11 ms of page touching in the writer pool, in front of other timelines' writes (1,000 proposers
+ * connecting would commit 16 GiB and queue ~11 s of pool time), for pages a slow timeline may not fill for hours.
  *
  * Readers (send/wal_reader.ts) copy recent WAL out of the ring with `copyFromRing`, which succeeds only while
  * the whole range is still held: [ringOldestLsn, writeLsn). The copy runs on the main thread, like the only
@@ -75,8 +76,6 @@ export interface TimelineWalOptions {
 
 export class TimelineWal {
   #ring: RingView | null = null;
-  /** A new ring's pages are being touched in the pool; appends wait for it. */
-  #ringComing = false;
   /** The last proposer left: drop the ring once everything in it is durable (cleared by the next append). */
   #releaseRingWhenDurable = false;
   #writeLsn: Lsn;
@@ -98,7 +97,7 @@ export class TimelineWal {
   #cutSequence = 0;
   /** Record-aligned durable end: the protocol's flush_lsn. */
   readonly flush: Watch<Lsn>;
-  /** Bumped whenever a task finishes (ring space freed, durability advanced, a failure recorded) or a new ring is ready. */
+  /** Bumped whenever a task finishes: ring space freed, durability advanced, or a failure recorded. */
   readonly progress = new Watch(0);
   /** The error that stopped ingest, until the next truncation. */
   readonly failure = new Watch<SafekeeperError | null>(null);
@@ -153,10 +152,11 @@ export class TimelineWal {
     assert(beginLsn === this.#writeLsn, 'appends are contiguous');
     this.#releaseRingWhenDurable = false;
     if (this.#ring === null) {
-      if (this.#ringComing) return false; // `progress` moves when it is ready
-      this.#useRing(RingView.allocate(this.options.ringSizeBytes));
+      this.#ring = RingView.allocate(this.options.ringSizeBytes);
+      this.#ringOldestLsn = beginLsn; // a new ring holds nothing older
+      this.options.onRingBytes?.(this.#ring.capacityBytes);
     }
-    const ring = this.#ring!;
+    const ring = this.#ring;
     assert(wal.length <= ring.capacityBytes, 'one append fits in the ring');
     if (this.#writeLsn - this.#syncedLsn + BigInt(wal.length) > BigInt(ring.capacityBytes)) return false;
     ring.write(beginLsn, wal);
@@ -168,38 +168,12 @@ export class TimelineWal {
   }
 
   /**
-   * A proposer arrived: make the ring now, its pages touched by a pool task (see the header), unless there is
-   * one. Appends meanwhile wait for it. Fire and forget: a failed touch only means the ring is made cold.
-   */
-  warmRing(): void {
-    this.#releaseRingWhenDurable = false;
-    if (this.#ring !== null || this.#ringComing) return;
-    this.#ringComing = true;
-    const buffer = new SharedArrayBuffer(this.options.ringSizeBytes);
-    const ready = (): void => {
-      this.#ringComing = false;
-      if (this.#ring === null) this.#useRing(new RingView(buffer));
-      this.progress.set(this.progress.value + 1);
-      this.#releaseRingIfDone(); // the proposer may have left meanwhile
-    };
-    // `ready` runs once the task has finished, or was refused (a closing pool): the ring is usable either way,
-    // touched or not, and nothing else holds it yet.
-    this.options.pool.run({ kind: 'touch_ring', ring: buffer }).then(ready, ready);
-  }
-
-  /**
    * The last proposer left: drop the ring (its memory goes back once no thread refers to it) as soon as every
-   * byte in it is durable. Readers then read the files. The next append or `warmRing` cancels this.
+   * byte in it is durable. Readers then read the files. The next append cancels this.
    */
   releaseRing(): void {
     this.#releaseRingWhenDurable = true;
     this.#releaseRingIfDone();
-  }
-
-  #useRing(ring: RingView): void {
-    this.#ring = ring;
-    this.options.onRingBytes?.(ring.capacityBytes);
-    this.#ringOldestLsn = this.#writeLsn; // a new ring holds nothing older
   }
 
   #releaseRingIfDone(): void {

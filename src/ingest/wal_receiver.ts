@@ -193,7 +193,6 @@ class WalReceiver implements CopyBothSink {
     this.#acceptor = acceptor;
     timeline.state.add('proposerCount', 1n);
     this.#proposerRegistered = true;
-    timeline.wal!.warmRing();
     this.#send(reply);
     void this.#replyLoop(timeline, acceptor);
   }
@@ -216,7 +215,7 @@ class WalReceiver implements CopyBothSink {
       for (let seen = wal.progress.version; ; seen = wal.progress.version) {
         await wal.progress.changed(seen, signal);
         // A failure ends the stream that was writing; a connection still electing goes on, since its
-        // election's truncation clears the failure (progress also moves when a new ring is ready).
+        // election's truncation clears the failure.
         const failure = wal.failure.value;
         if (failure !== null && this.#streaming) return this.conn.endWithError(failure);
         if (!this.#streaming || (wal.flushLsn === sentFlushLsn && !this.#replyOwed)) continue;

@@ -58,16 +58,7 @@ export interface ScanTask extends TimelineFiles {
   pgVersion: number;
 }
 
-/**
- * Touch every page of a new ring, so the kernel maps (and zeroes) its memory here rather than in the main
- * thread's first copies into it. Sent before the main thread writes anything into the ring.
- */
-export interface TouchRingTask {
-  kind: 'touch_ring';
-  ring: SharedArrayBuffer;
-}
-
-export type WriterTask = WriteTask | PrepareTask | TruncateTask | InitSegmentTask | ScanTask | TouchRingTask;
+export type WriterTask = WriteTask | PrepareTask | TruncateTask | InitSegmentTask | ScanTask;
 
 export interface TaskTimings {
   decodeMs: number;

@@ -147,38 +147,34 @@ describe('TimelineWal', () => {
   });
 
 
-  test('a proposer warms the ring before its appends; the last one leaving releases it once everything is durable', async () => {
+  test('releasing the ring waits until everything in it is durable; an append cancels it; a new ring holds nothing older', async () => {
     const { wal } = await openWal();
     const { bytes, ends } = buildWal(600, 3000); // ~1.8 MiB
     const out = new Uint8Array(1000);
     const half = 300_000;
-    wal.warmRing();
-    assert.equal(wal.tryAppend(START_LSN, bytes.subarray(0, 1000)), false, 'appends wait while the pool touches the new ring');
-    const seen = wal.progress.version;
-    await wal.progress.changed(seen, signal());
-    assert.equal(wal.tryAppend(START_LSN, bytes.subarray(0, half)), true, 'the ring is ready');
+    assert.equal(wal.copyFromRing(START_LSN, 1000, out), false, 'no ring before the first append');
+    assert.equal(wal.tryAppend(START_LSN, bytes.subarray(0, half)), true);
     assert.equal(wal.copyFromRing(START_LSN, 1000, out), true);
-    // Released while a write is in flight: the ring stays until that write is durable, then goes.
+    // Released while bytes in it are not durable: the ring stays until they are, then goes.
     wal.releaseRing();
     assert.equal(wal.copyFromRing(START_LSN, 1000, out), true, 'not while bytes in it are not durable');
     await wal.flushAll(signal());
     assert.equal(wal.copyFromRing(START_LSN, 1000, out), false, 'released: readers go to the files');
     assert.equal(wal.syncedLsn, START_LSN + BigInt(half));
-    // An append after the release (no warm-up) makes a ring on the spot; a later append cancels a release.
+    // The next append makes a new ring, which holds nothing from before it; a later append cancels a release.
     assert.equal(wal.tryAppend(START_LSN + BigInt(half), bytes.subarray(half, half + 1000)), true);
+    assert.equal(wal.copyFromRing(START_LSN + BigInt(half) - 1000n, 1000, out), false, 'a new ring holds nothing older');
     wal.releaseRing();
     assert.equal(wal.tryAppend(START_LSN + BigInt(half + 1000), bytes.subarray(half + 1000)), true, 'an append cancels the release');
     await wal.flushAll(signal());
     assert.equal(wal.copyFromRing(START_LSN + BigInt(half), 1000, out), true, 'kept: a proposer is appending again');
     assert.deepEqual(out, bytes.subarray(half, half + 1000));
     assert.equal(wal.flushLsn, ends.at(-1));
-    // Released with nothing in flight: at once. Warming again gives a ring that starts empty.
+    // Released with nothing in flight: at once.
     wal.releaseRing();
     assert.equal(wal.copyFromRing(START_LSN + BigInt(half), 1000, out), false);
-    wal.warmRing();
-    await wal.progress.changed(wal.progress.version, signal());
-    assert.equal(wal.copyFromRing(wal.writeLsn - 1000n, 1000, out), false, 'a new ring holds nothing older');
   });
+
   test('corrupt WAL: nothing after the last good record is acknowledged or kept, until a truncation', async () => {
     const { wal, dir } = await openWal();
     const { bytes, ends } = buildWal(50, 500);
