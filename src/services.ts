@@ -67,6 +67,7 @@ export function createNodeHooks(config: Config): NodeHooks {
         nodeId: node.id,
         noSync: config.noSync,
         ringSizeBytes: config.ringSizeBytes,
+        ringReleaseDelayMs: config.ringReleaseDelayMs,
         pool,
         cancel: node.cancel,
         log: node.log,

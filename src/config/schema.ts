@@ -197,7 +197,8 @@ export const CONFIG_KEYS = {
   auth_public_key: key({ default: '', flag: 'string', unit: null, doc: 'Path of the PEM public key that verifies JWTs on the pg and HTTP ports; "" turns auth off. (JWT auth is not implemented yet: a path is refused at start.)', schema: z.string({ error: 'expected a path string' }) }),
   wal_writer_threads: key({ default: 2, flag: 'integer', unit: 'count', doc: 'Worker threads that decode, checksum and write WAL (Piscina pool size).', schema: integer(1, 64) }),
   wal_recycle_segments: key({ default: 2, flag: 'integer', unit: 'count', doc: 'Removed WAL segments kept per timeline to be zeroed and reused as later segments: overwriting a file is much cheaper for the disk than allocating a new one. Each takes a segment of disk (16 MiB by default) until reused, until the timeline has had no proposer and nothing new for partial_backup_timeout, or until it is evicted; 0 deletes removed segments.', schema: integer(0, 64) }),
-  ring_size: key({ default: formatBytes(limits.RING_SIZE_BYTES_DEFAULT), flag: 'string', unit: 'bytes', doc: 'Shared ring buffer per timeline with a proposer, between the socket and the writer (released when the last proposer leaves); a full ring pauses the proposer. A multiple of 8 bytes.', schema: bytes(limits.RING_SIZE_BYTES_MIN, RING_SIZE_BYTES_MAX).refine((value) => value % 8 === 0, 'must be a multiple of 8 bytes') }),
+  ring_size: key({ default: formatBytes(limits.RING_SIZE_BYTES_DEFAULT), flag: 'string', unit: 'bytes', doc: 'Shared ring buffer per timeline with a proposer, between the socket and the writer (freed ring_release_delay after the last proposer left); a full ring pauses the proposer. A multiple of 8 bytes.', schema: bytes(limits.RING_SIZE_BYTES_MIN, RING_SIZE_BYTES_MAX).refine((value) => value % 8 === 0, 'must be a multiple of 8 bytes') }),
+  ring_release_delay: key({ default: '10s', flag: 'string', unit: 'duration', doc: 'How long a timeline keeps its WAL ring after its last proposer left: a proposer that reconnects meanwhile reuses it (a new ring costs page faults on its first pass); then the memory is freed.', schema: duration() }),
   max_message_size: key({ default: formatBytes(limits.FRAME_BYTES_DEFAULT), flag: 'string', unit: 'bytes', doc: 'Largest protocol message accepted on the pg port; larger ones end the connection with 08P01.', schema: bytes(MESSAGE_BYTES_MIN, limits.FRAME_BYTES_MAX) }),
   default_pg_version: key({ default: 150000, flag: 'integer', unit: null, doc: 'server_version reported to clients before a timeline is known (PostgreSQL numbering, 150000 = 15.0).', schema: integer(90_000, 999_999) }),
   max_connections: key({ default: limits.CONNECTIONS_MAX, flag: 'integer', unit: 'count', doc: 'Concurrent connections on the pg port; more are refused with 53300.', schema: integer(1, limits.CONNECTIONS_MAX) }),
@@ -236,6 +237,7 @@ export interface Config {
   readonly walWriterThreads: number;
   readonly walRecycleSegments: number;
   readonly ringSizeBytes: number;
+  readonly ringReleaseDelayMs: number;
   readonly maxMessageBytes: number;
   readonly defaultPgVersion: number;
   readonly maxConnections: number;
@@ -279,6 +281,7 @@ export function toConfig(values: ConfigValues, sources: Record<ConfigKey, string
     walWriterThreads: values.wal_writer_threads,
     walRecycleSegments: values.wal_recycle_segments,
     ringSizeBytes: values.ring_size,
+    ringReleaseDelayMs: values.ring_release_delay,
     maxMessageBytes: values.max_message_size,
     defaultPgVersion: values.default_pg_version,
     maxConnections: values.max_connections,

@@ -19,8 +19,9 @@
  * record end, keeps nothing after it, and fails further appends until the next truncation (a new election).
  *
  * The ring is allocated by the first append (DESIGN) and released when the timeline goes idle: when the last
- * proposer leaves (`releaseRing`), it is dropped as soon as every byte in it is durable, so idle timelines
- * hold no ring memory. Its pages are mapped by the kernel as the main thread first writes them (a 16 MiB ring
+ * proposer leaves (`releaseRing`), it is dropped once `ringReleaseDelayMs` passed without an append and every
+ * byte in it is durable, so idle timelines hold no ring memory while a proposer that reconnects (a network
+ * blip, a restarted walproposer) finds its ring still mapped. Its pages are mapped by the kernel as the main thread first writes them (a 16 MiB ring
  * costs ~11 ms of page faults and zeroing over its first pass). Touching them all ahead on a writer thread was
  * tried: it moved that cost off the main thread, but made every new proposer commit the whole ring at once and
  * queue 11 ms of page touching in the writer pool, in front of other timelines' writes (1,000 proposers
@@ -72,12 +73,18 @@ export interface TimelineWalOptions {
   onPrepared?: (result: PrepareResult) => void;
   /** Called with the bytes of a ring taken (positive) or released (negative), for metrics. */
   onRingBytes?: (deltaBytes: number) => void;
+  /** How long `releaseRing` keeps the ring for a proposer that comes back; 0 (the default): no wait. */
+  ringReleaseDelayMs?: number;
 }
 
 export class TimelineWal {
   #ring: RingView | null = null;
-  /** The last proposer left: drop the ring once everything in it is durable (cleared by the next append). */
-  #releaseRingWhenDurable = false;
+  /**
+   * After the last proposer left: 'waiting' out ringReleaseDelayMs, then 'due' (dropped once everything in it
+   * is durable). The next append sets it back to 'none'.
+   */
+  #ringRelease: 'none' | 'waiting' | 'due' = 'none';
+  #ringReleaseTimer: NodeJS.Timeout | null = null;
   #writeLsn: Lsn;
   #dispatchedLsn: Lsn;
   #syncedLsn: Lsn;
@@ -150,7 +157,7 @@ export class TimelineWal {
     if (this.#failure !== null) throw this.#failure;
     assert(!this.#truncationPending, 'append while a truncation is pending');
     assert(beginLsn === this.#writeLsn, 'appends are contiguous');
-    this.#releaseRingWhenDurable = false;
+    if (this.#ringRelease !== 'none') this.#keepRing();
     if (this.#ring === null) {
       this.#ring = RingView.allocate(this.options.ringSizeBytes);
       this.#ringOldestLsn = beginLsn; // a new ring holds nothing older
@@ -168,17 +175,34 @@ export class TimelineWal {
   }
 
   /**
-   * The last proposer left: drop the ring (its memory goes back once no thread refers to it) as soon as every
-   * byte in it is durable. Readers then read the files. The next append cancels this.
+   * The last proposer left: after ringReleaseDelayMs without an append, drop the ring (its memory goes back once
+   * no thread refers to it) as soon as every byte in it is durable. Readers then read the files. An append
+   * meanwhile cancels this.
    */
   releaseRing(): void {
-    this.#releaseRingWhenDurable = true;
-    this.#releaseRingIfDone();
+    if (this.#ringRelease !== 'none') return;
+    const delayMs = this.options.ringReleaseDelayMs ?? 0;
+    if (delayMs === 0) {
+      this.#ringRelease = 'due';
+      return this.#releaseRingIfDone();
+    }
+    this.#ringRelease = 'waiting';
+    this.#ringReleaseTimer = setTimeout(() => {
+      this.#ringReleaseTimer = null;
+      this.#ringRelease = 'due';
+      this.#releaseRingIfDone();
+    }, delayMs).unref();
+  }
+
+  #keepRing(): void {
+    if (this.#ringReleaseTimer !== null) clearTimeout(this.#ringReleaseTimer);
+    this.#ringReleaseTimer = null;
+    this.#ringRelease = 'none';
   }
 
   #releaseRingIfDone(): void {
-    if (!this.#releaseRingWhenDurable || this.#inFlight !== null || this.#syncedLsn !== this.#writeLsn) return;
-    this.#releaseRingWhenDurable = false;
+    if (this.#ringRelease !== 'due' || this.#inFlight !== null || this.#syncedLsn !== this.#writeLsn) return;
+    this.#ringRelease = 'none';
     if (this.#ring !== null) this.options.onRingBytes?.(-this.#ring.capacityBytes);
     this.#ring = null;
     this.#ringOldestLsn = this.#writeLsn;

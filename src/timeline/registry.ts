@@ -38,6 +38,8 @@ export interface RegistryOptions {
   nodeId: bigint;
   noSync: boolean;
   ringSizeBytes: number;
+  /** How long a timeline keeps its ring after its last proposer left (TimelineWal `releaseRing`). */
+  ringReleaseDelayMs: number;
   pool: WriterPool;
   /** The node's root token; every timeline's token is a child of it. */
   cancel: CancelToken;
@@ -183,7 +185,7 @@ export class TimelineRegistry {
   }
 
   async #openWith(stateBlock: StateBlock, tenantId: TenantId, timelineId: TimelineId): Promise<Timeline> {
-    const { dataDir, nodeId, noSync, ringSizeBytes, pool } = this.options;
+    const { dataDir, nodeId, noSync, ringSizeBytes, ringReleaseDelayMs, pool } = this.options;
     const dir = timelineDir(dataDir, tenantId, timelineId);
     const broken = (reason: string): Timeline => {
       this.options.log.error({ tenant_id: tenantId, timeline_id: timelineId, reason }, 'timeline is broken');
@@ -219,7 +221,7 @@ export class TimelineRegistry {
     }
     const control = new ControlStore(dir, state, noSync); // the store owns `state` now: only read below
     // One literal with every field, so all timelines' options share one hidden class.
-    const walOptions = { dir, segmentSizeBytes: files.segmentSizeBytes, pgVersion: state.server.pgVersion, ringSizeBytes, noSync, pool, state: stateBlock, onBatch: this.options.onBatch ?? ignoreResult, onPrepared: this.options.onPrepared ?? ignoreResult, onRingBytes: this.options.onRingBytes ?? ignoreResult };
+    const walOptions = { dir, segmentSizeBytes: files.segmentSizeBytes, pgVersion: state.server.pgVersion, ringSizeBytes, ringReleaseDelayMs, noSync, pool, state: stateBlock, onBatch: this.options.onBatch ?? ignoreResult, onPrepared: this.options.onPrepared ?? ignoreResult, onRingBytes: this.options.onRingBytes ?? ignoreResult };
     const wal = new TimelineWal(walOptions, endLsn);
     stateBlock.setMany({ commitLsn: state.commitLsn, term: state.acceptorState.term, localStartLsn: state.localStartLsn, backupLsn: state.backupLsn });
     // The ids of the control state (equal, checked above): one copy of each string per timeline.

@@ -33,8 +33,8 @@ export const SYNTHETIC_START_LSN = SYNTHETIC_BASE_LSN + 0x128n;
 export const syntheticServer = (): Pick<TestProposerOptions, 'pgVersion' | 'systemId' | 'walSegSizeBytes'> => ({ pgVersion: SYNTHETIC_PG_VERSION, systemId: SYNTHETIC_SYSTEM_ID, walSegSizeBytes: SYNTHETIC_SEGMENT_BYTES });
 
 /** Starts a node with fsync on (no --no-sync). If it dies on its own, its log goes to stderr, for the failure. */
-export async function startFsyncNode(dataDir: string): Promise<NodeProcess> {
-  const node = await spawnNode(testNodeArgs(dataDir));
+export async function startFsyncNode(dataDir: string, extraArgs: readonly string[] = []): Promise<NodeProcess> {
+  const node = await spawnNode(testNodeArgs(dataDir, extraArgs));
   node.process.once('exit', (code, signal) => {
     if (code !== 0 && signal === null) process.stderr.write(`safekeeper exited with code ${code}:\n${node.stderr().slice(-8000)}\n${node.stdout().slice(-8000)}\n`);
   });

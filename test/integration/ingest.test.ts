@@ -38,7 +38,7 @@ const recordKey = (record: WaldumpRecord): string => `${formatLsn(record.lsn)} $
 
 async function streamRealWalAndVerify(protoVersion: 2 | 3, chunkBytes: number): Promise<void> {
   const dataDir = makeTempDir('sk-ingest-');
-  const node = await startFsyncNode(dataDir);
+  const node = await startFsyncNode(dataDir, ['--ring-release-delay', '200ms']);
   const ids = newIds();
   const startLsn = wal.records[0]!.lsn;
   const segmentBytes = wal.segmentSizeBytes;
@@ -59,7 +59,7 @@ async function streamRealWalAndVerify(protoVersion: 2 | 3, chunkBytes: number): 
   assert.equal(idleReply.commitLsn, wal.endLsn);
   assert.equal(await metricValue(node, 'safekeeper_wal_ring_bytes'), RING_SIZE_BYTES_DEFAULT, 'the streaming timeline holds one ring');
   await session.proposer.close();
-  // The last proposer left and everything is durable: the ring is released.
+  // The last proposer left, everything is durable, and ring_release_delay passed: the ring is released.
   await waitFor(async () => (await metricValue(node, 'safekeeper_wal_ring_bytes')) === 0);
 
   const dir = timelineDirOf(dataDir, ids.tenantId, ids.timelineId);

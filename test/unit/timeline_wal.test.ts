@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { StateBlock } from '../../src/ingest/state_block.js';
 import { SPARSE_PREPARE_MIN_BATCH_BYTES, TimelineWal } from '../../src/ingest/timeline_wal.js';
 import { createWriterPool, type WriterPool } from '../../src/ingest/writer_pool.js';
@@ -14,6 +15,7 @@ import { WalCorruptionError } from '../../src/errors.js';
 import { segmentNumber, segmentOffsetBytes, type Lsn } from '../../src/wal/lsn.js';
 import { damageRecordNear, messageWal, type MessageWal } from '../harness/message_wal.js';
 import { makeTempDir } from '../harness/tmp.js';
+import { waitFor } from '../harness/wait.js';
 import { OVERLAP_VERIFY_MIN_BYTES } from '../../workers/wal_writer.js';
 
 const SEGMENT_BYTES = 1024 * 1024;
@@ -37,11 +39,11 @@ interface Harness {
   batches: number[];
 }
 
-async function openWal(ringSizeBytes = 4 * 1024 * 1024): Promise<Harness> {
+async function openWal(ringSizeBytes = 4 * 1024 * 1024, ringReleaseDelayMs = 0): Promise<Harness> {
   const dir = await makeTempDir('timeline-wal');
   const batches: number[] = [];
   const wal = new TimelineWal(
-    { dir, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION, ringSizeBytes, noSync: false, pool, state: new StateBlock(), onBatch: (bytes: number, _result: WriteResult) => batches.push(bytes) },
+    { dir, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION, ringSizeBytes, ringReleaseDelayMs, noSync: false, pool, state: new StateBlock(), onBatch: (bytes: number, _result: WriteResult) => batches.push(bytes) },
     0n,
   );
   opened.push(wal);
@@ -173,6 +175,23 @@ describe('TimelineWal', () => {
     // Released with nothing in flight: at once.
     wal.releaseRing();
     assert.equal(wal.copyFromRing(START_LSN + BigInt(half), 1000, out), false);
+  });
+
+  test('with a release delay, an append within it keeps the ring; after it the ring goes', async () => {
+    const { wal } = await openWal(4 * 1024 * 1024, 100);
+    const { bytes } = buildWal(100, 3000);
+    const out = new Uint8Array(1000);
+    assert.equal(wal.tryAppend(START_LSN, bytes.subarray(0, 100_000)), true);
+    await wal.flushAll(signal());
+    wal.releaseRing();
+    assert.equal(wal.copyFromRing(START_LSN, 1000, out), true, 'kept during the delay, though durable');
+    // A proposer came back within the delay: its append cancels the release, and the ring is never dropped.
+    assert.equal(wal.tryAppend(START_LSN + 100_000n, bytes.subarray(100_000, 200_000)), true);
+    await wal.flushAll(signal());
+    await sleep(300); // a negative (no release happens) can only be shown by letting the delay pass, three times over
+    assert.equal(wal.copyFromRing(START_LSN, 1000, out), true, 'the cancelled release never happens');
+    wal.releaseRing();
+    await waitFor(() => !wal.copyFromRing(START_LSN, 1000, out), { what: 'the ring to be released after the delay' });
   });
 
   test('corrupt WAL: nothing after the last good record is acknowledged or kept, until a truncation', async () => {
