@@ -70,7 +70,7 @@ export const walSegmentsPreparedTotal = new Counter({
 
 export const walRingBytes = new Gauge({
   name: 'safekeeper_wal_ring_bytes',
-  help: 'Memory held by the WAL rings of timelines: one per timeline with a proposer, released when the last proposer leaves and its bytes are durable',
+  help: 'Memory held by the WAL rings of timelines: one per timeline with a proposer, released ring_release_delay after the last proposer left, once its bytes are durable',
   registers: [registry],
 });
 

@@ -21,11 +21,12 @@
  * The ring is allocated by the first append (DESIGN) and released when the timeline goes idle: when the last
  * proposer leaves (`releaseRing`), it is dropped once `ringReleaseDelayMs` passed without an append and every
  * byte in it is durable, so idle timelines hold no ring memory while a proposer that reconnects (a network
- * blip, a restarted walproposer) finds its ring still mapped. Its pages are mapped by the kernel as the main thread first writes them (a 16 MiB ring
- * costs ~11 ms of page faults and zeroing over its first pass). Touching them all ahead on a writer thread was
- * tried: it moved that cost off the main thread, but made every new proposer commit the whole ring at once and
- * queue 11 ms of page touching in the writer pool, in front of other timelines' writes (1,000 proposers
- * connecting would commit 16 GiB and queue ~11 s of pool time), for pages a slow timeline may not fill for hours.
+ * blip, a restarted walproposer) finds its ring still mapped. The kernel maps a ring's pages as the main
+ * thread first writes them (a 16 MiB ring costs ~11 ms of page faults and zeroing over its first pass).
+ * Touching them all ahead on a writer thread was tried: it moved that cost off the main thread, but made every
+ * new proposer commit the whole ring at once and queue 11 ms of page touching in the writer pool, in front of
+ * other timelines' writes (1,000 proposers connecting would commit 16 GiB and queue ~11 s of pool time), for
+ * pages a slow timeline may not fill for hours.
  *
  * Readers (send/wal_reader.ts) copy recent WAL out of the ring with `copyFromRing`, which succeeds only while
  * the whole range is still held: [ringOldestLsn, writeLsn). The copy runs on the main thread, like the only

@@ -112,7 +112,8 @@ class WalReceiver implements CopyBothSink {
     if (this.#proposerRegistered) {
       const timeline = this.#timeline!;
       timeline.state.add('proposerCount', -1n);
-      // The last proposer left: the timeline is idle, and its ring goes once everything in it is durable.
+      // The last proposer left: the timeline is idle, and its ring goes after ring_release_delay (unless a
+      // proposer comes back) once everything in it is durable.
       if (timeline.state.get('proposerCount') === 0n) timeline.wal!.releaseRing();
     }
     this.#guard?.release();
