@@ -27,9 +27,10 @@
  *      zero-filled ones and new sparse ones come from its /metrics, scraped around each iteration. The 64
  *      timelines serve all three sizes in turn; before each size, every timeline gets a heartbeat and the
  *      bench waits until WAL backup has caught up (waitForBackupSettled), so a scenario pays for the backup
- *      of its own segments, not for the backlog the one before left (the 8 KiB scenario writes ~1.2 GB in its
- *      3 s, and the 128 KiB one started while that was still being uploaded). Measured: 226-309 MiB/s in five runs without
- *      the wait, 283 and 429 in two with it; the run-to-run spread here is larger than the difference.
+ *      of its own segments, not for the backlog the one before left (the 8 KiB scenario writes ~1.2 GB in
+ *      its 3 s, and the 128 KiB one started while that was still being uploaded). Measured: 226-309 MiB/s
+ *      in five runs without the wait, 283 and 429 in two with it; the run-to-run spread here is larger than
+ *      the difference.
  *   4. Ack latency of a lone 8 KiB append (one in flight, idle node): send → covering AppendResponse, after
  *      8,000 unmeasured lone appends (the JIT's warm-up, see LATENCY_WARMUP_APPENDS).
  *
@@ -40,8 +41,8 @@
  * the kernel maps ring pages on their first write, ~11 ms of page faults and zeroing per 16 MiB ring on the
  * node's main thread, once per proposer connection), and the next segment prepared, so runs measure the
  * steady state, in which the node prepares one segment ahead while it writes (that is part of the product's
- * cost). Measured without the ring pass, the 64-timeline 8 KiB scenario, the first on fresh rings after the
- * 128 B one, ran at 200 MiB/s against 280-350 warm.
+ * cost). Measured: the 64-timeline 8 KiB scenario, the first to write past its timelines' first 6 MiB,
+ * ran at 200 MiB/s without the ring pass (one run) and at 384-492 with it (five runs).
  * The commit_lsn that first reaches the term start (a control-file persist) is also sent during warm-up.
  * WAL backup (on by default, to `file://{data_dir}/remote`) is pointed at tmpfs (/dev/shm), where it stands in
  * for S3: in production the backup copy goes over the network, not to the disk that is being measured.
