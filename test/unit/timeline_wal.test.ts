@@ -148,7 +148,6 @@ describe('TimelineWal', () => {
     assert.equal(wal.flushLsn, ends.at(-1));
   });
 
-
   test('releasing the ring waits until everything in it is durable; an append cancels it; a new ring holds nothing older', async () => {
     const { wal } = await openWal();
     const { bytes, ends } = buildWal(600, 3000); // ~1.8 MiB
