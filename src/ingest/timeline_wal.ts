@@ -80,12 +80,10 @@ export interface TimelineWalOptions {
 
 export class TimelineWal {
   #ring: RingView | null = null;
-  /**
-   * After the last proposer left: 'waiting' out ringReleaseDelayMs, then 'due' (dropped once everything in it
-   * is durable). The next append sets it back to 'none'.
-   */
-  #ringRelease: 'none' | 'waiting' | 'due' = 'none';
+  /** After the last proposer left: runs out ringReleaseDelayMs; then the release is due. An append clears both. */
   #ringReleaseTimer: NodeJS.Timeout | null = null;
+  /** Drop the ring once everything in it is durable. */
+  #ringReleaseDue = false;
   #writeLsn: Lsn;
   #dispatchedLsn: Lsn;
   #syncedLsn: Lsn;
@@ -158,7 +156,7 @@ export class TimelineWal {
     if (this.#failure !== null) throw this.#failure;
     assert(!this.#truncationPending, 'append while a truncation is pending');
     assert(beginLsn === this.#writeLsn, 'appends are contiguous');
-    if (this.#ringRelease !== 'none') this.#keepRing();
+    if (this.#ringReleaseTimer !== null || this.#ringReleaseDue) this.#keepRing();
     if (this.#ring === null) {
       this.#ring = RingView.allocate(this.options.ringSizeBytes);
       this.#ringOldestLsn = beginLsn; // a new ring holds nothing older
@@ -181,29 +179,29 @@ export class TimelineWal {
    * meanwhile cancels this.
    */
   releaseRing(): void {
-    if (this.#ringRelease !== 'none') return;
+    if (this.#ringReleaseTimer !== null || this.#ringReleaseDue) return;
     const delayMs = this.options.ringReleaseDelayMs ?? 0;
-    if (delayMs === 0) {
-      this.#ringRelease = 'due';
-      return this.#releaseRingIfDone();
-    }
-    this.#ringRelease = 'waiting';
+    if (delayMs === 0) return this.#releaseRingNowDue();
     this.#ringReleaseTimer = setTimeout(() => {
       this.#ringReleaseTimer = null;
-      this.#ringRelease = 'due';
-      this.#releaseRingIfDone();
+      this.#releaseRingNowDue();
     }, delayMs).unref();
+  }
+
+  #releaseRingNowDue(): void {
+    this.#ringReleaseDue = true;
+    this.#releaseRingIfDone();
   }
 
   #keepRing(): void {
     if (this.#ringReleaseTimer !== null) clearTimeout(this.#ringReleaseTimer);
     this.#ringReleaseTimer = null;
-    this.#ringRelease = 'none';
+    this.#ringReleaseDue = false;
   }
 
   #releaseRingIfDone(): void {
-    if (this.#ringRelease !== 'due' || this.#inFlight !== null || this.#syncedLsn !== this.#writeLsn) return;
-    this.#ringRelease = 'none';
+    if (!this.#ringReleaseDue || this.#inFlight !== null || this.#syncedLsn !== this.#writeLsn) return;
+    this.#ringReleaseDue = false;
     if (this.#ring !== null) this.options.onRingBytes?.(-this.#ring.capacityBytes);
     this.#ring = null;
     this.#ringOldestLsn = this.#writeLsn;
