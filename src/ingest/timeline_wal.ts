@@ -374,6 +374,10 @@ export class TimelineWal {
     const endOfGood = result.recordEndLsn;
     assert(endOfGood >= this.flush.value, 'a failed write keeps every verified record');
     this.#failure = toError(result.code, result.detail, result);
+    // After an XLOG_SWITCH the last record ends at the next segment start, which can be ahead of the padding
+    // received so far: the positions move up to it (the files hold zeros there), but the ring never held those
+    // bytes, so readers must take them from the files.
+    if (endOfGood > this.#writeLsn) this.#ringOldestLsn = endOfGood;
     this.#writeLsn = this.#dispatchedLsn = this.#syncedLsn = endOfGood;
     this.#decoder = null;
     this.flush.setIfChanged(endOfGood);

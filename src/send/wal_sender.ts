@@ -148,6 +148,8 @@ class WalSender implements CopyBothSink {
       reader = new WalReader(source);
       await this.#stream(reader, source.segmentSizeBytes, this.#cancel.signal);
     } finally {
+      // Replies still arriving (a standby answers every XLogData) are dropped from here on: the slot is gone.
+      this.#slot = null;
       this.#readers.unregister(slot);
       walReaders.dec();
       unlink();
@@ -159,8 +161,9 @@ class WalSender implements CopyBothSink {
   // ---- CopyBothSink: replies from the reader, synchronously from the socket's 'data' handler ----
 
   onCopyData(payload: Uint8Array): void {
+    // Null once the stream ended: the socket still delivers what the reader sent before it learned that.
     const slot = this.#slot;
-    assert(slot !== null, 'copy data arrives only after registration');
+    if (slot === null) return;
     const message = decodeReaderMessage(payload);
     switch (message.tag) {
       case 'standby_reply':

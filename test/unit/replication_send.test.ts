@@ -8,12 +8,19 @@ import assert from 'node:assert/strict';
 import { rmSync, writeFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { emptyPageserverFeedback, encodePageserverFeedback } from '../../src/acceptor/pageserver_feedback.js';
-import { ProtocolViolationError } from '../../src/errors.js';
+import { ProtocolViolationError, ShutdownError } from '../../src/errors.js';
+import type { PgConnection, CopyBothSink } from '../../src/pg/connection.js';
+import { parseTenantId, parseTimelineId } from '../../src/acceptor/state.js';
+import { CancelToken } from '../../src/sync/cancel.js';
+import { Watch } from '../../src/sync/watch.js';
+import type { Timeline } from '../../src/timeline/timeline.js';
+import type { TimelineRegistry } from '../../src/timeline/registry.js';
+import { serveStartReplication } from '../../src/send/wal_sender.js';
 import { StateBlock } from '../../src/ingest/state_block.js';
 import { TimelineWal } from '../../src/ingest/timeline_wal.js';
 import type { WriterPool } from '../../src/ingest/writer_pool.js';
 import type { WriteResult, WriteTask } from '../../src/ingest/writer_protocol.js';
-import { ReaderSet, ReaderSlot, aggregateHotStandbyFeedback } from '../../src/send/reader_set.js';
+import { ReaderSet, ReaderSlot, aggregateHotStandbyFeedback, readersOf } from '../../src/send/reader_set.js';
 import {
   decodeReaderMessage,
   encodeHotStandbyFeedback,
@@ -29,6 +36,7 @@ import { segmentPath } from '../../src/storage/layout.js';
 import { type Lsn, segmentStartLsn } from '../../src/wal/lsn.js';
 import { initialSegmentImage } from '../../src/wal/segment_image.js';
 import { makeTempDir } from '../harness/tmp.js';
+import { waitFor } from '../harness/wait.js';
 
 const signal = (): AbortSignal => new AbortController().signal;
 /** Byte equality regardless of the view type (Buffer or Uint8Array). */
@@ -114,6 +122,56 @@ describe('reader set', () => {
     set.unregister(a);
     assert.equal(state.get('readerCount'), 0n);
     assert.equal(state.get('readerHorizonLsn'), 0n);
+  });
+});
+
+describe('WAL sender', () => {
+  test('a reply that arrives after the stream ended is dropped, not asserted on', async () => {
+    // A standby answers every XLogData, so replies are in flight when a stream fails (the timeline deleted, a
+    // read refused): the socket still hands them over after the reader's slot is gone. Fakes stand in for the
+    // connection and the timeline, so the end of the stream is exact.
+    const endLsn = segmentStartLsn(16n, SEGMENT_BYTES) + 8192n;
+    const timelineCancel = new CancelToken();
+    const acceptor = { state: { server: { walSegSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION, systemId: SYSTEM_ID }, timelineStartLsn: endLsn, localStartLsn: endLsn }, commitLsn: endLsn, flushLsn: endLsn, term: 1n, lastLogTerm: 1n, updateInMemory: () => undefined };
+    const wal = { copyFromRing: () => false, syncedLsn: endLsn, writeLsn: endLsn, cutSequence: 0, flush: new Watch(endLsn), progress: new Watch(0) };
+    const timeline = {
+      tenantId: 'a'.repeat(32),
+      timelineId: 'b'.repeat(32),
+      ttid: 'test',
+      dir: makeTempDir('sk-sender-'),
+      state: new StateBlock(),
+      commit: new Watch(endLsn),
+      wal,
+      activeAcceptor: () => acceptor,
+      setHotStandbyFeedbackSource: () => undefined,
+      publishState: () => undefined,
+      runTask: async (_name: string, work: (signal: AbortSignal) => Promise<void>) => work(timelineCancel.signal),
+    };
+    let sink: CopyBothSink | null = null;
+    const conn = {
+      id: 1,
+      remoteAddress: 'test',
+      startup: { applicationName: 'standby' },
+      signal: new AbortController().signal,
+      isClosed: false,
+      writable: true,
+      startCopyBoth: (copySink: CopyBothSink) => (sink = copySink),
+      sendCopyData: () => true,
+      sendCopyDataParts: () => true,
+      drained: async () => undefined,
+      write: () => true,
+    };
+    const log = { info: () => undefined, warn: () => undefined, debug: () => undefined };
+    const ids = { tenantId: parseTenantId(timeline.tenantId), timelineId: parseTimelineId(timeline.timelineId) };
+    const registry = { require: () => timeline };
+    const streaming = serveStartReplication(conn as unknown as PgConnection, { startLsn: endLsn, pgTimeline: null, term: null }, ids, { registry: registry as unknown as TimelineRegistry, log });
+    await waitFor(() => readersOf(timeline as unknown as Timeline).slots().length === 1);
+    timelineCancel.cancel(new ShutdownError('timeline deleted'));
+    await assert.rejects(streaming, ShutdownError);
+    assert.equal(readersOf(timeline as unknown as Timeline).slots().length, 0);
+    const reply = encodeStandbyReply({ writeLsn: endLsn, flushLsn: endLsn, applyLsn: endLsn, replyTimeUs: 0n, replyRequested: true });
+    sink!.onCopyData(reply); // threw an AssertionError, which took the node down
+    sink!.onCopyData(encodeHotStandbyFeedback({ timestampUs: 1n, xmin: 5n, catalogXmin: 0n }));
   });
 });
 
@@ -311,5 +369,37 @@ describe('TimelineWal.copyFromRing', () => {
     finishWrite();
     await wal.truncate(START + 80n * 1024n, signal());
     assert.equal(wal.copyFromRing(START + 79n * 1024n, 1024, out), false, 'nothing before the cut is served from the ring');
+  });
+
+  test('a failed write in the padding after an XLOG_SWITCH moves to the next segment, and the ring serves none of the padding', async () => {
+    const nextSegmentLsn = segmentStartLsn(17n, SEGMENT_BYTES);
+    // The first batch ends with an XLOG_SWITCH: its record end is the next segment start. The second, the
+    // start of the zero padding, fails on disk; a failed write reports the record end from before it.
+    const results: ((task: WriteTask) => WriteResult)[] = [
+      (task) => ({ ok: true, decoder: task.decoder, recordEndLsn: nextSegmentLsn, completedSegments: 0, timings: { decodeMs: 0, writeMs: 0, fsyncMs: 0 } }),
+      () => ({ ok: false, code: 'SK_DISK_FULL', detail: 'no space left on device', errorLsn: null, corruption: null, recordEndLsn: nextSegmentLsn }),
+    ];
+    const pool: WriterPool = {
+      write: async (task: WriteTask) => results.shift()!(task),
+      prepare: async () => ({ ok: true, prepared: 'zeroed' }),
+      run: async () => ({ ok: true }),
+      scan: async () => ({ ok: true, endLsn: 0n, detail: '' }),
+      close: async () => undefined,
+    };
+    const wal = new TimelineWal({ dir: makeTempDir('sk-ring-'), segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION, ringSizeBytes: RING_BYTES, noSync: true, pool, state: new StateBlock() }, 0n);
+    await wal.truncate(START, signal());
+    const switchBatch = new Uint8Array(40 * 1024).fill(0x5a);
+    assert.equal(wal.tryAppend(START, switchBatch), true);
+    await wal.flushAll(signal());
+    assert.equal(wal.flushLsn, nextSegmentLsn, 'acknowledged up to the next segment');
+    const paddingLsn = START + BigInt(switchBatch.length);
+    assert.equal(wal.tryAppend(paddingLsn, new Uint8Array(8 * 1024)), true);
+    await wal.failure.waitFor((failure) => failure !== null, signal());
+    await wal.flushAll(signal()); // resolves once the cut is done
+    assert.equal(wal.writeLsn, nextSegmentLsn, 'positions at the last record end');
+    const out = new Uint8Array(1024);
+    assert.equal(wal.copyFromRing(paddingLsn + 8n * 1024n, 1024, out), false, 'padding never received');
+    assert.equal(wal.copyFromRing(nextSegmentLsn - 1024n, 1024, out), false, 'the end of the switched segment');
+    assert.equal(wal.copyFromRing(paddingLsn, 1024, out), false, 'the padding of the failed write');
   });
 });
