@@ -21,7 +21,7 @@ import type {
   WriterTask,
 } from '../src/ingest/writer_protocol.js';
 import { toIoErrorData } from '../src/storage/layout.js';
-import { prepareSegment, truncateWalSync } from '../src/storage/segment_file.js';
+import { prepareSegment, syncSegmentIfExistsSync, truncateWalSync } from '../src/storage/segment_file.js';
 import { readWalSync } from '../src/storage/segment_read.js';
 import { SegmentWriter } from '../src/storage/segment_writer.js';
 import { unreachable } from '../src/sync/assert.js';
@@ -188,14 +188,21 @@ function initSegment(task: InitSegmentTask): void {
   }
 }
 
-/** Crash recovery: the end of the last verified record at or after `startLsn`, reading segment by segment. */
+/**
+ * Crash recovery: the end of the last verified record at or after `startLsn`, reading segment by segment.
+ * Each segment is fdatasynced before it is read (as Neon syncfs-es the data directory before its scan): the
+ * end found here becomes flush_lsn, shown in votes and able to raise commit_lsn, so it must not count bytes
+ * that a killed writer left only in the page cache.
+ */
 function scan(task: ScanTask): ScanResult {
   const decoder = new WalRecordDecoder(initialDecoderState({ startLsn: task.startLsn, segmentSizeBytes: task.segmentSizeBytes, pgVersion: task.pgVersion }));
   let lsn: Lsn = task.startLsn;
   let stop = 'end of segments';
   try {
     for (;;) {
-      const segmentEnd = segmentStartLsn(segmentNumber(lsn, task.segmentSizeBytes) + 1n, task.segmentSizeBytes);
+      const segno = segmentNumber(lsn, task.segmentSizeBytes);
+      if (lsn === task.startLsn || segmentOffsetBytes(lsn, task.segmentSizeBytes) === 0) syncSegmentIfExistsSync(task.dir, segno, task.segmentSizeBytes, task);
+      const segmentEnd = segmentStartLsn(segno + 1n, task.segmentSizeBytes);
       const chunkBytes = Number(segmentEnd - lsn < SCAN_CHUNK_BYTES ? segmentEnd - lsn : SCAN_CHUNK_BYTES);
       const bytes = readWalSync(task.dir, lsn, chunkBytes, task.segmentSizeBytes);
       decoder.feed(bytes);

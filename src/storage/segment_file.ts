@@ -163,6 +163,26 @@ export function completeSegmentSync(dir: string, segno: bigint, segmentSizeBytes
   if (!options.noSync) fsyncDirectorySync(dir);
 }
 
+/**
+ * fdatasyncs segment `segno` under whichever name it has (`.partial` first), unless `options.noSync`; nothing
+ * when it has neither. Recovery syncs what it is about to trust: a killed writer may have left pwritten,
+ * unsynced bytes in the page cache, which a scan would read as WAL and a power loss would then take away.
+ */
+export function syncSegmentIfExistsSync(dir: string, segno: bigint, segmentSizeBytes: number, options: SyncOptions): void {
+  if (options.noSync) return;
+  for (const partial of [true, false]) {
+    const path = segmentPath(dir, segno, segmentSizeBytes, partial);
+    const fd = openIfExists(path, 'r');
+    if (fd === null) continue;
+    try {
+      syncData(fd, path, options);
+    } finally {
+      closeFile(fd, path);
+    }
+    return;
+  }
+}
+
 // ---- truncating ----
 
 /**
