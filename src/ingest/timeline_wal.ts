@@ -242,24 +242,30 @@ export class TimelineWal {
 
   /**
    * Cuts WAL at `lsn` (a record boundary): later segments deleted, the rest of lsn's segment zeroed, and
-   * every position set to lsn. Clears a recorded failure and the pending-truncation flag.
+   * every position set to lsn. Clears a recorded failure and the pending-truncation flag. A cut that fails
+   * (a disk error) may have stopped part-way, with later segments already deleted: the positions still go
+   * to lsn, so no vote claims WAL that may be gone, and a truncation is pending again (no append goes in)
+   * until one succeeds.
    */
   async truncate(lsn: Lsn, signal: AbortSignal): Promise<void> {
     if (this.#failure === null) await this.flushAll(signal);
     await this.quiesce(signal);
     this.#cutSequence += 1; // odd: readers of the files discard what they read meanwhile
     const result = await this.options.pool.run({ kind: 'truncate', lsn, ...this.#files() }).finally(() => (this.#cutSequence += 1));
-    if (!result.ok) throw toError(result.code, result.detail, null);
     this.#writeLsn = this.#dispatchedLsn = this.#syncedLsn = lsn;
     this.#ringOldestLsn = lsn; // conservative: ring bytes from before the cut are not served
     this.#decoder = null;
-    this.#preparedUpTo = segmentNumber(lsn, this.options.segmentSizeBytes);
-    this.#truncationPending = false;
-    this.#failure = null;
-    this.failure.set(null);
     this.flush.set(lsn);
     this.options.state.setMany({ writeLsn: lsn, flushLsn: lsn });
+    // Old WAL left after lsn by a failed cut could read as valid records: nothing may be written until a cut succeeds.
+    this.#truncationPending = !result.ok;
+    if (result.ok) {
+      this.#preparedUpTo = segmentNumber(lsn, this.options.segmentSizeBytes);
+      this.#failure = null;
+      this.failure.set(null);
+    }
     this.progress.set(this.progress.value + 1);
+    if (!result.ok) throw toError(result.code, result.detail, null);
   }
 
   /** Writes the initial segment image for WAL starting mid-segment at `lsn` (only before any WAL exists). */

@@ -11,7 +11,7 @@ import { SPARSE_PREPARE_MIN_BATCH_BYTES, TimelineWal } from '../../src/ingest/ti
 import { createWriterPool, type WriterPool } from '../../src/ingest/writer_pool.js';
 import type { WriteResult } from '../../src/ingest/writer_protocol.js';
 import { segmentPath } from '../../src/storage/layout.js';
-import { WalCorruptionError } from '../../src/errors.js';
+import { StorageIoError, WalCorruptionError } from '../../src/errors.js';
 import { segmentNumber, segmentOffsetBytes, type Lsn } from '../../src/wal/lsn.js';
 import { damageRecordNear, messageWal, type MessageWal } from '../harness/message_wal.js';
 import { makeTempDir } from '../harness/tmp.js';
@@ -286,5 +286,39 @@ describe('recovery scan', () => {
     assert.equal(result.endLsn, ends.at(-1));
     const synced = dirtyBefore - dirtyBytes();
     assert.ok(synced >= bytes.length * 0.75, `the scan synced the segments (${synced} of ${bytes.length} dirty bytes written back)`);
+  });
+});
+
+describe('a truncation that fails', () => {
+  test('claims no WAL past the cut, and nothing is appended until a truncation succeeds', async () => {
+    // A disk error can stop a cut part-way, after later segments were deleted. A real disk will not fail on
+    // cue, so a writer pool that writes nothing and fails the first cut stands in for it.
+    const SEGMENT = 1024 * 1024;
+    const startLsn = 0x100_0000n + 40n;
+    const cuts: boolean[] = [true, false, true]; // the initial cut, the failing one, the retry
+    const fakePool: WriterPool = {
+      write: async (task) => ({ ok: true, decoder: task.decoder, recordEndLsn: task.endLsn, completedSegments: 0, timings: { decodeMs: 0, writeMs: 0, fsyncMs: 0 } }),
+      prepare: async () => ({ ok: true, prepared: 'zeroed' }),
+      run: async () => (cuts.shift() ? { ok: true } : { ok: false, code: 'SK_STORAGE_IO', detail: 'unlink: input/output error' }),
+      scan: async () => ({ ok: true, endLsn: 0n, detail: '' }),
+      close: async () => undefined,
+    };
+    const state = new StateBlock();
+    const wal = new TimelineWal({ dir: await makeTempDir('timeline-wal-cut'), segmentSizeBytes: SEGMENT, pgVersion: PG_VERSION, ringSizeBytes: 256 * 1024, noSync: true, pool: fakePool, state }, 0n);
+    await wal.truncate(startLsn, signal());
+    assert.equal(wal.tryAppend(startLsn, new Uint8Array(64 * 1024)), true);
+    await wal.flushAll(signal());
+    const endLsn = startLsn + 64n * 1024n;
+    assert.equal(wal.flushLsn, endLsn);
+    const cutLsn = startLsn + 1024n;
+    await assert.rejects(wal.truncate(cutLsn, signal()), StorageIoError);
+    assert.equal(wal.flushLsn, cutLsn, 'no vote claims WAL the failed cut may have deleted');
+    assert.equal(wal.writeLsn, cutLsn);
+    assert.equal(state.get('flushLsn'), cutLsn, 'the managers see the same');
+    assert.equal(wal.truncationPending, true, 'old WAL may be left after the cut: no appends');
+    assert.equal(wal.copyFromRing(startLsn, 1024, new Uint8Array(1024)), false, 'the ring serves nothing from before the cut');
+    await wal.truncate(cutLsn, signal());
+    assert.equal(wal.truncationPending, false);
+    assert.equal(wal.tryAppend(cutLsn, new Uint8Array(1024)), true);
   });
 });
