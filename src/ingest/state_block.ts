@@ -26,8 +26,8 @@
  *   8.. BigInt64 slots, in the order of `Slot` below
  * Order of a change (every step sequentially consistent): slot, block counter, changed bit, doorbell. A
  * watcher that reads the doorbell, then clears the bitmap, then waits for the doorbell to move from what
- * it read, therefore never misses a change. Slot writers: FLUSH/WRITE/COMMIT/PEER_HORIZON/TERM/PROPOSERS/
- * READERS/ACTIVITY: main thread; BACKUP, REMOTE_CONSISTENT, PERSISTED_(all), LOCAL_START, TIMELINE_START:
+ * it read, therefore never misses a change. Slot writers: FLUSH/WRITE/SYNCED/COMMIT/PEER_HORIZON/TERM/
+ * PROPOSERS/READERS/ACTIVITY: main thread; BACKUP, REMOTE_CONSISTENT, PERSISTED_(all), LOCAL_START, TIMELINE_START:
  * main thread too (`Timeline.publishState`: the acceptor's in-memory overlay and the control file live
  * there; the coordinator reports a confirmed backup_lsn to main, which merges it and publishes it);
  * REMOVED/EVICTED: coordinator. Readers: anyone.
@@ -56,6 +56,12 @@ export const Slot = {
   timelineStartLsn: 18,
   /** 1 while the timeline is offloaded (coordinator). */
   evicted: 19,
+  /**
+   * End of the bytes durable on disk (TimelineWal's syncedLsn). Write tasks write only at or after it (a cut
+   * is never below commit_lsn), so WAL removal keeps its segment. flushLsn can be ahead of it: after an
+   * XLOG_SWITCH it is the next segment's start before the zero padding is written.
+   */
+  syncedLsn: 20,
 } as const;
 export type SlotName = keyof typeof Slot;
 

@@ -10,10 +10,12 @@
  * recycled segment when there is one; else it zero-fills a new file, or, when the batch that asked for it
  * was large (SPARSE_PREPARE_MIN_BATCH_BYTES), makes it sparse (segment_file.ts says why).
  *
- * Positions, in order (asserted): syncedLsn <= dispatchedLsn <= writeLsn, and flushLsn <= syncedLsn.
+ * Positions, in order (asserted): syncedLsn <= dispatchedLsn <= writeLsn; flushLsn <= syncedLsn, except
+ * after an XLOG_SWITCH, whose record ends at the next segment start before the padding is written.
  *   writeLsn      end of bytes accepted into the ring
  *   dispatchedLsn end of bytes handed to write tasks
- *   syncedLsn     end of bytes durable on disk; ring bytes before it may be overwritten
+ *   syncedLsn     end of bytes durable on disk; ring bytes before it may be overwritten; published in the
+ *                 state block, where WAL removal keeps the segment holding it (the one being written)
  *   flushLsn      end of the last complete, CRC-verified, durable record: the only LSN ever acknowledged
  * A write task that finds corrupt WAL (or fails on disk) moves every position back to the last verified
  * record end, keeps nothing after it, and fails further appends until the next truncation (a new election).
@@ -116,7 +118,7 @@ export class TimelineWal {
     this.flush = new Watch(endLsn);
     // As in Neon, the first ProposerElected after every load must truncate before anything is written.
     this.#truncationPending = true;
-    options.state.setMany({ writeLsn: endLsn, flushLsn: endLsn });
+    options.state.setMany({ writeLsn: endLsn, flushLsn: endLsn, syncedLsn: endLsn });
   }
 
   get writeLsn(): Lsn {
@@ -256,7 +258,7 @@ export class TimelineWal {
     this.#ringOldestLsn = lsn; // conservative: ring bytes from before the cut are not served
     this.#decoder = null;
     this.flush.set(lsn);
-    this.options.state.setMany({ writeLsn: lsn, flushLsn: lsn });
+    this.options.state.setMany({ writeLsn: lsn, flushLsn: lsn, syncedLsn: lsn });
     // Old WAL left after lsn by a failed cut could read as valid records: nothing may be written until a cut succeeds.
     this.#truncationPending = !result.ok;
     if (result.ok) {
@@ -364,7 +366,7 @@ export class TimelineWal {
     this.#syncedLsn = endLsn;
     this.#decoder = result.decoder;
     this.flush.setIfChanged(result.recordEndLsn);
-    this.options.state.setMany({ writeLsn: this.#writeLsn, flushLsn: result.recordEndLsn });
+    this.options.state.setMany({ writeLsn: this.#writeLsn, flushLsn: result.recordEndLsn, syncedLsn: endLsn });
     this.progress.set(this.progress.value + 1);
     this.#kick();
     this.#releaseRingIfDone();
@@ -392,7 +394,11 @@ export class TimelineWal {
     await this.#preparing?.done;
     this.#cutSequence += 1;
     const cut = await this.options.pool.run({ kind: 'truncate', lsn: endOfGood, ...this.#files() }).finally(() => (this.#cutSequence += 1));
-    if (cut.ok) this.#preparedUpTo = segmentNumber(endOfGood, this.options.segmentSizeBytes);
+    if (cut.ok) {
+      this.#preparedUpTo = segmentNumber(endOfGood, this.options.segmentSizeBytes);
+      // Only now: WAL removal may take segments below it, and the cut may just have completed one of them.
+      this.options.state.set('syncedLsn', endOfGood);
+    }
     this.#inFlight = null;
     this.progress.set(this.progress.value + 1);
     this.#releaseRingIfDone();

@@ -181,6 +181,7 @@ export class TimelineManager {
     const block = this.#block;
     return {
       flushLsn: block.get('flushLsn'),
+      syncedLsn: block.get('syncedLsn'),
       commitLsn: block.get('commitLsn'),
       backupLsn: block.get('backupLsn'),
       peerHorizonLsn: block.get('peerHorizonLsn'),

@@ -13,11 +13,15 @@
  *   the persisted one: at once if `control_file_save_interval` has passed since our last save or persisted
  *   commit lags by ≥ 1 segment; else wake at the interval's end. (Quirk fix: our "last save" is the last
  *   save we asked for, not the load time.)
- * - WAL removal: horizon = min(persisted backup_lsn, persisted commit_lsn, flush_lsn, and the readers'
- *   horizon while readers are connected); remove segments ≤ segno(horizon) − 1. Persisted values, so a
- *   restart never needs a segment that is gone. remote_consistent_lsn is not part of the horizon (Neon has
- *   it): a pageserver below the local start reads from remote storage (§11), and connected readers hold
- *   the horizon themselves. The segment being written is never below segno(horizon).
+ * - WAL removal: horizon = min(persisted backup_lsn, persisted commit_lsn, flush_lsn, synced_lsn, and the
+ *   readers' horizon while readers are connected); remove segments ≤ segno(horizon) − 1. Persisted values,
+ *   so a restart never needs a segment that is gone. remote_consistent_lsn is not part of the horizon (Neon
+ *   has it): a pageserver below the local start reads from remote storage (§11), and connected readers hold
+ *   the horizon themselves. The segment being written is never below segno(horizon), because synced_lsn is
+ *   in the min: write tasks write only at or after synced_lsn, and a cut (truncation) only at or after
+ *   commit_lsn. flush_lsn alone is not enough: after an XLOG_SWITCH it is the next segment's start before
+ *   the switch's padding (the rest of the segment) is written, and removing that segment then would unlink
+ *   the `.partial` the writer still fills.
  * - recycled segments (`wal_recycle_segments`) of a quiet timeline are dropped: no proposer connected and
  *   nothing changed for `partial_backup_timeout`, and no removal running or planned. They only speed up
  *   the next segments of a timeline that is being written; on a node with thousands of idle timelines they
@@ -37,6 +41,8 @@ import { lsnMin, segmentNumber, segmentStartLsn, type Lsn } from '../wal/lsn.js'
 /** The state-block slots the decisions read. */
 export interface ManagerSnapshot {
   flushLsn: Lsn;
+  /** End of the bytes durable on disk; the writer writes only at or after it (state_block.ts). */
+  syncedLsn: Lsn;
   commitLsn: Lsn;
   backupLsn: Lsn;
   peerHorizonLsn: Lsn;
@@ -113,9 +119,10 @@ export function isControlFileAhead(snapshot: ManagerSnapshot): boolean {
   );
 }
 
-/** The highest segment removal may delete, or −1. */
+/** The highest segment removal may delete, or −1. Always below the segment the writer is in (see the header). */
 export function removalLimitSegno(snapshot: ManagerSnapshot, segmentSizeBytes: number): bigint {
   let horizon = lsnMin(lsnMin(snapshot.persistedBackupLsn, snapshot.persistedCommitLsn), snapshot.flushLsn);
+  horizon = lsnMin(horizon, snapshot.syncedLsn); // flush_lsn runs ahead of it after an XLOG_SWITCH
   if (snapshot.readerCount > 0n) horizon = lsnMin(horizon, snapshot.readerHorizonLsn);
   return segmentNumber(horizon, segmentSizeBytes) - 1n;
 }

@@ -33,7 +33,8 @@ export async function removeSegmentsUpTo(dir: string, segmentSizeBytes: number, 
     options.signal.throwIfAborted();
     await options.failpoints.hit('wal-removal-before-delete', options.signal);
     const path = join(dir, entry.name);
-    // A `.partial` below the horizon is a leftover (a crash before its rename); only complete ones are reused.
+    // A `.partial` below the horizon is a leftover (a crash before its rename): the horizon is at most
+    // synced_lsn, so no writer touches it again. Only complete segments are reused.
     const recycle = !entry.partial && recycled < options.recycleMax;
     await ignoringMissing(recycle ? 'rename' : 'unlink', path, recycle ? rename(path, join(dir, recycledSegmentName(entry.name))) : unlink(path));
     if (recycle) recycled += 1;

@@ -35,6 +35,7 @@ function snapshot(overrides: Partial<ManagerSnapshot> = {}): ManagerSnapshot {
     proposerCount: 0n,
     readerCount: 0n,
     readerHorizonLsn: 0n,
+    syncedLsn: overrides.flushLsn ?? flush, // every byte received is durable: the usual idle state
     ...overrides,
   };
 }
@@ -111,6 +112,18 @@ describe('manager decisions', () => {
     assert.equal(planPass(snapshot({ persistedBackupLsn: at(4) }), facts({ lastRemovedSegno: 3n }), settings).removeUpToSegno, null, 'already removed');
     // In-memory backup_lsn alone never allows removal: a restart would need the segments again.
     assert.equal(planPass(snapshot({ backupLsn: at(6) }), facts({ uploadedEndSegno: 6n }), settings).removeUpToSegno, null);
+  });
+
+  test('removal keeps the segment whose XLOG_SWITCH padding is not written yet, though flush_lsn is past it', () => {
+    // The switch record in segment 6 is verified, so flush_lsn is segment 7's start; the padding after it
+    // is still on its way (or in the ring), so the writer will write more of 6.partial.
+    const switched = { flushLsn: at(7), commitLsn: at(7), persistedCommitLsn: at(7), backupLsn: at(7), persistedBackupLsn: at(7) };
+    const padding = snapshot({ ...switched, syncedLsn: at(6, 5000) });
+    assert.equal(removalLimitSegno(padding, SEG), 5n);
+    assert.equal(planPass(padding, facts({ uploadedEndSegno: 7n, lastRemovedSegno: 4n }), settings).removeUpToSegno, 5n);
+    assert.equal(planPass(padding, facts({ uploadedEndSegno: 7n, lastRemovedSegno: 5n }), settings).removeUpToSegno, null, 'nothing more until the padding is durable');
+    // Once the padding is written, segment 6 is complete and may go.
+    assert.equal(removalLimitSegno(snapshot({ ...switched, syncedLsn: at(7) }), SEG), 6n);
   });
 
   test('recycled segments are dropped once the timeline is quiet with no proposer, never during a removal', () => {

@@ -310,11 +310,13 @@ describe('a truncation that fails', () => {
     await wal.flushAll(signal());
     const endLsn = startLsn + 64n * 1024n;
     assert.equal(wal.flushLsn, endLsn);
+    assert.equal(state.get('syncedLsn'), endLsn, 'published for WAL removal, which keeps the segment holding it');
     const cutLsn = startLsn + 1024n;
     await assert.rejects(wal.truncate(cutLsn, signal()), StorageIoError);
     assert.equal(wal.flushLsn, cutLsn, 'no vote claims WAL the failed cut may have deleted');
     assert.equal(wal.writeLsn, cutLsn);
     assert.equal(state.get('flushLsn'), cutLsn, 'the managers see the same');
+    assert.equal(state.get('syncedLsn'), cutLsn);
     assert.equal(wal.truncationPending, true, 'old WAL may be left after the cut: no appends');
     assert.equal(wal.copyFromRing(startLsn, 1024, new Uint8Array(1024)), false, 'the ring serves nothing from before the cut');
     await wal.truncate(cutLsn, signal());
