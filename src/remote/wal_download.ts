@@ -8,14 +8,17 @@
  * `<segment>.partial`; only then does the caller persist `Present`. A crash before the rename leaves a temp
  * file that the next attempt overwrites; a crash after it leaves a valid local file that the next attempt
  * checks against the remote copy instead of downloading again.
+ * Local fs failures become SafekeeperErrors naming the operation and path (layout.ts `storageError`: ENOSPC
+ * is DiskFullError, ENOENT NotFoundError, anything else StorageIoError), so a full or failing disk fails the
+ * guard request that needed the download with a clear error, instead of escaping the coordinator as a bug.
  * On-demand reads are not cached locally (as in Neon): a full segment object is read with a ranged GET;
  * the segment of an evicted timeline's flush_lsn comes from its partial object. Digests are checked by
  * RemoteStorage. Coordinator thread; async fs.
  */
-import { open, rename, rm, stat } from 'node:fs/promises';
+import { open, rename, rm } from 'node:fs/promises';
 import type { PartialRemoteSegment, TenantId, TimelineId } from '../acceptor/state.js';
 import { NotFoundError, SafekeeperError } from '../errors.js';
-import { fsyncDirectory, remotePartialTempPath, segmentPath } from '../storage/layout.js';
+import { fsyncDirectory, remotePartialTempPath, segmentPath, storageError } from '../storage/layout.js';
 import { assert } from '../sync/assert.js';
 import type { Failpoints } from '../sync/failpoints.js';
 import { formatLsn, segmentFileName, segmentNumber, segmentOffsetBytes, segmentStartLsn, type Lsn } from '../wal/lsn.js';
@@ -40,26 +43,37 @@ export class PartialSegmentMismatchError extends SafekeeperError {
   readonly sqlState = 'XX001';
 }
 
-/** Checks the local `.partial` of `record`'s segment against the remote object. 'absent' when there is none. */
-export async function compareLocalPartial(deps: OffloadDeps, record: PartialRemoteSegment): Promise<'absent' | 'matches'> {
+/**
+ * What the bytes of a local `.partial` after flush_lsn must be. The writer writes every byte it receives while
+ * flush_lsn ends at the last complete record, so a proposer that died mid-record leaves unacknowledged bytes
+ * there until a later election truncates them: eviction ignores them ('ignored'; they are never acknowledged and
+ * un-eviction brings the segment back zero-filled). Un-eviction keeps a local copy only if it is exactly what a
+ * download would give ('zeros').
+ */
+export type PartialTail = 'ignored' | 'zeros';
+
+/**
+ * Checks the local `.partial` of `record`'s segment against the remote object, which holds that segment's
+ * first offset(flush_lsn) bytes (partial_backup.ts): those bytes must be equal, and the rest as `tail` says.
+ * 'absent' when there is no local file; PartialSegmentMismatchError when it differs.
+ */
+export async function compareLocalPartial(deps: OffloadDeps, record: PartialRemoteSegment, tail: PartialTail): Promise<'absent' | 'matches'> {
   const segno = segmentNumber(record.flushLsn, deps.segmentSizeBytes);
   const path = segmentPath(deps.dir, segno, deps.segmentSizeBytes, true);
-  const size = await stat(path).then(
-    (stats) => stats.size,
-    (error: unknown) => {
-      if ((error as { code?: string }).code === 'ENOENT') return null;
-      throw error;
-    },
-  );
-  if (size === null) return 'absent';
-  if (size !== deps.segmentSizeBytes) throw new PartialSegmentMismatchError(`${path} has ${size} bytes, not ${deps.segmentSizeBytes}`);
-  const remote = await deps.remote.get(objectKey(deps.tenantId, deps.timelineId, record.name), deps.signal);
-  const flushOffset = segmentOffsetBytes(record.flushLsn, deps.segmentSizeBytes);
-  if (remote.length !== flushOffset) throw new PartialSegmentMismatchError(`remote ${record.name} has ${remote.length} bytes, flush_lsn says ${flushOffset}`);
-  const handle = await open(path, 'r');
+  const handle = await open(path, 'r').catch((error: unknown) => {
+    if ((error as { code?: string }).code === 'ENOENT') return null;
+    throw storageError(error, 'open', path);
+  });
+  if (handle === null) return 'absent';
   try {
-    const local = new Uint8Array(deps.segmentSizeBytes); // its size was checked above; a tail cut meanwhile reads as zeros
-    await readUpTo(handle, local, 0, local.length, 0);
+    const { size } = await fsCall('stat', path, () => handle.stat());
+    if (size !== deps.segmentSizeBytes) throw new PartialSegmentMismatchError(`${path} has ${size} bytes, not ${deps.segmentSizeBytes}`);
+    const remote = await deps.remote.get(objectKey(deps.tenantId, deps.timelineId, record.name), deps.signal);
+    const flushOffset = segmentOffsetBytes(record.flushLsn, deps.segmentSizeBytes);
+    if (remote.length !== flushOffset) throw new PartialSegmentMismatchError(`remote ${record.name} has ${remote.length} bytes, flush_lsn says ${flushOffset}`);
+    // Its size was checked above; a tail cut meanwhile reads as zeros.
+    const local = new Uint8Array(tail === 'zeros' ? deps.segmentSizeBytes : flushOffset);
+    await fsCall('read', path, () => readUpTo(handle, local, 0, local.length, 0));
     if (!Buffer.from(local.buffer, 0, flushOffset).equals(Buffer.from(remote.buffer, remote.byteOffset, remote.length))) {
       throw new PartialSegmentMismatchError(`${path} differs from remote ${record.name} below flush_lsn ${formatLsn(record.flushLsn)}`);
     }
@@ -67,7 +81,7 @@ export async function compareLocalPartial(deps: OffloadDeps, record: PartialRemo
       if (local[index] !== 0) throw new PartialSegmentMismatchError(`${path} has data after flush_lsn ${formatLsn(record.flushLsn)} (offset ${index})`);
     }
   } finally {
-    await handle.close();
+    await fsCall('close', path, () => handle.close());
   }
   return 'matches';
 }
@@ -79,18 +93,29 @@ export async function downloadPartialSegment(deps: OffloadDeps, record: PartialR
   const body = await deps.remote.get(objectKey(deps.tenantId, deps.timelineId, record.name), deps.signal);
   if (body.length !== flushOffset) throw new PartialSegmentMismatchError(`remote ${record.name} has ${body.length} bytes, flush_lsn says ${flushOffset}`);
   const temp = remotePartialTempPath(deps.dir);
-  await rm(temp, { force: true });
-  const handle = await open(temp, 'wx');
+  await fsCall('rm', temp, () => rm(temp, { force: true }));
+  const handle = await fsCall('create', temp, () => open(temp, 'wx'));
   try {
-    for (let done = 0; done < body.length; ) done += (await handle.write(body, done, body.length - done, done)).bytesWritten;
-    await handle.truncate(deps.segmentSizeBytes); // the zero tail, as every segment file has
-    if (!deps.noSync) await handle.sync();
+    await fsCall('write', temp, async () => {
+      for (let done = 0; done < body.length; ) done += (await handle.write(body, done, body.length - done, done)).bytesWritten;
+    });
+    await fsCall('truncate', temp, () => handle.truncate(deps.segmentSizeBytes)); // the zero tail, as every segment file has
+    if (!deps.noSync) await fsCall('fsync', temp, () => handle.sync());
   } finally {
-    await handle.close();
+    await fsCall('close', temp, () => handle.close());
   }
   await deps.failpoints.hit('unevict-before-rename', deps.signal);
-  await rename(temp, segmentPath(deps.dir, segno, deps.segmentSizeBytes, true));
+  await fsCall('rename', temp, () => rename(temp, segmentPath(deps.dir, segno, deps.segmentSizeBytes, true)));
   if (!deps.noSync) await fsyncDirectory(deps.dir);
+}
+
+/** Runs one fs call on `path`; its failure becomes a SafekeeperError naming `operation` and `path`. */
+async function fsCall<T>(operation: string, path: string, call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (error) {
+    throw storageError(error, operation, path);
+  }
 }
 
 /** What the manager knows is in remote storage. */

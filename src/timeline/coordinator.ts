@@ -6,14 +6,18 @@
  *
  * It answers the main thread's requests (coordinator_protocol.ts) and asks main to persist control files
  * (main is their only writer). Everything it does for a timeline goes through that timeline's manager.
+ * Errors: a handler's operating error (SafekeeperError) becomes an error reply; a failed system call that
+ * escaped its module's mapping does too (`systemErrorAsStorageError`, logged with its stack); anything else
+ * is a bug and ends the thread (rpc_port.ts).
  * Shutdown: `shutdown` stops every manager (each waits for its jobs), closes remote storage and replies;
  * main then terminates the worker. Coordinator thread; entered from `workers/coordinator.ts`.
  */
 import { getHeapStatistics } from 'node:v8';
 import { StateBlock, StateBlockChunk } from '../ingest/state_block.js';
-import { NotFoundError, ShutdownError } from '../errors.js';
+import { NotFoundError, SafekeeperError, ShutdownError } from '../errors.js';
 import { openRemoteStorage } from '../remote/open.js';
 import { timelineKeyPrefix, type RemoteOperation, type RemoteOutcome, type RemoteStorage } from '../remote/remote_storage.js';
+import { storageError } from '../storage/layout.js';
 import { ttid } from '../acceptor/state.js';
 import { Failpoints, parseFailpointAction } from '../sync/failpoints.js';
 import { UploadSlots } from '../remote/upload_slots.js';
@@ -29,6 +33,7 @@ import {
   type ManagerPersist,
 } from './coordinator_protocol.js';
 import { TimelineManager } from './manager.js';
+import { describeError } from './manager_jobs.js';
 import type { ManagerCounters, ManagerHost, ManagerShared } from './manager_shared.js';
 import { RpcPort, type MessageEndpoint } from './rpc_port.js';
 import { StateWatcher } from './state_watcher.js';
@@ -125,7 +130,21 @@ export class Coordinator {
     }
   }
 
+  /** Answers one request from main; a system call's error that a handler let through is an operating error here. */
   async #onRequest(request: MainRequest): Promise<{ value: unknown; transfer?: ArrayBuffer[] }> {
+    try {
+      return await this.#answer(request);
+    } catch (error) {
+      const mapped = systemErrorAsStorageError(error, request.kind);
+      if (mapped !== error) {
+        const ttid = 'ttid' in request ? request.ttid : null;
+        this.#notify({ kind: 'log', level: 'warn', ttid, message: 'unmapped fs error reached the coordinator request boundary', fields: { request: request.kind, err: describeError(error), stack: (error as Error).stack } });
+      }
+      throw mapped;
+    }
+  }
+
+  async #answer(request: MainRequest): Promise<{ value: unknown; transfer?: ArrayBuffer[] }> {
     switch (request.kind) {
       case 'unregister': {
         const manager = this.#managers.get(request.ttid);
@@ -201,6 +220,20 @@ export class Coordinator {
       remoteRequestsTotal: { ...this.#remoteRequests },
     };
   }
+}
+
+/**
+ * The request boundary's safety net. A failed system call (a Node error carrying `errno` and `syscall`) that a
+ * handler let through unmapped is an operating error (a full or failing disk), not a bug: it becomes
+ * DiskFullError, NotFoundError or StorageIoError (layout.ts `storageError`) and so an error reply, instead of
+ * ending the coordinator and with it the node. Anything else (a TypeError, an AssertionError, Node's ERR_*
+ * argument errors, which have no syscall) is returned unchanged and still ends the thread, as a bug should.
+ */
+export function systemErrorAsStorageError(error: unknown, requestKind: string): unknown {
+  if (!(error instanceof Error) || error instanceof SafekeeperError) return error;
+  const { errno, syscall, path } = error as NodeJS.ErrnoException;
+  if (typeof errno !== 'number' || typeof syscall !== 'string') return error;
+  return storageError(error, `${syscall} (${requestKind} request)`, path ?? 'unknown path');
 }
 
 /** The worker's entry: builds the coordinator on `endpoint` (parentPort). */

@@ -4,13 +4,14 @@
  * under one mutex, so a guard request waits for a running eviction and then unevicts, and an eviction
  * re-checks, under the mutex, that no guard or connection appeared since the manager decided.
  *
- * Evict (§8.1): check the local `.partial` against the uploaded partial object, persist
+ * Evict (§8.1): check the local `.partial` against the uploaded partial object below flush_lsn, persist
  * `Offloaded(flush_lsn)` (through main), then with delete_offloaded_wal delete the local segment files from
  * flush_lsn's segment on (the partial one and any prepared next one).
- * Unevict (§8.2): use the local `.partial` if it matches the remote copy, else download it (temp + rename,
- * wal_download.ts), then persist `Present`. Both persist their new state only after the files are in
- * place, so a kill -9 at any step leaves `Offloaded` with or without local files, which a restarted
- * manager handles (it deletes leftovers, and a guard downloads again).
+ * Unevict (§8.2): use the local `.partial` if it matches the remote copy and is zeros after flush_lsn, else
+ * download it (temp + rename, wal_download.ts), then persist `Present`. Both persist their new state only
+ * after the files are in place, so a kill -9 at any step leaves `Offloaded` with or without local files,
+ * which a restarted manager handles (it deletes leftovers, under the mutex like the rest, and a guard
+ * downloads again).
  * Guard ids are chosen by main; a release that arrives while the grant is pending cancels the grant.
  * Memory: the mutex and the guard sets exist only once used (a node may hold 10,000 idle timelines).
  * Coordinator thread.
@@ -108,7 +109,7 @@ export class EvictionControl {
       if (this.#state.kind === 'Offloaded' || this.guardCount > 0 || snapshot.proposerCount > 0n || snapshot.readerCount > 0n) return false;
       if (uploaded === null || uploaded.flushLsn !== snapshot.flushLsn || uploaded.term !== snapshot.lastLogTerm || uploaded.commitLsn !== snapshot.persistedCommitLsn) return false;
       await failpoints.hit('evict-before-persist', context.signal());
-      await compareLocalPartial(this.#offloadDeps(), uploaded);
+      await compareLocalPartial(this.#offloadDeps(), uploaded, 'ignored');
       const offloaded: EvictionState = { kind: 'Offloaded', flushLsn: uploaded.flushLsn };
       await context.persist({ evictionState: offloaded });
       this.#state = offloaded;
@@ -120,11 +121,17 @@ export class EvictionControl {
     });
   }
 
-  /** A restarted manager of an offloaded timeline: removes what an eviction killed midway left locally. */
+  /**
+   * A restarted manager of an offloaded timeline: removes what an eviction killed midway left locally.
+   * Under the mutex and deciding there: a guard served before the manager's start finished may have
+   * unevicted meanwhile, and the segment it restored is then live WAL.
+   */
   async removeLeftovers(): Promise<void> {
-    const { context } = this;
-    if (this.#state.kind !== 'Offloaded' || !context.shared.config.deleteOffloadedWal) return;
-    await removeSegmentsFrom(context.dir, context.segmentSizeBytes, segmentNumber(this.#state.flushLsn, context.segmentSizeBytes), context.shared.config.noSync);
+    await this.#run(async () => {
+      const { context } = this;
+      if (this.#state.kind !== 'Offloaded' || !context.shared.config.deleteOffloadedWal) return;
+      await removeSegmentsFrom(context.dir, context.segmentSizeBytes, segmentNumber(this.#state.flushLsn, context.segmentSizeBytes), context.shared.config.noSync);
+    });
   }
 
   /** §8.2, under the mutex. */
@@ -135,8 +142,9 @@ export class EvictionControl {
     const uploaded = uploadedPartial(context.partialSegments());
     assert(uploaded !== null && uploaded.flushLsn === flushLsn, 'an offloaded timeline has its partial segment uploaded');
     const deps = this.#offloadDeps();
-    // Nothing writes an offloaded timeline's files, so a local copy that differs is damage: replace it.
-    const local = await compareLocalPartial(deps, uploaded).catch((error: unknown) => {
+    // Nothing writes an offloaded timeline's files, so a local copy that differs is damage, or the
+    // unacknowledged tail eviction ignored: replace it with the remote copy, zero-filled after flush_lsn.
+    const local = await compareLocalPartial(deps, uploaded, 'zeros').catch((error: unknown) => {
       if (!(error instanceof PartialSegmentMismatchError)) throw error;
       context.log('warn', 'local partial segment differs from its remote copy; downloading it again', { err: error.message });
       return 'absent' as const;

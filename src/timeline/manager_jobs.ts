@@ -7,9 +7,10 @@
  * residency guards (`eviction.ts`). The segment backup queue retries on its own and is `manager_backup.ts`; this
  * module reads how far it got, for the decisions and for WAL read from remote storage.
  *
- * Nothing restarts the loop, so a job failure is logged and becomes a retry time (`JOB_RETRY_MS` later), never a
- * throw; an abort (the manager stopping) is silent. Every job ends by kicking the loop. Memory: the eviction control
- * is created on first use and dropped when idle (a node may hold 10,000 idle timelines). Coordinator thread.
+ * Nothing restarts the loop, so a job failure is logged and becomes a retry time (`JOB_RETRY_MS` later; a failed
+ * eviction backs off as Neon's does), never a throw; an abort (the manager stopping) is silent. Every job ends by
+ * kicking the loop. Memory: the eviction control is created on first use and dropped when idle (a node may hold
+ * 10,000 idle timelines). Coordinator thread.
  * Abort: jobs run under the manager's signal (uploads abort; a removal or a rename finishes its file first), and
  * `ended()` waits for them.
  */
@@ -27,7 +28,7 @@ import { partialCurrentOf, type ManagerFacts, type ManagerSnapshot } from './man
 import type { ManagerShared } from './manager_shared.js';
 import { dropRecycledSegments, localWal, removeSegmentsUpTo } from './wal_removal.js';
 
-/** A failed save, removal, partial upload or eviction is retried after this long. */
+/** A failed save, removal or partial upload is retried after this long; a failed eviction after at least this long. */
 export const JOB_RETRY_MS = 2_000;
 
 /** What the jobs and the backup queue use of their manager: identity, cancellation, wakeup, state block and log. */
@@ -124,7 +125,9 @@ export class ManagerJobs {
       }
     } catch (error) {
       if (error instanceof AssertionError) throw error;
-      this.owner.log('warn', 'timeline manager start: local WAL scan failed', { err: describeError(error) });
+      if (!this.owner.stopping) this.owner.log('warn', 'timeline manager start: local WAL scan or cleanup failed', { err: describeError(error) });
+    } finally {
+      this.#dropIdleEviction();
     }
     if (this.#partialSegments.some((segment) => segment.status !== 'Uploaded')) {
       const job = this.#runJob('partial backup garbage collection', async () => {
@@ -207,12 +210,25 @@ export class ManagerJobs {
 
   startEviction(): void {
     const job = this.#runJob('eviction', async () => {
-      const evicted = await this.#eviction().evict();
-      this.#dropIdleEviction();
+      let evicted: boolean;
+      try {
+        evicted = await this.#eviction().evict();
+      } finally {
+        this.#dropIdleEviction();
+      }
       if (evicted) this.block.set('evicted', 1n);
       else this.#evictRetryAtMs = this.shared.nowMs() + JOB_RETRY_MS;
-    }, (atMs) => (this.#evictRetryAtMs = atMs));
+    }, () => (this.#evictRetryAtMs = this.#evictionFailedRetryAtMs()));
     this.#evictJob = job.finally(() => this.#jobEnded(() => (this.#evictJob = null)));
+  }
+
+  /**
+   * When a failed eviction is tried again: after a random fraction of eviction_min_resident, as Neon does, but
+   * never sooner than other jobs retry. A failure that repeats (a local segment that differs from its remote
+   * copy, remote storage down) then costs its segment read and GET that rarely, not every JOB_RETRY_MS.
+   */
+  #evictionFailedRetryAtMs(): number {
+    return this.shared.nowMs() + Math.max(JOB_RETRY_MS, this.shared.random() * this.shared.config.evictionMinResidentMs);
   }
 
   /**

@@ -12,7 +12,7 @@
  * Either thread; single-threaded use of each instance.
  */
 import type { TransferListItem } from 'node:worker_threads';
-import { InvalidArgumentError, NotFoundError, SafekeeperError, ShutdownError } from '../errors.js';
+import { DiskFullError, InvalidArgumentError, NotFoundError, SafekeeperError, ShutdownError, StorageIoError } from '../errors.js';
 import { RemoteObjectCorruptError, RemoteStorageError } from '../remote/remote_storage.js';
 import { AssertionError } from '../sync/assert.js';
 
@@ -66,6 +66,11 @@ export function errorFromData(data: ErrorData): SafekeeperError {
       return new RemoteStorageError(data.detail, data.retryable ?? true);
     case 'SK_REMOTE_CORRUPT':
       return new RemoteObjectCorruptError(data.detail);
+    // A guard whose un-eviction hit a full or failing disk: the client sees 53100 or 58030, not XX000.
+    case 'SK_DISK_FULL':
+      return new DiskFullError(data.detail);
+    case 'SK_STORAGE_IO':
+      return new StorageIoError(data.detail);
     default:
       return new RemoteThreadError(data.code.startsWith('SK_') ? (data.code as `SK_${string}`) : 'SK_INTERNAL', data.detail);
   }
