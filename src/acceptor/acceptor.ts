@@ -262,7 +262,7 @@ export class Acceptor {
       // Term-only refusal: the proposer treats a higher term as fatal and re-elects.
       return { tag: 'append', generation: this.mconf.generation, term: this.term, flushLsn: 0n, commitLsn: 0n, hsFeedback: emptyHotStandbyFeedback(), pageserverFeedback: null };
     }
-    if (core.wal.truncationPending) throw new AcceptorRefusedError('refusing AppendRequest: WAL truncation pending (no ProposerElected since load)');
+    if (core.wal.truncationPending) throw new AcceptorRefusedError('refusing AppendRequest: WAL truncation pending (no ProposerElected since load, or its truncation failed)');
     if (BigInt(message.wal.byteLength) !== message.endLsn - message.beginLsn) {
       throw new ProtocolViolationError('AppendRequest', `WAL has ${message.wal.byteLength} bytes, range says ${message.endLsn - message.beginLsn}`);
     }
@@ -270,7 +270,9 @@ export class Acceptor {
     if (writeLsn > message.beginLsn) {
       throw new AcceptorRefusedError(`append request rewrites WAL written before, write_lsn=${formatLsn(writeLsn)}, msg lsn=${formatLsn(message.beginLsn)}`);
     }
-    if (writeLsn < message.beginLsn && writeLsn !== 0n) {
+    // Neon lets any append through while write_lsn is 0. Here it cannot be 0: an append needs a ProposerElected
+    // since load (truncation pending, above), and its truncation set write_lsn to start_streaming_at, never 0/0.
+    if (writeLsn < message.beginLsn) {
       throw new AcceptorRefusedError(`append request creates gap in written WAL, write_lsn=${formatLsn(writeLsn)}, msg lsn=${formatLsn(message.beginLsn)}`);
     }
     return null;

@@ -13,10 +13,11 @@
 import { AcceptorRefusedError, ProtocolViolationError } from '../errors.js';
 import { assert } from '../sync/assert.js';
 import { formatLsn, lsnMax } from '../wal/lsn.js';
+import { decoderStartProblem } from '../wal/record_decoder.js';
 import type { AcceptorCore } from './acceptor_core.js';
 import type { AcceptorGreeting, ProposerElected, ProposerGreeting, VoteRequest, VoteResponse } from './messages.js';
 import type { MembershipConfiguration } from './state.js';
-import { findHighestCommonPoint, historyProblem, termStartLsn, truncateHistory } from './term_history.js';
+import { TERM_HISTORY_ENTRIES_MAX, findHighestCommonPoint, historyProblem, termStartLsn, truncateHistory } from './term_history.js';
 
 const majorVersion = (pgVersion: number): number => Math.floor(pgVersion / 10000);
 
@@ -75,21 +76,52 @@ export async function handleVote(core: AcceptorCore, message: VoteRequest, signa
 }
 
 /**
+ * Why `message` cannot come from a correct proposer, or null. The control-file encoder and the WAL pipeline
+ * assert these facts later (a crash, after the WAL was cut), and remote input must never reach an assertion,
+ * so `handleElected` checks them before it changes anything. Neon's walproposer always satisfies them: its
+ * history is the donor's (terms below its own) plus (its term, its term start); its LSNs are record
+ * boundaries (flush_lsns, or the basebackup's redo LSN), never 0/0 (sync-safekeepers exits rather than elect
+ * at 0/0: `ProcessPropStartPos`); and it adds one entry per election.
+ */
+function electedProblem(message: ProposerElected, segmentSizeBytes: number): string | null {
+  const history = message.termHistory;
+  const first = history[0];
+  const last = history[history.length - 1];
+  if (first === undefined || last === undefined) return 'empty proposer term history';
+  if (history.length > TERM_HISTORY_ENTRIES_MAX) {
+    return `proposer term history has ${history.length} entries, more than the ${TERM_HISTORY_ENTRIES_MAX} a control file holds`;
+  }
+  const problem = historyProblem(history);
+  if (problem !== null) return `proposer term history: ${problem}`;
+  // Terms ascend, so the last is the highest. It may be below the message's term: Neon's peer recovery
+  // (recovery.rs) sends the donor's term with the donor's history, whose last term can be lower.
+  if (last.term > message.term) return `proposer term history has term ${last.term}, above the message's term ${message.term}`;
+  // LSNs never decrease, so the first is the lowest.
+  if (first.lsn === 0n) return `proposer term history starts at ${formatLsn(first.lsn)}`;
+  const startLsn = message.startStreamingAtLsn;
+  // WAL at 0/0 would leave write_lsn 0, which reads as "no WAL yet" everywhere.
+  if (startLsn === 0n) return `start_streaming_at is ${formatLsn(startLsn)}`;
+  // Our WAL is decoded from start_streaming_at on, so it must be where a decoder can start.
+  const startProblem = decoderStartProblem(startLsn, segmentSizeBytes);
+  if (startProblem !== null) return `start_streaming_at ${formatLsn(startLsn)} ${startProblem}`;
+  return null;
+}
+
+/**
  * ProposerElected: adopts the proposer's term and history, truncates our WAL at the point where the two
  * histories diverge (after writing the first segment's headers on an empty timeline), and persists the
- * start LSNs. Refuses a truncation point other than the proposer's start, and one below commit_lsn.
+ * start LSNs. Refuses a malformed message before it changes anything (see `electedProblem`), and a
+ * truncation point other than the proposer's start, or one below commit_lsn.
  */
 export async function handleElected(core: AcceptorCore, message: ProposerElected, signal: AbortSignal): Promise<void> {
   core.checkGeneration('ProposerElected', message.generation);
+  const problem = electedProblem(message, core.control.state.server.walSegSizeBytes);
+  if (problem !== null) throw new ProtocolViolationError('ProposerElected', problem);
   if (message.term > core.term) await core.persist((next) => void (next.acceptorState.term = message.term), signal);
   // Our term is higher: ignore; the next AppendResponse tells the proposer.
   if (message.term < core.term) return;
 
   const history = message.termHistory;
-  if (history.length === 0) throw new ProtocolViolationError('ProposerElected', 'empty proposer term history');
-  const problem = historyProblem(history);
-  if (problem !== null) throw new ProtocolViolationError('ProposerElected', `proposer term history: ${problem}`);
-
   const flushLsn = core.flushLsn;
   const localHistory = truncateHistory(core.control.state.acceptorState.termHistory, flushLsn);
   const commonPoint = findHighestCommonPoint(history, localHistory, flushLsn) ?? history[0];

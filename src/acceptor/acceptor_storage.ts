@@ -18,7 +18,7 @@ export interface AcceptorWalStore {
   readonly writeLsn: Lsn;
   /** End of the last complete, CRC-verified, durable record: the protocol's flush_lsn. */
   readonly flushLsn: Lsn;
-  /** Set after every load; the first ProposerElected must truncate before any write. */
+  /** Set after every load and after a failed truncation; a ProposerElected must truncate before any write. */
   readonly truncationPending: boolean;
   /** The hot path of `append`: takes the bytes if there is buffer space now; false (nothing taken) if not. */
   tryAppend(beginLsn: Lsn, wal: Uint8Array): boolean;

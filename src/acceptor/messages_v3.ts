@@ -18,17 +18,20 @@ import {
   encodeAppendRequestHeader,
 } from './messages.js';
 import { readPageserverFeedback, writePageserverFeedback } from './pageserver_feedback.js';
-import type { MembershipConfiguration, SafekeeperMember, TenantId, TermHistory, TimelineId } from './state.js';
+import { MEMBERS_PER_SET_MAX, memberHostProblem, type MembershipConfiguration, type SafekeeperMember, type TenantId, type TermHistory, type TimelineId } from './state.js';
 import { ByteReader, ByteWriter } from './wire.js';
 
 const BIG_ENDIAN = false;
 
 function readMemberSet(reader: ByteReader, count: number, setName: string): SafekeeperMember[] {
+  if (count > MEMBERS_PER_SET_MAX) reader.fail(`${count} members in ${setName} set, more than ${MEMBERS_PER_SET_MAX}`);
   const members: SafekeeperMember[] = [];
   const seen = new Set<bigint>();
   for (let index = 0; index < count; index += 1) {
     const id = reader.u64(`${setName} ${index} node_id`);
     const host = reader.cstring(`${setName} ${index} host`);
+    const hostProblem = memberHostProblem(host);
+    if (hostProblem !== null) reader.fail(`${setName} ${index} host ${hostProblem}`);
     const pgPort = reader.u16(`${setName} ${index} port`);
     if (seen.has(id)) reader.fail(`duplicate node id ${id} in ${setName}`);
     seen.add(id);

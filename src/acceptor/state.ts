@@ -28,6 +28,21 @@ export interface SafekeeperMember {
   pgPort: number;
 }
 
+/**
+ * Bounds on a membership configuration from the wire or the HTTP API, so the control file that persists it
+ * always fits (storage/control_file.ts checks the sum): a safekeeper set has a handful of members, and a host
+ * name at most 253 bytes (DNS) with no control characters.
+ */
+export const MEMBERS_PER_SET_MAX = 32;
+export const MEMBER_HOST_BYTES_MAX = 255;
+
+/** Why `host` cannot be a member's host name, or null. */
+export function memberHostProblem(host: string): string | null {
+  if (Buffer.byteLength(host) > MEMBER_HOST_BYTES_MAX) return `is longer than ${MEMBER_HOST_BYTES_MAX} bytes`;
+  if (/[\u0000-\u001f\u007f]/.test(host)) return 'has a control character';
+  return null;
+}
+
 /** Membership configuration; generation 0 = INVALID (legacy, pre-generations). */
 export interface MembershipConfiguration {
   generation: number;

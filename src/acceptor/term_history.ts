@@ -10,6 +10,14 @@ import { assert } from '../sync/assert.js';
 import type { Lsn } from '../wal/lsn.js';
 import type { TermHistory, TermLsn } from './state.js';
 
+/**
+ * The most entries a term history may have: the control file must hold it (storage/control_file.ts asserts
+ * that this many entries of the largest size leave room there for the other fields). A history grows by one
+ * entry per election, and Neon never trims it (neondatabase/neon#1562), so the bound sits just under what
+ * the body allows rather than near what a timeline usually needs.
+ */
+export const TERM_HISTORY_ENTRIES_MAX = 10_000;
+
 /** Why `history` is not a valid history, or null if it is. */
 export function historyProblem(history: readonly TermLsn[]): string | null {
   for (let index = 1; index < history.length; index += 1) {

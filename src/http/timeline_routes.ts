@@ -6,7 +6,7 @@
  */
 import { z } from 'zod';
 import type { Acceptor } from '../acceptor/acceptor.js';
-import { parseTenantId, parseTimelineId, type MembershipConfiguration, type TenantId, type TimelineId } from '../acceptor/state.js';
+import { MEMBERS_PER_SET_MAX, memberHostProblem, parseTenantId, parseTimelineId, type MembershipConfiguration, type TenantId, type TimelineId } from '../acceptor/state.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { Timeline } from '../timeline/timeline.js';
 import type { TimelineRegistry } from '../timeline/registry.js';
@@ -23,11 +23,11 @@ const lsnText = z.string().transform((text, context) => {
   }
 });
 const u64 = z.union([z.number().int().nonnegative(), z.string().regex(/^\d+$/)]).transform((value) => BigInt(value));
-const member = z.object({ id: u64, host: z.string(), pg_port: z.number().int().min(0).max(65535) });
+const member = z.object({ id: u64, host: z.string().superRefine((host, context) => void (memberHostProblem(host) !== null && context.addIssue({ code: 'custom', message: `host ${memberHostProblem(host)}` }))), pg_port: z.number().int().min(0).max(65535) });
 const mconfSchema = z.object({
   generation: z.number().int().nonnegative(),
-  members: z.array(member),
-  new_members: z.array(member).nullable().optional(),
+  members: z.array(member).max(MEMBERS_PER_SET_MAX),
+  new_members: z.array(member).max(MEMBERS_PER_SET_MAX).nullable().optional(),
 });
 const createBody = z.strictObject({
   tenant_id: z.string(),

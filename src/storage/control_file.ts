@@ -22,7 +22,8 @@
 import { crc32c } from '@node-rs/crc32';
 import { open, rename } from 'node:fs/promises';
 import { isDeepStrictEqual } from 'node:util';
-import type { TimelinePersistentState } from '../acceptor/state.js';
+import { MEMBER_HOST_BYTES_MAX, MEMBERS_PER_SET_MAX, type TimelinePersistentState } from '../acceptor/state.js';
+import { TERM_HISTORY_ENTRIES_MAX } from '../acceptor/term_history.js';
 import { SafekeeperError } from '../errors.js';
 import { AssertionError, assert } from '../sync/assert.js';
 import { isValidSegmentSize } from '../wal/lsn.js';
@@ -39,6 +40,22 @@ const CHECKSUM_BYTES = 4;
  * any legitimate body, and bounds what a corrupt length field or a stray large file can make us read.
  */
 export const CONTROL_FILE_BODY_BYTES_MAX = 1 << 20;
+/**
+ * The most body bytes one term_history entry takes: the largest u64 term (20 digits) and LSN
+ * ("FFFFFFFF/FFFFFFFF"), at the entry's indent, with its braces and comma.
+ */
+export const TERM_HISTORY_ENTRY_BODY_BYTES_MAX = 92;
+/**
+ * The most body bytes one mconf member takes: the largest id and port, the JSON around them, and a host of
+ * the largest size with every byte escaped (`\"` or `\\`: hosts have no control characters, state.ts).
+ */
+const MEMBER_BODY_BYTES_MAX = 2 * MEMBER_HOST_BYTES_MAX + 120;
+// The acceptor and the HTTP API refuse longer histories and larger member sets before they change anything, so
+// a persist never meets a body too big.
+assert(
+  TERM_HISTORY_ENTRIES_MAX * TERM_HISTORY_ENTRY_BODY_BYTES_MAX + 2 * MEMBERS_PER_SET_MAX * MEMBER_BODY_BYTES_MAX <= CONTROL_FILE_BODY_BYTES_MAX - 64 * 1024,
+  'a full term history and two full member sets leave 64 KiB of the control file body for the other fields',
+);
 
 export type ControlFileCorruptReason =
   | 'too_short'

@@ -41,7 +41,7 @@ import { checkPageHeader, type PageCheckContext } from './record_decoder_page.js
 import { type DecoderPhase, type DecoderState, PAGE_MASK, PHASES, type WalCorruptionKind, headerBytesAt, lsnOf } from './record_decoder_state.js';
 
 // The state type and its constructor live next door to keep this file short; callers import them from here.
-export { initialDecoderState, type DecoderPhase, type DecoderState, type WalCorruptionKind } from './record_decoder_state.js';
+export { decoderStartProblem, initialDecoderState, type DecoderPhase, type DecoderState, type WalCorruptionKind } from './record_decoder_state.js';
 
 const RECORD_START = 0;
 const RECORD = 1;

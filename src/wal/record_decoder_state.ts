@@ -47,23 +47,31 @@ export const lsnOf = (hi: number, lo: number): Lsn => (BigInt(hi) << 32n) + BigI
 export const headerBytesAt = (segmentOffsetBytes: number): number => (segmentOffsetBytes < WAL_PAGE_SIZE_BYTES ? LONG_PAGE_HEADER_BYTES : SHORT_PAGE_HEADER_BYTES);
 
 /**
- * The state for a decoder starting at `startLsn`: a record start (8-byte aligned, past any page header), or a
- * page or segment start, where a page header comes first. With `skipLeadingContrecord` (page starts only), a
- * continuation record at the first page is skipped; use it when starting at a segment that is not known to
- * begin with a record. Throws InvalidArgumentError for bad arguments.
+ * Why a decoder cannot start at `startLsn`, or null if it can: it must be a record start (8-byte aligned, past
+ * any page header) or a page or segment start, where a page header comes first. The acceptor checks a
+ * proposer's start_streaming_at with it, since its WAL is decoded from there. `segmentSizeBytes` must be valid.
+ */
+export function decoderStartProblem(startLsn: Lsn, segmentSizeBytes: number): string | null {
+  if (startLsn < 0n || startLsn % 8n !== 0n) return 'is not 8-byte aligned';
+  const segmentOffsetBytes = Number(startLsn % BigInt(segmentSizeBytes));
+  const pageOffsetBytes = segmentOffsetBytes & PAGE_MASK;
+  if (pageOffsetBytes !== 0 && pageOffsetBytes < headerBytesAt(segmentOffsetBytes)) return 'is inside a page header';
+  return null;
+}
+
+/**
+ * The state for a decoder starting at `startLsn` (see `decoderStartProblem`). With `skipLeadingContrecord`
+ * (page starts only), a continuation record at the first page is skipped; use it when starting at a segment
+ * that is not known to begin with a record. Throws InvalidArgumentError for bad arguments.
  */
 export function initialDecoderState(args: { startLsn: Lsn; segmentSizeBytes: number; pgVersion: number; skipLeadingContrecord?: boolean }): DecoderState {
   const { startLsn, segmentSizeBytes, pgVersion } = args;
   if (!isValidSegmentSize(segmentSizeBytes)) throw new InvalidArgumentError(`segment size ${segmentSizeBytes} is not a power of two in [1 MiB, 1 GiB]`);
   pageMagicForPgVersion(pgVersion); // throws for unknown versions
-  if (startLsn < 0n || startLsn % 8n !== 0n) throw new InvalidArgumentError(`decoder start ${formatLsn(startLsn)} is not 8-byte aligned`);
-  const segmentOffsetBytes = Number(startLsn % BigInt(segmentSizeBytes));
-  const pageOffsetBytes = segmentOffsetBytes & PAGE_MASK;
-  if (pageOffsetBytes !== 0 && pageOffsetBytes < headerBytesAt(segmentOffsetBytes)) {
-    throw new InvalidArgumentError(`decoder start ${formatLsn(startLsn)} is inside a page header`);
-  }
+  const problem = decoderStartProblem(startLsn, segmentSizeBytes);
+  if (problem !== null) throw new InvalidArgumentError(`decoder start ${formatLsn(startLsn)} ${problem}`);
   const skipLeadingContrecord = args.skipLeadingContrecord ?? false;
-  if (skipLeadingContrecord && pageOffsetBytes !== 0) throw new InvalidArgumentError('skipLeadingContrecord needs a page-aligned start');
+  if (skipLeadingContrecord && (startLsn & BigInt(PAGE_MASK)) !== 0n) throw new InvalidArgumentError('skipLeadingContrecord needs a page-aligned start');
   return {
     segmentSizeBytes, pgVersion, lsn: startLsn, lastRecordEndLsn: startLsn, phase: 'record_start', skipLeadingContrecord,
     skipBytes: 0, recordStartLsn: 0n, recordTotalBytes: 0, recordReadBytes: 0, recordCrc: 0,

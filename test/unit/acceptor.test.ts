@@ -3,8 +3,10 @@ import { describe, test } from 'node:test';
 import { Acceptor } from '../../src/acceptor/acceptor.js';
 import { MemoryControlStore, MemoryWalStore } from '../../src/acceptor/memory_storage.js';
 import type { AppendRequest, ProposerElected, ProposerGreeting } from '../../src/acceptor/messages.js';
-import { type MembershipConfiguration, type TermHistory, type TimelinePersistentState, newTimelineState, parseTenantId, parseTimelineId } from '../../src/acceptor/state.js';
+import { MEMBER_HOST_BYTES_MAX, MEMBERS_PER_SET_MAX, type MembershipConfiguration, type TermHistory, type TimelinePersistentState, newTimelineState, parseTenantId, parseTimelineId } from '../../src/acceptor/state.js';
+import { TERM_HISTORY_ENTRIES_MAX } from '../../src/acceptor/term_history.js';
 import { AcceptorRefusedError, ProtocolViolationError } from '../../src/errors.js';
+import { encodeCheckedControlFile } from '../../src/storage/control_file.js';
 
 const TENANT = parseTenantId('cf0480929707ee75372337efaa5ecf96');
 const TIMELINE = parseTimelineId('112ded66422aa5e953e5440fa5427ac4');
@@ -12,6 +14,7 @@ const SEGMENT_BYTES = 16 << 20;
 const NODE_ID = 1n;
 const signal = new AbortController().signal;
 const refused = (pattern: RegExp) => (error: unknown): boolean => error instanceof AcceptorRefusedError && error.code === 'SK_ACCEPTOR_REFUSED' && pattern.test(error.message);
+const violation = (pattern: RegExp) => (error: unknown): boolean => error instanceof ProtocolViolationError && error.code === 'SK_PROTOCOL_VIOLATION' && pattern.test(error.message);
 const history = (...entries: [number, number][]): TermHistory => entries.map(([term, lsn]) => ({ term: BigInt(term), lsn: BigInt(lsn) }));
 
 function freshState(change: (state: TimelinePersistentState) => void = () => {}): TimelinePersistentState {
@@ -20,8 +23,20 @@ function freshState(change: (state: TimelinePersistentState) => void = () => {})
   return state;
 }
 
-function setup(state = freshState(), wal = new MemoryWalStore()): { acceptor: Acceptor; control: MemoryControlStore; wal: MemoryWalStore } {
-  const control = new MemoryControlStore(state);
+/**
+ * The in-memory control store with the real control file's checks: every state persisted must encode (its
+ * invariants and size bound) and read back, as `saveControlFile` requires. Without them, states the node
+ * would crash on pass here.
+ */
+class CheckedControlStore extends MemoryControlStore {
+  override async persist(next: TimelinePersistentState, signal: AbortSignal): Promise<void> {
+    encodeCheckedControlFile(next);
+    await super.persist(next, signal);
+  }
+}
+
+function setup(state = freshState(), wal = new MemoryWalStore()): { acceptor: Acceptor; control: CheckedControlStore; wal: MemoryWalStore } {
+  const control = new CheckedControlStore(state);
   return { acceptor: new Acceptor(NODE_ID, control, wal), control, wal };
 }
 
@@ -49,7 +64,10 @@ const append = (term: number, beginLsn: number, endLsn: number, change: Partial<
 });
 const MEMBERS_WITH_ME: MembershipConfiguration = { generation: 3, members: [{ id: NODE_ID, host: 'me', pgPort: 5454 }, { id: 2n, host: 'b', pgPort: 5454 }], newMembers: null };
 
-/** Votes and elects `term` with a single-entry history starting at `startLsn` on a fresh timeline. */
+/**
+ * Votes and elects `term` with a single-entry history starting at `startLsn` on a fresh timeline. Start LSNs in
+ * these tests are record starts (8-byte aligned, past any page header), as ProposerElected requires.
+ */
 async function elect(acceptor: Acceptor, term: number, startLsn: number): Promise<void> {
   await acceptor.handle({ tag: 'vote', generation: 0, term: BigInt(term) }, signal);
   assert.equal(await acceptor.handle(elected(term, startLsn, history([term, startLsn])), signal), null);
@@ -134,7 +152,7 @@ describe('VoteRequest', () => {
   test('refuses equal and lower terms with the current term, also after a restart', async () => {
     const { acceptor, control, wal } = setup();
     await acceptor.handle({ tag: 'vote', generation: 0, term: 5n }, signal);
-    const restarted = new Acceptor(NODE_ID, new MemoryControlStore(control.state), wal);
+    const restarted = new Acceptor(NODE_ID, new CheckedControlStore(control.state), wal);
     for (const term of [5n, 4n]) {
       const reply = await restarted.handle({ tag: 'vote', generation: 0, term }, signal);
       assert(reply?.tag === 'vote');
@@ -145,15 +163,15 @@ describe('VoteRequest', () => {
 
   test('flushes WAL first and reports history cut at flush_lsn and the in-memory peer horizon', async () => {
     const { acceptor, wal } = setup();
-    await elect(acceptor, 1, 100);
-    await acceptor.handle(append(1, 100, 150, { truncateLsn: 90n }), signal);
-    assert.equal(wal.flushLsn, 100n);
+    await elect(acceptor, 1, 104);
+    await acceptor.handle(append(1, 104, 150, { truncateLsn: 90n }), signal);
+    assert.equal(wal.flushLsn, 104n);
     const reply = await acceptor.handle({ tag: 'vote', generation: 0, term: 2n }, signal);
     assert(reply?.tag === 'vote');
     assert.equal(reply.flushLsn, 150n);
     assert.equal(wal.flushLsn, 150n);
-    assert.equal(reply.truncateLsn, 100n, 'max(peer horizon initialised to timeline start, 90)');
-    assert.deepEqual(reply.termHistory, history([1, 100]));
+    assert.equal(reply.truncateLsn, 104n, 'max(peer horizon initialised to timeline start, 90)');
+    assert.deepEqual(reply.termHistory, history([1, 104]));
   });
 });
 
@@ -172,99 +190,188 @@ describe('ProposerElected', () => {
 
   test('refuses a generation mismatch; a higher term is persisted; a lower term is ignored', async () => {
     const { acceptor, control } = setup();
-    await assert.rejects(acceptor.handle(elected(2, 1, history([1, 1], [2, 3]), 42), signal), refused(/generation mismatch/));
-    await acceptor.handle(elected(2, 1, history([1, 1], [2, 3])), signal);
+    await assert.rejects(acceptor.handle(elected(2, 64, history([1, 64], [2, 128]), 42), signal), refused(/generation mismatch/));
+    await acceptor.handle(elected(2, 64, history([1, 64], [2, 128])), signal);
     assert.equal(control.state.acceptorState.term, 2n);
     const persists = control.persistCount;
-    assert.equal(await acceptor.handle(elected(1, 1, history([1, 1])), signal), null);
+    assert.equal(await acceptor.handle(elected(1, 64, history([1, 64])), signal), null);
     assert.equal(control.persistCount, persists);
-    assert.deepEqual(control.state.acceptorState.termHistory, history([1, 1], [2, 3]));
+    assert.deepEqual(control.state.acceptorState.termHistory, history([1, 64], [2, 128]));
   });
 
   test('truncates a divergent uncommitted tail at the highest common point (test_wal_truncation)', async () => {
-    const wal = new MemoryWalStore({ startLsn: 10n });
-    const { acceptor, control } = setup(freshState((state) => Object.assign(state, { timelineStartLsn: 10n, localStartLsn: 10n, commitLsn: 25n, acceptorState: { term: 3n, termHistory: history([1, 10], [2, 20], [3, 30]) } })), wal);
-    await wal.append(10n, new Uint8Array(30).fill(7), signal);
+    const wal = new MemoryWalStore({ startLsn: 80n });
+    const { acceptor, control } = setup(freshState((state) => Object.assign(state, { timelineStartLsn: 80n, localStartLsn: 80n, commitLsn: 200n, acceptorState: { term: 3n, termHistory: history([1, 80], [2, 160], [3, 240]) } })), wal);
+    await wal.append(80n, new Uint8Array(240).fill(7), signal);
     await wal.flush(signal);
-    // Neon test_find_highest_common_point_middle: the common term 2 ends at 30 locally.
-    await assert.rejects(acceptor.handle(elected(4, 40, history([1, 10], [2, 20], [4, 40])), signal), refused(/unexpected truncation point/));
-    await acceptor.handle(elected(4, 30, history([1, 10], [2, 20], [4, 40])), signal);
-    assert.equal(wal.writeLsn, 30n);
-    assert.equal(wal.flushLsn, 30n);
+    // Neon test_find_highest_common_point_middle: the common term 2 ends at 240 locally.
+    await assert.rejects(acceptor.handle(elected(4, 320, history([1, 80], [2, 160], [4, 320])), signal), refused(/unexpected truncation point/));
+    await acceptor.handle(elected(4, 240, history([1, 80], [2, 160], [4, 320])), signal);
+    assert.equal(wal.writeLsn, 240n);
+    assert.equal(wal.flushLsn, 240n);
     assert.deepEqual(wal.initializedAtLsns, [], 'not a fresh timeline');
-    assert.deepEqual(control.state.acceptorState.termHistory, history([1, 10], [2, 20], [4, 40]));
+    assert.deepEqual(control.state.acceptorState.termHistory, history([1, 80], [2, 160], [4, 320]));
     assert.equal(acceptor.lastLogTerm, 2n);
-    assert.equal(acceptor.termStartLsn, 40n);
+    assert.equal(acceptor.termStartLsn, 320n);
   });
 
   test('streams from the proposer first entry when there is no common point', async () => {
-    const wal = new MemoryWalStore({ startLsn: 1n });
-    const { acceptor } = setup(freshState((state) => Object.assign(state, { timelineStartLsn: 1n, commitLsn: 1n, acceptorState: { term: 2n, termHistory: history([1, 1], [2, 2]) } })), wal);
-    await wal.append(1n, new Uint8Array(2), signal);
+    const wal = new MemoryWalStore({ startLsn: 64n });
+    const { acceptor } = setup(freshState((state) => Object.assign(state, { timelineStartLsn: 64n, localStartLsn: 64n, commitLsn: 64n, acceptorState: { term: 2n, termHistory: history([1, 64], [2, 128]) } })), wal);
+    await wal.append(64n, new Uint8Array(128), signal);
     await wal.flush(signal);
-    await acceptor.handle(elected(3, 1, history([0, 1], [3, 3])), signal);
-    assert.equal(wal.writeLsn, 1n);
+    await acceptor.handle(elected(3, 64, history([0, 64], [3, 192])), signal);
+    assert.equal(wal.writeLsn, 64n);
   });
 
   test('refuses to truncate below the in-memory commit_lsn (Quirk fix: Neon panics)', async () => {
     const { acceptor } = setup();
-    await elect(acceptor, 1, 100);
-    await acceptor.handle(append(1, 100, 200, { commitLsn: 200n }), signal);
+    await elect(acceptor, 1, 104);
+    await acceptor.handle(append(1, 104, 200, { commitLsn: 200n }), signal);
     await acceptor.flushAndRespond(signal);
     assert.equal(acceptor.commitLsn, 200n);
-    // A history that claims term 1 ended at 150 while our term 1 WAL runs to 200 and is committed.
+    // A history that claims term 1 ended at 152 while our term 1 WAL runs to 200 and is committed.
     await acceptor.handle({ tag: 'vote', generation: 0, term: 2n }, signal);
-    await assert.rejects(acceptor.handle(elected(2, 150, history([1, 100], [2, 150])), signal), refused(/would truncate committed WAL/));
+    await assert.rejects(acceptor.handle(elected(2, 152, history([1, 104], [2, 152])), signal), refused(/would truncate committed WAL/));
   });
 
   test('refuses empty and non-ascending proposer histories', async () => {
     const { acceptor } = setup();
-    await assert.rejects(acceptor.handle(elected(1, 0, []), signal), ProtocolViolationError);
-    await assert.rejects(acceptor.handle(elected(3, 1, history([3, 1], [2, 5])), signal), /terms not ascending/);
+    await assert.rejects(acceptor.handle(elected(1, 64, []), signal), violation(/empty proposer term history/));
+    await assert.rejects(acceptor.handle(elected(3, 64, history([3, 64], [2, 128])), signal), violation(/terms not ascending/));
   });
 
   test('last_log_term switches only when flush reaches the term start (Neon test_last_log_term_switch)', async () => {
     const { acceptor } = setup();
-    await acceptor.handle(elected(2, 1, history([1, 1], [2, 3])), signal);
-    await acceptor.handle(append(2, 1, 2), signal);
+    await acceptor.handle(elected(2, 64, history([1, 64], [2, 192])), signal);
+    await acceptor.handle(append(2, 64, 128), signal);
     await acceptor.flushAndRespond(signal);
     assert.equal(acceptor.lastLogTerm, 1n);
-    await acceptor.handle(append(2, 2, 3), signal);
+    await acceptor.handle(append(2, 128, 192), signal);
     await acceptor.flushAndRespond(signal);
     assert.equal(acceptor.lastLogTerm, 2n);
+  });
+});
+
+/** The WAL of a compute-created timeline starts just past its segment's long page header, as in PostgreSQL. */
+const FIRST_RECORD_LSN = 0x1000028;
+const U64_MAX = 0xffff_ffff_ffff_ffffn;
+
+/** Asserts that `message` is refused as a protocol violation matching `pattern` and changed nothing: term, control file, WAL. */
+async function assertRefusedBeforeAnyChange(parts: ReturnType<typeof setup>, message: ProposerElected, pattern: RegExp): Promise<void> {
+  const { acceptor, control, wal } = parts;
+  const observe = () => ({ term: acceptor.term, persists: control.persistCount, initialized: [...wal.initializedAtLsns], truncated: [...wal.truncatedAtLsns], writeLsn: wal.writeLsn });
+  const before = observe();
+  await assert.rejects(acceptor.handle(message, signal), violation(pattern));
+  assert.deepEqual(observe(), before);
+}
+
+describe('ProposerElected that no walproposer sends is refused before anything changes', () => {
+  test('refuses a history term above the message term, neither persisting the term nor truncating', async () => {
+    const parts = setup();
+    await parts.acceptor.handle({ tag: 'vote', generation: 0, term: 5n }, signal);
+    await assertRefusedBeforeAnyChange(parts, elected(5, FIRST_RECORD_LSN, history([7, FIRST_RECORD_LSN])), /history has term 7, above the message's term 5/);
+    await assertRefusedBeforeAnyChange(parts, elected(6, FIRST_RECORD_LSN, history([7, FIRST_RECORD_LSN])), /history has term 7, above the message's term 6/);
+    // A last term below the message's is fine: Neon's peer recovery sends the donor's term with its history.
+    await parts.acceptor.handle(elected(5, FIRST_RECORD_LSN, history([3, FIRST_RECORD_LSN])), signal);
+    assert.deepEqual(parts.control.state.acceptorState.termHistory, history([3, FIRST_RECORD_LSN]));
+  });
+
+  test('refuses a history longer than TERM_HISTORY_ENTRIES_MAX; the longest one allowed, at the largest values, fits the control file', async () => {
+    // Every term and LSN takes the most digits: 20 for the terms, 17 characters for the LSNs (X/Y with 8 hex digits each).
+    const firstLsn = 0xffff_ffff_ff00_0028n; // 40 bytes into its segment: just past the long page header
+    const longest = (entries: number): TermHistory =>
+      Array.from({ length: entries }, (_, index) => ({ term: U64_MAX - BigInt(entries - 1 - index), lsn: firstLsn + 8n * BigInt(index) }));
+    const message = (termHistory: TermHistory): ProposerElected => ({ tag: 'elected', generation: 0, term: U64_MAX, startStreamingAtLsn: firstLsn, termHistory });
+    const parts = setup();
+    await assertRefusedBeforeAnyChange(parts, message(longest(TERM_HISTORY_ENTRIES_MAX + 1)), new RegExp(`${TERM_HISTORY_ENTRIES_MAX + 1} entries, more than the ${TERM_HISTORY_ENTRIES_MAX}`));
+    await parts.acceptor.handle(message(longest(TERM_HISTORY_ENTRIES_MAX)), signal);
+    assert.equal(parts.control.state.acceptorState.termHistory.length, TERM_HISTORY_ENTRIES_MAX, 'persisted through the checked encoder');
+  });
+
+  test('the longest history and two largest member sets, at their worst for JSON, fit one control file', () => {
+    const firstLsn = 0xffff_ffff_ff00_0028n;
+    const termHistory = Array.from({ length: TERM_HISTORY_ENTRIES_MAX }, (_, index) => ({ term: U64_MAX - BigInt(TERM_HISTORY_ENTRIES_MAX - 1 - index), lsn: firstLsn + 8n * BigInt(index) }));
+    // Every host byte a quote, which JSON escapes to two.
+    const members = (from: number) => Array.from({ length: MEMBERS_PER_SET_MAX }, (_, index) => ({ id: U64_MAX - BigInt(from + index), host: '"'.repeat(MEMBER_HOST_BYTES_MAX), pgPort: 65535 }));
+    const state = freshState((next) => {
+      next.acceptorState.term = U64_MAX;
+      next.acceptorState.termHistory = termHistory;
+      next.mconf = { generation: 0xffff_ffff, members: members(0), newMembers: members(MEMBERS_PER_SET_MAX) };
+      next.localStartLsn = firstLsn;
+    });
+    encodeCheckedControlFile(state); // asserts the body bound, among its other checks
+  });
+
+  test('refuses start_streaming_at 0/0 and a history starting at 0/0; appends never skip the gap check', async () => {
+    const parts = setup();
+    const { acceptor, wal } = parts;
+    await acceptor.handle({ tag: 'vote', generation: 0, term: 1n }, signal);
+    await assertRefusedBeforeAnyChange(parts, elected(1, 0, history([1, 0])), /history starts at 0\/0/);
+    await assertRefusedBeforeAnyChange(parts, elected(1, FIRST_RECORD_LSN, history([0, 0], [1, FIRST_RECORD_LSN])), /history starts at 0\/0/);
+    await assertRefusedBeforeAnyChange(parts, elected(1, 0, history([1, FIRST_RECORD_LSN])), /start_streaming_at is 0\/0/);
+    // write_lsn is still 0 and (in this store) no truncation is pending: an append anywhere else is a gap.
+    await assert.rejects(acceptor.handle(append(1, FIRST_RECORD_LSN, FIRST_RECORD_LSN + 8), signal), refused(/creates gap in written WAL, write_lsn=0\/0/));
+    assert.equal(wal.writeLsn, 0n);
+    // The positive control: a well-formed ProposerElected still starts the timeline.
+    await elect(acceptor, 2, FIRST_RECORD_LSN);
+    await acceptor.handle(append(2, FIRST_RECORD_LSN, FIRST_RECORD_LSN + 8), signal);
+    assert.equal(wal.writeLsn, BigInt(FIRST_RECORD_LSN + 8));
+  });
+
+  test('refuses a start_streaming_at that is not 8-byte aligned or lies inside a page header', async () => {
+    const parts = setup();
+    await parts.acceptor.handle({ tag: 'vote', generation: 0, term: 1n }, signal);
+    const elect1 = (startLsn: number): ProposerElected => elected(1, startLsn, history([1, startLsn]));
+    await assertRefusedBeforeAnyChange(parts, elect1(0x1000101), /start_streaming_at 0\/1000101 is not 8-byte aligned/);
+    await assertRefusedBeforeAnyChange(parts, elect1(0x1000010), /start_streaming_at 0\/1000010 is inside a page header/); // the long one
+    await assertRefusedBeforeAnyChange(parts, elect1(0x1002010), /start_streaming_at 0\/1002010 is inside a page header/); // a short one
+    // Record starts just past either header, and page starts (the header comes first in the stream), are fine.
+    for (const startLsn of [0x1000028, 0x1002018, 0x1002000, 0x2000000]) await setup().acceptor.handle(elect1(startLsn), signal);
+  });
+
+  test('refuses an unaligned divergence point on a timeline that already has WAL', async () => {
+    const parts = setup();
+    const { acceptor, wal } = parts;
+    await elect(acceptor, 1, FIRST_RECORD_LSN);
+    await acceptor.handle(append(1, FIRST_RECORD_LSN, FIRST_RECORD_LSN + 0x100), signal);
+    await acceptor.handle({ tag: 'vote', generation: 0, term: 2n }, signal); // flushes: term 1 runs to 0/1000128
+    // The proposer claims term 1 ended at 0/1000101, so the highest common point is exactly its start_streaming_at.
+    await assertRefusedBeforeAnyChange(parts, elected(2, 0x1000101, history([1, FIRST_RECORD_LSN], [2, 0x1000101])), /start_streaming_at 0\/1000101 is not 8-byte aligned/);
+    assert.equal(wal.flushLsn, BigInt(FIRST_RECORD_LSN + 0x100), 'the WAL is not cut');
   });
 });
 
 describe('AppendRequest', () => {
   test('refuses gaps, rewrites and generation mismatches (Neon test_non_consecutive_write)', async () => {
     const { acceptor } = setup();
-    await acceptor.handle(elected(1, 1, history([1, 1])), signal);
-    await assert.rejects(acceptor.handle(append(1, 1, 2, { generation: 42 }), signal), refused(/generation mismatch/));
-    await acceptor.handle(append(1, 1, 2), signal);
-    await assert.rejects(acceptor.handle(append(1, 4, 5), signal), refused(/creates gap/));
-    await assert.rejects(acceptor.handle(append(1, 1, 2), signal), refused(/rewrites WAL/));
+    await acceptor.handle(elected(1, 64, history([1, 64])), signal);
+    await assert.rejects(acceptor.handle(append(1, 64, 72, { generation: 42 }), signal), refused(/generation mismatch/));
+    await acceptor.handle(append(1, 64, 72), signal);
+    await assert.rejects(acceptor.handle(append(1, 80, 88), signal), refused(/creates gap/));
+    await assert.rejects(acceptor.handle(append(1, 64, 72), signal), refused(/rewrites WAL/));
   });
 
   test('a higher term than ours means ProposerElected was skipped', async () => {
     const { acceptor } = setup();
-    await elect(acceptor, 1, 1);
-    await assert.rejects(acceptor.handle(append(2, 1, 2), signal), refused(/got AppendRequest before ProposerElected/));
+    await elect(acceptor, 1, 64);
+    await assert.rejects(acceptor.handle(append(2, 64, 72), signal), refused(/got AppendRequest before ProposerElected/));
   });
 
   test('a lower term gets a term-only refusal at once (test_concurrent_computes)', async () => {
     const { acceptor, wal } = setup();
-    await elect(acceptor, 3, 1);
-    const reply = await acceptor.handle(append(2, 1, 2, { commitLsn: 2n }), signal);
+    await elect(acceptor, 3, 64);
+    const reply = await acceptor.handle(append(2, 64, 72, { commitLsn: 72n }), signal);
     assert.deepEqual(reply, { tag: 'append', generation: 0, term: 3n, flushLsn: 0n, commitLsn: 0n, hsFeedback: { timestampUs: 0n, xmin: 0n, catalogXmin: 0n }, pageserverFeedback: null });
-    assert.equal(wal.writeLsn, 1n);
+    assert.equal(wal.writeLsn, 64n);
   });
 
   test('commit_lsn is capped by the durable flush_lsn and catches up when the flush lands', async () => {
     const { acceptor } = setup();
-    await elect(acceptor, 1, 100);
-    assert.equal(await acceptor.handle(append(1, 100, 300, { commitLsn: 250n, truncateLsn: 120n }), signal), null);
-    assert.equal(acceptor.commitLsn, 100n, 'nothing new is durable yet');
-    assert.equal(acceptor.appendResponse().commitLsn, 100n);
+    await elect(acceptor, 1, 104);
+    assert.equal(await acceptor.handle(append(1, 104, 300, { commitLsn: 250n, truncateLsn: 120n }), signal), null);
+    assert.equal(acceptor.commitLsn, 104n, 'nothing new is durable yet');
+    assert.equal(acceptor.appendResponse().commitLsn, 104n);
     const reply = await acceptor.flushAndRespond(signal);
     assert.equal(reply.flushLsn, 300n);
     assert.equal(reply.commitLsn, 250n);
@@ -276,14 +383,14 @@ describe('AppendRequest', () => {
 
   test('persists the control file before commit_lsn visibly crosses term_start_lsn', async () => {
     const { acceptor, control } = setup();
-    await elect(acceptor, 1, 100);
-    await acceptor.handle(append(1, 100, 200), signal);
+    await elect(acceptor, 1, 104);
+    await acceptor.handle(append(1, 104, 200), signal);
     await acceptor.flushAndRespond(signal);
     await acceptor.handle({ tag: 'vote', generation: 0, term: 2n }, signal);
-    await acceptor.handle(elected(2, 200, history([1, 100], [2, 200])), signal);
+    await acceptor.handle(elected(2, 200, history([1, 104], [2, 200])), signal);
     await acceptor.handle(append(2, 200, 260, { commitLsn: 150n }), signal);
     assert.equal(acceptor.commitLsn, 150n, 'below term start: in memory only');
-    assert.equal(control.state.commitLsn, 100n);
+    assert.equal(control.state.commitLsn, 104n);
 
     let seenDuringPersist: bigint | null = null;
     control.beforePersist = async (next) => {
@@ -303,38 +410,38 @@ describe('AppendRequest', () => {
   });
 
   test('AppendResponse reports the in-memory commit_lsn (Quirk fix) and the hot standby feedback provider', async () => {
-    const control = new MemoryControlStore(freshState());
+    const control = new CheckedControlStore(freshState());
     const acceptor = new Acceptor(NODE_ID, control, new MemoryWalStore(), { hotStandbyFeedback: () => ({ timestampUs: 5n, xmin: 6n, catalogXmin: 7n }) });
-    await elect(acceptor, 1, 100);
-    await acceptor.handle(append(1, 100, 200, { commitLsn: 200n }), signal);
+    await elect(acceptor, 1, 104);
+    await acceptor.handle(append(1, 104, 200, { commitLsn: 200n }), signal);
     const reply = await acceptor.flushAndRespond(signal);
     assert.deepEqual(reply, { tag: 'append', generation: 0, term: 1n, flushLsn: 200n, commitLsn: 200n, hsFeedback: { timestampUs: 5n, xmin: 6n, catalogXmin: 7n }, pageserverFeedback: null });
   });
 
   test('after a restart appends are refused until a ProposerElected truncates', async () => {
     const { acceptor, control, wal } = setup();
-    await elect(acceptor, 1, 100);
-    await acceptor.handle(append(1, 100, 200), signal);
+    await elect(acceptor, 1, 104);
+    await acceptor.handle(append(1, 104, 200), signal);
     await acceptor.flushAndRespond(signal);
     await acceptor.handle(append(1, 200, 250), signal); // not flushed: lost in the crash
     wal.restart();
-    const restarted = new Acceptor(NODE_ID, new MemoryControlStore(control.state), wal);
+    const restarted = new Acceptor(NODE_ID, new CheckedControlStore(control.state), wal);
     assert.equal(restarted.termStartLsn, 0n);
     assert.equal(restarted.flushLsn, 200n);
     await assert.rejects(restarted.handle(append(1, 200, 210), signal), refused(/truncation pending/));
-    await restarted.handle(elected(1, 200, history([1, 100])), signal);
+    await restarted.handle(elected(1, 200, history([1, 104])), signal);
     assert.equal(wal.truncationPending, false);
     await restarted.handle(append(1, 200, 210), signal);
     assert.equal((await restarted.flushAndRespond(signal)).flushLsn, 210n);
-    assert.deepEqual(wal.read(100n, 210n), new Uint8Array(110).fill(0xab));
+    assert.deepEqual(wal.read(104n, 210n), new Uint8Array(106).fill(0xab));
   });
 
   test('heartbeats write nothing but still carry commit and horizon', async () => {
     const { acceptor, wal } = setup();
-    await elect(acceptor, 1, 100);
-    await acceptor.handle(append(1, 100, 100, { truncateLsn: 100n }), signal);
-    assert.equal(wal.writeLsn, 100n);
-    assert.equal(acceptor.peerHorizonLsn, 100n);
+    await elect(acceptor, 1, 104);
+    await acceptor.handle(append(1, 104, 104, { truncateLsn: 104n }), signal);
+    assert.equal(wal.writeLsn, 104n);
+    assert.equal(acceptor.peerHorizonLsn, 104n);
   });
 });
 
@@ -355,14 +462,14 @@ describe('term and configuration changes from the HTTP API', () => {
 
   test('persistInMemory writes the in-memory LSNs only when they changed', async () => {
     const { acceptor, control } = setup();
-    await elect(acceptor, 1, 100);
+    await elect(acceptor, 1, 104);
     const persists = control.persistCount;
     assert.equal(await acceptor.persistInMemory(signal), false);
     acceptor.updateInMemory({ remoteConsistentLsn: 150n, backupLsn: 50n });
     assert.equal(await acceptor.persistInMemory(signal), true);
     assert.equal(control.persistCount, persists + 1);
     assert.equal(control.state.remoteConsistentLsn, 150n);
-    assert.equal(control.state.backupLsn, 100n, 'max-merged, never lowered');
+    assert.equal(control.state.backupLsn, 104n, 'max-merged, never lowered');
   });
 });
 

@@ -13,7 +13,7 @@ import {
 } from '../../src/acceptor/messages.js';
 import { decodeAcceptorMessage, decodeProposerMessage, encodeAcceptorMessage, encodeProposerMessage } from '../../src/acceptor/messages_codec.js';
 import { decodePageserverFeedback, encodePageserverFeedback, type PageserverFeedback } from '../../src/acceptor/pageserver_feedback.js';
-import { type MembershipConfiguration, parseTenantId, parseTimelineId } from '../../src/acceptor/state.js';
+import { MEMBER_HOST_BYTES_MAX, MEMBERS_PER_SET_MAX, type MembershipConfiguration, parseTenantId, parseTimelineId } from '../../src/acceptor/state.js';
 
 const TENANT = parseTenantId('cf0480929707ee75372337efaa5ecf96');
 const TIMELINE = parseTimelineId('112ded66422aa5e953e5440fa5427ac4');
@@ -171,6 +171,21 @@ describe('proposer messages', () => {
     const decoded = decodeProposerMessage(encodeProposerMessage({ ...base, mconf: { generation: 2, members: [member], newMembers: [member] } }, 3), 3);
     assert(decoded.tag === 'greeting');
     assert.equal(decoded.mconf.newMembers?.length, 1);
+  });
+
+  test('mconf: more than MEMBERS_PER_SET_MAX members, or a host too long or with a control character, is refused', () => {
+    // A greeting's mconf is persisted in the control file, which must always fit (control_file.ts).
+    const base = { tag: 'greeting', tenantId: TENANT, timelineId: TIMELINE, pgVersion: 170004, systemId: 0n, walSegSizeBytes: 16 << 20 } as const;
+    const members = (count: number, host = 'h'.repeat(MEMBER_HOST_BYTES_MAX)) => Array.from({ length: count }, (_, index) => ({ id: BigInt(index + 1), host, pgPort: 5454 }));
+    const roundTrip = (mconf: MembershipConfiguration) => decodeProposerMessage(encodeProposerMessage({ ...base, mconf }, 3), 3);
+    const violation = (pattern: RegExp) => (error: unknown): boolean => error instanceof ProtocolViolationError && pattern.test(error.message);
+    assert.throws(() => roundTrip({ generation: 2, members: members(MEMBERS_PER_SET_MAX + 1), newMembers: null }), violation(/33 members in member set, more than 32/));
+    assert.throws(() => roundTrip({ generation: 2, members: members(1), newMembers: members(MEMBERS_PER_SET_MAX + 1) }), violation(/in new member set/));
+    assert.throws(() => roundTrip({ generation: 2, members: members(1, 'h'.repeat(MEMBER_HOST_BYTES_MAX + 1)), newMembers: null }), violation(/host is longer than 255 bytes/));
+    assert.throws(() => roundTrip({ generation: 2, members: members(1, 'sk-1\n'), newMembers: null }), violation(/host has a control character/));
+    const largest = roundTrip({ generation: 2, members: members(MEMBERS_PER_SET_MAX), newMembers: members(MEMBERS_PER_SET_MAX) });
+    assert(largest.tag === 'greeting');
+    assert.equal(largest.mconf.newMembers?.length, MEMBERS_PER_SET_MAX);
   });
 
   test('tenant and timeline ids must be 32 hex chars', () => {
