@@ -22,20 +22,30 @@ const lsnText = z.string().transform((text, context) => {
     return z.NEVER;
   }
 });
-const u64 = z.union([z.number().int().nonnegative(), z.string().regex(/^\d+$/)]).transform((value) => BigInt(value));
+// What the body may hold is what the control file can (storage/control_file_json.ts): a value the control
+// file refuses would fail its encoder's checks, which are assertions.
+const U64_MAX = 0xffff_ffff_ffff_ffffn;
+const u64 = z
+  .union([z.number().int().nonnegative(), z.string().regex(/^\d{1,20}$/, 'a u64 as a decimal string')])
+  .transform((value) => BigInt(value))
+  .refine((value) => value <= U64_MAX, 'must fit in 64 bits');
 const member = z.object({ id: u64, host: z.string().superRefine((host, context) => void (memberHostProblem(host) !== null && context.addIssue({ code: 'custom', message: `host ${memberHostProblem(host)}` }))), pg_port: z.number().int().min(0).max(65535) });
+const memberSet = z
+  .array(member)
+  .max(MEMBERS_PER_SET_MAX)
+  .refine((members) => new Set(members.map((m) => m.id)).size === members.length, 'duplicate member id');
 const mconfSchema = z.object({
-  generation: z.number().int().nonnegative(),
-  members: z.array(member).max(MEMBERS_PER_SET_MAX),
-  new_members: z.array(member).max(MEMBERS_PER_SET_MAX).nullable().optional(),
+  generation: z.number().int().nonnegative().max(0xffff_ffff),
+  members: memberSet,
+  new_members: memberSet.nullable().optional(),
 });
 const createBody = z.strictObject({
   tenant_id: z.string(),
   timeline_id: z.string(),
   mconf: mconfSchema.optional(),
-  pg_version: z.number().int().positive(),
+  pg_version: z.number().int().positive().max(0xffff_ffff),
   system_id: u64.optional(),
-  wal_seg_size: z.number().int().positive().optional(),
+  wal_seg_size: z.number().int().positive().max(0xffff_ffff).optional(),
   start_lsn: lsnText,
   commit_lsn: lsnText.optional(),
 });

@@ -67,6 +67,10 @@ describe('HTTP timeline routes', () => {
       await http(base, 'POST', '/v1/tenant/timeline', { ...createBody(TIMELINE_B), surprise: 1 }),
       await http(base, 'POST', '/v1/tenant/timeline', '{not json'),
       await http(base, 'POST', '/v1/tenant/timeline', { ...createBody(TIMELINE_B), pg_version: 90000 }),
+      // Values the control file cannot hold: its encoder's checks are assertions, which used to end the process.
+      await http(base, 'POST', '/v1/tenant/timeline', { ...createBody(TIMELINE_B), mconf: { generation: 1, members: [{ id: 1, host: 'a', pg_port: 1 }, { id: 1, host: 'b', pg_port: 2 }] } }),
+      await http(base, 'POST', '/v1/tenant/timeline', { ...createBody(TIMELINE_B), system_id: '18446744073709551616' }),
+      await http(base, 'POST', '/v1/tenant/timeline', { ...createBody(TIMELINE_B), mconf: { generation: 4294967296, members: [] } }),
     ];
     for (const response of bad) {
       assert.equal(response.status, 400, JSON.stringify(response.json));
@@ -74,6 +78,9 @@ describe('HTTP timeline routes', () => {
     }
     assert.match(((bad[0]!.json) as { msg: string }).msg, /start_lsn/);
     assert.match(((bad[5]!.json) as { msg: string }).msg, /unsupported PostgreSQL version 90000/);
+    assert.match(((bad[6]!.json) as { msg: string }).msg, /mconf\.members: duplicate member id/);
+    assert.match(((bad[7]!.json) as { msg: string }).msg, /system_id: must fit in 64 bits/);
+    assert.match(((bad[8]!.json) as { msg: string }).msg, /mconf\.generation/);
     assert.equal(existsSync(join(dataDir, TENANT, TIMELINE_B)), false, 'a refused create leaves no directory');
     assert.equal((await http(base, 'GET', `/v1/tenant/${TENANT}/timeline/${TIMELINE_B}`)).status, 404);
     assert.equal((await http(base, 'GET', `/v1/tenant/not-hex/timeline/${TIMELINE_B}`)).status, 400);
