@@ -4,6 +4,11 @@
       "target_name": "wal_crc",
       "sources": ["wal_crc.c"],
       "cflags": ["-O2", "-std=c11", "-Wall", "-Wextra"]
+    },
+    {
+      "target_name": "fs_lock",
+      "sources": ["fs_lock.c"],
+      "cflags": ["-O2", "-std=c11", "-Wall", "-Wextra"]
     }
   ]
 }

@@ -1,31 +1,56 @@
 /**
- * What a node keeps in its data directory besides timelines: the lock file that makes one process its
- * only owner, and the node id file that ties the directory to one node id. SafekeeperNode takes the lock
- * first and settles the id second, at start; it releases the lock last, at stop.
+ * What a node keeps in its data directory besides timelines: the lock that makes one process its only
+ * owner, and the node id file that ties the directory to one node id. SafekeeperNode takes the lock first
+ * and settles the id second, at start; it releases the lock last, at stop.
  *
- * The lock is `<data_dir>/safekeeper.pid`, holding the owner's pid. It is created exclusively (a
- * complete temp file hard-linked into place, so no reader ever sees it empty). A lock whose pid is dead is
- * stale and is taken over with a warning: it is first renamed aside and checked, so two starting nodes
- * cannot both take over one stale lock. Node has no flock; a reused pid can make a stale lock look alive,
- * and the error message says which process to check.
+ * The lock, with the native addon (src/native_lock.ts): an flock(LOCK_EX | LOCK_NB) on
+ * `<data_dir>/safekeeper.lock`, held by a file handle kept open (in `lockedDataDirs`) for as long as this
+ * process owns the directory. The kernel drops it when the process dies, and it is seen by every process on
+ * the host whatever its PID namespace: during a rolling update two pods on one node mount the same volume,
+ * each safekeeper PID 1, so no pid can tell them apart, while the flock can. The flock is the authority: when
+ * it is held elsewhere the directory is in use, whatever the pid file says; when we get it, any pid file is
+ * stale and is replaced. The lock file is never deleted nor truncated: a node that deleted it at stop could
+ * leave a starting node holding an flock on the unlinked file while a third one locks a new file.
+ * libuv opens files with O_CLOEXEC, so a child process we spawn never inherits (and outlives us with) the lock.
+ * NFS: Linux (2.6.12+) emulates flock there with a POSIX byte-range lock taken through the server, so it
+ * still works across hosts, but the fd must be writable (hence O_RDWR), a lock can be lost when the server
+ * restarts and its lease recovery fails, and with the `local_lock=flock` or `nolock` mount options the lock
+ * is local to one client host. Prefer a local volume.
+ *
+ * `<data_dir>/safekeeper.pid` holds the owner's pid, for operators and for the error message (the pid is as
+ * the owner sees it, in its own PID namespace). Without the addon it is the lock itself, as it was before:
+ * created exclusively (a complete temp file hard-linked into place, so no reader ever sees it empty), and a
+ * lock whose pid is dead is stale and is taken over with a warning: it is first renamed aside and checked, so
+ * two starting nodes cannot both take over one stale lock. That lock cannot see a node in another PID
+ * namespace (its pid is dead or ours from here) and a reused pid can make a stale lock look alive, so the
+ * node warns at startup and the error message says which process to check.
  *
  * The id file is written once (temp file, fsync, rename, fsync of the directory), so a crash leaves the
  * old state or the complete new file. Main thread, async fs (fs/promises); startup and shutdown only.
  */
 import { randomUUID } from 'node:crypto';
-import { link, open, readFile, rename, rm, unlink } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { link, open, readFile, rename, rm, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Config } from './config/schema.js';
 import { ConfigError, DataDirLockedError, StorageIoError } from './errors.js';
 import type { Logger } from './log.js';
+import { NATIVE_LOCK_EXCLUSIVE, type LockExclusive } from './native_lock.js';
 
 export const NODE_ID_FILE_NAME = 'safekeeper.id';
+/** The pid file: who holds the directory (and, without the native addon, the lock itself). */
 export const LOCK_FILE_NAME = 'safekeeper.pid';
+/** The file whose flock is the lock when the native addon is available. Never deleted. */
+export const FLOCK_FILE_NAME = 'safekeeper.lock';
 /** Lock takeover retries: each one means another process changed the lock file meanwhile. */
 const LOCK_ATTEMPTS_MAX = 5;
 
-/** Data directories locked by this process, so a lock holding our own pid is known to be ours or stale. */
-const lockedDataDirs = new Set<string>();
+/**
+ * Data directories locked (or being locked) by this process, so a lock holding our own pid is known to be ours
+ * or stale, each with the handle that holds its flock (null: pid file only, or not locked yet). Keeping the
+ * handle referenced here also keeps Node from closing it, and so dropping the lock, on garbage collection.
+ */
+const lockedDataDirs = new Map<string, FileHandle | null>();
 
 /**
  * The node id file: written (and fsynced, with its directory) on first start; afterwards it wins over
@@ -77,10 +102,79 @@ function isProcessAlive(pid: number): boolean {
   }
 }
 
-/** Takes `<dataDir>/safekeeper.pid` for this process, taking over a stale one; DataDirLockedError when a live process holds it. */
-export async function acquireLock(dataDir: string, log: Logger): Promise<void> {
-  const lockPath = join(dataDir, LOCK_FILE_NAME);
+/**
+ * Locks `dataDir` for this process: with `lockExclusive` (the native flock by default) through an flock on
+ * `safekeeper.lock`, then writes our pid to `safekeeper.pid`; with null, through the pid file alone. Throws
+ * DataDirLockedError when another process (or this one) holds the directory.
+ */
+export async function acquireLock(dataDir: string, log: Logger, lockExclusive: LockExclusive | null = NATIVE_LOCK_EXCLUSIVE): Promise<void> {
   if (lockedDataDirs.has(dataDir)) throw new DataDirLockedError(`data directory ${dataDir} is in use by process ${process.pid} (this process)`);
+  lockedDataDirs.set(dataDir, null); // reserved: a second call for this directory is refused while this one runs
+  try {
+    if (lockExclusive === null) {
+      log.warn(
+        { data_dir_lock: 'pid file only (native/fs_lock not built or not usable here)', lock_file: join(dataDir, LOCK_FILE_NAME) },
+        'the data directory lock cannot detect a second node in another PID namespace (container): do not share the volume',
+      );
+      await acquirePidFileLock(dataDir, log);
+      return;
+    }
+    const handle = await takeFlock(dataDir, lockExclusive);
+    lockedDataDirs.set(dataDir, handle);
+    await replacePidFile(dataDir, log);
+  } catch (error) {
+    const handle = lockedDataDirs.get(dataDir);
+    lockedDataDirs.delete(dataDir);
+    await handle?.close();
+    throw error;
+  }
+}
+
+/** Opens `safekeeper.lock` and takes its flock; DataDirLockedError naming the pid file's process when another holds it. */
+async function takeFlock(dataDir: string, lockExclusive: LockExclusive): Promise<FileHandle> {
+  const flockPath = join(dataDir, FLOCK_FILE_NAME);
+  // O_RDWR: on NFS flock becomes a POSIX write lock, which needs a writable fd. Never truncated: its content is unused.
+  const handle = await open(flockPath, constants.O_RDWR | constants.O_CREAT, 0o644).catch((error: unknown) => {
+    throw new StorageIoError(`cannot open the lock file ${flockPath}: ${(error as Error).message}`, { cause: error });
+  });
+  let locked: boolean;
+  try {
+    locked = lockExclusive(handle.fd);
+  } catch (error) {
+    await handle.close();
+    throw new StorageIoError(`cannot lock ${flockPath}: ${(error as Error).message}`, { cause: error });
+  }
+  if (locked) return handle;
+  await handle.close();
+  const pidPath = join(dataDir, LOCK_FILE_NAME);
+  const holderPid = parsePid(await readFile(pidPath, 'utf8').catch(() => null));
+  const holder =
+    holderPid === null ? `another process (${pidPath} names none yet)`
+    : holderPid === process.pid ? `process ${holderPid} of another PID namespace (the same pid as this process: another container, or this process by another path)`
+    : `process ${holderPid} (as its own PID namespace sees it, per ${pidPath})`;
+  throw new DataDirLockedError(`data directory ${dataDir} is in use by ${holder}: ${flockPath} is locked`);
+}
+
+/** With the flock held: any pid file is stale (its process no longer holds the lock); write ours in its place. */
+async function replacePidFile(dataDir: string, log: Logger): Promise<void> {
+  const pidPath = join(dataDir, LOCK_FILE_NAME);
+  const previousText = await readFile(pidPath, 'utf8').catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return null;
+    throw error;
+  });
+  await writeFileDurably(pidPath, `${process.pid}\n`);
+  if (previousText !== null) {
+    log.warn({ lock_file: pidPath, stale_pid: parsePid(previousText) }, 'taking over a stale lock file: no process holds its flock');
+  }
+}
+
+function parsePid(text: string | null): number | null {
+  return text !== null && /^\d{1,10}$/.test(text.trim()) ? Number(text.trim()) : null;
+}
+
+/** Takes `<dataDir>/safekeeper.pid` for this process, taking over a stale one; DataDirLockedError when a live process holds it. */
+async function acquirePidFileLock(dataDir: string, log: Logger): Promise<void> {
+  const lockPath = join(dataDir, LOCK_FILE_NAME);
   const temporaryPath = `${lockPath}.${process.pid}.${randomUUID()}.tmp`;
   const file = await open(temporaryPath, 'wx');
   await file.writeFile(`${process.pid}\n`).finally(() => file.close());
@@ -88,14 +182,13 @@ export async function acquireLock(dataDir: string, log: Logger): Promise<void> {
     for (let attempt = 0; attempt < LOCK_ATTEMPTS_MAX; attempt += 1) {
       try {
         await link(temporaryPath, lockPath);
-        lockedDataDirs.add(dataDir);
         return;
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
       }
       const holderText = await readFile(lockPath, 'utf8').catch(() => null);
       if (holderText === null) continue; // removed meanwhile: try again
-      const holderPid = /^\d+$/.test(holderText.trim()) ? Number(holderText.trim()) : null;
+      const holderPid = parsePid(holderText);
       if (holderPid !== null && isProcessAlive(holderPid)) {
         throw new DataDirLockedError(`data directory ${dataDir} is in use by process ${holderPid} (lock file ${lockPath})`);
       }
@@ -117,10 +210,20 @@ export async function acquireLock(dataDir: string, log: Logger): Promise<void> {
   }
 }
 
-/** Removes the lock file if this process holds it. */
+/**
+ * Releases this process's lock on `dataDir`: removes the pid file if it holds our pid, then closes the flock
+ * handle. The pid file goes first, while the flock is still held, so a node that takes the lock after us
+ * never loses its new pid file to us. Does nothing when this process does not hold the directory.
+ */
 export async function releaseLock(dataDir: string): Promise<void> {
-  if (!lockedDataDirs.delete(dataDir)) return;
-  const lockPath = join(dataDir, LOCK_FILE_NAME);
-  const text = await readFile(lockPath, 'utf8').catch(() => null);
-  if (text !== null && text.trim() === String(process.pid)) await unlink(lockPath);
+  if (!lockedDataDirs.has(dataDir)) return;
+  const handle = lockedDataDirs.get(dataDir);
+  lockedDataDirs.delete(dataDir);
+  try {
+    const lockPath = join(dataDir, LOCK_FILE_NAME);
+    const text = await readFile(lockPath, 'utf8').catch(() => null);
+    if (text !== null && text.trim() === String(process.pid)) await unlink(lockPath);
+  } finally {
+    await handle?.close(); // drops the flock
+  }
 }
