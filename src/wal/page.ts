@@ -40,6 +40,8 @@ export const RM_LOGICALMSG_ID = 21;
 /** xl_info's low 4 bits are generic flags; the rmgr-specific opcode is in the high 4. */
 export const XLR_INFO_MASK = 0x0f;
 export const XLOG_SWITCH = 0x40;
+/** The record xlog.c's CreateOverwriteContrecordRecord puts first on an XLP_FIRST_IS_OVERWRITE_CONTRECORD page. */
+export const XLOG_OVERWRITE_CONTRECORD = 0xd0;
 export const XLOG_LOGICAL_MESSAGE = 0x00;
 
 const PAGE_MAGIC_BY_MAJOR: ReadonlyMap<number, number> = new Map([

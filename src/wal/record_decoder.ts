@@ -23,6 +23,13 @@
  *   and the first system id seen, xlp_pageaddr = page LSN; a continued record needs XLP_FIRST_IS_CONTRECORD
  *   and xlp_rem_len = bytes still missing; a page where a new record is expected needs the flag clear and
  *   rem_len 0 (unless `skipLeadingContrecord` asks to skip a continuation at the start).
+ *   overwrite: a page flagged XLP_FIRST_IS_OVERWRITE_CONTRECORD where a record (or a leading continuation
+ *   being skipped) continues abandons it, as xlogreader.c does: the primary crashed with only that record's
+ *   first part flushed, and its recovery wrote this page (an XLOG_OVERWRITE_CONTRECORD record first) where
+ *   the rest would have gone. The page is then checked as one where a new record is expected, and decoding
+ *   goes on from its first record. The abandoned record never completed, so `lastRecordEndLsn` (flush_lsn)
+ *   never covered it and stays at its start; xl_prev of the next record is the record before it. Nothing
+ *   about the abandoned record is kept, so the state needs no field for it and resumes anywhere.
  *   record: 24 <= xl_tot_len <= RECORD_BYTES_MAX, xl_prev = previous record start (once one is known), CRC.
  * Bytes after XLOG_SWITCH up to the segment end are not validated, as in PostgreSQL.
  * Not thread-safe; any thread (the state can be structured-cloned and resumed on another). After a throw the
@@ -37,7 +44,7 @@ import {
   recordChecks, type RecordChecks, type RecordCrcVerifier, type RecordWalker, WALK_FROM, WALK_IO_LENGTH, WALK_LAST_END, WALK_LAST_START, WALK_LSN_HI,
   WALK_LSN_LO, WALK_PREV_HI, WALK_PREV_KNOWN, WALK_PREV_LO, WALK_TO,
 } from './record_crc.js';
-import { checkPageHeader, type PageCheckContext } from './record_decoder_page.js';
+import { CONTRECORD_OVERWRITTEN, checkPageHeader, type PageCheckContext } from './record_decoder_page.js';
 import { type DecoderPhase, type DecoderState, PAGE_MASK, PHASES, type WalCorruptionKind, headerBytesAt, lsnOf } from './record_decoder_state.js';
 
 // The state type and its constructor live next door to keep this file short; callers import them from here.
@@ -335,13 +342,35 @@ export class WalRecordDecoder {
       const errorLo = this.#phase === RECORD ? this.#recordLo : pageLo;
       const errorHi = this.#phase === RECORD ? this.#recordHi : this.#segmentHi;
       const remainingBytes = checkPageHeader(this.#page, headerView, headerAt, this.#segmentHi, pageLo, this.#offsetBytes === pageOffset, expected, errorHi, errorLo);
-      if (this.#phase === RECORD_START && remainingBytes > 0) {
+      if (remainingBytes === CONTRECORD_OVERWRITTEN) {
+        this.#abandonContinuation();
+      } else if (this.#phase === RECORD_START && remainingBytes > 0) {
         this.#phase = CONTRECORD_SKIP; // checkPageHeader allowed it: skipLeadingContrecord was set
         this.#skipBytes = remainingBytes;
       }
     }
     this.#offsetBytes += n; // a header never ends a segment
     return n;
+  }
+
+  /**
+   * Drops the record being continued (or the leading continuation being skipped) at a page flagged
+   * XLP_FIRST_IS_OVERWRITE_CONTRECORD: a new record starts after this page's header. As in xlogreader.c,
+   * which restarts at the page and checks the next xl_prev against the last record it decoded, the end and
+   * the xl_prev chain stay at the last complete record. We do not check that the new record is an
+   * XLOG_OVERWRITE_CONTRECORD whose overwritten_lsn is the dropped record's start: xlogreader does not
+   * (pg_waldump and logical decoding read any record there); only redo (xlogrecovery.c) compares
+   * overwritten_lsn, and only when the record is one. Refusing WAL that PostgreSQL's reader accepts would
+   * wedge every acceptor again, the CRC already vouches that PostgreSQL wrote the record, and after a start
+   * at a page (skipLeadingContrecord) the dropped record's start is not known here.
+   */
+  #abandonContinuation(): void {
+    assert(this.#phase === RECORD || this.#phase === CONTRECORD_SKIP, 'only a continuation is abandoned');
+    this.#phase = RECORD_START;
+    this.#skipBytes = 0;
+    this.#recordTotalBytes = 0;
+    this.#recordReadBytes = 0;
+    this.#recordCrc = 0;
   }
 
   #checkHeader(totalBytes: number, prevLo: number, prevHi: number): void {

@@ -1,12 +1,13 @@
 /**
  * Page-header validation for the WAL record decoder (`record_decoder.ts`), kept apart so the decoder's loop
  * stays readable. Rules follow PostgreSQL's XLogReaderValidatePageHeader plus the continuation checks of
- * XLogReadRecord; see the decoder's header for the list. Runs once per 8 KiB page, so it may allocate on the
- * error path only. Pure apart from `PageCheckContext`, which it updates (first system id, one-shot skip flag).
+ * XLogDecodeNextRecord (xlogreader.c), including its XLP_FIRST_IS_OVERWRITE_CONTRECORD restart; see the
+ * decoder's header for the list. Runs once per 8 KiB page, so it may allocate on the error path only. Pure
+ * apart from `PageCheckContext`, which it updates (first system id, one-shot skip flag).
  */
 import { WalCorruptionError } from '../errors.js';
 import { formatLsn, type Lsn, WAL_PAGE_SIZE_BYTES } from './lsn.js';
-import { XLP_ALL_FLAGS, XLP_FIRST_IS_CONTRECORD, XLP_LONG_HEADER } from './page.js';
+import { XLP_ALL_FLAGS, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLP_LONG_HEADER } from './page.js';
 import { lsnOf } from './record_decoder_state.js';
 
 export interface PageCheckContext {
@@ -18,6 +19,13 @@ export interface PageCheckContext {
   skipLeadingContrecord: boolean;
 }
 
+/**
+ * checkPageHeader's answer for a page that abandons the continued record: after a crash cut that record,
+ * PostgreSQL's recovery wrote this page with XLP_FIRST_IS_OVERWRITE_CONTRECORD, and a new record starts
+ * right after its header. Never a valid xlp_rem_len, which is a u32.
+ */
+export const CONTRECORD_OVERWRITTEN = -1;
+
 function fail(kind: WalCorruptionError['kind'], hi: number, lo: number, detail: string): never {
   const lsn = lsnOf(hi, lo);
   throw new WalCorruptionError(kind, lsn, `${detail} at ${formatLsn(lsn)}`);
@@ -26,7 +34,8 @@ function fail(kind: WalCorruptionError['kind'], hi: number, lo: number, detail: 
 /**
  * Validates the page header at `view[at]` for the page at LSN (pageHi, pageLo). `expectedRemainingBytes` is
  * how much of a continued record is still missing (0 when a new record is expected); continuation errors are
- * reported at (errorHi, errorLo), the continued record's start. Returns xlp_rem_len.
+ * reported at (errorHi, errorLo), the continued record's start. Returns xlp_rem_len, the length of a leading
+ * continuation to skip (with skipLeadingContrecord), or CONTRECORD_OVERWRITTEN.
  */
 export function checkPageHeader(
   context: PageCheckContext, view: DataView, at: number, pageHi: number, pageLo: number, isSegmentStart: boolean,
@@ -47,17 +56,30 @@ export function checkPageHeader(
   const skipAllowed = context.skipLeadingContrecord;
   context.skipLeadingContrecord = false;
   if (expectedRemainingBytes > 0) {
+    if ((info & XLP_FIRST_IS_OVERWRITE_CONTRECORD) !== 0) {
+      // As XLogDecodeNextRecord: the flag is looked at (before the contrecord flag) only while a record is
+      // being continued, and then the read restarts at this page as if a new record were expected here, so
+      // a contrecord flag too is an error ("contrecord is requested by"). Elsewhere the flag is ignored.
+      checkNewRecordPage(isContinuation, remainingBytes, false, pageHi, pageLo);
+      return CONTRECORD_OVERWRITTEN;
+    }
     if (!isContinuation) fail('missing_contrecord', errorHi, errorLo, `record continues on page ${formatLsn(lsnOf(pageHi, pageLo))} without a contrecord flag`);
     if (remainingBytes !== expectedRemainingBytes) {
       fail('bad_contrecord_length', errorHi, errorLo, `contrecord length ${remainingBytes} on page ${formatLsn(lsnOf(pageHi, pageLo))}, expected ${expectedRemainingBytes}`);
     }
     return remainingBytes;
   }
+  return checkNewRecordPage(isContinuation, remainingBytes, skipAllowed, pageHi, pageLo);
+}
+
+/** The rules for a page where a new record is expected. Returns the length of a leading continuation to skip, or 0. */
+function checkNewRecordPage(isContinuation: boolean, remainingBytes: number, skipAllowed: boolean, pageHi: number, pageLo: number): number {
   if (isContinuation) {
     if (!skipAllowed) fail('unexpected_contrecord', pageHi, pageLo, 'contrecord flag where a new record was expected');
     if (remainingBytes === 0) fail('bad_page_header', pageHi, pageLo, 'contrecord flag with zero remaining length');
     return remainingBytes;
   }
+  // Stricter than PostgreSQL, which does not look at xlp_rem_len here; it always writes 0 on such a page.
   if (remainingBytes !== 0) fail('bad_page_header', pageHi, pageLo, `remaining length ${remainingBytes} without a contrecord flag`);
   return 0;
 }

@@ -6,6 +6,8 @@
  * a record continued onto a page sets XLP_FIRST_IS_CONTRECORD and xlp_rem_len = bytes of it still missing;
  * records start 8-byte aligned and xl_prev is the previous record's start; after an XLOG_SWITCH record the
  * rest of the segment is zero pages with headers, and the next record starts after the next segment's header.
+ * `appendOverwriteContrecord` writes what PostgreSQL's recovery writes at the page where a crash cut a record:
+ * a page flagged XLP_FIRST_IS_OVERWRITE_CONTRECORD whose first record is XLOG_OVERWRITE_CONTRECORD.
  *
  * Output: `take()` returns every byte produced since the previous take, from the previous end position up to
  * the aligned end of the last record (the position PostgreSQL reports as the insert/flush end). A page
@@ -17,7 +19,8 @@ import type { Lsn } from './lsn.js';
 import { WAL_PAGE_SIZE_BYTES, isValidSegmentSize } from './lsn.js';
 import {
   LONG_PAGE_HEADER_BYTES, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RM_LOGICALMSG_ID, RM_XLOG_ID, SHORT_PAGE_HEADER_BYTES,
-  XLOG_LOGICAL_MESSAGE, XLOG_SWITCH, XLP_FIRST_IS_CONTRECORD, XLP_LONG_HEADER, encodeRecord, pageMagicForPgVersion, writePageHeader,
+  XLOG_LOGICAL_MESSAGE, XLOG_OVERWRITE_CONTRECORD, XLOG_SWITCH, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLP_LONG_HEADER,
+  encodeRecord, pageMagicForPgVersion, writePageHeader,
 } from './page.js';
 
 /** XLogRecordAssemble's main-data block ids: a 1-byte length up to 255 bytes, else a 4-byte length. */
@@ -25,6 +28,8 @@ const XLR_BLOCK_ID_DATA_SHORT = 255;
 const XLR_BLOCK_ID_DATA_LONG = 254;
 /** offsetof(xl_logical_message, message): u32 dbId, bool transactional, 3 pad, u64 prefix_size, u64 message_size. */
 const LOGICAL_MESSAGE_HEADER_BYTES = 24;
+/** sizeof(xl_overwrite_contrecord): XLogRecPtr overwritten_lsn, TimestampTz overwrite_time. */
+const OVERWRITE_CONTRECORD_BYTES = 16;
 const OUTPUT_BYTES_INITIAL = 64 * 1024;
 
 export interface WalBuilderOptions {
@@ -143,6 +148,24 @@ export class WalBuilder {
     return { startLsn: record.startLsn, endLsn: this.lsn };
   }
 
+  /**
+   * What PostgreSQL's CreateOverwriteContrecordRecord writes: at a page start (the builder must stand there,
+   * so start a new builder at the page where the cut record went missing, with `prevLsn` the record before
+   * it), a page header flagged XLP_FIRST_IS_OVERWRITE_CONTRECORD (xlp_rem_len 0), then an
+   * XLOG_OVERWRITE_CONTRECORD record naming `overwrittenLsn`, the cut record's start.
+   */
+  appendOverwriteContrecord(overwrittenLsn: Lsn, overwriteTimeUs = 0n): BuiltRecord {
+    assert(this.#segmentOffsetBytes % WAL_PAGE_SIZE_BYTES === 0, 'an overwrite contrecord page starts where the builder stands');
+    this.#writePageHeader(0, XLP_FIRST_IS_OVERWRITE_CONTRECORD);
+    const data = new Uint8Array(2 + OVERWRITE_CONTRECORD_BYTES);
+    data[0] = XLR_BLOCK_ID_DATA_SHORT;
+    data[1] = OVERWRITE_CONTRECORD_BYTES;
+    const view = new DataView(data.buffer);
+    view.setBigUint64(2, overwrittenLsn, true);
+    view.setBigInt64(10, overwriteTimeUs, true);
+    return this.appendRecord({ rmid: RM_XLOG_ID, info: XLOG_OVERWRITE_CONTRECORD, data });
+  }
+
   /** Bytes produced since the last take (a fresh copy), starting at the previous take's end. */
   take(): Uint8Array {
     const bytes = this.#output.slice(0, this.#outputLengthBytes);
@@ -169,11 +192,11 @@ export class WalBuilder {
   }
 
   /** A page header at the current (page-start) position; `remainingBytes` > 0 marks a continuation. */
-  #writePageHeader(remainingBytes: number): void {
+  #writePageHeader(remainingBytes: number, extraInfo = 0): void {
     assert(this.#segmentOffsetBytes % WAL_PAGE_SIZE_BYTES === 0, 'page header at a page start');
     const isLong = this.#segmentOffsetBytes === 0;
     const size = isLong ? LONG_PAGE_HEADER_BYTES : SHORT_PAGE_HEADER_BYTES;
-    const info = (isLong ? XLP_LONG_HEADER : 0) | (remainingBytes > 0 ? XLP_FIRST_IS_CONTRECORD : 0);
+    const info = (isLong ? XLP_LONG_HEADER : 0) | (remainingBytes > 0 ? XLP_FIRST_IS_CONTRECORD : 0) | extraInfo;
     const long = isLong ? { systemId: this.#systemId, segmentSizeBytes: this.segmentSizeBytes, pageSizeBytes: WAL_PAGE_SIZE_BYTES } : null;
     const target = this.#reserve(size);
     writePageHeader(target, this.#outputLengthBytes - size, { magic: this.#magic, info, timelineId: this.#timelineId, pageAddrLsn: this.lsn, remainingBytes, long });

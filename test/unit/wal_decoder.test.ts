@@ -368,3 +368,166 @@ describe('WalRecordDecoder corruption errors', () => {
     expectError(corrupt((_, v) => v.setUint32(at(pageLsn) + 16, 8, true)), 'bad_page_header', pageLsn, lastBefore);
   });
 });
+
+interface OverwriteStream extends Stream {
+  /** R: the record the crash cut, whose first part the stream holds. */
+  cut: BuiltRecord;
+  /** The page PostgreSQL's recovery flagged XLP_FIRST_IS_OVERWRITE_CONTRECORD, inside R. */
+  pageLsn: Lsn;
+}
+
+/**
+ * WAL as a PostgreSQL 15 primary leaves it after it crashed with its flush inside record R and recovered: a
+ * few records, R (starting `pageLeftBytes` before a page end, `cutBytes` long) cut at its `cutPage`-th page
+ * boundary, then the page recovery wrote there (XLP_FIRST_IS_OVERWRITE_CONTRECORD, xlp_rem_len 0) holding an
+ * XLOG_OVERWRITE_CONTRECORD record and more records. `records` holds every record but R.
+ */
+function buildOverwriteStream(args: { startLsn: Lsn; pageLeftBytes: number; cutBytes: number; cutPage: number }): OverwriteStream {
+  const builder = builderAt(args.startLsn);
+  const records: BuiltRecord[] = [];
+  for (let i = 0; i < 3; i++) records.push(builder.appendLogicalMessage(filled(40 + i, i)));
+  moveToPageLeft(builder, args.pageLeftBytes, records);
+  const prevLsn = builder.prevRecordLsn;
+  const cut = builder.appendRecord({ rmid: 2, info: 0, data: filled(args.cutBytes, 5) });
+  const flushed = builder.take();
+  const pageLsn = cut.startLsn - (cut.startLsn % PAGE) + BigInt(args.cutPage) * PAGE;
+  assert.ok(pageLsn < cut.endLsn - 8n, 'R continues past the page where it is cut');
+  const recovered = new WalBuilder({ startLsn: pageLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION, systemId: 7n, prevLsn });
+  records.push(recovered.appendOverwriteContrecord(cut.startLsn, 0x2_0000_0000n));
+  for (let i = 0; i < 3; i++) records.push(recovered.appendLogicalMessage(filled(30 + i, i)));
+  moveToPageLeft(recovered, 16, records);
+  records.push(recovered.appendRecord({ rmid: 2, info: 0, data: filled(9000, 6) })); // a normal page crossing after it
+  const after = recovered.take();
+  const head = flushed.subarray(0, Number(pageLsn - args.startLsn));
+  const bytes = new Uint8Array(head.length + after.length);
+  bytes.set(head);
+  bytes.set(after, head.length);
+  return { startLsn: args.startLsn, bytes, records, cut, pageLsn };
+}
+
+describe('WalRecordDecoder on an overwrite contrecord page (PostgreSQL 15 crash mid-record)', () => {
+  const variants: { name: string; stream: OverwriteStream }[] = [
+    { name: 'mid-segment', stream: buildOverwriteStream({ startLsn: SEGMENT + 40n, pageLeftBytes: 200, cutBytes: 3000, cutPage: 1 }) },
+    { name: 'at a segment start', stream: buildOverwriteStream({ startLsn: 2n * SEGMENT - PAGE, pageLeftBytes: 200, cutBytes: 3000, cutPage: 1 }) },
+    { name: 'with R\'s header split by the cut', stream: buildOverwriteStream({ startLsn: SEGMENT + 40n, pageLeftBytes: 8, cutBytes: 3000, cutPage: 1 }) },
+    { name: 'at R\'s third page', stream: buildOverwriteStream({ startLsn: 2n * SEGMENT - 3n * PAGE, pageLeftBytes: 200, cutBytes: 30_000, cutPage: 3 }) },
+  ];
+  const offsetOf = (stream: Stream, lsn: Lsn): number => Number(lsn - stream.startLsn);
+  const recordsBefore = (stream: OverwriteStream): BuiltRecord[] => stream.records.filter((r) => r.startLsn < stream.cut.startLsn);
+
+  it('builds the page as PostgreSQL does', () => {
+    const { stream } = variants[1] ?? assert.fail('variant');
+    assert.equal(stream.pageLsn % SEGMENT, 0n);
+    const view = new DataView(stream.bytes.buffer);
+    const at = offsetOf(stream, stream.pageLsn);
+    assert.equal(view.getUint16(at + 2, true), 0x0008 | 0x0002); // XLP_FIRST_IS_OVERWRITE_CONTRECORD | XLP_LONG_HEADER
+    assert.equal(view.getUint32(at + 16, true), 0); // xlp_rem_len
+    const first = stream.records[recordsBefore(stream).length] ?? assert.fail('overwrite record');
+    assert.equal(first.startLsn, stream.pageLsn + 40n);
+    assert.equal(view.getUint8(at + 40 + 17), 0); // RM_XLOG_ID
+    assert.equal(view.getUint8(at + 40 + 16), 0xd0); // XLOG_OVERWRITE_CONTRECORD
+    assert.equal(view.getBigUint64(at + 40 + 26, true), stream.cut.startLsn); // overwritten_lsn
+  });
+
+  for (const { name, stream } of variants) {
+    it(`${name}: reports every record before R, none for R, then the new records, whatever the piece size`, () => {
+      for (const chunkBytes of [1, 7, 24, 1000, 8192, stream.bytes.length]) expectRecords(decodeInChunks(stream, chunkBytes), stream);
+    });
+
+    for (const { name: checksName, checks } of CHECKS) {
+      it(`${name}, ${checksName}: the flush point stays at R's start until the page arrives in a later batch, on another decoder`, () => {
+        const whole = decodeBatched(stream.startLsn, stream.bytes, stream.bytes.length, checks);
+        assert.equal(whole.error, null);
+        assert.equal(whole.count, stream.records.length);
+        assert.equal(whole.lastRecordEndLsn, stream.records.at(-1)?.endLsn);
+        // At the page, inside its header, and inside the XLOG_OVERWRITE_CONTRECORD record (or the long header).
+        const pageAt = offsetOf(stream, stream.pageLsn);
+        for (const split of [pageAt, pageAt + 10, pageAt + 30]) {
+          const first = new WalRecordDecoder(initialDecoderState({ startLsn: stream.startLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION }), checks);
+          let count = first.feed(stream.bytes.subarray(0, split));
+          assert.equal(count, recordsBefore(stream).length);
+          assert.equal(first.lastRecordEndLsn, stream.cut.startLsn);
+          const state = structuredClone(first.snapshot());
+          if (split < pageAt + 24) assert.equal(state.recordStartLsn, stream.cut.startLsn, 'R is dropped only once the page header is complete');
+          const second = new WalRecordDecoder(state, checks);
+          count += second.feed(stream.bytes.subarray(split));
+          assert.equal(count, stream.records.length);
+          assert.equal(second.lastRecordEndLsn, stream.records.at(-1)?.endLsn);
+        }
+      });
+    }
+
+    it(`${name}: resumes from a structured-cloned snapshot at every split offset around the page`, () => {
+      const pageAt = offsetOf(stream, stream.pageLsn);
+      for (let split = offsetOf(stream, stream.cut.startLsn) - 8; split <= pageAt + 120; split++) {
+        const decoded: Decoded = { starts: [], ends: [] };
+        const onRecord = (start: Lsn, end: Lsn): void => void (decoded.starts.push(start), decoded.ends.push(end));
+        const first = new WalRecordDecoder(initialDecoderState({ startLsn: stream.startLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION }));
+        first.feed(stream.bytes.subarray(0, split), onRecord);
+        const second = new WalRecordDecoder(structuredClone(first.snapshot()));
+        second.feed(stream.bytes.subarray(split), onRecord);
+        expectRecords(decoded, stream);
+      }
+    });
+  }
+
+  /** Decodes `bytes` with every way of checking records and piece size; each must stop with this error. */
+  const expectError = (stream: OverwriteStream, bytes: Uint8Array, kind: WalCorruptionError['kind'], lsn: Lsn): void => {
+    for (const { checks } of CHECKS) {
+      for (const chunkBytes of [bytes.length, 13]) {
+        const decoded = decodeBatched(stream.startLsn, bytes, chunkBytes, checks);
+        assert.ok(decoded.error instanceof WalCorruptionError, `expected WalCorruptionError, got ${String(decoded.error)}`);
+        assert.equal(decoded.error.kind, kind, decoded.error.message);
+        assert.equal(decoded.error.lsn, lsn, decoded.error.message);
+        assert.equal(decoded.lastRecordEndLsn, stream.cut.startLsn);
+      }
+    }
+  };
+
+  for (const { name, stream } of variants) {
+    it(`${name}: a page with neither flag while R continues is still missing_contrecord at R`, () => {
+      const bytes = stream.bytes.slice();
+      xorAt(bytes, offsetOf(stream, stream.pageLsn) + 2, 0x08);
+      expectError(stream, bytes, 'missing_contrecord', stream.cut.startLsn);
+    });
+  }
+
+  it('refuses a contrecord flag or a remaining length beside the overwrite flag, as a page where a new record starts', () => {
+    const { stream } = variants[0] ?? assert.fail('variant');
+    const at = offsetOf(stream, stream.pageLsn);
+    const both = stream.bytes.slice();
+    xorAt(both, at + 2, 0x01);
+    new DataView(both.buffer).setUint32(at + 16, Number(stream.cut.endLsn - stream.pageLsn), true); // even with the right rem_len
+    expectError(stream, both, 'unexpected_contrecord', stream.pageLsn);
+    const remaining = stream.bytes.slice();
+    new DataView(remaining.buffer).setUint32(at + 16, 8, true);
+    expectError(stream, remaining, 'bad_page_header', stream.pageLsn);
+  });
+
+  it('checks xl_prev of the first record on the page against the record before R', () => {
+    const { stream } = variants[0] ?? assert.fail('variant');
+    const bytes = stream.bytes.slice();
+    const firstAt = offsetOf(stream, stream.pageLsn) + 24;
+    new DataView(bytes.buffer).setBigUint64(firstAt + 8, stream.cut.startLsn, true); // as if R had completed
+    expectError(stream, bytes, 'bad_record_prev', stream.pageLsn + 24n);
+  });
+
+  it('ignores the flag on a page where a new record starts anyway, as PostgreSQL does', () => {
+    const builder = builderAt(SEGMENT + 40n);
+    const records: BuiltRecord[] = [builder.appendLogicalMessage(filled(10, 1))];
+    moveToPageLeft(builder, WAL_PAGE_SIZE_BYTES, records);
+    const pageLsn = builder.lsn;
+    for (let i = 0; i < 3; i++) records.push(builder.appendLogicalMessage(filled(20, i)));
+    const stream: Stream = { startLsn: SEGMENT + 40n, bytes: builder.take(), records };
+    xorAt(stream.bytes, Number(pageLsn - stream.startLsn) + 2, 0x08);
+    for (const chunkBytes of [1, 100, stream.bytes.length]) expectRecords(decodeInChunks(stream, chunkBytes), stream);
+  });
+
+  it('abandons a leading continuation being skipped, too (a start inside R with skipLeadingContrecord)', () => {
+    const { stream } = variants[3] ?? assert.fail('variant');
+    const fromLsn = stream.pageLsn - PAGE; // R's second page boundary: a continuation of R starts there
+    const tail: Stream = { startLsn: fromLsn, bytes: stream.bytes.subarray(offsetOf(stream, fromLsn)), records: stream.records.filter((r) => r.startLsn > fromLsn) };
+    const state = initialDecoderState({ startLsn: fromLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION, skipLeadingContrecord: true });
+    for (const chunkBytes of [1, 500, tail.bytes.length]) expectRecords(decodeInChunks(tail, chunkBytes, structuredClone(state)), tail);
+  });
+});
