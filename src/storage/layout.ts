@@ -8,6 +8,7 @@
  *   <data_dir>/<tenant_id>/<timeline_id>/<24 hex>.partial.tmp         a segment being created
  *   <data_dir>/<tenant_id>/<timeline_id>/recycled-<24 hex>             a removed segment kept for reuse
  *   <data_dir>/tmp/<tenant>_<timeline>_<random>_temptli/              staging dir for create / pull
+ *   <data_dir>/tmp/<tenant>_<timeline>_<random>_deleted/              a timeline dir being deleted
  *
  * Fs errors become SafekeeperErrors here, in one place: ENOSPC is DiskFullError (53100), ENOENT on a
  * file we were asked for is NotFoundError, anything else is StorageIoError naming the operation and
@@ -36,6 +37,7 @@ export const SEGMENT_TEMP_SUFFIX = '.partial.tmp';
 export const RECYCLED_SEGMENT_PREFIX = 'recycled-';
 export const TMP_DIR_NAME = 'tmp';
 const STAGING_DIR_SUFFIX = '_temptli';
+const DELETING_DIR_SUFFIX = '_deleted';
 /** Temp file while re-downloading an evicted partial segment (Neon's name). */
 export const REMOTE_PARTIAL_TEMP_NAME = 'remote_partial.tmp';
 /** Random bytes in a staging dir name: enough that two concurrent creations never collide. */
@@ -130,6 +132,16 @@ export const tmpDirPath = (dataDir: string): string => join(dataDir, TMP_DIR_NAM
 export function stagingDirPath(dataDir: string, tenantId: TenantId, timelineId: TimelineId, random: string): string {
   assert(/^[0-9a-f]+$/.test(random), 'staging random part is hex');
   return join(tmpDirPath(dataDir), `${tenantId}_${timelineId}_${random}${STAGING_DIR_SUFFIX}`);
+}
+
+/**
+ * `<data_dir>/tmp/<tenant>_<timeline>_<random>_deleted`: where delete renames a timeline dir before removing
+ * it. Inside the data dir, so the rename stays on one filesystem (atomic), and under `tmp/`, which
+ * `clearTmpDir` empties at startup, so a delete cut short by a crash finishes there.
+ */
+export function deletingDirPath(dataDir: string, tenantId: TenantId, timelineId: TimelineId): string {
+  const random = randomBytes(STAGING_RANDOM_BYTES).toString('hex'); // repeated deletes never collide
+  return join(tmpDirPath(dataDir), `${tenantId}_${timelineId}_${random}${DELETING_DIR_SUFFIX}`);
 }
 
 /** Creates a fresh, empty staging dir under `tmp/` and returns its path. */

@@ -6,7 +6,16 @@
  *
  * Creation is crash-safe: the control file is written into a staging dir under `tmp/`, which is then
  * durably renamed into place; `tmp/` is cleared at startup. Deletion cancels the timeline, waits for its
- * gate, and only then removes files; a tombstone (in memory, as in Neon) refuses re-creation by a proposer.
+ * gate, and only then touches files: it durably renames the dir into `tmp/` (one atomic step: after a
+ * crash the timeline is either whole or gone) and then removes it. A tombstone (in memory, as in Neon)
+ * refuses re-creation by a proposer.
+ *
+ * Create and delete of one ttid race (a compute's first START_WAL_PUSH against an HTTP DELETE, a retried
+ * DELETE). Invariants: a delete sets the tombstone before its first await, and a create publishes (map +
+ * `onOpen`, which registers the manager) only after its last await and only without a tombstone, so no
+ * timeline is published or registered once its delete has begun, let alone after its remote deletion. A
+ * delete waits for a create in flight before touching files, and one running delete per ttid does the work
+ * (`#deleting`): a second one joins it instead of removing files under tasks the first is still waiting for.
  * Main thread.
  */
 import { mkdir, open, readdir, rename, rm } from 'node:fs/promises';
@@ -26,7 +35,8 @@ import { TimelineWal } from '../ingest/timeline_wal.js';
 import type { PrepareResult, WriteResult } from '../ingest/writer_protocol.js';
 import type { WriterPool } from '../ingest/writer_pool.js';
 import { loadControlFile, saveControlFile } from '../storage/control_file.js';
-import { clearTmpDir, createStagingDir, isIdDirName, timelineDir } from '../storage/layout.js';
+import { clearTmpDir, createStagingDir, deletingDirPath, isIdDirName, storageError, timelineDir, tmpDirPath } from '../storage/layout.js';
+import { assert } from '../sync/assert.js';
 import type { CancelToken } from '../sync/cancel.js';
 import { isValidSegmentSize, type Lsn } from '../wal/lsn.js';
 import { pageMagicForPgVersion } from '../wal/page.js';
@@ -50,7 +60,7 @@ export interface RegistryOptions {
   onRingBytes?: (deltaBytes: number) => void;
   /** Called once for every timeline loaded or created (after it is in the map): e.g. start its manager. */
   onOpen?: (timeline: Timeline) => void;
-  /** Deletes a timeline's remote objects (after its local deletion, unless `only_local`). */
+  /** Deletes a timeline's remote objects (after its local deletion, unless `only_local`). Never runs before the timeline's manager is unregistered. */
   deleteRemote?: (tenantId: TenantId, timelineId: TimelineId) => Promise<number>;
 }
 
@@ -65,7 +75,10 @@ export interface CreateTimelineArgs {
 
 export class TimelineRegistry {
   readonly #timelines = new Map<string, Timeline>();
+  /** Creations in flight; each ends published or, when deleted meanwhile, discarded. */
   readonly #creating = new Map<string, Promise<Timeline>>();
+  /** The running delete of each ttid; a second delete joins it. Removed when it settles, so a later one retries. */
+  readonly #deleting = new Map<string, RunningDelete>();
   readonly #tombstones = new Set<string>();
   /** Every timeline's state block, broken ones included; a block is freed when its timeline is deleted. */
   readonly #stateBlocks = new StateBlockArena();
@@ -116,39 +129,33 @@ export class TimelineRegistry {
     pageMagicForPgVersion(args.server.pgVersion); // throws InvalidArgumentError naming the supported versions
     if (!isValidSegmentSize(args.server.walSegSizeBytes)) throw new InvalidArgumentError(`wal_seg_size ${args.server.walSegSizeBytes} is not a power of two in [1 MiB, 1 GiB]`);
     if (args.commitLsn < args.startLsn) throw new InvalidArgumentError('commit_lsn must not be below start_lsn');
-    const creating = this.#createOnDisk(args).finally(() => this.#creating.delete(key));
+    const creating = this.#createAndPublish(key, args).finally(() => this.#creating.delete(key));
     this.#creating.set(key, creating);
-    const timeline = await creating;
-    this.#timelines.set(timeline.ttid, timeline); // the timeline's own string as the key: one copy per timeline
-    this.options.onOpen?.(timeline);
-    return timeline;
+    return creating;
   }
 
   /**
-   * Deletes a timeline: cancel, wait for its tasks (its manager included), remove its directory, then its
-   * remote objects unless `onlyLocal`. A crash in between leaves remote objects of a timeline that is gone
-   * locally; a repeated delete removes them.
+   * Deletes a timeline: cancel, wait for its tasks (its manager included), move its directory into `tmp/`
+   * and remove it, then its remote objects unless `onlyLocal`. A crash before the move leaves the timeline
+   * whole; after it, the timeline is gone locally (load clears `tmp/`) and a repeated delete removes any
+   * remote objects left. A delete while one runs joins it, so neither returns before the timeline stopped.
    */
-  async delete(tenantId: TenantId, timelineId: TimelineId, options: { onlyLocal?: boolean } = {}): Promise<{ dirExisted: boolean }> {
+  async delete(tenantId: TenantId, timelineId: TimelineId, options: { onlyLocal?: boolean } = {}): Promise<DeleteResult> {
     const key = ttid(tenantId, timelineId);
-    this.#tombstones.add(key);
-    const timeline = this.#timelines.get(key);
-    if (timeline !== undefined) {
-      this.#timelines.delete(key);
-      await timeline.shutdown(new ShutdownError(`timeline ${key} is being deleted`));
-      if (timeline.wal !== null) await timeline.wal.quiesce(new AbortController().signal);
-      // Its manager has stopped (the gate waited for it) and no write task runs: nothing uses the block's place.
-      this.#stateBlocks.free(timeline.state);
+    const onlyLocal = options.onlyLocal === true;
+    this.#tombstones.add(key); // before any await: from here on no create publishes this timeline
+    const running = this.#deleting.get(key);
+    if (running !== undefined) {
+      if (!running.onlyLocal || onlyLocal) return running.result; // it does all this one asks for
+      // The running delete keeps the remote objects and this one removes them: go after it. Its own caller
+      // gets its error, if any; this delete tries again either way.
+      const firstDirExisted = await running.result.then((result) => result.dirExisted, () => false);
+      const own = await this.delete(tenantId, timelineId, options);
+      return { dirExisted: firstDirExisted || own.dirExisted };
     }
-    const dir = timelineDir(this.options.dataDir, tenantId, timelineId);
-    const dirExisted = await exists(dir);
-    await rm(dir, { recursive: true, force: true });
-    if (dirExisted) await fsyncDir(dirname(dir), this.options.noSync);
-    if (options.onlyLocal !== true && this.options.deleteRemote !== undefined) {
-      const deleted = await this.options.deleteRemote(tenantId, timelineId);
-      this.options.log.info({ tenant_id: tenantId, timeline_id: timelineId, remote_objects: deleted }, 'timeline deleted');
-    }
-    return { dirExisted };
+    const result = this.#deleteOnce(key, tenantId, timelineId, onlyLocal).finally(() => this.#deleting.delete(key));
+    this.#deleting.set(key, { onlyLocal, result });
+    return result;
   }
 
   /** Cancels every timeline and waits for all their tasks to finish. */
@@ -156,6 +163,56 @@ export class TimelineRegistry {
     const timelines = this.list();
     await Promise.all(timelines.map((timeline) => timeline.shutdown(new ShutdownError())));
     await Promise.all(timelines.map((timeline) => timeline.wal?.quiesce(new AbortController().signal)));
+  }
+
+  /** Creates the timeline on disk and opens it, then publishes it unless it was deleted meanwhile. */
+  async #createAndPublish(key: string, args: CreateTimelineArgs): Promise<Timeline> {
+    const timeline = await this.#createOnDisk(args);
+    // No await from this check to `onOpen`: a delete that begins later finds the timeline in the map.
+    if (this.#tombstones.has(key)) {
+      // The delete that set the tombstone waits for this creation, then removes the directory (crash-safely).
+      assert(this.#deleting.has(key), 'a tombstone set during a creation belongs to a running delete');
+      await this.#stop(timeline, new ShutdownError(`timeline ${key} was deleted while being created`));
+      throw new ConflictError(`timeline ${key} was deleted`);
+    }
+    this.#timelines.set(timeline.ttid, timeline); // the timeline's own string as the key: one copy per timeline
+    this.options.onOpen?.(timeline);
+    return timeline;
+  }
+
+  async #deleteOnce(key: string, tenantId: TenantId, timelineId: TimelineId, onlyLocal: boolean): Promise<DeleteResult> {
+    const timeline = this.#timelines.get(key);
+    this.#timelines.delete(key);
+    const creating = this.#creating.get(key);
+    // A creation in flight publishes nothing now (the tombstone is set), but it is still writing the directory:
+    // let it finish first. Its caller owns its result or error; here only its end matters.
+    if (creating !== undefined) await creating.then(ignoreResult, ignoreResult);
+    assert(!this.#timelines.has(key), 'no timeline is published once its delete has begun');
+    if (timeline !== undefined) await this.#stop(timeline, new ShutdownError(`timeline ${key} is being deleted`));
+    // Local first: once the move is durable the timeline cannot load again, so it cannot upload again or
+    // register a manager either. Remote objects go last; removing them first would leave, after a crash, a
+    // timeline that loads with its backed-up (or offloaded) WAL gone from remote storage.
+    const moved = await moveTimelineDirToTmp(this.options.dataDir, tenantId, timelineId, this.options.noSync);
+    if (moved !== null) {
+      try {
+        await rm(moved, { recursive: true, force: true });
+      } catch (error) {
+        throw storageError(error, 'rm', moved); // what is left in tmp/ goes at the next startup
+      }
+    }
+    if (!onlyLocal && this.options.deleteRemote !== undefined) {
+      const deleted = await this.options.deleteRemote(tenantId, timelineId);
+      this.options.log.info({ tenant_id: tenantId, timeline_id: timelineId, remote_objects: deleted }, 'timeline deleted');
+    }
+    return { dirExisted: moved !== null };
+  }
+
+  /** Cancels `timeline`, waits for its tasks and write tasks, then frees its state block. */
+  async #stop(timeline: Timeline, reason: ShutdownError): Promise<void> {
+    await timeline.shutdown(reason);
+    if (timeline.wal !== null) await timeline.wal.quiesce(new AbortController().signal);
+    // Its manager has stopped (the gate waited for it) and no write task runs: nothing uses the block's place.
+    this.#stateBlocks.free(timeline.state);
   }
 
   async #createOnDisk(args: CreateTimelineArgs): Promise<Timeline> {
@@ -227,6 +284,41 @@ export class TimelineRegistry {
     // The ids of the control state (equal, checked above): one copy of each string per timeline.
     return new Timeline(state.tenantId, state.timelineId, dir, this.options.cancel.child(), stateBlock, control, wal, nodeId, null);
   }
+}
+
+export interface DeleteResult {
+  /** Whether the timeline's directory was there to remove (HTTP `dir_existed`). */
+  dirExisted: boolean;
+}
+
+interface RunningDelete {
+  onlyLocal: boolean;
+  result: Promise<DeleteResult>;
+}
+
+/**
+ * The one step of a delete that a crash can observe: renames the timeline dir into `tmp/` (same filesystem,
+ * so atomic) and fsyncs the tenant dir, which load lists. Before it the timeline is whole; after it, gone:
+ * never a control file without its segments, nor segments without a control file. Where the entry lands
+ * in `tmp/` does not need to be durable, since `tmp/` is cleared at startup. Returns the new path, or null
+ * when there was no dir. Exported so a test can stop a delete right here, as a crash would.
+ */
+export async function moveTimelineDirToTmp(dataDir: string, tenantId: TenantId, timelineId: TimelineId, noSync: boolean): Promise<string | null> {
+  const dir = timelineDir(dataDir, tenantId, timelineId);
+  const target = deletingDirPath(dataDir, tenantId, timelineId);
+  try {
+    await mkdir(tmpDirPath(dataDir), { recursive: true });
+  } catch (error) {
+    throw storageError(error, 'mkdir', tmpDirPath(dataDir));
+  }
+  try {
+    await rename(dir, target);
+  } catch (error) {
+    if ((error as { code?: string }).code === 'ENOENT') return null; // tmp/ exists: it is `dir` that does not
+    throw storageError(error, 'rename', dir);
+  }
+  await fsyncDir(dirname(dir), noSync);
+  return target;
 }
 
 /** The `onBatch`, `onPrepared` and `onRingBytes` of a registry without them: shared, rather than a closure per timeline. */
