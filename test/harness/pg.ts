@@ -58,6 +58,8 @@ export interface PostgresInstance {
   readonly running: boolean;
   /** Fast shutdown (like `pg_ctl stop -m fast`), keeping the data dir for `start()`. */
   shutdown(): Promise<void>;
+  /** Immediate shutdown (like `pg_ctl stop -m immediate`): no shutdown checkpoint; `start()` then runs crash recovery. */
+  immediateShutdown(): Promise<void>;
   /** Starts the stopped cluster again, on its port unless `port` says otherwise, with extra settings. */
   start(options?: { port?: number; extraConf?: Record<string, string> }): Promise<void>;
   /** `pg_ctl restart -m fast`: fast shutdown, then start on the same port and data dir. */
@@ -187,8 +189,20 @@ async function tryStart(dir: string, dataDir: string, port: number, extraConf: R
 
 /** Fast shutdown (SIGINT: a shutdown checkpoint, clients are not waited for); SIGKILL after STOP_TIMEOUT_MS. */
 async function fastShutdown(server: Postmaster): Promise<void> {
+  await signalShutdown(server, 'SIGINT');
+}
+
+/**
+ * Immediate shutdown (SIGQUIT, what `pg_ctl stop -m immediate` sends): the backends quit at once, with no
+ * shutdown checkpoint, so the next start runs crash recovery as after a crash. SIGKILL after STOP_TIMEOUT_MS.
+ */
+async function immediateShutdown(server: Postmaster): Promise<void> {
+  await signalShutdown(server, 'SIGQUIT');
+}
+
+async function signalShutdown(server: Postmaster, signal: 'SIGINT' | 'SIGQUIT'): Promise<void> {
   if (server.exited()) return;
-  server.child.kill('SIGINT');
+  server.child.kill(signal);
   const timer = setTimeout(() => server.child.kill('SIGKILL'), STOP_TIMEOUT_MS);
   await server.exitPromise;
   clearTimeout(timer);
@@ -222,6 +236,9 @@ function makeInstance(dir: string, dataDir: string, firstPort: number, extraConf
     },
     async shutdown(): Promise<void> {
       await fastShutdown(server);
+    },
+    async immediateShutdown(): Promise<void> {
+      await immediateShutdown(server);
     },
     async start(startOptions = {}): Promise<void> {
       if (!server.exited()) throw new Error('postgres is already running');

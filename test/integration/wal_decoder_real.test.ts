@@ -3,11 +3,13 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { WalCorruptionError } from '../../src/errors.js';
-import { type Lsn, WAL_PAGE_SIZE_BYTES, formatLsn } from '../../src/wal/lsn.js';
+import { type Lsn, WAL_PAGE_SIZE_BYTES, formatLsn, parseLsn, segmentNumber, segmentStartLsn } from '../../src/wal/lsn.js';
+import { LONG_PAGE_HEADER_BYTES, RM_XLOG_ID, XLP_FIRST_IS_OVERWRITE_CONTRECORD, decodePageHeader } from '../../src/wal/page.js';
 import { WalRecordDecoder, initialDecoderState, type DecoderState, type WalCorruptionKind } from '../../src/wal/record_decoder.js';
 import { segmentFileName } from '../../src/wal/lsn.js';
 import { WalBuilder, type BuiltRecord } from '../../src/wal/wal_builder.js';
 import { pgWaldump, type WaldumpRecord } from '../harness/pg.js';
+import { type OverwrittenContrecordWal, overwrittenContrecordWal } from '../harness/overwrite_contrecord_wal.js';
 import { type RealWal, realWal, recordEndLsn } from '../harness/real_wal.js';
 import { makeTempDir, removeAllTempDirs } from '../harness/tmp.js';
 
@@ -33,6 +35,17 @@ function seededSizes(seed: number, maxBytes: number): () => number {
   };
 }
 
+/** The WAL bytes a range is decoded from: `bytes[0]` is the byte at `startLsn`. */
+type WalBytes = Pick<RealWal, 'bytes' | 'startLsn' | 'segmentSizeBytes' | 'pgVersion'>;
+
+/** What `onRecord` reported for one record. */
+interface DecodedRecord {
+  startLsn: Lsn;
+  endLsn: Lsn;
+  rmid: number;
+  info: number;
+}
+
 interface DecodeRun {
   startLsn: Lsn;
   endLsn: Lsn;
@@ -41,14 +54,18 @@ interface DecodeRun {
   skipLeadingContrecord?: boolean;
 }
 
-/** Decodes [startLsn, endLsn) of the fixture and returns the record starts and the decoder. */
-function decodeRange(run: DecodeRun): { starts: Lsn[]; decoder: WalRecordDecoder } {
-  const base = Number(run.startLsn - wal.startLsn);
-  const bytes = wal.bytes.subarray(base, Number(run.endLsn - wal.startLsn));
-  let state: DecoderState = initialDecoderState({ startLsn: run.startLsn, segmentSizeBytes: wal.segmentSizeBytes, pgVersion: wal.pgVersion, skipLeadingContrecord: run.skipLeadingContrecord ?? false });
+/** Decodes [startLsn, endLsn) of `source` (the shared fixture by default) and returns what it reported and the decoder. */
+function decodeRange(run: DecodeRun, source: WalBytes = wal): { starts: Lsn[]; records: DecodedRecord[]; decoder: WalRecordDecoder } {
+  const base = Number(run.startLsn - source.startLsn);
+  const bytes = source.bytes.subarray(base, Number(run.endLsn - source.startLsn));
+  let state: DecoderState = initialDecoderState({ startLsn: run.startLsn, segmentSizeBytes: source.segmentSizeBytes, pgVersion: source.pgVersion, skipLeadingContrecord: run.skipLeadingContrecord ?? false });
   let decoder = new WalRecordDecoder(state);
   const starts: Lsn[] = [];
-  const onRecord = (start: Lsn): void => void starts.push(start);
+  const records: DecodedRecord[] = [];
+  const onRecord = (startLsn: Lsn, endLsn: Lsn, rmid: number, info: number): void => {
+    starts.push(startLsn);
+    records.push({ startLsn, endLsn, rmid, info });
+  };
   let count = 0;
   for (let pos = 0; pos < bytes.length; ) {
     const size = run.nextChunkBytes();
@@ -61,7 +78,7 @@ function decodeRange(run: DecodeRun): { starts: Lsn[]; decoder: WalRecordDecoder
   }
   assert.equal(count, starts.length);
   assert.equal(decoder.lsn, run.endLsn);
-  return { starts, decoder };
+  return { starts, records, decoder };
 }
 
 const startsIn = (from: Lsn, to: Lsn): Lsn[] => wal.records.filter((r) => r.lsn >= from && r.lsn < to).map((r) => r.lsn);
@@ -204,6 +221,94 @@ describe('WalRecordDecoder on corrupted real WAL', () => {
         assert.equal(error.lsn, page);
       }
     }
+  });
+});
+
+describe('WalRecordDecoder on real WAL where recovery overwrote a record a crash cut (PostgreSQL t/026_overwrite_contrecord.pl)', () => {
+  /** xl_info of XLOG_OVERWRITE_CONTRECORD (PostgreSQL's pg_control.h), spelled out here so the test does not trust src/. */
+  const XLOG_OVERWRITE_CONTRECORD_INFO = 0xd0;
+  let cut: OverwrittenContrecordWal;
+
+  before(async () => {
+    cut = await overwrittenContrecordWal();
+  });
+
+  /** The one XLOG_OVERWRITE_CONTRECORD pg_waldump lists, and the LSN its desc ("lsn X/Y; time ...") names as overwritten. */
+  function overwriteRecord(): { record: WaldumpRecord; overwrittenLsn: Lsn } {
+    const found = cut.records.filter((r) => r.rmgr === 'XLOG' && r.desc.startsWith('OVERWRITE_CONTRECORD'));
+    const record = found[0];
+    assert.ok(found.length === 1 && record !== undefined, `pg_waldump lists ${found.length} OVERWRITE_CONTRECORD records`);
+    const match = /\blsn ([0-9A-F]+\/[0-9A-F]+)/.exec(record.desc);
+    assert.ok(match?.[1] !== undefined, record.desc);
+    return { record, overwrittenLsn: parseLsn(match[1]) };
+  }
+
+  /** pg_waldump's records from `startLsn` on, as "start-end" (the end is the next segment's start after a switch). */
+  function expectedFrom(startLsn: Lsn): string[] {
+    return cut.records.filter((r) => r.lsn >= startLsn).map((r) => {
+      const endLsn = r.rmgr === 'XLOG' && r.desc.startsWith('SWITCH')
+        ? segmentStartLsn(segmentNumber(r.lsn, cut.segmentSizeBytes) + 1n, cut.segmentSizeBytes)
+        : recordEndLsn(r.lsn, r.totalLengthBytes, cut.segmentSizeBytes);
+      return `${formatLsn(r.lsn)}-${formatLsn(endLsn)}`;
+    });
+  }
+
+  /** decodeRange over the copy, turning a refusal into a failure that names the corruption kind. */
+  function decodeCut(run: DecodeRun): ReturnType<typeof decodeRange> {
+    try {
+      return decodeRange(run, cut);
+    } catch (error) {
+      if (!(error instanceof WalCorruptionError)) throw error;
+      assert.fail(`the decoder refused WAL PostgreSQL wrote: ${error.kind}: ${error.message}`);
+    }
+  }
+
+  it('is WAL where pg_waldump drops the cut record and lists the XLOG_OVERWRITE_CONTRECORD recovery wrote at the cut', () => {
+    const page = decodePageHeader(cut.bytes, Number(cut.overwritePageLsn - cut.startLsn));
+    assert.notEqual(page.info & XLP_FIRST_IS_OVERWRITE_CONTRECORD, 0, 'the page where the record was cut is flagged XLP_FIRST_IS_OVERWRITE_CONTRECORD');
+    assert.equal(page.remainingBytes, 0);
+    assert.ok(cut.records.every((r) => r.lsn !== cut.cutRecord.lsn), 'pg_waldump does not list the cut record');
+    const { record, overwrittenLsn } = overwriteRecord();
+    assert.equal(record.lsn, cut.overwritePageLsn + BigInt(LONG_PAGE_HEADER_BYTES));
+    assert.equal(overwrittenLsn, cut.cutRecord.lsn);
+    assert.equal(record.prevLsn, cut.cutRecord.prevLsn, 'xl_prev skips the cut record');
+    assert.ok(cut.records.some((r) => r.lsn < cut.cutRecord.lsn), 'the range starts before the cut record');
+    assert.ok(cut.records.some((r) => r.rmgr === 'XLOG' && r.desc.startsWith('SWITCH') && r.lsn > record.lsn), 'WAL goes on past the overwrite and a switch');
+  });
+
+  const previousRecord = (): WaldumpRecord => {
+    const found = cut.records.findLast((r) => r.lsn < cut.cutRecord.lsn);
+    assert.ok(found !== undefined);
+    return found;
+  };
+
+  for (const [name, chunkBytes] of [['7 B', 7], ['8 KiB', 8192], ['1 MiB', 1 << 20]] as const) {
+    it(`reports exactly pg_waldump's records across the overwrite, fed in ${name} chunks from two record starts before the cut record`, () => {
+      for (const startLsn of [cut.records[0]?.lsn ?? -1n, previousRecord().lsn]) {
+        const { records, decoder } = decodeCut({ startLsn, endLsn: cut.endLsn, nextChunkBytes: () => chunkBytes });
+        assert.deepEqual(records.map((r) => `${formatLsn(r.startLsn)}-${formatLsn(r.endLsn)}`), expectedFrom(startLsn));
+        assert.equal(decoder.lastRecordEndLsn, cut.endLsn);
+        assert.ok(records.every((r) => r.startLsn !== cut.cutRecord.lsn), 'the cut record is not reported');
+        const overwrite = records.find((r) => r.startLsn === overwriteRecord().record.lsn);
+        assert.ok(overwrite !== undefined, 'the XLOG_OVERWRITE_CONTRECORD record is reported');
+        assert.equal(overwrite.rmid, RM_XLOG_ID);
+        assert.equal(overwrite.info & 0xf0, XLOG_OVERWRITE_CONTRECORD_INFO);
+      }
+    });
+  }
+
+  it('reports the same records fed in random chunks, resuming from a structured-cloned snapshot at every chunk', () => {
+    const startLsn = previousRecord().lsn;
+    for (const seed of [3, 4]) {
+      const { records } = decodeCut({ startLsn, endLsn: cut.endLsn, nextChunkBytes: seededSizes(seed, 50_000), resumeAtEveryChunk: true });
+      assert.deepEqual(records.map((r) => `${formatLsn(r.startLsn)}-${formatLsn(r.endLsn)}`), expectedFrom(startLsn));
+    }
+  });
+
+  it('keeps lastRecordEndLsn (flush_lsn) at the end of the record before the cut one until the overwrite page', () => {
+    const previous = previousRecord();
+    const { decoder } = decodeCut({ startLsn: previous.lsn, endLsn: cut.overwritePageLsn, nextChunkBytes: () => 8192 });
+    assert.equal(decoder.lastRecordEndLsn, recordEndLsn(previous.lsn, previous.totalLengthBytes, cut.segmentSizeBytes));
   });
 });
 
