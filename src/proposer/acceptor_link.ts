@@ -2,12 +2,15 @@
  * One safekeeper as the proposer sees it: a loop of connection sessions with reconnect backoff (doubling,
  * with jitter, reset once a session reaches streaming). A session walks walproposer's states:
  *   connect → IDENTIFY_SYSTEM (refuse a timeline of another system) → START_WAL_PUSH → greeting →
- *   wait for the campaign → VoteRequest → vote → wait for the election → ProposerElected with this
- *   acceptor's own start point → streaming.
+ *   wait for the campaign → VoteRequest → vote → wait for the election (a new election round, with a
+ *   higher term, sends another VoteRequest on the same connection) → ProposerElected with this acceptor's
+ *   own start point → streaming.
  * Streaming (`link_stream.ts`) runs a sender and a reader side by side over the proposer's WAL window, and
  * updates this link's flushLsn, streamingAtLsn, state and counters, which the proposer and the metrics read.
  * Errors: anything that ends a session is logged (once per distinct message) and retried; errors the
- * proposer marks fatal (term conflict, wrong system id, bugs) are rethrown and stop the proposer. `flushLsn`
+ * proposer marks fatal (term conflict, wrong system id, bugs) are rethrown and stop the proposer. A link
+ * whose greeting carries another link's node id (the same safekeeper listed twice, under two names) is
+ * dropped for the rest of the run: it stops connecting and never counts toward a quorum. `flushLsn`
  * is the acceptor's start point when a session begins (walproposer keeps the old value across reconnects;
  * the start point is what the acceptor durably has after ProposerElected, so it is never an overcount).
  * Abort-safe: every wait takes the session's signal, and the connection is destroyed when a session ends.
@@ -22,8 +25,9 @@ import type { Logger } from '../log.js';
 import { PgClient, PgConnectionError, PgServerError } from '../pg/client.js';
 import { CancelToken, sleep } from '../sync/cancel.js';
 import type { Lsn } from '../wal/lsn.js';
-import { startStreamingLsn } from './election.js';
-import { SystemIdMismatchError } from './errors.js';
+import { startStreamingLsn, voteProblem } from './election.js';
+import type { CampaignRound } from './campaign.js';
+import { DuplicateSafekeeperError, SystemIdMismatchError } from './errors.js';
 import { ACCEPTOR_SILENCE_MS_MAX, CONNECT_TIMEOUT_MS, RECONNECT_BACKOFF_MS_MAX, RECONNECT_BACKOFF_MS_MIN, RECONNECT_JITTER_RATIO } from './limits.js';
 import { LinkStream } from './link_stream.js';
 import type { ServerIdentity } from './source.js';
@@ -48,13 +52,17 @@ export interface LinkHost {
   readonly log: Logger;
   commitLsn(): Lsn;
   truncateLsn(): Lsn;
-  /** Records a greeting; throws a fatal error when the acceptor is past our term after the campaign began. */
+  /**
+   * Records a greeting; throws a fatal error when the acceptor is past our term after the campaign began, and
+   * DuplicateSafekeeperError (this link is dropped) when another link already greeted from its node id.
+   */
   onGreeting(link: AcceptorLink, greeting: AcceptorGreeting): void;
-  /** Resolves with (term, generation) once greetings from a majority are in. */
-  campaign(signal: AbortSignal): Promise<{ term: bigint; generation: number }>;
-  /** Records a vote; throws a fatal error for a refusal that means another proposer won. */
-  onVote(link: AcceptorLink, vote: VoteResponse): void;
-  elected(signal: AbortSignal): Promise<ElectedTerm>;
+  /** Resolves with what to request votes for (term, generation, round) once greetings from a majority are in. */
+  campaign(signal: AbortSignal): Promise<CampaignRound>;
+  /** Records the reply to the VoteRequest of `round`; throws a fatal error for a refusal that means another proposer won. */
+  onVote(link: AcceptorLink, vote: VoteResponse, round: number): void;
+  /** Resolves once elected, or with null once an election round after `round` began (vote again). */
+  elected(round: number, signal: AbortSignal): Promise<ElectedTerm | null>;
   onAppendResponse(link: AcceptorLink, response: AppendResponse): void;
   /** An AppendRequest carrying WAL was acknowledged as flushed `latencyMs` after we sent it. */
   onAppendAcked(link: AcceptorLink, latencyMs: number): void;
@@ -67,6 +75,7 @@ export interface LinkHost {
 
 export class AcceptorLink {
   state: LinkState = 'offline';
+  /** From this link's latest accepted greeting (set by the proposer); no two links hold the same one. */
   nodeId: bigint | null = null;
   /** flush_lsn from the latest AppendResponse in our term; each session starts it at the start point. */
   flushLsn: Lsn = 0n;
@@ -105,6 +114,12 @@ export class AcceptorLink {
       } catch (error) {
         if (signal.aborted) break;
         if (this.host.isFatal(error)) throw error;
+        if (error instanceof DuplicateSafekeeperError) {
+          // Another link already speaks to this node: connecting again cannot help, and it must never count twice.
+          this.lastError = error.message;
+          this.host.log.error({ safekeeper: this.name, node_id: error.nodeId, err: error.message }, 'safekeeper dropped: it is the same node as another one in --safekeepers');
+          return;
+        }
         this.#noteError(error);
       } finally {
         this.state = 'offline';
@@ -171,15 +186,11 @@ export class AcceptorLink {
       pgVersion: host.identity.pgVersion, systemId: host.identity.systemId, walSegSizeBytes: host.identity.walSegSizeBytes,
     });
     const greeting = await this.#receive(client, 'greeting', signal);
-    this.nodeId = greeting.nodeId;
-    host.onGreeting(this, greeting);
-    this.state = 'voting';
-    const { term, generation } = await host.campaign(signal);
-    this.#send(client, { tag: 'vote', generation, term });
-    const vote = await this.#receive(client, 'vote', signal);
-    host.onVote(this, vote);
-    this.state = 'waiting_elected';
-    const elected = await host.elected(signal);
+    host.onGreeting(this, greeting); // sets nodeId, or refuses a node another link already speaks to
+    const { vote, elected } = await this.#vote(client, signal);
+    // A given vote the election could not use (refused by `screenVoters`) is refused here too.
+    const problem = vote.voteGiven ? voteProblem(vote) : null;
+    if (problem !== null) throw new ProtocolViolationError('VoteResponse', problem);
     const startLsn = startStreamingLsn(elected.history, elected.term, vote.termHistory, vote.flushLsn);
     this.#send(client, { tag: 'elected', generation: elected.generation, term: elected.term, startStreamingAtLsn: startLsn, termHistory: elected.history });
     host.log.info({ safekeeper: this.name, node_id: this.nodeId, term: elected.term, start_lsn: startLsn, flush_lsn: vote.flushLsn }, 'safekeeper elected us; streaming');
@@ -189,6 +200,20 @@ export class AcceptorLink {
       await stream.run(client, elected, startLsn, signal);
     } finally {
       this.#stream = null;
+    }
+  }
+
+  /** VoteRequests, one per election round, until the proposer is elected; the last vote decides our start point. */
+  async #vote(client: PgClient, signal: AbortSignal): Promise<{ vote: VoteResponse; elected: ElectedTerm }> {
+    for (;;) {
+      this.state = 'voting';
+      const { term, generation, round } = await this.host.campaign(signal);
+      this.#send(client, { tag: 'vote', generation, term });
+      const vote = await this.#receive(client, 'vote', signal);
+      this.host.onVote(this, vote, round);
+      this.state = 'waiting_elected';
+      const elected = await this.host.elected(round, signal);
+      if (elected !== null) return { vote, elected };
     }
   }
 

@@ -22,6 +22,7 @@ import { startMetricsServer, type MetricsServer } from './metrics_server.js';
 import { PostgresSource } from './postgres_source.js';
 import { slotNameFrom } from './primary_connection.js';
 import { Proposer } from './proposer.js';
+import { duplicateSafekeeper } from './quorum.js';
 import type { WalSource } from './source.js';
 import { SyntheticSource } from './synthetic_source.js';
 
@@ -40,7 +41,7 @@ Streams WAL to a quorum of safekeepers as Neon's walproposer does.
   --synthetic                           generated WAL (logical-message records) for load tests
 
 Flags:
-  --safekeepers LIST        comma-separated HOST:PORT of every safekeeper (a majority must be up)
+  --safekeepers LIST        comma-separated HOST:PORT of every safekeeper, each once (a majority must be up)
   --tenant-id HEX32         tenant id
   --timeline-id HEX32       timeline id
   --proto-version 3|2       proposer-acceptor protocol version (default 3)
@@ -109,6 +110,8 @@ function parseProposeArgs(argv: string[]): ProposeArgs | 'help' {
   };
   const safekeepers = required('safekeepers').split(',').map((text) => need(parseHostPort(text.trim(), 1), 'safekeepers'));
   if (safekeepers.length > SAFEKEEPERS_MAX) throw new UsageError(`--safekeepers: at most ${SAFEKEEPERS_MAX} safekeepers`);
+  const duplicate = duplicateSafekeeper(safekeepers);
+  if (duplicate !== null) throw new UsageError(`--safekeepers: ${duplicate[1]} is listed twice (as ${duplicate[0]} too); each safekeeper counts once toward the quorum, so list it once`);
   const idOf = <T>(flag: 'tenant-id' | 'timeline-id', parse: (text: string) => T): T => {
     try {
       return parse(required(flag));

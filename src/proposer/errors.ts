@@ -1,7 +1,8 @@
 /**
  * The proposer's operating errors, one class per way `safekeeper propose` can fail, each with a stable
- * `code` that tests and scripts match on. All are fatal for the proposer process (exit code 1); transient
- * trouble with one safekeeper is not an error here but a reconnect with backoff (`acceptor_link.ts`).
+ * `code` that tests and scripts match on. All but DuplicateSafekeeperError (which drops one safekeeper) are
+ * fatal for the proposer process (exit code 1); transient trouble with one safekeeper is not an error here
+ * but a reconnect with backoff (`acceptor_link.ts`).
  * Pure; main thread.
  */
 import { SafekeeperError } from '../errors.js';
@@ -55,4 +56,17 @@ export class SourceMismatchError extends SafekeeperError {
   override readonly name = 'SourceMismatchError';
   readonly code = 'SK_SOURCE_MISMATCH';
   readonly sqlState = '22023';
+}
+
+/**
+ * Two entries of --safekeepers reached the same safekeeper (its greeting carried a node id another entry
+ * already greeted with: one node under two names). The later one is dropped, so the node counts once.
+ */
+export class DuplicateSafekeeperError extends SafekeeperError {
+  override readonly name = 'DuplicateSafekeeperError';
+  readonly code = 'SK_DUPLICATE_SAFEKEEPER';
+  readonly sqlState = '22023'; // invalid_parameter_value: the list names one node twice
+  constructor(readonly nodeId: bigint, safekeeper: string, sameAs: string) {
+    super(`safekeeper ${safekeeper} is node ${nodeId}, the same node as ${sameAs}: it is ignored (list each safekeeper once in --safekeepers)`);
+  }
 }

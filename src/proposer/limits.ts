@@ -10,15 +10,16 @@ export const APPEND_BYTES_MAX = APPEND_WAL_BYTES_MAX;
 /**
  * WAL kept in memory for acceptors that lag or reconnect (the WAL window). Beyond it a lagging acceptor is
  * recovered from a donor safekeeper. 64 MiB holds several seconds of pgbench WAL, so a safekeeper that
- * restarts quickly catches up from memory; the window never drops WAL the quorum has not flushed, and the
- * source is paused instead (backpressure), so memory stays within this plus one chunk.
+ * restarts quickly catches up from memory; the window never drops WAL above max(commit_lsn, term start)
+ * (below the term start the donor has it all), and the source is paused instead (backpressure), so memory
+ * stays within this plus one chunk.
  */
 export const WAL_WINDOW_BYTES_DEFAULT = 64 * 1024 * 1024;
 export const WAL_WINDOW_BYTES_MIN = 4 * APPEND_BYTES_MAX;
 /**
- * WAL the source may run ahead of the quorum's commit_lsn. Enough in flight for the safekeepers to batch
- * fsyncs (several 128 KiB appends per fsync), small enough that a full-speed load measures the pipeline's
- * latency rather than the depth of our queue.
+ * WAL the source may run ahead of max(commit_lsn, term start) (`window_budget.ts`). Enough in flight for the
+ * safekeepers to batch fsyncs (several 128 KiB appends per fsync), small enough that a full-speed load
+ * measures the pipeline's latency rather than the depth of our queue.
  */
 export const UNCOMMITTED_BYTES_MAX = 16 * 1024 * 1024;
 /**
@@ -51,8 +52,20 @@ export const PRIMARY_RECONNECT_BACKOFF_MS_MAX = 5000;
 export const PRIMARY_RECONNECT_TIMEOUT_MS_DEFAULT = 5 * 60_000;
 /** Default for `--quorum-timeout`: how long the election may take before the proposer gives up. */
 export const QUORUM_TIMEOUT_MS_DEFAULT = 30_000;
-/** Election restarts after losing a vote race (another candidate took our term) before giving up. */
+/**
+ * Election rounds after the first, each with a higher term, when a safekeeper refuses our vote in our own
+ * term (our vote reply was lost, or another candidate took our term), before giving up. walproposer exits
+ * then and its postmaster restarts it; a few rounds cover lost replies, while two proposers that keep
+ * taking each other's terms still stop soon.
+ */
 export const ELECTION_ATTEMPTS_MAX = 3;
+/**
+ * Backoff before a new election round: doubles from MIN to MAX, with ±RECONNECT_JITTER_RATIO jitter so two
+ * candidates that collided in one term do not collide again. Short next to the quorum timeout, which
+ * bounds the whole election including these waits.
+ */
+export const ELECTION_RETRY_BACKOFF_MS_MIN = 100;
+export const ELECTION_RETRY_BACKOFF_MS_MAX = 1000;
 /** A commit_lsn change waits this long for an append to carry it before a heartbeat carries it alone. */
 export const COMMIT_BROADCAST_DELAY_MS = 20;
 /** Standby status updates to the primary at least this often (wal_receiver_status_interval is 10 s). */
@@ -65,4 +78,6 @@ assert(UNCOMMITTED_BYTES_MAX >= 8 * APPEND_BYTES_MAX, 'several appends in flight
 assert(HEARTBEAT_INTERVAL_MS * 3 <= ACCEPTOR_SILENCE_MS_MAX, 'several heartbeats fit in the silence limit');
 assert(RECONNECT_BACKOFF_MS_MIN < RECONNECT_BACKOFF_MS_MAX, 'backoff range');
 assert(PRIMARY_RECONNECT_BACKOFF_MS_MIN < PRIMARY_RECONNECT_BACKOFF_MS_MAX, 'primary backoff range');
+assert(ELECTION_RETRY_BACKOFF_MS_MIN < ELECTION_RETRY_BACKOFF_MS_MAX, 'election backoff range');
+assert(ELECTION_ATTEMPTS_MAX * ELECTION_RETRY_BACKOFF_MS_MAX * (1 + RECONNECT_JITTER_RATIO) < QUORUM_TIMEOUT_MS_DEFAULT / 4, 'election rounds fit well in the default quorum timeout');
 assert(PRIMARY_RECONNECT_BACKOFF_MS_MAX < PRIMARY_RECONNECT_TIMEOUT_MS_DEFAULT, 'many attempts fit in the default reconnect timeout');

@@ -9,10 +9,15 @@
  * Streaming: the source appends to the window, every link streams from it at its own pace, and each
  * AppendResponse recomputes commit_lsn (the quorum-th highest flush at or above the term start) and
  * truncate_lsn (min flush over all, capped at commit). The window keeps what the slowest acceptor still
- * needs, up to its capacity, and never drops uncommitted WAL: the source waits instead.
+ * needs, up to its capacity, and never drops WAL above max(commit_lsn, term start): the source waits
+ * instead (`window_budget.ts`).
  * Where the source can rewind (a primary with a slot), streaming starts at the lowest voter's start point
- * rather than the term start, so voters that lag are fed from the window; otherwise and for anything below
- * the window a link recovers from a donor safekeeper with START_REPLICATION (term mode).
+ * rather than the term start, so voters that lag are fed from the window while it holds their WAL; WAL
+ * below the term start is on the donor, so it neither holds the source back nor stays in a full window.
+ * For anything below the window a link recovers from a donor safekeeper with START_REPLICATION (term mode).
+ * Safekeepers: each configured address once (the caller checks); a second link that greets with a node id
+ * another link holds is dropped (`DuplicateSafekeeperError`), so no node counts twice toward a quorum. A
+ * voter whose history we cannot use is refused, and the election goes on with the others.
  * Failure: fatal errors (term conflict, wrong system id, no quorum in time, source failure, bugs) stop every
  * task and are thrown from `run()`; an abort of `run`'s signal (SIGTERM) stops cleanly and resolves.
  * Main thread.
@@ -28,14 +33,14 @@ import { CancelToken } from '../sync/cancel.js';
 import { Watch } from '../sync/watch.js';
 import type { Lsn } from '../wal/lsn.js';
 import { AcceptorLink, type ElectedTerm, type LinkHost } from './acceptor_link.js';
-import { Campaign, type CampaignPhase } from './campaign.js';
+import { Campaign, type CampaignPhase, type CampaignRound } from './campaign.js';
 import { findPrevRecordLsn } from './donor_reader.js';
-import { chooseDonor, proposerHistory, startStreamingLsn } from './election.js';
-import { SystemIdMismatchError, TermConflictError } from './errors.js';
-import { APPEND_BYTES_MAX, UNCOMMITTED_BYTES_MAX } from './limits.js';
-import { quorumCommitLsn, quorumSize, truncateLsnCandidate } from './quorum.js';
+import { chooseDonor, proposerHistory, screenVoters, startStreamingLsn, type Voter } from './election.js';
+import { DuplicateSafekeeperError, SystemIdMismatchError, TermConflictError } from './errors.js';
+import { duplicateSafekeeper, quorumCommitLsn, quorumSize, truncateLsnCandidate } from './quorum.js';
 import type { ServerIdentity, WalSource } from './source.js';
 import { WalWindow } from './wal_window.js';
+import { sourceMayAppend, windowTrimLsn } from './window_budget.js';
 
 export interface ProposerOptions {
   safekeepers: readonly HostPort[];
@@ -91,6 +96,7 @@ export class Proposer implements LinkHost {
 
   constructor(options: ProposerOptions) {
     assert(options.safekeepers.length > 0, 'at least one safekeeper');
+    assert(duplicateSafekeeper(options.safekeepers) === null, 'each safekeeper address once (the CLI refuses duplicates)');
     this.#options = options;
     this.#source = options.source;
     this.tenantId = options.tenantId;
@@ -156,20 +162,24 @@ export class Proposer implements LinkHost {
   }
 
   onGreeting(link: AcceptorLink, greeting: AcceptorGreeting): void {
+    // One node under two names must not count twice: the first link to greet from a node id keeps it.
+    const holder = this.links.find((each) => each !== link && each.nodeId === greeting.nodeId);
+    if (holder !== undefined) throw new DuplicateSafekeeperError(greeting.nodeId, link.name, holder.name);
+    link.nodeId = greeting.nodeId;
     this.#campaign.onGreeting(link, link.name, greeting);
   }
 
-  campaign(signal: AbortSignal): Promise<{ term: bigint; generation: number }> {
+  campaign(signal: AbortSignal): Promise<CampaignRound> {
     return this.#campaign.campaign(signal);
   }
 
-  onVote(link: AcceptorLink, vote: VoteResponse): void {
-    this.#campaign.onVote(link, link.name, vote);
+  onVote(link: AcceptorLink, vote: VoteResponse, round: number): void {
+    this.#campaign.onVote(link, link.name, vote, round);
   }
 
-  async elected(signal: AbortSignal): Promise<ElectedTerm> {
-    await this.#campaign.changes.waitFor(() => this.#elected !== null, signal);
-    assert(this.#elected !== null);
+  async elected(round: number, signal: AbortSignal): Promise<ElectedTerm | null> {
+    const campaign = this.#campaign;
+    await campaign.changes.waitFor(() => this.#elected !== null || campaign.round !== round, signal);
     return this.#elected;
   }
 
@@ -195,24 +205,9 @@ export class Proposer implements LinkHost {
     }
     const truncateLsn = truncateLsnCandidate(flushLsns, this.commit.value);
     if (truncateLsn > this.#truncateLsn) this.#truncateLsn = truncateLsn;
-    this.#trimWindow(flushLsns);
+    this.window.trim(windowTrimLsn(this.window, flushLsns, this.commit.value, elected.termStartLsn));
     this.#relayFeedback();
     if (this.#acks.waiterCount > 0) this.#acks.set(this.#acks.value + 1);
-  }
-
-  /**
-   * Keeps what the slowest safekeeper still needs; when the window is nearly full, keeps only its newer half
-   * (hysteresis, so the source gets room for many appends at once). Never drops uncommitted WAL.
-   */
-  #trimWindow(flushLsns: readonly Lsn[]): void {
-    const window = this.window;
-    let keepFromLsn = window.endLsn;
-    for (const lsn of flushLsns) if (lsn < keepFromLsn) keepFromLsn = lsn;
-    if (window.bytes >= window.capacityBytes - 2 * APPEND_BYTES_MAX) {
-      const halfLsn = window.endLsn - BigInt(window.capacityBytes / 2);
-      if (halfLsn > keepFromLsn) keepFromLsn = halfLsn;
-    }
-    window.trim(keepFromLsn < this.commit.value ? keepFromLsn : this.commit.value);
   }
 
   recoveryDonor(link: AcceptorLink, lsn: Lsn): HostPort | null {
@@ -239,11 +234,30 @@ export class Proposer implements LinkHost {
     this.#token?.cancel(error);
   }
 
+  /**
+   * Waits for votes from a majority whose histories we can elect with (`screenVoters`); the votes of the
+   * others are refused (logged), and if that leaves less than a majority, the campaign waits for more.
+   * Each pass refuses a voter or returns, so this ends; the quorum timeout bounds the whole wait.
+   */
+  async #collectVoters(signal: AbortSignal): Promise<Voter[]> {
+    const campaign = this.#campaign;
+    const deadlineMs = performance.now() + this.#options.quorumTimeoutMs;
+    for (;;) {
+      await campaign.waitForVotes(signal, Math.max(0, Math.ceil(deadlineMs - performance.now())), () => this.#noQuorumDetails());
+      const screened = screenVoters(campaign.votes().map(([link, vote]) => ({ index: link.index, vote })));
+      for (const { index, problem } of screened.refused) {
+        const link = this.links[index];
+        assert(link !== undefined, 'a voter is one of our safekeepers');
+        campaign.refuseVoter(link, link.name, problem);
+      }
+      if (screened.voters.length >= this.quorum) return screened.voters;
+    }
+  }
+
   async #electAndStream(signal: AbortSignal): Promise<void> {
     const campaign = this.#campaign;
-    await campaign.waitForVotes(signal, this.#options.quorumTimeoutMs, () => this.#noQuorumDetails());
+    const voters = await this.#collectVoters(signal);
     const term = campaign.term;
-    const voters = campaign.votes().map(([link, vote]) => ({ index: link.index, vote }));
     const donor = chooseDonor(voters);
     let termStartLsn = donor.flushLsn;
     if (termStartLsn === 0n) {
@@ -286,7 +300,7 @@ export class Proposer implements LinkHost {
     await this.#source.stream({
       startLsn: sourceStartLsn, prevRecordLsn, signal,
       write: async (lsn, bytes, writeSignal) => {
-        if (!this.#hasRoom(sourceStartLsn)) await this.#waitForRoom(sourceStartLsn, writeSignal);
+        if (!sourceMayAppend(this.window, this.commit.value, termStartLsn)) await this.#waitForRoom(termStartLsn, writeSignal);
         this.window.append(lsn, bytes);
         for (const link of this.links) link.kick();
       },
@@ -296,18 +310,12 @@ export class Proposer implements LinkHost {
     await this.commit.waitFor((lsn) => lsn >= endLsn, signal);
   }
 
-  /** The window has room and the source is not too far ahead of the quorum. */
-  #hasRoom(sourceStartLsn: Lsn): boolean {
-    const aheadBytes = this.window.endLsn - (this.commit.value > sourceStartLsn ? this.commit.value : sourceStartLsn);
-    return this.window.bytes < this.window.capacityBytes && aheadBytes <= BigInt(UNCOMMITTED_BYTES_MAX);
-  }
-
-  /** Backpressure on the source; a wait longer than SLOW_WAIT_MS (a quorum that does not ack) is logged. */
-  async #waitForRoom(sourceStartLsn: Lsn, signal: AbortSignal): Promise<void> {
+  /** Backpressure on the source (`window_budget.ts`); a wait longer than SLOW_WAIT_MS (a quorum that does not ack) is logged. */
+  async #waitForRoom(termStartLsn: Lsn, signal: AbortSignal): Promise<void> {
     const startedMs = performance.now();
     const slow = setTimeout(() => this.log.warn({ commit_lsn: this.commit.value, window_end_lsn: this.window.endLsn, safekeepers: this.status().safekeepers }, 'WAL source paused: the quorum is not acknowledging'), SLOW_WAIT_MS);
     try {
-      while (!this.#hasRoom(sourceStartLsn)) {
+      while (!sourceMayAppend(this.window, this.commit.value, termStartLsn)) {
         await this.#acks.changed(this.#acks.version, signal);
       }
     } finally {
@@ -319,7 +327,8 @@ export class Proposer implements LinkHost {
   /** "N safekeepers voted within T ms, Q needed (h:p: last error or state; ...)" for NoQuorumError. */
   #noQuorumDetails(): string {
     const details = this.links.map((link) => {
-      const state = this.#campaign.hasVoted(link) ? 'voted' : this.#campaign.hasGreeted(link) ? 'greeted' : link.state;
+      const refusal = this.#campaign.refusal(link);
+      const state = this.#campaign.hasVoted(link) ? 'voted' : refusal !== null ? `vote refused: ${refusal}` : this.#campaign.hasGreeted(link) ? 'greeted' : link.state;
       const error = link.lastError?.replace(`${link.name}: `, '');
       return `${link.name}: ${error ?? state}`;
     });

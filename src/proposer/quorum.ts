@@ -6,8 +6,11 @@
  * (like Raft, a leader never commits entries of earlier terms by counting replicas: a flush below the term
  * start may hold another term's WAL). truncate_lsn: the lowest flush over every safekeeper (offline ones keep
  * their last known value), capped at commit_lsn, so it never runs ahead of what is committed.
+ * Members: each safekeeper counts once, so the configured list names each address once
+ * (`duplicateSafekeeper`); two names of one node are caught later, by node id (`proposer.ts`).
  * Pure; any thread.
  */
+import { formatHostPort, type HostPort } from '../config/schema.js';
 import { assert } from '../sync/assert.js';
 import type { Lsn } from '../wal/lsn.js';
 
@@ -35,4 +38,19 @@ export function truncateLsnCandidate(flushLsns: readonly Lsn[], commitLsn: Lsn):
   let lowest = commitLsn;
   for (const lsn of flushLsns) if (lsn < lowest) lowest = lsn;
   return lowest;
+}
+
+/**
+ * The first address listed twice in `safekeepers` (host names compare case-insensitively), as
+ * [first spelling, second spelling]; null if every address is distinct.
+ */
+export function duplicateSafekeeper(safekeepers: readonly HostPort[]): [string, string] | null {
+  const seen = new Map<string, string>();
+  for (const address of safekeepers) {
+    const key = `${address.host.toLowerCase()}:${address.port}`;
+    const earlier = seen.get(key);
+    if (earlier !== undefined) return [earlier, formatHostPort(address)];
+    seen.set(key, formatHostPort(address));
+  }
+  return null;
 }

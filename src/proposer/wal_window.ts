@@ -1,7 +1,8 @@
 /**
  * The WAL window: the proposer's bounded in-memory copy of recent WAL, [startLsn, endLsn), which every
  * acceptor link streams from at its own pace. The source appends at the end; the proposer trims the start
- * once no acceptor needs it (or the window is over its capacity and the WAL is committed).
+ * once no acceptor needs it (or the window is nearly full and the WAL is committed or below the term start,
+ * where the donor has it: `window_budget.ts`).
  *
  * Layout: chunks cover aligned blocks of APPEND_BYTES_MAX (128 KiB) bytes of LSN space, so the chunk of an
  * LSN is found by division, and a read never crosses a block, hence never a segment (segment sizes are

@@ -141,9 +141,14 @@ describe('safekeeper propose', { timeout: 170_000 }, () => {
   it('fails with a clear error and exit code 1 or 2', async () => {
     const deadPort = await freePort();
     const common = ['propose', '--tenant-id', TENANT, '--log-format', 'json'];
-    const noQuorum = await runCli([...common, '--timeline-id', '4c'.repeat(16), '--safekeepers', `127.0.0.1:${deadPort},127.0.0.1:${deadPort},${`127.0.0.1:${(safekeepers()[0] as Safekeeper).port}`}`, '--synthetic', '--quorum-timeout', '1s']);
+    const live = `127.0.0.1:${(safekeepers()[0] as Safekeeper).port}`;
+    // Two dead addresses (127.0.0.2 is loopback too): the same one twice is refused as a duplicate, below.
+    const noQuorum = await runCli([...common, '--timeline-id', '4c'.repeat(16), '--safekeepers', `127.0.0.1:${deadPort},127.0.0.2:${deadPort},${live}`, '--synthetic', '--quorum-timeout', '1s']);
     assert.equal(noQuorum.code, 1);
-    assert.match(noQuorum.stderr, /safekeeper propose: no quorum: [01] of 3 safekeepers voted within 1000 ms, 2 needed \(127\.0\.0\.1:\d+: connection failed: connect ECONNREFUSED/);
+    assert.match(noQuorum.stderr, /safekeeper propose: no quorum: [01] of 3 safekeepers voted within 1000 ms, 2 needed \(127\.0\.0\.[12]:\d+: connection failed: connect ECONNREFUSED/);
+    const duplicate = await runCli([...common, '--timeline-id', '4c'.repeat(16), '--safekeepers', `${live},127.0.0.1:${deadPort},${live}`, '--synthetic']);
+    assert.equal(duplicate.code, 2);
+    assert.match(duplicate.stderr, /listed twice|duplicate/i);
     const unreachable = await runCli([...common, '--timeline-id', TIMELINE, '--safekeepers', safekeeperList(), '--from', `postgres://postgres@127.0.0.1:${deadPort}/postgres`]);
     assert.equal(unreachable.code, 1);
     assert.match(unreachable.stderr, /connecting to the primary at 127\.0\.0\.1:\d+: .*ECONNREFUSED/);

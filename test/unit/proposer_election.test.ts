@@ -6,11 +6,11 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { AcceptorGreeting, VoteResponse } from '../../src/acceptor/messages.js';
 import { createLogger } from '../../src/log.js';
-import { Campaign } from '../../src/proposer/campaign.js';
+import { Campaign, electionRetryDelayMs } from '../../src/proposer/campaign.js';
 import { NoQuorumError, TermConflictError } from '../../src/proposer/errors.js';
 import type { TermHistory } from '../../src/acceptor/state.js';
-import { chooseDonor, proposerHistory, startStreamingLsn } from '../../src/proposer/election.js';
-import { APPEND_BYTES_MAX } from '../../src/proposer/limits.js';
+import { chooseDonor, proposerHistory, screenVoters, startStreamingLsn, voteProblem } from '../../src/proposer/election.js';
+import { APPEND_BYTES_MAX, ELECTION_ATTEMPTS_MAX, ELECTION_RETRY_BACKOFF_MS_MIN } from '../../src/proposer/limits.js';
 import { quorumCommitLsn, quorumSize, truncateLsnCandidate } from '../../src/proposer/quorum.js';
 import { WalWindow } from '../../src/proposer/wal_window.js';
 
@@ -85,8 +85,34 @@ describe('election', () => {
     assert.equal(startStreamingLsn(ours, 5n, history([2, 100]), 300n), 100n);
   });
 
-  it('refuses an acceptor whose shared term starts elsewhere', () => {
+  it('refuses an acceptor whose shared term starts elsewhere, or whose history is malformed', () => {
     assert.throws(() => startStreamingLsn(history([1, 100], [5, 500]), 5n, history([1, 120]), 300n), /term 1 starts at/);
+    assert.throws(() => startStreamingLsn(history([1, 100], [5, 500]), 5n, history([3, 100], [2, 200]), 300n), /terms not ascending/);
+  });
+
+  it('finds what makes a given vote unusable', () => {
+    assert.equal(voteProblem(vote(500n, history([1, 100], [3, 400]))), null);
+    assert.equal(voteProblem(vote(0n, [])), null);
+    assert.match(voteProblem(vote(500n, history([3, 100], [1, 400]))) ?? '', /terms not ascending/);
+    assert.match(voteProblem(vote(500n, history([1, 100], [9, 400]))) ?? '', /reaches term 9, not below the vote's term 9/);
+    assert.match(voteProblem(vote(300n, history([1, 100], [3, 400]))) ?? '', /past its flush_lsn/);
+  });
+
+  it('screens out a malformed voter and one that disagrees with the donor, keeping the rest', () => {
+    const screened = screenVoters([
+      { index: 0, vote: vote(900n, history([3, 100], [2, 200])) }, // malformed: would have thrown in chooseDonor
+      { index: 1, vote: vote(500n, history([1, 100], [3, 400])) }, // the donor
+      { index: 2, vote: vote(450n, history([1, 100], [3, 420])) }, // term 3 starts elsewhere than on the donor
+      { index: 3, vote: vote(300n, history([1, 100])) },
+    ]);
+    assert.deepEqual(screened.voters.map((voter) => voter.index), [1, 3]);
+    assert.deepEqual(screened.refused.map((refusal) => refusal.index), [0, 2]);
+    assert.match(screened.refused[0]?.problem ?? '', /terms not ascending/);
+    assert.match(screened.refused[1]?.problem ?? '', /term 3 starts at 0\/190 in our history but at 0\/1A4 on the safekeeper/);
+    assert.equal(chooseDonor(screened.voters).index, 1, 'the donor of the kept voters is the same');
+    // Every kept voter has a start point against a history built on the donor's.
+    const ours = proposerHistory(history([1, 100], [3, 400]), 9n, 500n);
+    for (const { vote: each } of screened.voters) assert.ok(startStreamingLsn(ours, 9n, each.termHistory, each.flushLsn) > 0n);
   });
 });
 
@@ -138,33 +164,89 @@ describe('campaign over fake acceptors', () => {
     assert.equal(campaign.phase, 'collecting');
     campaign.onGreeting('b', 'b', greeting(7));
     assert.equal(campaign.phase, 'campaign');
-    assert.deepEqual(await campaign.campaign(signal), { term: 8n, generation: 0 });
+    assert.deepEqual(await campaign.campaign(signal), { term: 8n, generation: 0, round: 0 });
     campaign.onGreeting('c', 'c', greeting(7)); // a late greeter below our term is fine
-    campaign.onVote('a', 'a', given(8n));
+    campaign.onVote('a', 'a', given(8n), 0);
     assert.equal(campaign.phase, 'campaign');
-    campaign.onVote('c', 'c', given(8n));
+    campaign.onVote('c', 'c', given(8n), 0);
     assert.equal(campaign.phase, 'electing');
     await campaign.waitForVotes(signal, 1000, () => '');
     assert.deepEqual(campaign.votes().map(([key]) => key), ['a', 'c']);
   });
 
-  it('stops on a higher term and on a vote lost in our own term', () => {
+  it('stops on a higher term', () => {
     const campaign = new Campaign<string>(2, quiet);
     campaign.onGreeting('a', 'a', greeting(1));
     campaign.onGreeting('b', 'b', greeting(1));
     assert.throws(() => campaign.onGreeting('c', 'c', greeting(3)), TermConflictError);
-    assert.throws(() => campaign.onVote('a', 'a', refused(5n)), TermConflictError);
-    assert.throws(() => campaign.onVote('b', 'b', refused(2n)), /already voted in our term for someone else/);
+    assert.throws(() => campaign.onVote('a', 'a', refused(5n), 0), TermConflictError);
+  });
+
+  it('campaigns again with a higher term, after a backoff, when a vote reply was lost and our own term is refused', async () => {
+    const campaign = new Campaign<string>(2, quiet, () => 0.5);
+    campaign.onGreeting('a', 'a', greeting(1));
+    campaign.onGreeting('b', 'b', greeting(1));
+    campaign.onGreeting('c', 'c', greeting(1));
+    assert.deepEqual(await campaign.campaign(signal), { term: 2n, generation: 0, round: 0 });
+    campaign.onVote('b', 'b', given(2n), 0);
+    // a persisted our vote but its reply was lost; it reconnected and refuses the term it gave us.
+    campaign.onVote('a', 'a', refused(2n), 0);
+    assert.equal(campaign.phase, 'campaign');
+    assert.equal(campaign.round, 1);
+    assert.equal(campaign.term, 3n);
+    assert.deepEqual(campaign.votes(), [], 'a new round starts with no votes');
+    campaign.onVote('c', 'c', given(2n), 0); // a reply to the first round's request
+    assert.equal(campaign.phase, 'campaign', 'earlier rounds do not count');
+    const startedMs = performance.now();
+    assert.deepEqual(await campaign.campaign(signal), { term: 3n, generation: 0, round: 1 });
+    assert.ok(performance.now() - startedMs >= ELECTION_RETRY_BACKOFF_MS_MIN - 5, 'the round waits out its backoff');
+    campaign.onVote('a', 'a', given(3n), 1);
+    campaign.onVote('c', 'c', given(3n), 1);
+    assert.equal(campaign.phase, 'electing');
+    assert.deepEqual(campaign.votes().map(([key]) => key), ['a', 'c']);
+  });
+
+  it('gives up with TermConflictError once ELECTION_ATTEMPTS_MAX new rounds were refused too', () => {
+    const campaign = new Campaign<string>(2, quiet, () => 0.5);
+    campaign.onGreeting('a', 'a', greeting(1));
+    campaign.onGreeting('b', 'b', greeting(1));
+    for (let round = 0; round < ELECTION_ATTEMPTS_MAX; round += 1) campaign.onVote('a', 'a', refused(campaign.term), round);
+    assert.equal(campaign.round, ELECTION_ATTEMPTS_MAX);
+    assert.throws(() => campaign.onVote('a', 'a', refused(campaign.term), ELECTION_ATTEMPTS_MAX), (error: unknown) => error instanceof TermConflictError && /refused our vote in our own term, after 4 elections/.test(error.message));
+  });
+
+  it('backs off doubling with jitter between rounds', () => {
+    assert.deepEqual([1, 2, 3, 4, 5].map((restarts) => electionRetryDelayMs(restarts, () => 0.5)), [100, 200, 400, 800, 1000]);
+    assert.equal(electionRetryDelayMs(1, () => 0), 80);
+  });
+
+  it('refuses a voter, back to campaign below a majority, and ignores its later votes this round', () => {
+    const campaign = new Campaign<string>(2, quiet);
+    campaign.onGreeting('a', 'a', greeting(1));
+    campaign.onGreeting('b', 'b', greeting(1));
+    campaign.onVote('a', 'a', given(2n), 0);
+    campaign.onVote('b', 'b', given(2n), 0);
+    assert.equal(campaign.phase, 'electing');
+    campaign.refuseVoter('a', 'a', 'a bad history');
+    assert.equal(campaign.phase, 'campaign');
+    assert.equal(campaign.refusal('a'), 'a bad history');
+    campaign.onVote('a', 'a', refused(2n), 0); // it reconnected: no new round for a voter we refused
+    assert.equal(campaign.round, 0);
+    campaign.onVote('a', 'a', given(2n), 0);
+    assert.equal(campaign.phase, 'campaign');
+    campaign.onVote('c', 'c', given(2n), 0);
+    assert.equal(campaign.phase, 'electing');
   });
 
   it('keeps a vote when its voter reconnects and is refused in our term', () => {
     const campaign = new Campaign<string>(2, quiet);
     campaign.onGreeting('a', 'a', greeting(1));
     campaign.onGreeting('b', 'b', greeting(1));
-    campaign.onVote('a', 'a', given(2n));
-    campaign.onVote('a', 'a', refused(2n)); // the same acceptor after a reconnect
-    campaign.onVote('b', 'b', given(2n));
+    campaign.onVote('a', 'a', given(2n), 0);
+    campaign.onVote('a', 'a', refused(2n), 0); // the same acceptor after a reconnect
+    campaign.onVote('b', 'b', given(2n), 0);
     assert.equal(campaign.phase, 'electing');
+    assert.equal(campaign.round, 0, 'no new round for a vote we recorded');
   });
 
   it('gives up with NoQuorumError after the timeout', async () => {
