@@ -44,7 +44,10 @@ export interface NodeHooks {
    * socket; stop() destroys sockets still open after SOCKET_SHUTDOWN_GRACE_MS.
    */
   readonly onPgConnection: (socket: Socket, signal: AbortSignal, info: PgConnectionInfo) => Promise<void> | void;
-  /** A socket over `max_connections`: reply 53300 and close it. The default destroys it. */
+  /**
+   * A socket over `max_connections`: reply 53300 and close it, bounding how long and how many such sockets
+   * stay open (pg/server.ts `PgRefusals`), or max_connections bounds nothing. The default destroys it.
+   */
   readonly onPgConnectionRefused?: (socket: Socket, error: TooManyConnectionsError) => void;
   /** After the lock and id, before listening: load timelines, start pools. A throw aborts start. */
   readonly onStart?: (node: SafekeeperNode) => Promise<void>;

@@ -108,10 +108,31 @@ export function parseRemoteStorage(url: string): Parsed<RemoteStorageConfig> {
   for (const name of parsed.searchParams.keys()) {
     if (name !== 'endpoint' && name !== 'region') return fail(`unknown S3 option "${name}" (allowed: endpoint, region)`);
   }
-  const prefix = decodeURIComponent(parsed.pathname).replace(/^\/+/, '').replace(/\/+$/, '');
+  const prefix = decodePrefix(parsed.pathname);
+  if (prefix === null) return fail(`bad percent-encoding in the S3 prefix: ${JSON.stringify(parsed.pathname)} (write a literal % as %25)`);
   const endpoint = parsed.searchParams.get('endpoint');
   const region = parsed.searchParams.get('region');
   return ok({ kind: 's3', url, bucket: parsed.hostname, prefix, endpoint, region });
+}
+
+/**
+ * The URL path without its leading and trailing slashes, percent-decoded; null for a malformed escape such
+ * as a lone `%` (decodeURIComponent throws URIError). Slashes are trimmed by index: `/\/+$/` is quadratic
+ * in a long run of slashes that is not at the end.
+ */
+function decodePrefix(pathname: string): string | null {
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(pathname);
+  } catch (error) {
+    if (error instanceof URIError) return null;
+    throw error;
+  }
+  let start = 0;
+  let end = decoded.length;
+  while (start < end && decoded[start] === '/') start += 1;
+  while (end > start && decoded[end - 1] === '/') end -= 1;
+  return decoded.slice(start, end);
 }
 
 export function parseBroker(text: string): Parsed<BrokerConfig> {

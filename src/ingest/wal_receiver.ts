@@ -12,6 +12,11 @@
  * Replies: one per greeting and vote; AppendResponses are group-commit acknowledgements, sent when a write
  * task makes flush_lsn advance, or right away for an append that leaves nothing to write (a heartbeat
  * when idle). A write failure (corrupt WAL, disk error) ends the connection with its ErrorResponse.
+ * A proposer that stops reading cannot make replies pile up: after every reply, reading stops while the
+ * socket is over its high-water mark (`conn.pauseReadingUntilDrained()`), independently of the pause for a
+ * queued message. Without it, heartbeats sent one per packet would be answered one for one without limit.
+ * While reading is stopped, only WAL already in the ring still completes write tasks, each answered by at
+ * most one AppendResponse, so the buffer stays within the high-water mark plus a few small replies.
  * Main thread. Abort: the connection's close or the timeline's cancellation end every wait here.
  */
 import type { Acceptor } from '../acceptor/acceptor.js';
@@ -143,7 +148,7 @@ class WalReceiver implements CopyBothSink {
       for (let payload = this.#queued; payload !== null; payload = this.#queued) {
         this.#queued = null;
         await this.#handle(decodeProposerMessage(payload, this.options.protoVersion));
-        if (this.#queued === null) this.conn.resumeReading();
+        if (this.#queued === null) this.conn.resumeReading(); // still paused if #send found the socket full
       }
     } catch (error) {
       this.conn.endWithError(error);
@@ -249,6 +254,6 @@ class WalReceiver implements CopyBothSink {
   }
 
   #send(message: AcceptorMessage): void {
-    this.conn.sendCopyData(encodeAcceptorMessage(message, this.options.protoVersion));
+    if (!this.conn.sendCopyData(encodeAcceptorMessage(message, this.options.protoVersion))) this.conn.pauseReadingUntilDrained();
   }
 }

@@ -6,8 +6,11 @@
  * strict drivers expect. After an extended-protocol error, messages are skipped until Sync (as PostgreSQL
  * does; Neon does not skip).
  * One command at a time: reading is paused while `onQuery` runs and resumed after its reply, unless the
- * command entered copy-both mode, after which this loop is never used again. Prepared statements and
- * portals are kept by name, at most STATEMENTS_MAX of each. Main thread.
+ * command entered copy-both mode, after which this loop is never used again. After every reply, reading
+ * also stays paused while the socket is over its high-water mark (`conn.pauseReadingUntilDrained()`): a
+ * client pipelining messages without reading the replies (Sync, Parse, an unsupported query echoed back in
+ * its ErrorResponse) makes us wait, never buffer. Prepared statements and portals are kept by name, at most
+ * STATEMENTS_MAX of each. Main thread.
  */
 import { InvalidArgumentError, ProtocolViolationError } from '../errors.js';
 import { assert } from '../sync/assert.js';
@@ -61,6 +64,11 @@ export class CommandLoop {
   /** One frontend message of the command phase (Terminate is handled by the connection). */
   onMessage(tag: number, body: Buffer): void {
     assert(!this.#running, 'no message is delivered while a command runs');
+    this.#handle(tag, body);
+    this.#conn.pauseReadingUntilDrained(); // answered at once (or Execute began): bound what the client leaves unread
+  }
+
+  #handle(tag: number, body: Buffer): void {
     if (this.#skipUntilSync && tag !== FrontendTag.Sync) return;
     switch (tag) {
       case FrontendTag.Query: {
@@ -161,6 +169,7 @@ export class CommandLoop {
     if (failure !== null) conn.write(encode.errorResponse(conn.reportableFields(failure.error)));
     if (mode === 'simple') conn.write(encode.readyForQuery('I'));
     else if (failure !== null) this.#skipUntilSync = true;
+    conn.pauseReadingUntilDrained(); // first: then resume() below reads on only once the reply has drained
     this.#control.resume();
   }
 }

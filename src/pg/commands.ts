@@ -5,9 +5,14 @@
  * replication grammar is case-insensitive. We accept command and option words case-insensitively, so every
  * text Neon accepts is accepted here, plus lower-case spellings Neon would refuse.
  * Trailing whitespace and semicolons are ignored. Malformed arguments of a known command are
- * InvalidArgumentErrors (22023). Pure; any thread.
+ * InvalidArgumentErrors (22023); a text over COMMAND_TEXT_BYTES_MAX is a CommandTooLongError (54000).
+ *
+ * Cost: this runs synchronously on the main thread for client input, so it must stay linear in the text.
+ * The length is checked before anything else, no pattern has two adjacent quantifiers that can match the
+ * same characters (such patterns backtrack quadratically or worse on a long run of whitespace), and
+ * trimming and option lists are done by index. Pure; any thread.
  */
-import { InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError, SafekeeperError } from '../errors.js';
 import { parseLsn, type Lsn } from '../wal/lsn.js';
 
 export type Command =
@@ -23,8 +28,28 @@ export type Command =
 /** Neon's default when START_WAL_PUSH has no proto_version (older walproposers speak v2). */
 export const WAL_PUSH_PROTO_VERSION_DEFAULT = 2;
 
+/**
+ * The longest command text accepted, in UTF-8 bytes. Replication commands are short: the longest form,
+ * START_REPLICATION with a quoted slot name (at most 63 bytes in PostgreSQL), a timeline and a term, is
+ * under 200 bytes. A few KiB leaves room for option lists we ignore while bounding both the parse and the
+ * "unsupported command <text>" error that echoes the text back.
+ */
+export const COMMAND_TEXT_BYTES_MAX = 4096;
+
+/** A command text over COMMAND_TEXT_BYTES_MAX; the connection stays usable. */
+export class CommandTooLongError extends SafekeeperError {
+  override readonly name = 'CommandTooLongError';
+  readonly code = 'SK_COMMAND_TOO_LONG';
+  readonly sqlState = '54000'; // program_limit_exceeded
+}
+
 export function parseCommand(text: string): Command {
-  const command = text.replace(/[\s;]+$/, '').replace(/^\s+/, '');
+  // First, so every step below sees at most COMMAND_TEXT_BYTES_MAX bytes; byteLength is one linear pass.
+  const textBytes = Buffer.byteLength(text, 'utf8');
+  if (textBytes > COMMAND_TEXT_BYTES_MAX) {
+    throw new CommandTooLongError(`command text of ${textBytes} bytes is over the limit of ${COMMAND_TEXT_BYTES_MAX} bytes`);
+  }
+  const command = trimCommand(text);
   // psycopg2 sends this on connect; Neon answers SELECT 1 without running anything.
   if (/^set datestyle to /i.test(command)) return { kind: 'set_datestyle' };
   const word = /^[A-Za-z_]+/.exec(command)?.[0].toUpperCase() ?? '';
@@ -51,6 +76,20 @@ export function parseCommand(text: string): Command {
     }
     default:
       return { kind: 'unsupported', text };
+  }
+}
+
+/**
+ * `text` without leading whitespace, or trailing whitespace and semicolons. By index, since `/[\s;]+$/` is
+ * quadratic: it is tried at every position of a whitespace run that is not at the end. Each turn of the loop
+ * removes at least one character, and trimEnd() scans only what it removes.
+ */
+function trimCommand(text: string): string {
+  let command = text.trimStart(); // trimStart/trimEnd remove exactly what \s matches
+  for (;;) {
+    const trimmed = command.trimEnd();
+    if (!trimmed.endsWith(';')) return trimmed;
+    command = trimmed.slice(0, -1);
   }
 }
 
@@ -104,10 +143,10 @@ function parseStartReplication(text: string, rest: string): Command {
   let term: bigint | null = null;
   if (optionList !== undefined && optionList.trim() !== '') {
     for (const item of optionList.split(',')) {
-      const option = /^\s*"?([A-Za-z_]+)"?\s*(?:=\s*|\s+)?('[^']*'|[^\s']*)\s*$/.exec(item);
+      const option = parseReplicationOption(item);
       if (option === null) throw new InvalidArgumentError(`bad START_REPLICATION option: ${JSON.stringify(item.trim())}`);
-      if ((option[1] as string).toLowerCase() !== 'term') continue;
-      const value = (option[2] as string).replace(/^'(.*)'$/, '$1');
+      if (option.key.toLowerCase() !== 'term') continue;
+      const value = option.value;
       if (!/^\d{1,20}$/.test(value) || BigInt(value) > 0xffff_ffff_ffff_ffffn) {
         throw new InvalidArgumentError(`term must be a u64: ${JSON.stringify(value)}`);
       }
@@ -121,4 +160,21 @@ function parseStartReplication(text: string, rest: string): Command {
     timeline: timelineText === undefined ? null : Number(timelineText),
     term,
   };
+}
+
+/**
+ * One item of a START_REPLICATION option list: a key (optionally double-quoted), then `=`, whitespace or
+ * nothing, then a value that is single-quoted or bare (no whitespace or quote; possibly empty). Null when the
+ * item has another shape. Tokenised by index: the equivalent single pattern has three optional whitespace
+ * quantifiers side by side, which backtrack cubically in a run of spaces.
+ */
+function parseReplicationOption(item: string): { key: string; value: string } | null {
+  const trimmed = item.trim();
+  const keyMatch = /^"?([A-Za-z_]+)"?/.exec(trimmed);
+  if (keyMatch === null) return null;
+  const key = keyMatch[1] as string;
+  let rest = trimmed.slice(keyMatch[0].length).trimStart();
+  if (rest.startsWith('=')) rest = rest.slice(1).trimStart();
+  if (rest.startsWith("'")) return rest.indexOf("'", 1) === rest.length - 1 ? { key, value: rest.slice(1, -1) } : null;
+  return /^[^\s']*$/.test(rest) ? { key, value: rest } : null;
 }

@@ -12,6 +12,10 @@
  * (at most `frameBytesMax`). In copy-both mode every CopyData goes to the sink synchronously from the socket
  * 'data' handler as a view of the chunk, with no promise or allocation per message; the sink applies
  * backpressure with `pauseReading()`, which takes effect before the next message, even mid-chunk.
+ * Replies are bounded the same way: after a reply, `pauseReadingUntilDrained()` stops reading while the
+ * socket is over its high-water mark, so a client that sends without reading gets no further than the
+ * high-water mark plus one reply (PostgreSQL blocks in its send the same way). The command loop does this
+ * after every message; in copy-both mode the sink does it after its own replies.
  *
  * Errors. Every error sent to the client goes through `sqlstate.ts`. A malformed message, an over-limit
  * frame or a throwing sink ends the connection with ErrorResponse (08P01 for protocol violations); a
@@ -42,6 +46,8 @@ export type { CopyBothSink, PgConnectionOptions, PgLogger } from './connection_o
 
 const PAUSED_BY_COMMAND = 1;
 const PAUSED_BY_SINK = 2;
+/** The client is not reading our replies: the socket is over its high-water mark until 'drain'. */
+const PAUSED_BY_OUTPUT = 4;
 
 const SILENT_LOGGER: PgLogger = { debug: () => undefined, warn: () => undefined, error: () => undefined };
 
@@ -173,6 +179,19 @@ export class PgConnection {
     this.#resumeRead(PAUSED_BY_SINK);
   }
 
+  /**
+   * Call after writing replies. While the socket is over its high-water mark, stops reading (before the next
+   * message, even mid-chunk) until it drains, so the client's next requests wait until it has read our
+   * replies. Independent of the other pauses; a no-op when the socket is writable. Time paused here does
+   * not count against the read timeout, since the silence is ours: like a PostgreSQL backend blocked in a
+   * send, the connection waits for as long as the client neither reads nor closes.
+   */
+  pauseReadingUntilDrained(): void {
+    if (this.#phase === 'closed' || !this.#socket.writableNeedDrain || (this.#pausedBy & PAUSED_BY_OUTPUT) !== 0) return;
+    this.#pauseRead(PAUSED_BY_OUTPUT);
+    this.#socket.once('drain', this.#onDrain); // one listener at a time: the flag above stays set until it fires
+  }
+
   /** Sends one CopyData. Do not modify `payload` afterwards: large payloads are written without a copy. */
   sendCopyData(payload: Uint8Array): boolean {
     if (this.#phase === 'closed') return false;
@@ -216,6 +235,8 @@ export class PgConnection {
       this.endWithError(error);
     }
   };
+
+  readonly #onDrain = (): void => this.#resumeRead(PAUSED_BY_OUTPUT);
 
   readonly #onMessage = (tag: number, body: Buffer): void => {
     if (this.#phase === 'copy_both') this.#copyBoth.onMessage(tag, body); // first: the hot path

@@ -3,7 +3,6 @@
  * logger) and the sink that copy-both mode delivers to. connection.ts re-exports them, since its users
  * import them from there. Types only; they describe main-thread objects.
  */
-import type { SafekeeperError } from '../errors.js';
 import type { StartupParams } from './startup.js';
 
 /** pino-compatible subset; fields first, constant message second. */
@@ -22,8 +21,6 @@ export interface PgConnectionOptions {
   serverParameters?: (startup: StartupParams) => Record<string, string>;
   /** When set, the client must send a password (Neon: a JWT); a rejection ends the connection. Its result is `conn.auth`. */
   authenticate?: (startup: StartupParams, password: string, signal: AbortSignal) => Promise<unknown>;
-  /** Answer the StartupMessage with this error and close (used for connection limits). */
-  refuseWith?: SafekeeperError;
   /** Parent cancellation (node shutdown): closing with ErrorResponse 57P01. */
   signal?: AbortSignal;
   log?: PgLogger;

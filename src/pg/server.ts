@@ -1,34 +1,96 @@
 /**
- * Accepting pg connections: `servePgConnection` wraps an accepted socket in a PgConnection, counting it in
- * a PgConnectionSet with a limit. Over the limit, the connection still goes through SSL/GSS negotiation and
- * answers the StartupMessage with ErrorResponse 53300 (too_many_connections) before closing, as PostgreSQL
- * does, so every client shows the real reason. The set also closes every connection at shutdown.
- * Invariant: `size` counts connections whose socket has not closed, and at most `maxConnections` of them
- * are served (refused ones are counted too while they close, so a flood cannot exceed the bound by much:
- * refused connections are bounded by the accept rate and close at once). Main thread.
+ * Refusing pg connections over the limit, and serving sockets from a plain net.Server.
+ *
+ * `PgRefusals` answers a socket over `max_connections` with ErrorResponse 53300 (too_many_connections) at
+ * once, before its StartupMessage, as PostgreSQL's postmaster does when it cannot start a backend (libpq
+ * reads that ErrorResponse even in reply to an SSLRequest). A refused socket must not outlive its purpose,
+ * or the limit bounds nothing and enough clients exhaust the file descriptors WAL segments need:
+ * - it is read, and the bytes discarded, so the client's FIN is seen and closing never resets a socket
+ *   with unread bytes (a reset can make the client lose the ErrorResponse);
+ * - it is destroyed when the client closes its side (once our reply is written) or on an error, and after
+ *   REFUSED_SOCKET_LINGER_MS in any case (an unref'd timer: it never keeps the process alive);
+ * - at most REFUSED_SOCKETS_MAX are open at once; beyond that a socket is destroyed without a reply.
+ * So open pg sockets stay under max_connections + REFUSED_SOCKETS_MAX however many clients connect.
+ *
+ * node.ts accepts its sockets itself (the gate, conn ids) and refuses through a PgRefusals (services.ts).
+ * `servePgConnection` with a `PgConnectionSet` is the same limit and refusal for a plain net.Server; the
+ * pg connection integration tests serve with it. Main thread.
  */
 import type { Socket } from 'node:net';
-import { TooManyConnectionsError } from '../errors.js';
+import { TooManyConnectionsError, type SafekeeperError } from '../errors.js';
 import { CONNECTIONS_MAX } from '../limits.js';
 import { assert } from '../sync/assert.js';
+import { errorResponse } from './backend_encoder.js';
 import { PgConnection, type PgConnectionOptions, type PgQueryHandler } from './connection.js';
+import { errorFields } from './sqlstate.js';
 
+/**
+ * Refused sockets open at once. Each holds a file descriptor for at most REFUSED_SOCKET_LINGER_MS, so this
+ * admits a burst of a few hundred connection attempts per second while keeping the total small next to
+ * CONNECTIONS_MAX and the usual descriptor limits (ulimit -n is often 1024 to 65536).
+ */
+export const REFUSED_SOCKETS_MAX = 256;
+/**
+ * How long a refused socket may stay open. Our ErrorResponse leaves at once; a client needs one round trip
+ * to read it and close, so a second is plenty even far away, and a client that never closes is cut off soon.
+ */
+export const REFUSED_SOCKET_LINGER_MS = 1_000;
+
+const discardBytes = (): void => undefined;
+
+export class PgRefusals {
+  #openCount = 0;
+
+  constructor(
+    readonly socketsMax: number = REFUSED_SOCKETS_MAX,
+    readonly lingerMs: number = REFUSED_SOCKET_LINGER_MS,
+  ) {
+    assert(Number.isInteger(socketsMax) && socketsMax >= 0, 'socketsMax must be a non-negative integer');
+    assert(Number.isInteger(lingerMs) && lingerMs > 0, 'lingerMs must be a positive integer');
+  }
+
+  /** Refused sockets not closed yet; at most `socketsMax`. */
+  get openCount(): number {
+    return this.#openCount;
+  }
+
+  /** Sends ErrorResponse for `error` (through sqlstate.ts) and closes `socket`, within the bounds in the header. */
+  refuse(socket: Socket, error: SafekeeperError): void {
+    if (socket.destroyed) return;
+    if (this.#openCount >= this.socketsMax) {
+      socket.destroy(); // a flood: no reply, but no descriptor held either
+      return;
+    }
+    this.#openCount += 1;
+    const timer = setTimeout(() => socket.destroy(), this.lingerMs);
+    timer.unref();
+    socket.once('close', () => {
+      clearTimeout(timer);
+      this.#openCount -= 1;
+      assert(this.#openCount >= 0, 'refused sockets never counted twice');
+    });
+    socket.on('error', () => socket.destroy()); // resets are routine here; there is nothing to report
+    socket.once('end', () => (socket.writableFinished ? socket.destroy() : socket.once('finish', () => socket.destroy())));
+    socket.on('data', discardBytes);
+    socket.resume();
+    socket.end(errorResponse(errorFields(error)));
+  }
+}
+
+/** Connections served by `servePgConnection`: at most `maxConnections`; the rest are refused. */
 export class PgConnectionSet {
   readonly #connections = new Set<PgConnection>();
-  #served = 0;
 
-  constructor(readonly maxConnections: number = CONNECTIONS_MAX) {
+  constructor(
+    readonly maxConnections: number = CONNECTIONS_MAX,
+    readonly refusals: PgRefusals = new PgRefusals(),
+  ) {
     assert(Number.isInteger(maxConnections) && maxConnections > 0, 'maxConnections must be a positive integer');
   }
 
-  /** Open connections, refused ones included until they close. */
-  get size(): number {
-    return this.#connections.size;
-  }
-
-  /** Connections being served (not refused). */
+  /** Connections being served whose socket has not closed. */
   get servedCount(): number {
-    return this.#served;
+    return this.#connections.size;
   }
 
   connections(): IterableIterator<PgConnection> {
@@ -43,14 +105,9 @@ export class PgConnectionSet {
   }
 
   /** Internal: counts `conn` until its socket closes. */
-  track(conn: PgConnection, served: boolean): void {
+  track(conn: PgConnection): void {
     this.#connections.add(conn);
-    if (served) this.#served += 1;
-    void conn.closed.then(() => {
-      this.#connections.delete(conn);
-      if (served) this.#served -= 1;
-      assert(this.#served >= 0, 'served count never negative');
-    });
+    void conn.closed.then(() => this.#connections.delete(conn));
   }
 }
 
@@ -58,17 +115,17 @@ export interface ServePgOptions extends PgConnectionOptions {
   connections: PgConnectionSet;
 }
 
-/** Serves one accepted socket; the returned connection lives until its `closed` promise resolves. */
-export function servePgConnection(socket: Socket, options: ServePgOptions, handler: PgQueryHandler): PgConnection {
+/**
+ * Serves one accepted socket: a PgConnection that lives until its `closed` promise resolves, or null when
+ * the set is full and the socket was refused (53300) through the set's PgRefusals.
+ */
+export function servePgConnection(socket: Socket, options: ServePgOptions, handler: PgQueryHandler): PgConnection | null {
   const { connections, ...connectionOptions } = options;
-  const served = connections.servedCount < connections.maxConnections;
-  if (served) {
-    const conn = new PgConnection(socket, connectionOptions, handler);
-    connections.track(conn, true);
-    return conn;
+  if (connections.servedCount >= connections.maxConnections) {
+    connections.refusals.refuse(socket, new TooManyConnectionsError(`sorry, too many clients already (max_connections ${connections.maxConnections})`));
+    return null;
   }
-  const refuseWith = new TooManyConnectionsError(`sorry, too many clients already (max_connections ${connections.maxConnections})`);
-  const conn = new PgConnection(socket, { ...connectionOptions, refuseWith }, handler);
-  connections.track(conn, false);
+  const conn = new PgConnection(socket, connectionOptions, handler);
+  connections.track(conn);
   return conn;
 }

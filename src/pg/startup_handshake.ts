@@ -49,7 +49,7 @@ export interface HandshakeControl {
 }
 
 /** The connection options the handshake reads. */
-export type HandshakeOptions = Pick<PgConnectionOptions, 'serverParameters' | 'authenticate' | 'refuseWith'>;
+export type HandshakeOptions = Pick<PgConnectionOptions, 'serverParameters' | 'authenticate'>;
 
 /** One per connection; the connection passes it each message of the startup and authenticating phases. */
 export class StartupHandshake {
@@ -86,7 +86,6 @@ export class StartupHandshake {
     }
     const startup = packet.params;
     this.#control.beginTypedPhase(startup);
-    if (this.#options.refuseWith !== undefined) return conn.endWithError(this.#options.refuseWith);
     if (startup.protocolMinorVersion > 0 || startup.unrecognisedProtocolOptions.length > 0) {
       conn.write(encode.negotiateProtocolVersion(0, startup.unrecognisedProtocolOptions));
     }

@@ -186,10 +186,22 @@ describe('loadConfig errors name the key and its source', () => {
     assertConfigError(() => loadConfig({ flags: { 'advertise-pg': 'sk:0' }, cwd }), 'advertise_pg', 'flag --advertise-pg', /out of range 1\.\.65535/);
   });
 
+  test('percent-decodes the S3 prefix and trims its slashes', () => {
+    const config = loadConfig({ flags: { 'remote-storage': 's3://bucket-1//wal%20x/100%25//' }, cwd });
+    assert.ok(config.remoteStorage?.kind === 's3');
+    assert.equal(config.remoteStorage.prefix, 'wal x/100%');
+    const slashes = loadConfig({ flags: { 'remote-storage': `s3://bucket-1/a${'/'.repeat(100_000)}b` }, cwd });
+    assert.ok(slashes.remoteStorage?.kind === 's3');
+    assert.equal(slashes.remoteStorage.prefix.length, 100_002);
+  });
+
   test('bad remote storage and broker', () => {
     assertConfigError(() => loadConfig({ flags: { 'remote-storage': 'gs://bucket' }, cwd }), 'remote_storage', 'flag --remote-storage', /unsupported remote storage/);
     assertConfigError(() => loadConfig({ flags: { 'remote-storage': 'file://relative/dir' }, cwd }), 'remote_storage', 'flag --remote-storage', /absolute path/);
     assertConfigError(() => loadConfig({ flags: { 'remote-storage': 's3://b/p?acl=x' }, cwd }), 'remote_storage', 'flag --remote-storage', /bucket name|unknown S3 option/);
+    for (const url of ['s3://bucket/%', 's3://bucket/wal/%E0%A4%A', 's3://bucket/%zz/prefix']) {
+      assertConfigError(() => loadConfig({ flags: { 'remote-storage': url }, cwd }), 'remote_storage', 'flag --remote-storage', /bad percent-encoding in the S3 prefix/);
+    }
     assertConfigError(() => loadConfig({ flags: { broker: 'etcd://' }, cwd }), 'broker', 'flag --broker', /not an address/);
     assertConfigError(() => loadConfig({ flags: { broker: 'zookeeper://x:1' }, cwd }), 'broker', 'flag --broker', /expected "embedded"/);
   });

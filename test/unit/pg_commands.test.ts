@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { InvalidArgumentError } from '../../src/errors.js';
-import { parseCommand } from '../../src/pg/commands.js';
+import { COMMAND_TEXT_BYTES_MAX, CommandTooLongError, parseCommand } from '../../src/pg/commands.js';
+import { FRAME_BYTES_DEFAULT } from '../../src/limits.js';
 import { parseLsn } from '../../src/wal/lsn.js';
 
 describe('parseCommand', () => {
@@ -82,6 +83,71 @@ describe('parseCommand', () => {
   it('recognises the psycopg2 datestyle command', () => {
     assert.deepEqual(parseCommand("SET DateStyle TO 'ISO'"), { kind: 'set_datestyle' });
     assert.deepEqual(parseCommand("set datestyle to 'ISO, MDY'"), { kind: 'set_datestyle' });
+  });
+
+  it('reads START_REPLICATION options as key, optional = or space, then a quoted or bare value', () => {
+    const termOf = (options: string): bigint | null => {
+      const command = parseCommand(`START_REPLICATION 0/0 (${options})`);
+      assert.ok(command.kind === 'start_replication');
+      return command.term;
+    };
+    assert.equal(termOf("term '5'"), 5n);
+    assert.equal(termOf(' "term"  =  \'6\' '), 6n);
+    assert.equal(termOf('term=7'), 7n);
+    assert.equal(termOf("TERM\t'8'"), 8n);
+    assert.equal(termOf("something 'x', term '9'"), 9n);
+    assert.equal(termOf('flag'), null); // an unknown key without a value is ignored
+    for (const options of ['term', "term ''", "term 'a'b", "term '5", 'term = = 5', "= '5'", "term '1 2'"]) {
+      assert.throws(() => parseCommand(`START_REPLICATION 0/0 (${options})`), InvalidArgumentError, options);
+    }
+  });
+
+  it('refuses a command text over COMMAND_TEXT_BYTES_MAX with 54000, without echoing it', () => {
+    const padded = `START_WAL_PUSH${' '.repeat(COMMAND_TEXT_BYTES_MAX - 'START_WAL_PUSH'.length)}`;
+    assert.equal(Buffer.byteLength(padded), COMMAND_TEXT_BYTES_MAX);
+    assert.equal(parseCommand(padded).kind, 'start_wal_push');
+    for (const text of [`${padded};`, `SELECT '${'é'.repeat(COMMAND_TEXT_BYTES_MAX / 2)}'`]) {
+      assert.throws(
+        () => parseCommand(text),
+        (error: unknown) => error instanceof CommandTooLongError && error.sqlState === '54000' && error.message.length < 100,
+      );
+    }
+  });
+
+  it('parses or refuses adversarial texts in linear time, up to the frame limit', () => {
+    // Each text is built to make a backtracking pattern try every position of a long whitespace run.
+    // The quadratic trim took about 30 ms per parse at 4 KiB and the cubic option pattern minutes.
+    const families: Record<string, (bytes: number) => string> = {
+      trailing: (bytes) => `IDENTIFY_SYSTEM${' '.repeat(bytes - 16)}x`,
+      semicolons: (bytes) => `IDENTIFY_SYSTEM${'; '.repeat((bytes - 16) / 2)}x`,
+      option: (bytes) => `START_REPLICATION 0/0 (term${' '.repeat(bytes - 30)}x')`,
+      options: (bytes) => `START_REPLICATION 0/0 (${'term ,'.repeat((bytes - 24) / 6)})`,
+      prefix: (bytes) => `START_REPLICATION${' '.repeat(bytes - 18)}x`,
+      slot: (bytes) => `START_REPLICATION SLOT${' '.repeat(bytes - 23)}x`,
+      logical: (bytes) => `START_REPLICATION SLOT s${' '.repeat(bytes - 26)}x`,
+      timeline: (bytes) => `START_REPLICATION 0/0${' '.repeat(bytes - 22)}x`,
+      walPush: (bytes) => `START_WAL_PUSH (${'a '.repeat((bytes - 18) / 2)}x`,
+      show: (bytes) => `SHOW${' '.repeat(bytes - 6)}"x`,
+      history: (bytes) => `TIMELINE_HISTORY${' '.repeat(bytes - 18)}x`,
+    };
+    const runs = 50;
+    for (const [name, build] of Object.entries(families)) {
+      for (const bytes of [COMMAND_TEXT_BYTES_MAX, FRAME_BYTES_DEFAULT]) {
+        const text = build(bytes);
+        assert.ok(Math.abs(Buffer.byteLength(text) - bytes) < 8, `${name} is about ${bytes} bytes`);
+        const startMs = performance.now();
+        for (let run = 0; run < runs; run += 1) {
+          try {
+            parseCommand(text);
+          } catch (error) {
+            if (!(error instanceof InvalidArgumentError || error instanceof CommandTooLongError)) throw error;
+          }
+        }
+        const elapsedMs = performance.now() - startMs;
+        // Linear parses take well under 1 ms each; the bound is generous for slow CI machines.
+        assert.ok(elapsedMs < 200, `${runs} parses of ${name} at ${bytes} bytes took ${elapsedMs.toFixed(1)} ms`);
+      }
+    }
   });
 
   it('returns everything else as unsupported with the original text', () => {
