@@ -189,12 +189,16 @@ class WalReceiver implements CopyBothSink {
         commitLsn: 0n,
       });
     }
+    // onClose runs once and undoes only what is registered by then: after each await, a connection closed
+    // meanwhile must register nothing more (the gate would be held forever, proposerCount stay raised).
+    const signal = this.#cancel.signal;
+    signal.throwIfAborted();
     const acceptor = timeline.activeAcceptor();
     this.#enterTimeline(timeline);
-    const signal = this.#cancel.signal;
     if (this.deps.residency !== undefined) this.#guard = await this.deps.residency.acquireGuard(timeline, signal);
     const reply = await timeline.acceptorLock.run(signal, () => acceptor.handle(message, signal));
     assert(reply !== null, 'a greeting is answered');
+    signal.throwIfAborted(); // a persist (a new system_id) finishes even when the connection closed during it
     this.#timeline = timeline;
     this.#acceptor = acceptor;
     timeline.state.add('proposerCount', 1n);

@@ -1,0 +1,96 @@
+/**
+ * WalReceiver (ingest/wal_receiver.ts) against a real registry, real timeline files and a real writer pool;
+ * only the pg connection is a stand-in, so that it can close at an exact point of the greeting.
+ */
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { encodeProposerMessage } from '../../src/acceptor/messages_codec.js';
+import { parseTenantId, parseTimelineId } from '../../src/acceptor/state.js';
+import { serveWalPush } from '../../src/ingest/wal_receiver.js';
+import { createWriterPool } from '../../src/ingest/writer_pool.js';
+import type { CopyBothSink, PgConnection } from '../../src/pg/connection.js';
+import { CancelToken } from '../../src/sync/cancel.js';
+import { TimelineRegistry } from '../../src/timeline/registry.js';
+import { makeTempDir } from '../harness/tmp.js';
+
+const TENANT = parseTenantId('a'.repeat(32));
+const TIMELINE = parseTimelineId('b'.repeat(32));
+const SEGMENT_BYTES = 16 << 20;
+const log = { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined };
+const pool = createWriterPool(1);
+after(() => pool.close());
+
+/** What WalReceiver uses of a PgConnection; `close()` calls the sink's onClose, as the real one does. */
+class StandInConnection {
+  readonly id = 1;
+  sink: CopyBothSink | null = null;
+  #closed = false;
+  startCopyBoth(sink: CopyBothSink): void {
+    this.sink = sink;
+  }
+  pauseReading(): void {}
+  resumeReading(): void {}
+  pauseReadingUntilDrained(): void {}
+  sendCopyData(): boolean {
+    return !this.#closed;
+  }
+  sendCopyDone(): boolean {
+    return !this.#closed;
+  }
+  endWithError(error: unknown): void {
+    this.#close(error);
+  }
+  close(): void {
+    this.#close(undefined);
+  }
+  #close(error: unknown): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.sink?.onClose(error);
+  }
+}
+
+const greeting = (systemId: bigint): Uint8Array =>
+  encodeProposerMessage({ tag: 'greeting', tenantId: TENANT, timelineId: TIMELINE, mconf: { generation: 0, members: [], newMembers: null }, pgVersion: 150000, systemId, walSegSizeBytes: SEGMENT_BYTES }, 3);
+
+async function openRegistry(): Promise<TimelineRegistry> {
+  return TimelineRegistry.load({ dataDir: await makeTempDir('wal-receiver'), nodeId: 1n, noSync: false, ringSizeBytes: 1 << 20, ringReleaseDelayMs: 0, pool, cancel: new CancelToken(), log });
+}
+
+function push(registry: TimelineRegistry, conn: StandInConnection): Promise<void> {
+  return serveWalPush(conn as unknown as PgConnection, { protoVersion: 3, allowTimelineCreation: true }, { tenantId: TENANT, timelineId: TIMELINE }, { registry, log });
+}
+
+describe('WalReceiver: a proposer that leaves during its greeting', () => {
+  test('while the greeting creates the timeline: the gate is not held, so a delete completes', async () => {
+    const registry = await openRegistry();
+    const conn = new StandInConnection();
+    const serving = push(registry, conn);
+    conn.sink!.onCopyData(greeting(7n));
+    await nextTurn(); // the create is writing its files
+    conn.close();
+    await serving;
+    const timeline = registry.get(TENANT, TIMELINE) ?? (await registry.create({ tenantId: TENANT, timelineId: TIMELINE, server: { pgVersion: 150000, systemId: 7n, walSegSizeBytes: SEGMENT_BYTES }, startLsn: 0n, commitLsn: 0n }));
+    assert.deepEqual(timeline.gate.holderNames, [], 'nothing holds the timeline after the connection closed');
+    assert.equal(timeline.state.get('proposerCount'), 0n);
+    await registry.delete(TENANT, TIMELINE, { onlyLocal: true }); // waited for the gate forever
+  });
+
+  test('while the greeting persists a new system id: the proposer is not counted', async () => {
+    for (const turns of [0, 1, 2, 3, 5]) {
+      const registry = await openRegistry();
+      const timeline = await registry.create({ tenantId: TENANT, timelineId: TIMELINE, server: { pgVersion: 150000, systemId: 0n, walSegSizeBytes: SEGMENT_BYTES }, startLsn: 0n, commitLsn: 0n });
+      const conn = new StandInConnection();
+      const serving = push(registry, conn);
+      conn.sink!.onCopyData(greeting(42n)); // a system id where there was none: the greeting persists it
+      for (let turn = 0; turn < turns; turn += 1) await nextTurn();
+      conn.close();
+      await serving;
+      await timeline.acceptorLock.run(new AbortController().signal, async () => undefined); // the greeting is done
+      assert.equal(timeline.state.get('proposerCount'), 0n, `closed after ${turns} turns: not counted as connected`);
+      assert.deepEqual(timeline.gate.holderNames, []);
+      await registry.delete(TENANT, TIMELINE, { onlyLocal: true });
+    }
+  });
+});
