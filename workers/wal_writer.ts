@@ -25,8 +25,8 @@ import { prepareSegment, syncSegmentIfExistsSync, truncateWalSync } from '../src
 import { readWalSync } from '../src/storage/segment_read.js';
 import { SegmentWriter } from '../src/storage/segment_writer.js';
 import { unreachable } from '../src/sync/assert.js';
-import { segmentNumber, segmentOffsetBytes, segmentStartLsn, type Lsn } from '../src/wal/lsn.js';
-import { initialDecoderState, WalRecordDecoder } from '../src/wal/record_decoder.js';
+import { formatLsn, segmentNumber, segmentOffsetBytes, segmentStartLsn, type Lsn } from '../src/wal/lsn.js';
+import { decoderStartProblem, initialDecoderState, WalRecordDecoder } from '../src/wal/record_decoder.js';
 import { initialSegmentImage } from '../src/wal/segment_image.js';
 import { NotFoundError } from '../src/errors.js';
 
@@ -195,6 +195,10 @@ function initSegment(task: InitSegmentTask): void {
  * that a killed writer left only in the page cache.
  */
 function scan(task: ScanTask): ScanResult {
+  // commit_lsn from a control file that was written elsewhere or edited: no decoder starts there, so the
+  // timeline is broken (not the node, which a throw here would stop from starting).
+  const startProblem = decoderStartProblem(task.startLsn, task.segmentSizeBytes);
+  if (startProblem !== null) return { ok: false, code: 'SK_WAL_CORRUPTION', detail: `commit_lsn ${formatLsn(task.startLsn)} ${startProblem}: no record starts there` };
   const decoder = new WalRecordDecoder(initialDecoderState({ startLsn: task.startLsn, segmentSizeBytes: task.segmentSizeBytes, pgVersion: task.pgVersion }));
   let lsn: Lsn = task.startLsn;
   let stop = 'end of segments';

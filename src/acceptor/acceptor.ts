@@ -34,7 +34,8 @@
  */
 import { AcceptorRefusedError, ProtocolViolationError } from '../errors.js';
 import { assert, unreachable } from '../sync/assert.js';
-import { type Lsn, formatLsn, lsnMax, lsnMin } from '../wal/lsn.js';
+import { type Lsn, formatLsn, lsnMax, lsnMin, walEndLsnMax } from '../wal/lsn.js';
+import { decoderStartProblem } from '../wal/record_decoder.js';
 import { type AcceptorMessage, type AppendRequest, type AppendResponse, type HotStandbyFeedback, type ProposerMessage, emptyHotStandbyFeedback } from './messages.js';
 import type { AcceptorControlStore, AcceptorWalStore } from './acceptor_storage.js';
 import { AcceptorCore } from './acceptor_core.js';
@@ -274,6 +275,16 @@ export class Acceptor {
     // since load (truncation pending, above), and its truncation set write_lsn to start_streaming_at, never 0/0.
     if (writeLsn < message.beginLsn) {
       throw new AcceptorRefusedError(`append request creates gap in written WAL, write_lsn=${formatLsn(writeLsn)}, msg lsn=${formatLsn(message.beginLsn)}`);
+    }
+    const segmentSizeBytes = core.control.state.server.walSegSizeBytes;
+    if (message.endLsn > walEndLsnMax(segmentSizeBytes)) {
+      throw new ProtocolViolationError('AppendRequest', `WAL up to ${formatLsn(message.endLsn)} reaches the last segment of the LSN space`);
+    }
+    // commit_lsn is persisted and recovery decodes WAL from it, so it must be where a record can start; every
+    // flush_lsn a safekeeper reports is, and a proposer's commit_lsn is the quorum's flush_lsn.
+    if (message.commitLsn > core.inMemory.commitLsn) {
+      const problem = decoderStartProblem(message.commitLsn, segmentSizeBytes);
+      if (problem !== null) throw new ProtocolViolationError('AppendRequest', `commit_lsn ${formatLsn(message.commitLsn)} ${problem}`);
     }
     return null;
   }

@@ -12,7 +12,7 @@
  */
 import { AcceptorRefusedError, ProtocolViolationError } from '../errors.js';
 import { assert } from '../sync/assert.js';
-import { formatLsn, lsnMax } from '../wal/lsn.js';
+import { formatLsn, lsnMax, walEndLsnMax } from '../wal/lsn.js';
 import { decoderStartProblem } from '../wal/record_decoder.js';
 import type { AcceptorCore } from './acceptor_core.js';
 import type { AcceptorGreeting, ProposerElected, ProposerGreeting, VoteRequest, VoteResponse } from './messages.js';
@@ -104,6 +104,7 @@ function electedProblem(message: ProposerElected, segmentSizeBytes: number): str
   // Our WAL is decoded from start_streaming_at on, so it must be where a decoder can start.
   const startProblem = decoderStartProblem(startLsn, segmentSizeBytes);
   if (startProblem !== null) return `start_streaming_at ${formatLsn(startLsn)} ${startProblem}`;
+  if (startLsn >= walEndLsnMax(segmentSizeBytes)) return `start_streaming_at ${formatLsn(startLsn)} is in the last segment of the LSN space`;
   return null;
 }
 

@@ -38,7 +38,8 @@ import { loadControlFile, saveControlFile } from '../storage/control_file.js';
 import { clearTmpDir, createStagingDir, deletingDirPath, isIdDirName, storageError, timelineDir, tmpDirPath } from '../storage/layout.js';
 import { assert } from '../sync/assert.js';
 import type { CancelToken } from '../sync/cancel.js';
-import { isValidSegmentSize, type Lsn } from '../wal/lsn.js';
+import { formatLsn, isValidSegmentSize, walEndLsnMax, type Lsn } from '../wal/lsn.js';
+import { decoderStartProblem } from '../wal/record_decoder.js';
 import { pageMagicForPgVersion } from '../wal/page.js';
 import { ControlStore } from './control_store.js';
 import { Timeline } from './timeline.js';
@@ -129,6 +130,13 @@ export class TimelineRegistry {
     pageMagicForPgVersion(args.server.pgVersion); // throws InvalidArgumentError naming the supported versions
     if (!isValidSegmentSize(args.server.walSegSizeBytes)) throw new InvalidArgumentError(`wal_seg_size ${args.server.walSegSizeBytes} is not a power of two in [1 MiB, 1 GiB]`);
     if (args.commitLsn < args.startLsn) throw new InvalidArgumentError('commit_lsn must not be below start_lsn');
+    // Recovery decodes the WAL from commit_lsn, and the first election from start_lsn: both must be where a
+    // record can start (0: no WAL yet, as a proposer's greeting creates it).
+    for (const [name, lsn] of [['start_lsn', args.startLsn], ['commit_lsn', args.commitLsn]] as const) {
+      if (lsn === 0n) continue;
+      const problem = lsn >= walEndLsnMax(args.server.walSegSizeBytes) ? 'is in the last segment of the LSN space' : decoderStartProblem(lsn, args.server.walSegSizeBytes);
+      if (problem !== null) throw new InvalidArgumentError(`${name} ${formatLsn(lsn)} ${problem}`);
+    }
     const creating = this.#createAndPublish(key, args).finally(() => this.#creating.delete(key));
     this.#creating.set(key, creating);
     return creating;

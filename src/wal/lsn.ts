@@ -29,6 +29,13 @@ export function parseLsn(text: string): Lsn {
   return (BigInt(`0x${match[1]}`) << 32n) | BigInt(`0x${match[2]}`);
 }
 
+/**
+ * The end of the WAL a timeline may hold: the start of the last segment of the LSN space. A record ending in
+ * that segment can report its end (or, after an XLOG_SWITCH, the next segment start) as 2^64, which no u64
+ * field carries; PostgreSQL would need 16 EiB of WAL to get there, so refusing it costs nothing.
+ */
+export const walEndLsnMax = (segmentSizeBytes: number): Lsn => LSN_MAX + 1n - BigInt(segmentSizeBytes);
+
 export const lsnMax = (a: Lsn, b: Lsn): Lsn => (a > b ? a : b);
 export const lsnMin = (a: Lsn, b: Lsn): Lsn => (a < b ? a : b);
 

@@ -71,6 +71,8 @@ describe('HTTP timeline routes', () => {
       await http(base, 'POST', '/v1/tenant/timeline', { ...createBody(TIMELINE_B), mconf: { generation: 1, members: [{ id: 1, host: 'a', pg_port: 1 }, { id: 1, host: 'b', pg_port: 2 }] } }),
       await http(base, 'POST', '/v1/tenant/timeline', { ...createBody(TIMELINE_B), system_id: '18446744073709551616' }),
       await http(base, 'POST', '/v1/tenant/timeline', { ...createBody(TIMELINE_B), mconf: { generation: 4294967296, members: [] } }),
+      // Recovery decodes from commit_lsn: one where no record starts used to stop the node from ever starting again.
+      await http(base, 'POST', '/v1/tenant/timeline', { ...createBody(TIMELINE_B), start_lsn: '0/1000003' }),
     ];
     for (const response of bad) {
       assert.equal(response.status, 400, JSON.stringify(response.json));
@@ -81,6 +83,7 @@ describe('HTTP timeline routes', () => {
     assert.match(((bad[6]!.json) as { msg: string }).msg, /mconf\.members: duplicate member id/);
     assert.match(((bad[7]!.json) as { msg: string }).msg, /system_id: must fit in 64 bits/);
     assert.match(((bad[8]!.json) as { msg: string }).msg, /mconf\.generation/);
+    assert.match(((bad[9]!.json) as { msg: string }).msg, /start_lsn 0\/1000003 is not 8-byte aligned/);
     assert.equal(existsSync(join(dataDir, TENANT, TIMELINE_B)), false, 'a refused create leaves no directory');
     assert.equal((await http(base, 'GET', `/v1/tenant/${TENANT}/timeline/${TIMELINE_B}`)).status, 404);
     assert.equal((await http(base, 'GET', `/v1/tenant/not-hex/timeline/${TIMELINE_B}`)).status, 400);

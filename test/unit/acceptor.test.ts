@@ -279,7 +279,7 @@ describe('ProposerElected that no walproposer sends is refused before anything c
 
   test('refuses a history longer than TERM_HISTORY_ENTRIES_MAX; the longest one allowed, at the largest values, fits the control file', async () => {
     // Every term and LSN takes the most digits: 20 for the terms, 17 characters for the LSNs (X/Y with 8 hex digits each).
-    const firstLsn = 0xffff_ffff_ff00_0028n; // 40 bytes into its segment: just past the long page header
+    const firstLsn = 0xffff_ffff_fe00_0028n; // 40 bytes into the last segment but one (the last is refused): just past the long page header
     const longest = (entries: number): TermHistory =>
       Array.from({ length: entries }, (_, index) => ({ term: U64_MAX - BigInt(entries - 1 - index), lsn: firstLsn + 8n * BigInt(index) }));
     const message = (termHistory: TermHistory): ProposerElected => ({ tag: 'elected', generation: 0, term: U64_MAX, startStreamingAtLsn: firstLsn, termHistory });
@@ -343,6 +343,30 @@ describe('ProposerElected that no walproposer sends is refused before anything c
 });
 
 describe('AppendRequest', () => {
+  test('refuses a commit_lsn where no record can start, and WAL reaching the last segment of the LSN space', async () => {
+    // commit_lsn is persisted and recovery decodes from it: an unaligned one would fail every later start.
+    const { acceptor } = setup();
+    await elect(acceptor, 1, FIRST_RECORD_LSN);
+    await acceptor.handle(append(1, FIRST_RECORD_LSN, FIRST_RECORD_LSN + 64), signal);
+    await assert.rejects(acceptor.handle(append(1, FIRST_RECORD_LSN + 64, FIRST_RECORD_LSN + 128, { commitLsn: BigInt(FIRST_RECORD_LSN + 60) }), signal), violation(/commit_lsn 0\/1000064 is not 8-byte aligned/));
+    await assert.rejects(acceptor.handle(append(1, FIRST_RECORD_LSN + 64, FIRST_RECORD_LSN + 64, { commitLsn: 0x1002008n }), signal), violation(/commit_lsn 0\/1002008 is inside a page header/));
+    assert.equal(acceptor.commitLsn, BigInt(FIRST_RECORD_LSN), 'neither moved commit_lsn (the election set it to the timeline start)');
+    assert.equal(await acceptor.handle(append(1, FIRST_RECORD_LSN + 64, FIRST_RECORD_LSN + 64, { commitLsn: BigInt(FIRST_RECORD_LSN + 64) }), signal), null);
+    assert.equal((await acceptor.flushAndRespond(signal)).commitLsn, BigInt(FIRST_RECORD_LSN + 64), 'a record boundary is taken');
+
+    // Near 2^64 a record end (or a switch's next segment) would be 2^64, which no u64 field carries.
+    const top = setup();
+    const lastSegmentLsn = 0x1_0000_0000_0000_0000n - BigInt(SEGMENT_BYTES);
+    const startLsn = lastSegmentLsn - 64n;
+    await top.acceptor.handle({ tag: 'vote', generation: 0, term: 1n }, signal);
+    await top.acceptor.handle({ tag: 'elected', generation: 0, term: 1n, startStreamingAtLsn: startLsn, termHistory: [{ term: 1n, lsn: startLsn }] }, signal);
+    const crossing: AppendRequest = { tag: 'append', generation: 0, term: 1n, beginLsn: startLsn, endLsn: lastSegmentLsn + 8n, commitLsn: 0n, truncateLsn: 0n, wal: new Uint8Array(72) };
+    await assert.rejects(top.acceptor.handle(crossing, signal), violation(/reaches the last segment of the LSN space/));
+    const parts = setup();
+    await parts.acceptor.handle({ tag: 'vote', generation: 0, term: 1n }, signal);
+    await assertRefusedBeforeAnyChange(parts, { tag: 'elected', generation: 0, term: 1n, startStreamingAtLsn: lastSegmentLsn + 40n, termHistory: [{ term: 1n, lsn: lastSegmentLsn + 40n }] }, /is in the last segment of the LSN space/);
+  });
+
   test('refuses gaps, rewrites and generation mismatches (Neon test_non_consecutive_write)', async () => {
     const { acceptor } = setup();
     await acceptor.handle(elected(1, 64, history([1, 64])), signal);
@@ -369,15 +393,15 @@ describe('AppendRequest', () => {
   test('commit_lsn is capped by the durable flush_lsn and catches up when the flush lands', async () => {
     const { acceptor } = setup();
     await elect(acceptor, 1, 104);
-    assert.equal(await acceptor.handle(append(1, 104, 300, { commitLsn: 250n, truncateLsn: 120n }), signal), null);
+    assert.equal(await acceptor.handle(append(1, 104, 300, { commitLsn: 248n, truncateLsn: 120n }), signal), null);
     assert.equal(acceptor.commitLsn, 104n, 'nothing new is durable yet');
     assert.equal(acceptor.appendResponse().commitLsn, 104n);
     const reply = await acceptor.flushAndRespond(signal);
     assert.equal(reply.flushLsn, 300n);
-    assert.equal(reply.commitLsn, 250n);
+    assert.equal(reply.commitLsn, 248n);
     assert.equal(acceptor.peerHorizonLsn, 120n);
     await acceptor.handle(append(1, 300, 300, { commitLsn: 200n, truncateLsn: 110n }), signal);
-    assert.equal(acceptor.commitLsn, 250n, 'commit never goes back');
+    assert.equal(acceptor.commitLsn, 248n, 'commit never goes back');
     assert.equal(acceptor.peerHorizonLsn, 120n, 'peer horizon never goes back');
   });
 
@@ -388,8 +412,8 @@ describe('AppendRequest', () => {
     await acceptor.flushAndRespond(signal);
     await acceptor.handle({ tag: 'vote', generation: 0, term: 2n }, signal);
     await acceptor.handle(elected(2, 200, history([1, 104], [2, 200])), signal);
-    await acceptor.handle(append(2, 200, 260, { commitLsn: 150n }), signal);
-    assert.equal(acceptor.commitLsn, 150n, 'below term start: in memory only');
+    await acceptor.handle(append(2, 200, 260, { commitLsn: 152n }), signal);
+    assert.equal(acceptor.commitLsn, 152n, 'below term start: in memory only');
     assert.equal(control.state.commitLsn, 104n);
 
     let seenDuringPersist: bigint | null = null;
@@ -398,7 +422,7 @@ describe('AppendRequest', () => {
       assert.equal(next.commitLsn, 200n, 'capped by the durable flush_lsn, which is exactly term start');
     };
     await acceptor.handle(append(2, 260, 300, { commitLsn: 280n }), signal);
-    assert.equal(seenDuringPersist, 150n, 'no reply shows the crossing commit before it is durable');
+    assert.equal(seenDuringPersist, 152n, 'no reply shows the crossing commit before it is durable');
     assert.equal(control.state.commitLsn, 200n);
     assert.equal(acceptor.appendResponse().commitLsn, 200n);
 

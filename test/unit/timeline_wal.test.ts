@@ -263,6 +263,12 @@ describe('TimelineWal', () => {
 });
 
 describe('recovery scan', () => {
+  test('from a commit_lsn where no record can start: a clear failure (the timeline is broken), not a throw that stops the node', async () => {
+    const dir = await makeTempDir('timeline-scan-start');
+    const result = await pool.scan({ kind: 'scan', startLsn: 0x100_0003n, pgVersion: PG_VERSION, dir, segmentSizeBytes: SEGMENT_BYTES, noSync: false });
+    assert.deepEqual(result, { ok: false, code: 'SK_WAL_CORRUPTION', detail: 'commit_lsn 0/1000003 is not 8-byte aligned: no record starts there' });
+  });
+
   /** The kernel's count of dirty page-cache bytes, machine wide (/proc/meminfo is in KiB). */
   const dirtyBytes = (): number => Number(/^Dirty:\s+(\d+) kB$/m.exec(readFileSync('/proc/meminfo', 'utf8'))![1]) * 1024;
 
