@@ -93,7 +93,7 @@ export class Campaign<Key> {
       return;
     }
     if (this.#greetings.size < this.quorum) return;
-    this.term = this.#highestGreetingTerm() + 1n;
+    this.term = nextTerm(this.#highestGreetingTerm(), name);
     this.log.info({ term: this.term, greetings: this.#greetings.size, quorum: this.quorum }, 'greetings from a majority: campaigning');
     this.#moveTo('campaign');
   }
@@ -158,7 +158,7 @@ export class Campaign<Key> {
     }
     const previousTerm = this.term;
     const highestTerm = this.#highestGreetingTerm();
-    this.term = (highestTerm > previousTerm ? highestTerm : previousTerm) + 1n;
+    this.term = nextTerm(highestTerm > previousTerm ? highestTerm : previousTerm, name);
     this.round += 1;
     this.#votes.clear();
     this.#refused.clear();
@@ -182,3 +182,11 @@ export class Campaign<Key> {
     this.changes.set(this.changes.value + 1);
   }
 }
+
+/** The term after `highest`; a safekeeper whose term is already the largest u64 leaves none to campaign in. */
+function nextTerm(highest: bigint, name: string): bigint {
+  if (highest >= TERM_MAX) throw new TermConflictError(highest, highest, `safekeeper ${name} is at the largest term, so no higher one exists`);
+  return highest + 1n;
+}
+
+const TERM_MAX = 0xffff_ffff_ffff_ffffn;

@@ -23,6 +23,7 @@ import { PostgresSource } from './postgres_source.js';
 import { slotNameFrom } from './primary_connection.js';
 import { Proposer } from './proposer.js';
 import { duplicateSafekeeper } from './quorum.js';
+import { RECORD_BYTES_MAX } from '../wal/page.js';
 import type { WalSource } from './source.js';
 import { SyntheticSource } from './synthetic_source.js';
 
@@ -89,6 +90,17 @@ interface ProposeArgs {
 function need<T>(parsed: { ok: true; value: T } | { ok: false; message: string }, flag: string): T {
   if (!parsed.ok) throw new UsageError(`--${flag}: ${parsed.message}`);
   return parsed.value;
+}
+
+/**
+ * The largest payload of a synthetic record: PostgreSQL's record size limit less a logical message's own
+ * headers (the record header, the data block header, the message header and its prefix: 56 bytes; 64 kept).
+ */
+const SYNTHETIC_PAYLOAD_BYTES_MAX = RECORD_BYTES_MAX - 64;
+
+function recordBytesArg(bytes: number): number {
+  if (bytes > SYNTHETIC_PAYLOAD_BYTES_MAX) throw new UsageError(`--record-bytes: at most ${SYNTHETIC_PAYLOAD_BYTES_MAX} bytes (PostgreSQL's record size limit less the record's headers)`);
+  return bytes;
 }
 
 function parseProposeArgs(argv: string[]): ProposeArgs | 'help' {
@@ -158,7 +170,7 @@ function parseProposeArgs(argv: string[]): ProposeArgs | 'help' {
       ? PRIMARY_RECONNECT_TIMEOUT_MS_DEFAULT : need(parseDurationMs(values['primary-reconnect-timeout']), 'primary-reconnect-timeout'),
     httpListen: values['http-listen'] === undefined ? null : need(parseHostPort(values['http-listen'], 0), 'http-listen'),
     windowBytes,
-    recordBytes: values['record-bytes'] === undefined ? RECORD_BYTES_DEFAULT : need(parseBytes(values['record-bytes']), 'record-bytes'),
+    recordBytes: values['record-bytes'] === undefined ? RECORD_BYTES_DEFAULT : recordBytesArg(need(parseBytes(values['record-bytes']), 'record-bytes')),
     recordsPerSecond: rateText === undefined ? null : Number(rateText),
     durationMs: values.duration === undefined ? null : need(parseDurationMs(values.duration), 'duration'),
     totalBytes: values['total-bytes'] === undefined ? null : need(parseBytes(values['total-bytes']), 'total-bytes'),

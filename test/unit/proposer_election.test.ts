@@ -158,6 +158,12 @@ describe('campaign over fake acceptors', () => {
   const refused = (term: bigint): VoteResponse => ({ ...vote(0n, []), term, voteGiven: false });
   const signal = new AbortController().signal;
 
+  it('a safekeeper at the largest u64 term leaves no term to campaign in: a term conflict, not a crash', () => {
+    const campaign = new Campaign<string>(2, quiet);
+    campaign.onGreeting('a', 'a', greeting(4));
+    assert.throws(() => campaign.onGreeting('b', 'b', { ...greeting(0), term: 0xffff_ffff_ffff_ffffn }), (error: unknown) => error instanceof TermConflictError && /safekeeper b is at the largest term/.test(error.message));
+  });
+
   it('campaigns with 1 + the highest term of the first majority and is elected by a majority of votes', async () => {
     const campaign = new Campaign<string>(2, quiet);
     campaign.onGreeting('a', 'a', greeting(4));

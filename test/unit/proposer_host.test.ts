@@ -300,6 +300,20 @@ describe('duplicate safekeepers', () => {
     assert.match(written.join(''), /--safekeepers: 127\.0\.0\.1:5451 is listed twice/);
   });
 
+  it('refuses a synthetic record larger than PostgreSQL allows with exit code 2 (the WAL builder asserted on it)', async () => {
+    const written: string[] = [];
+    const write = process.stderr.write.bind(process.stderr);
+    process.stderr.write = ((chunk: string | Uint8Array): boolean => (written.push(String(chunk)), true)) as typeof process.stderr.write;
+    let code: number;
+    try {
+      code = await proposeMain(['--safekeepers', '127.0.0.1:5451,127.0.0.1:5452,127.0.0.1:5453', '--tenant-id', TENANT, '--timeline-id', TIMELINE, '--synthetic', '--record-bytes', '1020MiB']);
+    } finally {
+      process.stderr.write = write;
+    }
+    assert.equal(code, 2);
+    assert.match(written.join(''), /--record-bytes: at most 1069547456 bytes/);
+  });
+
   it('refuses a second link to the same node id, before and after the election, and never counts it', async () => {
     const harness = startProposer(new FakeSource(false, TIMELINE_START_LSN + MIB), 4 * 1024 * 1024);
     const { proposer } = harness;
