@@ -69,16 +69,21 @@ export function blockAlignedRange(startBytes: number, endBytes: number, sizeByte
 }
 
 /**
- * Checks `bytes`, which are the object's bytes from the block-aligned `startBytes`, against the metadata.
- * A whole-object body is checked against the whole digest as well. Returns a problem sentence or null.
+ * Checks `bytes`, which are the object's bytes from `startBytes`, against the metadata. A whole-object body
+ * is checked against the whole digest as well. Returns a problem sentence or null.
+ * `sizeBytes` and the body come from the remote store, so a body that does not cover whole digest blocks
+ * (a reply of the wrong length, an object replaced between two requests, a server that answered another
+ * range) is a problem of the remote data, reported like a digest mismatch, never an assertion.
  */
 export function verifyAgainstDigest(metadata: Readonly<Record<string, string>>, sizeBytes: number, startBytes: number, bytes: Uint8Array): string | null {
+  assert(Number.isInteger(startBytes) && startBytes >= 0, 'verification starts at a byte offset');
   const malformed = digestMetadataProblem(metadata, sizeBytes);
   if (malformed !== null) return malformed;
   const blockBytes = digestBlockBytes(sizeBytes);
-  assert(startBytes % blockBytes === 0, 'verification starts at a block boundary');
   const endBytes = startBytes + bytes.length;
-  assert(endBytes === sizeBytes || endBytes % blockBytes === 0, 'verification ends at a block boundary or the object end');
+  if (endBytes > sizeBytes) return `${bytes.length} bytes from offset ${startBytes} run past the object end ${sizeBytes}`;
+  if (startBytes % blockBytes !== 0) return `bytes from offset ${startBytes} do not start at a ${blockBytes}-byte digest block boundary`;
+  if (endBytes !== sizeBytes && endBytes % blockBytes !== 0) return `${bytes.length} bytes from offset ${startBytes} end inside a ${blockBytes}-byte digest block`;
   const blocks = metadata[DIGEST_BLOCKS_KEY] ?? '';
   for (let offset = 0; offset < bytes.length; offset += blockBytes) {
     const index = (startBytes + offset) / blockBytes;

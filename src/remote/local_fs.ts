@@ -3,19 +3,25 @@
  * files under the root: `<key>` (the body, byte for byte, so pg_waldump reads backed-up segments in place)
  * and `<key>.meta` (JSON: size and metadata). The `.meta` file is what makes an object exist:
  *
- *   put:    write `<key>.<random>.tmp` and `<key>.meta.<random>.tmp`, fsync both; unlink the old `.meta`
+ *   put:    create the object's directory if needed, fsyncing the parent of each directory created (so
+ *           the tenant and timeline directories survive a crash, not only the object's entry in its own);
+ *           write `<key>.<random>.tmp` and `<key>.meta.<random>.tmp`, fsync both; unlink the old `.meta`
  *           (the old object stops existing); rename the body into place; rename the `.meta` into place;
  *           fsync the directory.
  *   delete: unlink `.meta` first, then the body.
  * A crash at any point leaves the old object, no object, or the new one, never a body with someone else's
  * digests; leftover `*.tmp` files are ignored by list and overwritten by nothing (they carry a random part).
- * `noSync` (tests and benchmarks) skips the fsyncs. Async fs (libuv pool); coordinator thread.
+ * Directories are created under one lock (`#mkdirLock`): a put that finds its directory made by another
+ * put still in flight waits until that one has fsynced the parents, so no put reports success on entries
+ * that a crash could lose. `noSync` (tests and benchmarks) skips the fsyncs. Async fs (libuv pool);
+ * coordinator thread.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
-import { dirname, join, relative, sep } from 'node:path';
+import { dirname, join, relative, resolve, sep } from 'node:path';
 import { NotFoundError } from '../errors.js';
 import { assert } from '../sync/assert.js';
+import { Mutex } from '../sync/mutex.js';
 import { RemoteStorageError, isValidKey, remoteNotFound, type ByteRange, type RemoteBackend, type RemoteObjectHead, type RemoteObjectInfo } from './remote_storage.js';
 import { readUpTo } from '../storage/file_read.js';
 
@@ -42,6 +48,7 @@ function fsFailure(operation: string, key: string, error: unknown): Error {
 export class LocalFsBackend implements RemoteBackend {
   readonly kind = 'file' as const;
   readonly description: string;
+  readonly #mkdirLock = new Mutex();
 
   constructor(readonly root: string, private readonly options: { noSync: boolean } = { noSync: false }) {
     this.description = `file://${root}`;
@@ -58,7 +65,7 @@ export class LocalFsBackend implements RemoteBackend {
     const bodyTemp = `${path}.${random}${TEMP_SUFFIX}`;
     const metaTemp = `${path}${META_SUFFIX}.${random}${TEMP_SUFFIX}`;
     try {
-      await mkdir(dirname(path), { recursive: true });
+      await this.#mkdirLock.run(signal, () => this.#makeDirectoryDurably(dirname(path)));
       signal.throwIfAborted();
       await this.#writeDurably(bodyTemp, body);
       const meta: MetaFile = { sizeBytes: body.length, metadata };
@@ -193,6 +200,21 @@ export class LocalFsBackend implements RemoteBackend {
       if (!this.options.noSync) await handle.sync();
     } finally {
       await handle.close();
+    }
+  }
+
+  /**
+   * `mkdir -p dir`, then an fsync of the parent of every directory it created (from the first one created,
+   * which mkdir returns, down to `dir`); `dir`'s own entries are fsynced by the put that fills it.
+   */
+  async #makeDirectoryDurably(dir: string): Promise<void> {
+    const firstCreated = await mkdir(dir, { recursive: true });
+    if (firstCreated === undefined || this.options.noSync) return;
+    const first = resolve(firstCreated);
+    for (let created = resolve(dir); ; created = dirname(created)) {
+      assert(created !== dirname(created), 'the first directory created is an ancestor of the one asked for');
+      await this.#fsyncDir(dirname(created));
+      if (created === first) break;
     }
   }
 

@@ -14,11 +14,17 @@
  *   3. persist with every older record Deleting and the new one Uploaded;
  *   4. garbage collection: delete every non-Uploaded object, then persist the list with only Uploaded.
  * A crash between steps leaves records that step 4 of a later upload (or `collectPartialGarbage` at
- * manager start) removes. Coordinator thread; abort-safe at every await (the persisted list stays valid).
+ * manager start) removes.
+ * Memory: steps 1-3 run under a permit of the coordinator-wide `permits` semaphore, taken first (as Neon
+ * takes its `--partial-backup-concurrency` permit before preparing the upload), so at most that many
+ * partial segments are read into memory at once, whatever the number of timelines due together (after a
+ * restart, every timeline with writes not yet uploaded is due at start + partial_backup_timeout) and however
+ * long S3 keeps each put. Coordinator thread; abort-safe at every await (the persisted list stays valid).
  */
 import type { PartialRemoteSegment, TenantId, TimelineId } from '../acceptor/state.js';
 import { SafekeeperError } from '../errors.js';
 import type { Failpoints } from '../sync/failpoints.js';
+import type { Semaphore } from '../sync/semaphore.js';
 import { segmentFileName, segmentNumber, segmentOffsetBytes, type Lsn } from '../wal/lsn.js';
 import { objectKey, type RemoteStorage } from './remote_storage.js';
 import { readUpTo } from '../storage/file_read.js';
@@ -62,6 +68,8 @@ export interface PartialBackupDeps {
   segmentSizeBytes: number;
   nodeId: bigint;
   remote: RemoteStorage;
+  /** Shared by every timeline's partial uploads: each holds one while its segment prefix is in memory. */
+  permits: Semaphore;
   failpoints: Failpoints;
   signal: AbortSignal;
   /** Persists the list as the control file's partialBackup.segments (through main). */
@@ -70,21 +78,29 @@ export interface PartialBackupDeps {
   current: () => PartialCurrent;
 }
 
-/** Runs the upload protocol for `current`. Returns the list as persisted at the end. */
+/**
+ * Runs the upload protocol for `current`, waiting for a permit first (abort-safe: an aborted wait takes
+ * none). Returns the list as persisted at the end.
+ */
 export async function uploadPartialSegment(deps: PartialBackupDeps, segments: readonly PartialRemoteSegment[], current: PartialCurrent): Promise<PartialRemoteSegment[]> {
   const name = partialObjectName(deps.segmentSizeBytes, current, deps.nodeId);
   const record: PartialRemoteSegment = { status: 'InProgress', name, commitLsn: current.commitLsn, flushLsn: current.flushLsn, term: current.term };
   let list = [...segments.filter((segment) => segment.name !== name), record];
-  await deps.persist(list);
-  const body = await readPartialPrefix(deps.dir, current.flushLsn, deps.segmentSizeBytes);
-  await deps.remote.put(objectKey(deps.tenantId, deps.timelineId, name), body, deps.signal, { sk_type: 'partial_segment' });
-  await deps.failpoints.hit('partial-backup-after-upload', deps.signal);
-  const after = deps.current();
-  if (after.term !== current.term || after.flushLsn < current.flushLsn) {
-    throw new PartialBackupStaleError(`WAL changed during the partial upload of ${name} (term ${after.term}, flush_lsn ${after.flushLsn})`);
+  const release = await deps.permits.acquire(deps.signal);
+  try {
+    await deps.persist(list);
+    const body = await readPartialPrefix(deps.dir, current.flushLsn, deps.segmentSizeBytes);
+    await deps.remote.put(objectKey(deps.tenantId, deps.timelineId, name), body, deps.signal, { sk_type: 'partial_segment' });
+    await deps.failpoints.hit('partial-backup-after-upload', deps.signal);
+    const after = deps.current();
+    if (after.term !== current.term || after.flushLsn < current.flushLsn) {
+      throw new PartialBackupStaleError(`WAL changed during the partial upload of ${name} (term ${after.term}, flush_lsn ${after.flushLsn})`);
+    }
+    list = list.map((segment) => (segment.name === name ? { ...segment, status: 'Uploaded' } : { ...segment, status: 'Deleting' }));
+    await deps.persist(list);
+  } finally {
+    release(); // garbage collection only deletes: it holds no segment
   }
-  list = list.map((segment) => (segment.name === name ? { ...segment, status: 'Uploaded' } : { ...segment, status: 'Deleting' }));
-  await deps.persist(list);
   return collectPartialGarbage(deps, list);
 }
 

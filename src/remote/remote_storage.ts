@@ -12,7 +12,8 @@
  * Object layout (storage reference §6): `[prefix/]<tenant_id>/<timeline_id>/<object name>`; the prefix
  * belongs to the backend, keys here start at the tenant id (`timelineKeyPrefix`, `objectKey`).
  * Errors: NotFoundError for a missing object, RemoteStorageError (`retryable` says whether trying later
- * may help), RemoteObjectCorruptError when the bytes do not match the stored digest. Abort: every call
+ * may help), RemoteObjectCorruptError when the bytes do not match the stored digest or are not the bytes
+ * asked for (a reply of the wrong length or offset; retried like a mismatch). Abort: every call
  * takes a signal and rejects with its reason; a put that was aborted may or may not have happened.
  * Coordinator thread (tests use it anywhere).
  */
@@ -34,7 +35,7 @@ export class RemoteStorageError extends SafekeeperError {
   }
 }
 
-/** Downloaded bytes do not match the digest stored with the object. */
+/** Downloaded bytes do not match the digest stored with the object, or are not the range asked for. */
 export class RemoteObjectCorruptError extends SafekeeperError {
   override readonly name = 'RemoteObjectCorruptError';
   readonly code = 'SK_REMOTE_CORRUPT';
@@ -63,7 +64,10 @@ export interface RemoteBackend {
   /** Human-readable location, for logs (no credentials). */
   readonly description: string;
   put(key: string, body: Uint8Array, metadata: Record<string, string>, signal: AbortSignal): Promise<void>;
-  /** `range` null = the whole object. Throws NotFoundError when the object does not exist. */
+  /**
+   * `range` null = the whole object; a range holds at least one byte, and the body returned starts at its
+   * start. Throws NotFoundError when the object does not exist.
+   */
   get(key: string, range: ByteRange | null, signal: AbortSignal): Promise<{ body: Uint8Array; sizeBytes: number; metadata: Record<string, string> }>;
   head(key: string, signal: AbortSignal): Promise<RemoteObjectHead | null>;
   /** Every object whose key starts with `prefix`, sorted by key. */
@@ -158,15 +162,21 @@ export class RemoteStorage {
 
   /**
    * The object's bytes, or `lengthBytes` of them from `offsetBytes` (fewer at the object end), checked
-   * against the stored digests. NotFoundError when it does not exist.
+   * against the stored digests. NotFoundError when it does not exist. A range of zero bytes is empty
+   * without a request (an HTTP range cannot be empty: S3 ignores `bytes=N-(N-1)` and sends the whole
+   * object), so it does not tell whether the object exists.
    */
   async get(key: string, signal: AbortSignal, range?: { offsetBytes: number; lengthBytes: number }): Promise<Uint8Array> {
     assert(isValidKey(key), 'remote key is relative and clean');
     assert(range === undefined || (range.offsetBytes >= 0 && range.lengthBytes >= 0), 'range is non-negative');
+    if (range !== undefined && range.lengthBytes === 0) {
+      signal.throwIfAborted();
+      return new Uint8Array(0);
+    }
     return this.#withRetries('get', key, signal, 0, async (attemptSignal) => {
       if (range === undefined) {
         const got = await this.backend.get(key, null, attemptSignal);
-        this.#verify(key, got.metadata, got.sizeBytes, 0, got.body);
+        this.#verify(key, got, 0, got.sizeBytes);
         return got.body;
       }
       const wantedEnd = range.offsetBytes + range.lengthBytes;
@@ -175,9 +185,10 @@ export class RemoteStorage {
       let got = await this.backend.get(key, aligned, attemptSignal);
       if (digestBlockBytes(got.sizeBytes) !== DIGEST_BLOCK_BYTES_MIN) {
         aligned = blockAlignedRange(Math.min(range.offsetBytes, got.sizeBytes), Math.min(wantedEnd, got.sizeBytes), got.sizeBytes);
+        if (aligned.endBytes === aligned.startBytes) return new Uint8Array(0); // at the object end: no HTTP range is empty
         got = await this.backend.get(key, aligned, attemptSignal);
       }
-      this.#verify(key, got.metadata, got.sizeBytes, aligned.startBytes, got.body);
+      this.#verify(key, got, aligned.startBytes, Math.min(aligned.endBytes, got.sizeBytes));
       const from = Math.min(range.offsetBytes, got.sizeBytes) - aligned.startBytes;
       const to = Math.min(wantedEnd, got.sizeBytes) - aligned.startBytes;
       return got.body.subarray(Math.max(0, from), Math.max(0, to));
@@ -209,8 +220,16 @@ export class RemoteStorage {
     await this.backend.close();
   }
 
-  #verify(key: string, metadata: Readonly<Record<string, string>>, sizeBytes: number, startBytes: number, body: Uint8Array): void {
-    const problem = verifyAgainstDigest(metadata, sizeBytes, startBytes, body);
+  /**
+   * Checks that `got.body` is the object's bytes [startBytes, endBytes) and matches the stored digests. The
+   * length is checked here: a body cut short at a digest block boundary verifies block by block, and would
+   * otherwise come back as fewer bytes than asked for (or, whole, skip the whole-object digest).
+   */
+  #verify(key: string, got: { body: Uint8Array; sizeBytes: number; metadata: Readonly<Record<string, string>> }, startBytes: number, endBytes: number): void {
+    const problem =
+      got.body.length !== endBytes - startBytes
+        ? `${got.body.length} bytes came back for [${startBytes}, ${endBytes}) of an object of ${got.sizeBytes} bytes`
+        : verifyAgainstDigest(got.metadata, got.sizeBytes, startBytes, got.body);
     if (problem !== null) throw new RemoteObjectCorruptError(`remote object ${key}: ${problem}`);
   }
 

@@ -13,7 +13,10 @@
  * guard request that needed the download with a clear error, instead of escaping the coordinator as a bug.
  * On-demand reads are not cached locally (as in Neon): a full segment object is read with a ranged GET;
  * the segment of an evicted timeline's flush_lsn comes from its partial object. Digests are checked by
- * RemoteStorage. Coordinator thread; async fs.
+ * RemoteStorage.
+ * Memory: a compare holds the remote object and a local copy (up to a segment each), a download the object;
+ * the manager runs both under a coordinator-wide offload permit (`manager_jobs.ts`), so only a few do at once.
+ * Coordinator thread; async fs.
  */
 import { open, rename, rm } from 'node:fs/promises';
 import type { PartialRemoteSegment, TenantId, TimelineId } from '../acceptor/state.js';

@@ -1,8 +1,9 @@
 /**
  * The coordinator: the worker-thread half of the background work (DESIGN § Threads). It hosts one
  * TimelineManager per registered timeline, the remote storage client (the only one in the process, so an
- * S3 stall can never delay an acknowledgement on the main thread), the upload-slot semaphore that bounds
- * segment buffers in memory, the failpoints, and the counters that main reads at /metrics scrape time.
+ * S3 stall can never delay an acknowledgement on the main thread), the upload-slot semaphore and the partial
+ * backup and offload permits that bound segment buffers in memory, the failpoints, and the counters that main
+ * reads at /metrics scrape time.
  *
  * It answers the main thread's requests (coordinator_protocol.ts) and asks main to persist control files
  * (main is their only writer). Everything it does for a timeline goes through that timeline's manager.
@@ -21,6 +22,7 @@ import { storageError } from '../storage/layout.js';
 import { ttid } from '../acceptor/state.js';
 import { Failpoints, parseFailpointAction } from '../sync/failpoints.js';
 import { UploadSlots } from '../remote/upload_slots.js';
+import { Semaphore } from '../sync/semaphore.js';
 import { assert, unreachable } from '../sync/assert.js';
 import {
   COORDINATOR_REQUESTS_IN_FLIGHT_MAX,
@@ -35,7 +37,7 @@ import {
 import { TimelineManager } from './manager.js';
 import { describeError } from './manager_jobs.js';
 import type { ManagerCounters, ManagerHost, ManagerShared } from './manager_shared.js';
-import { RpcPort, type MessageEndpoint } from './rpc_port.js';
+import { CoordinatorBusyError, RpcPort, type MessageEndpoint } from './rpc_port.js';
 import { StateWatcher } from './state_watcher.js';
 
 /**
@@ -43,6 +45,19 @@ import { StateWatcher } from './state_watcher.js';
  * keep `REMOTE_REQUESTS_MAX_DEFAULT` requests busy with the smaller objects in between.
  */
 export const UPLOAD_SLOTS = 8;
+
+/**
+ * Partial segment uploads at once, over all timelines: Neon's `--partial-backup-concurrency` default. Each
+ * reads up to a segment (less one byte) into memory before its put, so 5 × 16 MiB at most; unbounded, every
+ * timeline due at once (all of them, partial_backup_timeout after a restart) held one through an S3 slowdown.
+ */
+export const PARTIAL_BACKUP_PERMITS = 5;
+
+/**
+ * Evictions and un-evictions at once, over all timelines: Neon allows 2 evictions at once. Each compares or
+ * downloads the partial segment, holding the remote object and a local copy (up to 2 × 16 MiB) meanwhile.
+ */
+export const OFFLOAD_PERMITS = 2;
 
 export class Coordinator {
   readonly #managers = new Map<string, TimelineManager>();
@@ -91,6 +106,8 @@ export class Coordinator {
       stateWatcher: this.#stateWatcher,
       remote: this.#remote,
       uploadSlots: new UploadSlots(UPLOAD_SLOTS),
+      partialBackupPermits: new Semaphore(PARTIAL_BACKUP_PERMITS),
+      offloadPermits: new Semaphore(OFFLOAD_PERMITS),
       failpoints: this.#failpoints,
       counters: this.#counters,
       nowMs: () => performance.now(),
@@ -158,7 +175,11 @@ export class Coordinator {
         await this.#manager(request.ttid).checkpoint();
         return { value: null };
       case 'delete_remote': {
-        assert(!this.#managers.has(ttid(request.tenantId, request.timelineId)), 'a timeline is unregistered before its remote objects go');
+        // Main unregisters a timeline (retrying while this thread is busy) before its delete gets here, so a
+        // manager still registered means that unregister has not landed yet: refuse with a retryable error
+        // (503), not an assertion. The local files are gone already; a later delete removes the objects.
+        const key = ttid(request.tenantId, request.timelineId);
+        if (this.#managers.has(key)) throw new CoordinatorBusyError(`timeline ${key} still has a manager running; its remote objects are kept, delete it again later`);
         const signal = new AbortController().signal;
         const objects = await this.#remote.list(timelineKeyPrefix(request.tenantId, request.timelineId), signal);
         await this.#remote.delete(objects.map((object) => object.key), signal);

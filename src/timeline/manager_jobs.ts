@@ -10,11 +10,17 @@
  * Nothing restarts the loop, so a job failure is logged and becomes a retry time (`JOB_RETRY_MS` later; a failed
  * eviction backs off as Neon's does), never a throw; an abort (the manager stopping) is silent. Every job ends by
  * kicking the loop. Memory: the eviction control is created on first use and dropped when idle (a node may hold
- * 10,000 idle timelines). Coordinator thread.
+ * 10,000 idle timelines). Coordinator-wide permits bound the segments these jobs hold in memory: a partial upload
+ * waits for one of `partialBackupPermits` (partial_backup.ts); an eviction takes one of `offloadPermits` only if
+ * one is free and otherwise tries again later, as Neon's does (so no eviction queues, and no guard waits behind a
+ * queue of them); a guard that may have to unevict waits for one before it enters the residency mutex (so whoever
+ * holds a permit never waits for a mutex held by someone waiting for a permit). That wait ends with the manager's
+ * signal or when main releases the guard. Coordinator thread.
  * Abort: jobs run under the manager's signal (uploads abort; a removal or a rename finishes its file first), and
  * `ended()` waits for them.
  */
 import type { EvictionState, PartialRemoteSegment } from '../acceptor/state.js';
+import { CancelledError } from '../errors.js';
 import type { StateBlock } from '../ingest/state_block.js';
 import { collectPartialGarbage, uploadPartialSegment, uploadedPartial, type PartialBackupDeps } from '../remote/partial_backup.js';
 import { readRemoteWal } from '../remote/wal_download.js';
@@ -54,6 +60,8 @@ export class ManagerJobs {
   #lastRemovedSegno = -1n;
   /** Recycled segments may be on disk (a removal kept some; at start, until `init` has looked). */
   #recycledHeld = true;
+  /** Guards waiting for an offload permit, by id (created on first use): releasing one ends its wait. */
+  #offloadPermitWaits: Map<number, AbortController> | null = null;
 
   /** `startMs`: when the manager was made (its clock); the first save and eviction are timed from it. */
   constructor(
@@ -148,16 +156,24 @@ export class ManagerJobs {
     this.#lastSaveMs = this.shared.nowMs();
   }
 
-  /** Grants residency guard `guardId` (chosen by main), unevicting first when offloaded. */
+  /**
+   * Grants residency guard `guardId` (chosen by main), unevicting first when offloaded. A guard that may
+   * unevict (the timeline is offloaded, or an eviction is running that may offload it before the guard gets
+   * the residency mutex) waits for an offload permit first; on a resident timeline no eviction can start
+   * ahead of it, since it queues for the mutex at once.
+   */
   async acquireGuard(guardId: number): Promise<void> {
+    const releasePermit = this.offloaded || this.#evictJob !== null ? await this.#offloadPermitForGuard(guardId) : null;
     try {
       await this.#eviction().acquireGuard(guardId);
     } finally {
+      releasePermit?.();
       this.#dropIdleEviction();
     }
   }
 
   releaseGuard(guardId: number): void {
+    this.#offloadPermitWaits?.get(guardId)?.abort(new CancelledError(`residency guard ${guardId} was released while waiting for an offload permit`));
     if (this.#evictionControl?.releaseGuard(guardId) === true) this.owner.kick();
     this.#dropIdleEviction();
   }
@@ -210,10 +226,18 @@ export class ManagerJobs {
 
   startEviction(): void {
     const job = this.#runJob('eviction', async () => {
+      const permits = this.shared.offloadPermits;
+      if (permits.inUse >= permits.permits) {
+        this.#evictRetryAtMs = this.#evictionFailedRetryAtMs(); // Neon: no permit free, try again later
+        return;
+      }
+      // A permit is free, so this takes it before returning to the event loop (`acquireGuard` relies on that).
+      const releasePermit = await permits.acquire(this.owner.signal());
       let evicted: boolean;
       try {
         evicted = await this.#eviction().evict();
       } finally {
+        releasePermit();
         this.#dropIdleEviction();
       }
       if (evicted) this.block.set('evicted', 1n);
@@ -276,6 +300,25 @@ export class ManagerJobs {
     return this.#evictionControl;
   }
 
+  /** Waits for an offload permit for guard `guardId`, until the manager's signal fires or main releases the guard. */
+  async #offloadPermitForGuard(guardId: number): Promise<() => void> {
+    const managerSignal = this.owner.signal();
+    const wait = new AbortController();
+    const onStop = (): void => wait.abort(managerSignal.reason);
+    if (managerSignal.aborted) onStop();
+    else managerSignal.addEventListener('abort', onStop, { once: true });
+    const waits = (this.#offloadPermitWaits ??= new Map());
+    assert(!waits.has(guardId), 'guard ids are unique');
+    waits.set(guardId, wait);
+    try {
+      return await this.shared.offloadPermits.acquire(wait.signal);
+    } finally {
+      managerSignal.removeEventListener('abort', onStop);
+      waits.delete(guardId);
+      if (waits.size === 0 && this.#offloadPermitWaits === waits) this.#offloadPermitWaits = null;
+    }
+  }
+
   /** Keeps only the eviction state once no guard, grant or transition needs the control object. */
   #dropIdleEviction(): void {
     const control = this.#evictionControl;
@@ -304,6 +347,7 @@ export class ManagerJobs {
       segmentSizeBytes: this.owner.segmentSizeBytes,
       nodeId: this.shared.config.nodeId,
       remote: this.shared.remote,
+      permits: this.shared.partialBackupPermits,
       failpoints: this.shared.failpoints,
       signal: this.owner.signal(),
       persist: async (segments) => {

@@ -1,11 +1,13 @@
 /**
  * What the coordinator shares with every timeline manager (`manager.ts`) and its jobs:
  * the manager settings from the node's config, the host (the main thread, reached through the coordinator's RpcPort),
- * the state watcher, the remote storage client, the coordinator-wide upload slots, failpoints, counters and the clock.
+ * the state watcher, the remote storage client, the coordinator-wide upload slots and transfer permits, failpoints,
+ * counters and the clock.
  * One object for all managers, so a manager adds one pointer, not a copy. Types only. Coordinator thread.
  */
 import type { RemoteStorage } from '../remote/remote_storage.js';
 import type { Failpoints } from '../sync/failpoints.js';
+import type { Semaphore } from '../sync/semaphore.js';
 import type { UploadSlots } from '../remote/upload_slots.js';
 import type { Lsn } from '../wal/lsn.js';
 import type { CoordinatorOptions, LogLevel, ManagerPersist } from './coordinator_protocol.js';
@@ -53,6 +55,10 @@ export interface ManagerShared {
   stateWatcher: StateWatcher;
   remote: RemoteStorage;
   uploadSlots: UploadSlots;
+  /** Partial segment uploads at once, over all timelines (each holds its segment prefix in memory). */
+  partialBackupPermits: Semaphore;
+  /** Evictions and un-evictions at once, over all timelines (each holds up to two segments in memory). */
+  offloadPermits: Semaphore;
   failpoints: Failpoints;
   counters: ManagerCounters;
   nowMs: () => number;

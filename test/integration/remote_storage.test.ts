@@ -4,18 +4,22 @@
  * an xxhash64 digest in every object's metadata, checked on every download (a corrupted object is
  * refused), and NotFound for missing keys. Then faults through `FaultProxy` in front of s3rver: 500s,
  * hung requests (the per-request deadline fires), connection resets, lost responses, a bounded number of
- * requests in flight, and a persistent outage that ends in a retryable error.
+ * requests in flight, and a persistent outage that ends in a retryable error. Then replies only a scripted
+ * server gives: a 200 to a ranged GET (a server that ignores Range), a 206 for another range, a body of the
+ * wrong length, a 400 RequestTimeout; a zero-length range (no request); and a bucket that does not exist.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFile, readdir, writeFile } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { NotFoundError } from '../../src/errors.js';
-import { DIGEST_BLOCK_BYTES_MIN, digestBlockBytes, xxhash64Hex } from '../../src/remote/digest.js';
+import { DIGEST_BLOCK_BYTES_MIN, digestBlockBytes, digestMetadata, xxhash64Hex } from '../../src/remote/digest.js';
 import { LocalFsBackend } from '../../src/remote/local_fs.js';
-import { RemoteObjectCorruptError, RemoteStorage, RemoteStorageError, backoffMs, isValidKey, type RemotePolicy } from '../../src/remote/remote_storage.js';
-import { S3Backend } from '../../src/remote/s3.js';
+import { RemoteObjectCorruptError, RemoteStorage, RemoteStorageError, backoffMs, isValidKey, type RemoteBackend, type RemotePolicy } from '../../src/remote/remote_storage.js';
+import { OBJECT_BYTES_MAX, S3Backend } from '../../src/remote/s3.js';
 import { FaultProxy, S3RVER_CREDENTIALS, startS3rver, type S3Server } from '../harness/s3.js';
 import { makeTempDir, removeAllTempDirs } from '../harness/tmp.js';
 import { waitFor } from '../harness/wait.js';
@@ -292,5 +296,200 @@ describe('S3 through a faulting proxy', () => {
     assert.equal(storage.requestsInFlight, 0);
     proxy.decide = () => 'pass';
     await storage.put('t/l/after', pattern(10), signal);
+  });
+});
+
+/**
+ * A stand-in for S3 on 127.0.0.1 (port 0) that answers every request with `reply`, after reading its body,
+ * and records each request's method and Range header: replies s3rver never gives (a 200 to a ranged GET,
+ * a wrong Content-Range, a 400 RequestTimeout).
+ */
+class ScriptedS3 {
+  readonly requests: { method: string; range: string | null }[] = [];
+  readonly #server: Server;
+  readonly #sockets = new Set<Socket>();
+
+  constructor(readonly reply: (request: IncomingMessage, response: ServerResponse, index: number) => void) {
+    this.#server = createServer((request, response) => {
+      const index = this.requests.length;
+      this.requests.push({ method: request.method ?? 'GET', range: request.headers.range ?? null });
+      request.resume();
+      request.once('end', () => this.reply(request, response, index));
+    });
+    this.#server.on('connection', (socket) => {
+      this.#sockets.add(socket);
+      socket.once('close', () => this.#sockets.delete(socket));
+    });
+  }
+
+  async start(): Promise<string> {
+    await new Promise<void>((resolve) => this.#server.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => this.close());
+    return `http://127.0.0.1:${(this.#server.address() as AddressInfo).port}`;
+  }
+
+  async close(): Promise<void> {
+    for (const socket of this.#sockets) socket.destroy();
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  }
+}
+
+/** The headers S3 sends with an object: its length and its user metadata (our digests). */
+function objectHeaders(sizeBytes: number, metadata: Record<string, string>): Record<string, string> {
+  const headers: Record<string, string> = { 'content-type': 'application/octet-stream', 'content-length': String(sizeBytes) };
+  for (const [name, value] of Object.entries(metadata)) headers[`x-amz-meta-${name}`] = value;
+  return headers;
+}
+
+describe('S3 replies that are not the range asked for', () => {
+  const body = pattern(3 * DIGEST_BLOCK_BYTES_MIN + DIGEST_BLOCK_BYTES_MIN / 2);
+  const metadata = digestMetadata(body);
+
+  test('a server that ignores Range: the asked bytes are cut out of the whole object and verified, without an assertion', async () => {
+    let served = body;
+    const server = new ScriptedS3((_request, response) => {
+      response.writeHead(200, objectHeaders(served.length, metadata));
+      response.end(served);
+    });
+    const storage = s3Storage(await server.start(), '');
+    const cases: [number, number][] = [
+      [DIGEST_BLOCK_BYTES_MIN + 5, 100],
+      [2 * DIGEST_BLOCK_BYTES_MIN, 100],
+      [0, 1],
+      [body.length - 3, 100], // past the end: the bytes that exist
+    ];
+    for (const [offsetBytes, lengthBytes] of cases) {
+      const got = await storage.get('t/l/seg', signal, { offsetBytes, lengthBytes });
+      assert.deepEqual(got, body.subarray(offsetBytes, Math.min(offsetBytes + lengthBytes, body.length)), `range ${offsetBytes}+${lengthBytes}`);
+    }
+    assert.ok(server.requests.every((request) => request.range !== null), 'every request was ranged');
+    assert.equal(server.requests.length, cases.length, 'one GET each: nothing was retried');
+    // The check covers the blocks the range falls in, as with a 206.
+    served = body.slice();
+    served[2 * DIGEST_BLOCK_BYTES_MIN + 7] = (served[2 * DIGEST_BLOCK_BYTES_MIN + 7] ?? 0) ^ 0x01;
+    await assert.rejects(storage.get('t/l/seg', signal, { offsetBytes: 2 * DIGEST_BLOCK_BYTES_MIN, lengthBytes: 10 }), RemoteObjectCorruptError);
+    assert.deepEqual(await storage.get('t/l/seg', signal, { offsetBytes: 10, lengthBytes: 10 }), body.subarray(10, 20));
+  });
+
+  test('a whole object too large to read for a range is refused unread, and not retried', async () => {
+    const server = new ScriptedS3((_request, response) => {
+      response.writeHead(200, objectHeaders(OBJECT_BYTES_MAX + 1, metadata));
+      response.write(body.subarray(0, 1000)); // and never the rest
+    });
+    const storage = s3Storage(await server.start(), '');
+    const error = await storage.get('t/l/huge', signal, { offsetBytes: 0, lengthBytes: 10 }).then(
+      () => null,
+      (caught: unknown) => caught,
+    );
+    assert.ok(error instanceof RemoteStorageError, String(error));
+    assert.equal(error.retryable, false);
+    assert.match(error.message, /ignored Range/);
+    assert.equal(server.requests.length, 1);
+  });
+
+  test('a 206 for another range than asked is retried, then refused; one of the wrong length too', async () => {
+    for (const fault of ['start', 'length'] as const) {
+      const server = new ScriptedS3((request, response) => {
+        const [, first, last] = /bytes=(\d+)-(\d+)/.exec(request.headers.range ?? '') ?? [];
+        const start = Number(first) + (fault === 'start' ? 1 : 0);
+        const end = Math.min(Number(last), body.length - 1);
+        const bytes = body.subarray(start, end + 1 - (fault === 'length' ? 1 : 0));
+        response.writeHead(206, { ...objectHeaders(bytes.length, metadata), 'content-range': `bytes ${start}-${end}/${body.length}` });
+        response.end(bytes);
+      });
+      const storage = s3Storage(await server.start(), '', { attemptsMax: 2 });
+      const error = await storage.get('t/l/seg', signal, { offsetBytes: 5, lengthBytes: 10 }).then(
+        () => null,
+        (caught: unknown) => caught,
+      );
+      assert.ok(error instanceof RemoteStorageError, `${fault}: ${String(error)}`);
+      assert.equal(error.retryable, true);
+      assert.match(error.message, fault === 'start' ? /Content-Range is/ : /the body has/);
+      assert.equal(server.requests.length, 2, `${fault}: attemptsMax attempts`);
+    }
+  });
+
+  test('a zero-length range is empty and sends no request (S3 would ignore bytes=N-(N-1) and send it all)', async () => {
+    const server = new ScriptedS3((_request, response) => {
+      response.writeHead(500);
+      response.end();
+    });
+    const storage = s3Storage(await server.start(), '');
+    assert.deepEqual(await storage.get('t/l/seg', signal, { offsetBytes: DIGEST_BLOCK_BYTES_MIN, lengthBytes: 0 }), new Uint8Array(0));
+    assert.equal(server.requests.length, 0);
+    const real = s3Storage(s3.endpoint, 'zero-length');
+    await real.put('t/l/seg', body, signal);
+    assert.deepEqual(await real.get('t/l/seg', signal, { offsetBytes: DIGEST_BLOCK_BYTES_MIN, lengthBytes: 0 }), new Uint8Array(0));
+  });
+
+  test('a body of the wrong length is RemoteObjectCorruptError, even when cut at a digest block boundary', async () => {
+    const root = makeTempDir('sk-remote-short-');
+    const local = new LocalFsBackend(root, { noSync: true });
+    let keepBytes: number | null = null;
+    const short: RemoteBackend = {
+      kind: 'file',
+      description: 'replies cut short',
+      put: (key, bytes, objectMetadata, putSignal) => local.put(key, bytes, objectMetadata, putSignal),
+      get: async (key, range, getSignal) => {
+        const got = await local.get(key, range, getSignal);
+        return keepBytes === null ? got : { ...got, body: got.body.subarray(0, keepBytes) };
+      },
+      head: (key, headSignal) => local.head(key, headSignal),
+      list: (prefix, listSignal) => local.list(prefix, listSignal),
+      delete: (keys, deleteSignal) => local.delete(keys, deleteSignal),
+      copy: (fromKey, toKey, copySignal) => local.copy(fromKey, toKey, copySignal),
+      close: () => local.close(),
+    };
+    const storage = new RemoteStorage(short, { ...FAST_POLICY, attemptsMax: 1 });
+    await storage.put('t/l/seg', body, signal);
+    for (const [cut, range] of [
+      [2 * DIGEST_BLOCK_BYTES_MIN, undefined], // whole: every block it has verifies, the last ones are missing
+      [DIGEST_BLOCK_BYTES_MIN, { offsetBytes: 5, lengthBytes: DIGEST_BLOCK_BYTES_MIN + 10 }], // ranged: one block short
+      [1000, { offsetBytes: 5, lengthBytes: 10 }], // ends inside a block
+    ] as const) {
+      keepBytes = cut;
+      await assert.rejects(storage.get('t/l/seg', signal, range), RemoteObjectCorruptError, `cut at ${cut}`);
+    }
+    keepBytes = null;
+    assert.deepEqual(await storage.get('t/l/seg', signal), body);
+  });
+});
+
+describe('S3 error classification', () => {
+  test('a missing bucket is a non-retryable error naming it, not a missing object', async () => {
+    const storage = new RemoteStorage(
+      new S3Backend({ bucket: 'sk-no-such-bucket', prefix: '', endpoint: s3.endpoint, region: 'us-east-1', credentials: S3RVER_CREDENTIALS }),
+      FAST_POLICY,
+    );
+    cleanups.push(() => storage.close());
+    for (const [operation, call] of [
+      ['get', () => storage.get('t/l/seg', signal)],
+      ['ranged get', () => storage.get('t/l/seg', signal, { offsetBytes: 0, lengthBytes: 10 })],
+      ['put', () => storage.put('t/l/seg', pattern(10), signal)],
+      ['list', () => storage.list('t/', signal)],
+    ] as const) {
+      const error = await (call as () => Promise<unknown>)().then(
+        () => null,
+        (caught: unknown) => caught,
+      );
+      assert.ok(error instanceof RemoteStorageError && !(error instanceof NotFoundError), `${operation}: ${String(error)}`);
+      assert.equal(error.retryable, false, operation);
+      assert.match(error.message, /bucket "sk-no-such-bucket" does not exist/, operation);
+    }
+  });
+
+  test('400 RequestTimeout is retried, as the SDK classes it transient', async () => {
+    const server = new ScriptedS3((_request, response, index) => {
+      if (index === 0) {
+        response.writeHead(400, { 'content-type': 'application/xml' });
+        response.end('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>RequestTimeout</Code><Message>Your socket connection to the server was not read from or written to within the timeout period.</Message></Error>');
+        return;
+      }
+      response.writeHead(200, { etag: '"1"' });
+      response.end();
+    });
+    const storage = s3Storage(await server.start(), '');
+    await storage.put('t/l/seg', pattern(100), signal);
+    assert.deepEqual(server.requests.map((request) => request.method), ['PUT', 'PUT']);
   });
 });

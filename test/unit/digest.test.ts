@@ -1,10 +1,11 @@
 /**
  * Object digests (src/remote/digest.ts): the XXH64 values match those of the WebAssembly build used before
  * the native one (computed with xxhash-wasm 1.1.0), so objects uploaded by older versions still verify.
+ * Verification reports remote bytes that do not cover whole digest blocks as a problem, never an assertion.
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { DIGEST_BLOCK_BYTES_KEY, DIGEST_BLOCKS_KEY, DIGEST_KEY, digestMetadata, xxhash64Hex } from '../../src/remote/digest.js';
+import { DIGEST_BLOCK_BYTES_KEY, DIGEST_BLOCK_BYTES_MIN, DIGEST_BLOCKS_KEY, DIGEST_KEY, digestMetadata, verifyAgainstDigest, xxhash64Hex } from '../../src/remote/digest.js';
 
 /** 1 MiB of a fixed pattern. */
 function pattern(bytes: number): Uint8Array {
@@ -34,5 +35,19 @@ describe('object digests', () => {
     assert.equal(metadata[DIGEST_BLOCK_BYTES_KEY], String(1 << 20));
     const blocks = [0, 1, 2].map((index) => xxhash64Hex(body.subarray(index << 20, Math.min((index + 1) << 20, body.length)))).join('');
     assert.equal(metadata[DIGEST_BLOCKS_KEY], blocks);
+  });
+
+  test('bytes that do not cover whole digest blocks are a problem of the remote data, not an assertion', () => {
+    const block = DIGEST_BLOCK_BYTES_MIN;
+    const body = pattern(2 * block + 100);
+    const metadata = digestMetadata(body);
+    assert.equal(verifyAgainstDigest(metadata, body.length, 0, body), null);
+    assert.equal(verifyAgainstDigest(metadata, body.length, block, body.subarray(block)), null);
+    assert.equal(verifyAgainstDigest(metadata, body.length, block, body.subarray(block, 2 * block)), null);
+    assert.match(verifyAgainstDigest(metadata, body.length, 5, body.subarray(5, block)) ?? '', /do not start at a 1048576-byte digest block boundary/);
+    assert.match(verifyAgainstDigest(metadata, body.length, 0, body.subarray(0, block + 1)) ?? '', /end inside a 1048576-byte digest block/);
+    assert.match(verifyAgainstDigest(metadata, body.length, 2 * block, body.subarray(block)) ?? '', /run past the object end/);
+    // An object that grew between two requests: its digests no longer fit the size the reply claims.
+    assert.match(verifyAgainstDigest(metadata, body.length + block, 0, body) ?? '', /malformed xxhash64 block digests/);
   });
 });

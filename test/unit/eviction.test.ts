@@ -3,7 +3,8 @@
  * the local-fs remote storage, partial objects uploaded by the real partial backup. Covered: the startup
  * cleanup of an offloaded timeline racing a guard that unevicts; an un-eviction whose download cannot be
  * written (a clean SK_STORAGE_IO, also through a real coordinator, which keeps serving); eviction of a
- * `.partial` with unacknowledged bytes after flush_lsn; and the back-off of a failed eviction.
+ * `.partial` with unacknowledged bytes after flush_lsn; the back-off of a failed eviction; and the offload
+ * permits: an eviction never queues for one, a guard that must unevict waits for one until released or stopped.
  */
 import assert from 'node:assert/strict';
 import { mkdir, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -11,7 +12,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, test } from 'node:test';
 import { ttid as ttidOf, type EvictionState, type PartialRemoteSegment, type TenantId, type TimelineId } from '../../src/acceptor/state.js';
-import { DiskFullError, SafekeeperError, StorageIoError } from '../../src/errors.js';
+import { CancelledError, DiskFullError, SafekeeperError, ShutdownError, StorageIoError } from '../../src/errors.js';
 import { StateBlock, StateBlockChunk, type SlotName } from '../../src/ingest/state_block.js';
 import { LocalFsBackend } from '../../src/remote/local_fs.js';
 import { uploadPartialSegment } from '../../src/remote/partial_backup.js';
@@ -20,6 +21,7 @@ import { UploadSlots } from '../../src/remote/upload_slots.js';
 import { PartialSegmentMismatchError } from '../../src/remote/wal_download.js';
 import { REMOTE_PARTIAL_TEMP_NAME, segmentPath, timelineDir } from '../../src/storage/layout.js';
 import { Failpoints } from '../../src/sync/failpoints.js';
+import { Semaphore } from '../../src/sync/semaphore.js';
 import { segmentStartLsn, type Lsn } from '../../src/wal/lsn.js';
 import { Coordinator, systemErrorAsStorageError } from '../../src/timeline/coordinator.js';
 import type { CoordinatorOptions, ManagerPersist, TimelineRegistration } from '../../src/timeline/coordinator_protocol.js';
@@ -31,6 +33,7 @@ import type { ManagerConfig, ManagerShared } from '../../src/timeline/manager_sh
 import type { MessageEndpoint } from '../../src/timeline/rpc_port.js';
 import { StateWatcher } from '../../src/timeline/state_watcher.js';
 import { makeTempDir, removeAllTempDirs } from '../harness/tmp.js';
+import { waitFor } from '../harness/wait.js';
 
 const SEGMENT_BYTES = 1 << 20;
 const TENANT_ID = 'a'.repeat(32) as TenantId;
@@ -80,7 +83,7 @@ async function makeFixture(): Promise<{ dataDir: string; dir: string; remoteRoot
   await writeFile(partialPath(dir), segmentImage());
   const current = { flushLsn: FLUSH_LSN, commitLsn: FLUSH_LSN, term: TERM };
   const segments = await uploadPartialSegment(
-    { tenantId: TENANT_ID, timelineId: TIMELINE_ID, dir, segmentSizeBytes: SEGMENT_BYTES, nodeId: 1n, remote, failpoints: new Failpoints(false), signal: new AbortController().signal, persist: async () => {}, current: () => current },
+    { tenantId: TENANT_ID, timelineId: TIMELINE_ID, dir, segmentSizeBytes: SEGMENT_BYTES, nodeId: 1n, remote, permits: new Semaphore(1), failpoints: new Failpoints(false), signal: new AbortController().signal, persist: async () => {}, current: () => current },
     [],
     current,
   );
@@ -90,13 +93,15 @@ async function makeFixture(): Promise<{ dataDir: string; dir: string; remoteRoot
 
 type Fixture = Awaited<ReturnType<typeof makeFixture>>;
 
-function makeShared(fixture: Fixture, options: { deleteOffloadedWal: boolean; nowMs?: () => number; random?: () => number; persisted?: ManagerPersist[] }): ManagerShared {
+function makeShared(fixture: Fixture, options: { deleteOffloadedWal: boolean; nowMs?: () => number; random?: () => number; persisted?: ManagerPersist[]; offloadPermits?: Semaphore }): ManagerShared {
   return {
     config: managerConfig(fixture.dataDir, options.deleteOffloadedWal),
     host: { persist: async (_ttid, update) => void options.persisted?.push(update), reportBackupLsn: () => {}, reportActive: () => {}, log: () => {} },
     stateWatcher: new StateWatcher(),
     remote: fixture.remote,
     uploadSlots: new UploadSlots(1),
+    partialBackupPermits: new Semaphore(1),
+    offloadPermits: options.offloadPermits ?? new Semaphore(2),
     failpoints: new Failpoints(false),
     counters: { iterations: 0, segmentsUploaded: 0, bytesUploaded: 0, uploadFailures: 0, segmentsRemoved: 0, partialUploads: 0, evictions: 0, restores: 0 },
     nowMs: options.nowMs ?? (() => performance.now()),
@@ -333,24 +338,8 @@ describe('a failed eviction', () => {
     await writeFile(partialPath(fixture.dir), damaged);
     const nowMs = 1_000_000;
     const warnings: string[] = [];
-    const signal = new AbortController().signal;
     const shared = makeShared(fixture, { deleteOffloadedWal: true, nowMs: () => nowMs, random: () => random });
-    const owner: JobsOwner = {
-      ttid: TTID,
-      tenantId: TENANT_ID,
-      timelineId: TIMELINE_ID,
-      dir: fixture.dir,
-      segmentSizeBytes: SEGMENT_BYTES,
-      stopping: false,
-      signal: () => signal,
-      kick: () => {},
-      snapshot: quietSnapshot,
-      log: (level, message) => void (level === 'warn' && warnings.push(message)),
-    };
-    const block = new StateBlock();
-    block.setMany(lsnSlots());
-    const registration: TimelineRegistration = { ttid: TTID, tenantId: TENANT_ID, timelineId: TIMELINE_ID, segmentSizeBytes: SEGMENT_BYTES, stateChunkId: -1, stateBlockIndex: 0, partialSegments: fixture.segments, evictionState: { kind: 'Present' } };
-    const jobs = new ManagerJobs(owner, registration, block, shared, new ManagerBackup(owner, block, shared), nowMs);
+    const jobs = makeJobs(fixture, shared, { kind: 'Present' }, new AbortController().signal, warnings);
     jobs.startEviction();
     await jobs.ended();
     assert.equal(jobs.offloaded, false);
@@ -368,6 +357,99 @@ describe('a failed eviction', () => {
     assert.equal(retryAtMs, nowMs + JOB_RETRY_MS);
   });
 });
+
+describe('offload permits (eviction and un-eviction at once, over all timelines)', () => {
+  const NOW_MS = 1_000_000;
+
+  test('an eviction runs only with a free permit; without one it neither waits nor reads, and is tried again later', async () => {
+    const fixture = await makeFixture();
+    const permits = new Semaphore(1);
+    const warnings: string[] = [];
+    const shared = makeShared(fixture, { deleteOffloadedWal: true, nowMs: () => NOW_MS, random: () => 0.25, offloadPermits: permits });
+    const jobs = makeJobs(fixture, shared, { kind: 'Present' }, new AbortController().signal, warnings);
+    const releaseHeld = await permits.acquire(new AbortController().signal); // another timeline's eviction
+    jobs.startEviction();
+    await jobs.ended(); // while the permit is still held: the eviction did not queue for it
+    assert.equal(jobs.offloaded, false);
+    assert.equal(permits.waiting, 0);
+    assert.equal(jobs.facts(NOW_MS, NOW_MS).evictRetryAtMs, NOW_MS + 0.25 * EVICTION_MIN_RESIDENT_MS, "Neon's retry after a random fraction of eviction_min_resident");
+    assert.deepEqual(warnings, [], 'a busy permit is not a failure');
+    assert.ok((await readFile(partialPath(fixture.dir))).equals(segmentImage()), 'nothing deleted');
+    releaseHeld();
+    jobs.startEviction();
+    await jobs.ended();
+    assert.equal(jobs.offloaded, true);
+    assert.equal(permits.inUse, 0);
+  });
+
+  test('a guard that must unevict waits for a permit; releasing the guard ends its wait, and the next guard unevicts once one is free', async () => {
+    const fixture = await makeFixture();
+    await rm(partialPath(fixture.dir)); // evicted with delete_offloaded_wal: a guard downloads
+    const permits = new Semaphore(1);
+    const persisted: ManagerPersist[] = [];
+    const shared = makeShared(fixture, { deleteOffloadedWal: true, offloadPermits: permits, persisted });
+    const jobs = makeJobs(fixture, shared, OFFLOADED, new AbortController().signal);
+    const releaseHeld = await permits.acquire(new AbortController().signal);
+    const abandoned = jobs.acquireGuard(1).then(() => null, (error: unknown) => error);
+    await waitFor(() => permits.waiting === 1, { what: 'the guard waiting for a permit' });
+    jobs.releaseGuard(1); // main gave up (its guard timeout, or the connection went away)
+    const error = await abandoned;
+    assert.ok(error instanceof CancelledError, describeFailure(error));
+    assert.equal(permits.waiting, 0);
+    assert.equal(jobs.offloaded, true);
+    assert.deepEqual(persisted, []);
+    assert.deepEqual(await readdir(fixture.dir), [], 'nothing downloaded');
+
+    const granted = jobs.acquireGuard(2);
+    await waitFor(() => permits.waiting === 1, { what: 'the second guard waiting for a permit' });
+    releaseHeld();
+    await granted;
+    assert.equal(jobs.offloaded, false);
+    assert.deepEqual(persisted, [{ evictionState: { kind: 'Present' } }]);
+    assert.ok((await readFile(partialPath(fixture.dir))).equals(segmentImage()));
+    assert.equal(permits.inUse, 0, 'the permit is returned once the timeline is restored');
+
+    await permits.acquire(new AbortController().signal); // never released: a resident timeline's guard must not need it
+    await jobs.acquireGuard(3);
+    assert.equal(jobs.facts(NOW_MS, NOW_MS).guards, 2);
+  });
+
+  test("the manager stopping ends a guard's wait for a permit", async () => {
+    const fixture = await makeFixture();
+    await rm(partialPath(fixture.dir));
+    const permits = new Semaphore(1);
+    const stop = new AbortController();
+    const jobs = makeJobs(fixture, makeShared(fixture, { deleteOffloadedWal: true, offloadPermits: permits }), OFFLOADED, stop.signal);
+    await permits.acquire(new AbortController().signal);
+    const waiting = jobs.acquireGuard(1);
+    await waitFor(() => permits.waiting === 1, { what: 'the guard waiting for a permit' });
+    const reason = new ShutdownError();
+    stop.abort(reason);
+    await assert.rejects(waiting, (error) => error === reason);
+    assert.equal(permits.waiting, 0);
+    assert.equal(jobs.offloaded, true);
+  });
+});
+
+/** A timeline's jobs over the fixture (no manager loop: the test starts jobs itself). Warnings go to `warnings`. */
+function makeJobs(fixture: Fixture, shared: ManagerShared, evictionState: EvictionState, signal: AbortSignal, warnings: string[] = []): ManagerJobs {
+  const owner: JobsOwner = {
+    ttid: TTID,
+    tenantId: TENANT_ID,
+    timelineId: TIMELINE_ID,
+    dir: fixture.dir,
+    segmentSizeBytes: SEGMENT_BYTES,
+    stopping: false,
+    signal: () => signal,
+    kick: () => {},
+    snapshot: quietSnapshot,
+    log: (level, message) => void (level === 'warn' && warnings.push(message)),
+  };
+  const block = new StateBlock();
+  block.setMany(lsnSlots());
+  const registration: TimelineRegistration = { ttid: TTID, tenantId: TENANT_ID, timelineId: TIMELINE_ID, segmentSizeBytes: SEGMENT_BYTES, stateChunkId: -1, stateBlockIndex: 0, partialSegments: fixture.segments, evictionState };
+  return new ManagerJobs(owner, registration, block, shared, new ManagerBackup(owner, block, shared), shared.nowMs());
+}
 
 /** The state-block slots of a quiet timeline at FLUSH_LSN (what main publishes). */
 function lsnSlots(): Partial<Record<SlotName, bigint>> {
