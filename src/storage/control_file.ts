@@ -13,7 +13,13 @@
  * added later under a new version without a hand-written binary upgrade path.
  *
  * Invariants: the state is checked before it is written and after it is read (schema and the relations
- * in `controlFileProblem`). A save writes `safekeeper.control.partial`, fsyncs it, renames it over
+ * in `controlFileProblem`), with the same function both ways, so every state we write reads back and every
+ * state we read can be written again. `controlFileProblem` includes the bounds the wire and the HTTP API
+ * apply (member sets, hosts, history length), the remote-key shape of partial segment names and the
+ * eviction state's link to its uploaded partial segment: a file edited by hand or written by another tool
+ * that breaks one is refused at load (the timeline is broken), instead of tripping an assertion later. A
+ * body read must also fit once re-encoded in our own (indented) form, or the first save would not fit.
+ * A save writes `safekeeper.control.partial`, fsyncs it, renames it over
  * `safekeeper.control` and fsyncs the directory, so after a crash at any instant the old or the new file
  * loads, never a mix. A bad file on load is a ControlFileCorruptError (XX001), never a partial state.
  * Threads: the async functions (fs/promises) are for the main and coordinator threads, which must not
@@ -22,9 +28,13 @@
 import { crc32c } from '@node-rs/crc32';
 import { open, rename } from 'node:fs/promises';
 import { isDeepStrictEqual } from 'node:util';
-import { MEMBER_HOST_BYTES_MAX, MEMBERS_PER_SET_MAX, type TimelinePersistentState } from '../acceptor/state.js';
+import { MEMBER_HOST_BYTES_MAX, MEMBERS_PER_SET_MAX, memberHostProblem, type TimelinePersistentState } from '../acceptor/state.js';
 import { TERM_HISTORY_ENTRIES_MAX } from '../acceptor/term_history.js';
 import { SafekeeperError } from '../errors.js';
+// The one predicate RemoteStorage asserts on. remote/ already imports storage/ (layout, file_read, segment_read)
+// but remote_storage.ts imports nothing from storage/, so this adds no module cycle, and main loads it anyway
+// (coordinator_client → rpc_port). Checking with the same function is what keeps load and use in agreement.
+import { isValidKey, objectKey } from '../remote/remote_storage.js';
 import { AssertionError, assert } from '../sync/assert.js';
 import { isValidSegmentSize } from '../wal/lsn.js';
 import { controlFileJsonSchema, fromControlFileJson, toControlFileJson } from './control_file_json.js';
@@ -87,12 +97,18 @@ const checksum = (bytes: Uint8Array, length: number): number =>
   crc32c(Buffer.from(bytes.buffer, bytes.byteOffset, length)) >>> 0;
 
 /**
- * The first broken invariant of `state`, or null. These relations hold for every state the acceptor
- * produces (see acceptor/state.ts and the protocol reference §4.5), so a violation means a bug (on
- * write) or a damaged file (on read).
+ * The first broken invariant of `state`, or null. These relations and bounds hold for every state the
+ * acceptor and the timeline manager produce (see acceptor/state.ts and the protocol reference §4.5), so a
+ * violation means a bug (on write) or a damaged or foreign file (on read). Later code asserts each of them.
  */
 export function controlFileProblem(state: TimelinePersistentState): string | null {
+  return historyProblem(state) ?? lsnProblem(state) ?? membershipProblem(state) ?? partialBackupProblem(state);
+}
+
+function historyProblem(state: TimelinePersistentState): string | null {
   const history = state.acceptorState.termHistory;
+  // The acceptor refuses a longer history from a proposer (acceptor_election.ts); the body bound assumes it.
+  if (history.length > TERM_HISTORY_ENTRIES_MAX) return `term_history has ${history.length} entries, more than ${TERM_HISTORY_ENTRIES_MAX}`;
   for (let index = 1; index < history.length; index++) {
     const previous = history[index - 1]!;
     const entry = history[index]!;
@@ -101,24 +117,59 @@ export function controlFileProblem(state: TimelinePersistentState): string | nul
   }
   const last = history[history.length - 1];
   if (last !== undefined && last.term > state.acceptorState.term) return 'term_history has a term above acceptor_state.term';
+  return null;
+}
+
+function lsnProblem(state: TimelinePersistentState): string | null {
   if (state.timelineStartLsn > state.localStartLsn) return 'timeline_start_lsn above local_start_lsn';
   if (state.timelineStartLsn > state.commitLsn) return 'timeline_start_lsn above commit_lsn';
   if (!isValidSegmentSize(state.server.walSegSizeBytes)) return 'wal_seg_size is not a power of two in [1 MiB, 1 GiB]';
   if (state.server.pgVersion <= 0) return 'pg_version is 0';
-  for (const segment of state.partialBackup.segments) {
-    if (segment.commitLsn > segment.flushLsn) return `partial segment ${segment.name} has commit_lsn above flush_lsn`;
-  }
-  for (const members of [state.mconf.members, state.mconf.newMembers ?? []]) {
+  return null;
+}
+
+/** The bounds the wire (messages_v3.ts) and the HTTP API apply: the greeting encoder asserts on a bad host. */
+function membershipProblem(state: TimelinePersistentState): string | null {
+  for (const [setName, members] of [['members', state.mconf.members], ['new_members', state.mconf.newMembers ?? []]] as const) {
+    if (members.length > MEMBERS_PER_SET_MAX) return `mconf.${setName} has ${members.length} members, more than ${MEMBERS_PER_SET_MAX}`;
     if (new Set(members.map((member) => member.id)).size !== members.length) return 'duplicate member id in mconf';
+    for (const member of members) {
+      const hostProblem = memberHostProblem(member.host);
+      if (hostProblem !== null) return `mconf.${setName}: the host of member ${member.id} ${hostProblem}`;
+    }
   }
   return null;
 }
+
+/**
+ * Partial segment names become remote keys (RemoteStorage asserts their shape), at most one record is
+ * Uploaded (partial_backup.ts marks every other one Deleting as it marks one Uploaded), and an offloaded
+ * timeline's uploaded partial segment ends at the flush_lsn it was offloaded at (eviction.ts asserts it).
+ */
+function partialBackupProblem(state: TimelinePersistentState): string | null {
+  let uploaded: TimelinePersistentState['partialBackup']['segments'][number] | null = null;
+  for (const [index, segment] of state.partialBackup.segments.entries()) {
+    // The name may be anything a file held: quote a bounded prefix of it.
+    if (!isValidKey(objectKey(state.tenantId, state.timelineId, segment.name))) return `partial segment ${index} has a name that is not a remote key: ${JSON.stringify(segment.name.slice(0, 80))}`;
+    if (segment.commitLsn > segment.flushLsn) return `partial segment ${segment.name} has commit_lsn above flush_lsn`;
+    if (segment.status !== 'Uploaded') continue;
+    if (uploaded !== null) return 'more than one partial segment is Uploaded';
+    uploaded = segment;
+  }
+  if (state.evictionState.kind === 'Offloaded' && (uploaded === null || uploaded.flushLsn !== state.evictionState.flushLsn)) {
+    return 'eviction_state is Offloaded without an Uploaded partial segment at its flush_lsn';
+  }
+  return null;
+}
+
+/** The JSON body we write: indented for an operator's eyes, so larger than a compact body of the same state. */
+const encodeBody = (state: TimelinePersistentState): Buffer => Buffer.from(JSON.stringify(toControlFileJson(state), null, 2) + '\n', 'utf8');
 
 /** Encodes `state` into a control-file image. A state that breaks an invariant is a bug: AssertionError. */
 export function encodeControlFile(state: TimelinePersistentState): Uint8Array {
   const problem = controlFileProblem(state);
   if (problem !== null) throw new AssertionError(`refusing to encode a bad control file: ${problem}`);
-  const body = Buffer.from(JSON.stringify(toControlFileJson(state), null, 2) + '\n', 'utf8');
+  const body = encodeBody(state);
   assert(body.length <= CONTROL_FILE_BODY_BYTES_MAX, 'control file body within its bound');
   const bytes = new Uint8Array(HEADER_BYTES + body.length + CHECKSUM_BYTES);
   const view = new DataView(bytes.buffer);
@@ -130,10 +181,27 @@ export function encodeControlFile(state: TimelinePersistentState): Uint8Array {
   return bytes;
 }
 
-/** Decodes and validates a control-file image. `source` (a path) goes into error messages. */
+const corruptError = (source: string, reason: ControlFileCorruptReason, detail: string, cause?: unknown): ControlFileCorruptError =>
+  new ControlFileCorruptError(reason, `${source}: ${detail}`, cause === undefined ? undefined : { cause });
+
+/**
+ * Decodes and validates a control-file image. `source` (a path) goes into error messages. Besides the
+ * framing, the schema and `controlFileProblem`, the state must fit the body bound once re-encoded as we
+ * write it: a compact body (another tool's, or edited by hand) of up to the bound can grow past it when
+ * indented, and the first persist would then assert.
+ */
 export function decodeControlFile(bytes: Uint8Array, source = 'control file'): TimelinePersistentState {
-  const corrupt = (reason: ControlFileCorruptReason, detail: string, cause?: unknown): ControlFileCorruptError =>
-    new ControlFileCorruptError(reason, `${source}: ${detail}`, cause === undefined ? undefined : { cause });
+  const state = decodeImage(bytes, source);
+  const reencodedBytes = encodeBody(state).length;
+  if (reencodedBytes > CONTROL_FILE_BODY_BYTES_MAX) {
+    throw corruptError(source, 'invariant', `the state takes ${reencodedBytes} bytes as we write it, more than the ${CONTROL_FILE_BODY_BYTES_MAX} a control file holds`);
+  }
+  return state;
+}
+
+/** `decodeControlFile` without the re-encoded size check (for an image `encodeControlFile` just made). */
+function decodeImage(bytes: Uint8Array, source: string): TimelinePersistentState {
+  const corrupt = (reason: ControlFileCorruptReason, detail: string, cause?: unknown): ControlFileCorruptError => corruptError(source, reason, detail, cause);
   if (bytes.length < HEADER_BYTES + CHECKSUM_BYTES) throw corrupt('too_short', `${bytes.length} bytes`);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const magic = view.getUint32(0, true);
@@ -172,7 +240,8 @@ export function encodeCheckedControlFile(state: TimelinePersistentState): Uint8A
   const bytes = encodeControlFile(state);
   let decoded: TimelinePersistentState;
   try {
-    decoded = decodeControlFile(bytes, 'control file being written');
+    // Its body is the re-encoded form whose size encodeControlFile asserted: no need to encode it again.
+    decoded = decodeImage(bytes, 'control file being written');
   } catch (error) {
     throw new AssertionError(`control file does not read back: ${(error as Error).message}`);
   }

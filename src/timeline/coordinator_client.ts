@@ -7,7 +7,11 @@
  *
  * Lifecycle: a registered timeline's Gate holds an entry named "timeline manager" until the coordinator
  * confirms that its manager stopped, so deleting or shutting down a timeline (cancel, then gate.close())
- * waits for every background job of it before any file is touched. `stop()` runs after the registry shut
+ * waits for every background job of it before any file is touched. The unregister request that stops it
+ * is never dropped: refused (the coordinator busy), it is retried with backoff until it lands or the
+ * coordinator stops; leaving the gate earlier would let a delete go on under a live manager.
+ * Checkpoints (an HTTP endpoint with no limit of its own) are bounded here, so they cannot take the request
+ * budget that guards and unregisters need. `stop()` runs after the registry shut
  * down. A coordinator that throws or exits unexpectedly has a bug: the node crashes, as for any assertion.
  * Residency guards time out after GUARD_TIMEOUT_MS; a guard given up on is released even if the grant
  * arrives later (ids are chosen here, so the release can precede the grant). Main thread.
@@ -16,9 +20,11 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { SafekeeperError, ShutdownError } from '../errors.js';
 import { workerFilename } from '../ingest/writer_pool.js';
+import { CONNECTIONS_MAX, SLOW_WAIT_MS } from '../limits.js';
 import type { Logger } from '../log.js';
 import * as metrics from '../metrics.js';
 import { assert, unreachable } from '../sync/assert.js';
+import { sleep } from '../sync/cancel.js';
 import type { FailpointState } from '../sync/failpoints.js';
 import type { Lsn } from '../wal/lsn.js';
 import type { TenantId, TimelineId } from '../acceptor/state.js';
@@ -33,7 +39,7 @@ import {
   type MainReplies,
   type MainRequest,
 } from './coordinator_protocol.js';
-import { RpcPort } from './rpc_port.js';
+import { CoordinatorBusyError, RpcPort } from './rpc_port.js';
 import type { Timeline } from './timeline.js';
 
 export interface ResidencyGuard {
@@ -52,6 +58,47 @@ export class GuardTimeoutError extends SafekeeperError {
   readonly code = 'SK_GUARD_TIMEOUT';
   readonly sqlState = '57014'; // query_canceled, as for a statement timeout
   override readonly httpStatus = 503;
+}
+
+/**
+ * Checkpoint requests in flight at once. A checkpoint is an operator's or a test's request (save now, one
+ * manager pass); each holds one of the COORDINATOR_REQUESTS_IN_FLIGHT_MAX slots until its pass ends, and
+ * those slots are what residency guards (one per pg connection) and unregisters need. More are refused (503).
+ */
+export const CHECKPOINTS_IN_FLIGHT_MAX = 64;
+assert(CONNECTIONS_MAX + CHECKPOINTS_IN_FLIGHT_MAX < COORDINATOR_REQUESTS_IN_FLIGHT_MAX, 'guards and checkpoints together leave request slots for the rest');
+
+/**
+ * Backoff between attempts of a request that must not be dropped (unregister). A refusal means requests
+ * are in flight, which end within milliseconds to seconds: start short, double, and cap so a long
+ * saturation costs one attempt a second. Half of each delay is jitter.
+ */
+export const MUST_LAND_BACKOFF_MS_MIN = 10;
+export const MUST_LAND_BACKOFF_MS_MAX = 1_000;
+
+/**
+ * Runs `attempt` until it resolves ('done'), or until the coordinator is going away ('stopped': `stopping()`
+ * is true, or the link is closed, a ShutdownError). Every other operating error is reported to `onFailure`
+ * and the attempt repeats after a backoff, so `attempt` must be idempotent. A non-SafekeeperError is a bug:
+ * it propagates. Never aborts: its caller waits for the outcome.
+ */
+export async function retryUntilLanded(
+  attempt: () => Promise<void>,
+  options: { stopping: () => boolean; onFailure: (error: SafekeeperError, attempts: number) => void; random?: () => number },
+): Promise<'done' | 'stopped'> {
+  const never = new AbortController().signal;
+  for (let attempts = 1; ; attempts += 1) {
+    try {
+      await attempt();
+      return 'done';
+    } catch (error) {
+      if (!(error instanceof SafekeeperError)) throw error;
+      if (error instanceof ShutdownError || options.stopping()) return 'stopped';
+      options.onFailure(error, attempts);
+    }
+    const ceilingMs = Math.min(MUST_LAND_BACKOFF_MS_MAX, MUST_LAND_BACKOFF_MS_MIN * 2 ** Math.min(attempts - 1, 20));
+    await sleep(ceilingMs / 2 + (options.random ?? Math.random)() * (ceilingMs / 2), never);
+  }
 }
 
 /**
@@ -75,6 +122,7 @@ export class CoordinatorClient implements Residency {
   /** Chunks of state blocks the coordinator has (each is sent once, before its first registration). */
   readonly #stateChunksSent = new Set<number>();
   #nextGuardId = 1;
+  #checkpointsInFlight = 0;
   #stopping = false;
   #unhookScrape: () => void;
   private constructor(options: CoordinatorOptions, private readonly log: Logger) {
@@ -143,11 +191,25 @@ export class CoordinatorClient implements Residency {
     timeline.cancel.onCancel(() => this.#unregister(timeline, leave));
   }
 
-  /** The timeline was cancelled: stop its manager, then leave its gate (delete and shutdown wait for that). */
+  /**
+   * The timeline was cancelled: stop its manager, then leave its gate (delete and shutdown wait for that).
+   * Unregister is idempotent, so a refusal is retried until it lands; the gate is left only once the manager
+   * stopped, or once the coordinator is stopping (its shutdown stops every manager). A warning is logged at
+   * the first refusal and then once per SLOW_WAIT_MS.
+   */
   #unregister(timeline: Timeline, leave: () => void): void {
     const { ttid } = timeline;
-    void this.#request('unregister', { kind: 'unregister', ttid })
-      .catch((error: unknown) => this.log.warn({ err: error, ttid }, 'unregistering a timeline manager failed'))
+    let warnedAtMs = -Infinity;
+    const onFailure = (error: SafekeeperError, attempts: number): void => {
+      if (performance.now() - warnedAtMs < SLOW_WAIT_MS) return;
+      warnedAtMs = performance.now();
+      this.log.warn({ err: error, ttid, attempts }, 'unregistering a timeline manager was refused; retrying');
+    };
+    const attempt = async (): Promise<void> => void (await this.#request('unregister', { kind: 'unregister', ttid }));
+    void retryUntilLanded(attempt, { stopping: () => this.#stopping, onFailure })
+      .then((outcome) => {
+        if (outcome === 'stopped') this.log.info({ ttid }, 'coordinator stopping: its shutdown stops the timeline manager');
+      })
       .finally(() => {
         this.#timelines.delete(ttid);
         this.#active.delete(ttid);
@@ -184,14 +246,23 @@ export class CoordinatorClient implements Residency {
     };
   }
 
-  /** Saves the control file now, runs a manager pass and waits for the WAL removal it starts. */
   /** Deletes every remote object of a timeline that was deleted locally. Returns how many there were. */
   deleteRemote(tenantId: TenantId, timelineId: TimelineId): Promise<number> {
     return this.#request('delete_remote', { kind: 'delete_remote', tenantId, timelineId });
   }
 
+  /**
+   * Saves the control file now, runs a manager pass and waits for the WAL removal it starts.
+   * CoordinatorBusyError (503) when CHECKPOINTS_IN_FLIGHT_MAX are running already.
+   */
   async checkpoint(timeline: Timeline): Promise<void> {
-    await this.#request('checkpoint', { kind: 'checkpoint', ttid: timeline.ttid });
+    if (this.#checkpointsInFlight >= CHECKPOINTS_IN_FLIGHT_MAX) throw new CoordinatorBusyError(`too many checkpoints in flight (${CHECKPOINTS_IN_FLIGHT_MAX}); try again later`);
+    this.#checkpointsInFlight += 1;
+    try {
+      await this.#request('checkpoint', { kind: 'checkpoint', ttid: timeline.ttid });
+    } finally {
+      this.#checkpointsInFlight -= 1;
+    }
   }
 
   /** WAL from remote storage (at most to the end of `startLsn`'s segment); NotFoundError when not there. */

@@ -4,16 +4,28 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { crc32c } from '@node-rs/crc32';
-import { newTimelineState, parseTenantId, parseTimelineId, type TimelinePersistentState } from '../../src/acceptor/state.js';
+import {
+  MEMBER_HOST_BYTES_MAX,
+  MEMBERS_PER_SET_MAX,
+  newTimelineState,
+  parseTenantId,
+  parseTimelineId,
+  type SafekeeperMember,
+  type TimelinePersistentState,
+} from '../../src/acceptor/state.js';
+import { TERM_HISTORY_ENTRIES_MAX } from '../../src/acceptor/term_history.js';
 import { NotFoundError } from '../../src/errors.js';
 import {
+  CONTROL_FILE_BODY_BYTES_MAX,
   CONTROL_FILE_MAGIC,
   ControlFileCorruptError,
   decodeControlFile,
+  encodeCheckedControlFile,
   encodeControlFile,
   loadControlFile,
   saveControlFile,
 } from '../../src/storage/control_file.js';
+import { toControlFileJson } from '../../src/storage/control_file_json.js';
 import { CONTROL_FILE_NAME, CONTROL_FILE_PARTIAL_NAME } from '../../src/storage/layout.js';
 import { AssertionError } from '../../src/sync/assert.js';
 
@@ -55,9 +67,22 @@ function fullState(): TimelinePersistentState {
         { status: 'Deleting', name: 'seg-c', commitLsn: 1n, flushLsn: 1n, term: 1n },
       ],
     },
-    evictionState: { kind: 'Offloaded', flushLsn: 0x2_0000_0100n },
+    evictionState: { kind: 'Offloaded', flushLsn: 0x2_0000_0080n }, // where the Uploaded partial segment ends
     creationTimeMs: 1_774_000_000_123,
   };
+}
+
+const U64_MAX = 0xffff_ffff_ffff_ffffn;
+
+/** `count` members with distinct ids and `host` (repeated to MEMBER_HOST_BYTES_MAX when one character). */
+function members(count: number, host: string, fromId = 0): SafekeeperMember[] {
+  const name = host.length === 1 ? host.repeat(MEMBER_HOST_BYTES_MAX) : host;
+  return Array.from({ length: count }, (_, index) => ({ id: U64_MAX - BigInt(fromId + index), host: name, pgPort: 65_535 }));
+}
+
+/** A valid history of `entries` entries whose every term and LSN takes the most JSON characters. */
+function longHistory(entries: number): TimelinePersistentState['acceptorState']['termHistory'] {
+  return Array.from({ length: entries }, (_, index) => ({ term: U64_MAX - BigInt(entries - 1 - index), lsn: 0xffff_ffff_ff00_0028n + 8n * BigInt(index) }));
 }
 
 /** Re-frames a JSON body as a control file with a valid header and checksum. */
@@ -104,7 +129,7 @@ describe('control file codec', () => {
     const body = bodyOf(encodeControlFile(fullState()));
     assert.equal(body['commit_lsn'], '2/80');
     assert.equal(body['timeline_start_lsn'], '0/16B37F8');
-    assert.deepEqual(body['eviction_state'], { Offloaded: '2/100' });
+    assert.deepEqual(body['eviction_state'], { Offloaded: '2/80' });
     assert.deepEqual((body['acceptor_state'] as { term: unknown }).term, '12');
     assert.deepEqual((body['server'] as Record<string, unknown>)['system_id'], '7300000000000000123');
     assert.deepEqual((body['mconf'] as { members: unknown[] }).members[1], { id: '18446744073709551615', host: 'sk-2.local', pg_port: 65535 });
@@ -184,6 +209,19 @@ describe('control file codec', () => {
       ['pg_version 0', (s) => (s.server.pgVersion = 0)],
       ['partial commit above flush', (s) => (s.partialBackup.segments[0]!.commitLsn = 0x3_0000_0000n)],
       ['duplicate member', (s) => (s.mconf.members[1]!.id = 1n)],
+      // The bounds the wire and the HTTP API apply, and the facts later code asserts.
+      ['NUL in a member host', (s) => (s.mconf.members[0]!.host = 'x\u0000y')],
+      ['control character in a new member host', (s) => (s.mconf.newMembers![0]!.host = 'x\ny')],
+      ['member host too long', (s) => (s.mconf.members[0]!.host = 'h'.repeat(MEMBER_HOST_BYTES_MAX + 1))],
+      ['too many members', (s) => (s.mconf.members = members(MEMBERS_PER_SET_MAX + 1, 'h'))],
+      ['too many new members', (s) => (s.mconf.newMembers = members(MEMBERS_PER_SET_MAX + 1, 'h'))],
+      ['history too long', (s) => ((s.acceptorState.termHistory = longHistory(TERM_HISTORY_ENTRIES_MAX + 1)), (s.acceptorState.term = U64_MAX))],
+      ['partial name with a space', (s) => (s.partialBackup.segments[2]!.name = 'a b')],
+      ['partial name leaving the timeline', (s) => (s.partialBackup.segments[2]!.name = '../x')],
+      ['partial name with an empty part', (s) => (s.partialBackup.segments[2]!.name = 'x//y')],
+      ['two Uploaded partial segments', (s) => (s.partialBackup.segments[1]!.status = 'Uploaded')],
+      ['Offloaded past the Uploaded partial segment', (s) => (s.evictionState = { kind: 'Offloaded', flushLsn: 0x2_0000_0100n })],
+      ['Offloaded with no Uploaded partial segment', (s) => (s.partialBackup.segments[0]!.status = 'Deleting')],
     ];
     for (const [name, breakIt] of broken) {
       const state = fullState();
@@ -194,19 +232,86 @@ describe('control file codec', () => {
   });
 });
 
-/** Encodes without the invariant check, by encoding a valid twin and patching the JSON fields that differ. */
+describe('control files that load but break what later code asserts', () => {
+  // Each body has a valid checksum, as a hand edit or another tool would leave it, and is compact JSON.
+  type Body = Record<string, any>; // JSON poked at by path: typing each path would hide what the case changes
+  const compact = (mutate: (body: Body) => void): Uint8Array => {
+    const body = bodyOf(encodeControlFile(fullState())) as Body;
+    mutate(body);
+    return frame(JSON.stringify(body));
+  };
+  const assertInvariant = (bytes: Uint8Array, detail: RegExp): void => {
+    assert.throws(() => decodeControlFile(bytes), (e: unknown) => e instanceof ControlFileCorruptError && e.reason === 'invariant' && detail.test(e.message), String(detail));
+  };
+
+  test('a NUL in a member host (the greeting encoder asserts there is none)', () => {
+    assertInvariant(compact((b) => (b['mconf'].members[0].host = 'x\u0000y')), /mconf\.members: the host of member 1 has a control character/);
+    assertInvariant(compact((b) => (b['mconf'].new_members[0].host = 'x\u0000y')), /mconf\.new_members: the host of member 3/);
+  });
+
+  test('12,000 term history entries in compact JSON (they fit on disk, but not once written back indented)', () => {
+    const bytes = compact((b) => {
+      b['acceptor_state'] = { term: U64_MAX.toString(), term_history: longHistory(12_000).map((e) => ({ term: e.term.toString(), lsn: 'FFFFFFFF/FFFFFFFF' })) };
+    });
+    assert.ok(bytes.length < CONTROL_FILE_BODY_BYTES_MAX && bytes.length > 600_000, `${bytes.length} bytes`);
+    assertInvariant(bytes, /term_history has 12000 entries, more than 10000/);
+  });
+
+  test('a partial segment name that is not a remote key (RemoteStorage asserts on it)', () => {
+    for (const name of ['a b', '../x', 'x/..', '/abs', 'x\u0000']) {
+      assertInvariant(compact((b) => (b['partial_backup'].segments[2].name = name)), /partial segment 2 has a name that is not a remote key/);
+    }
+  });
+
+  test('Offloaded with no Uploaded partial segment at its flush_lsn (eviction asserts on it)', () => {
+    assertInvariant(compact((b) => (b['eviction_state'] = { Offloaded: '2/100' })), /Offloaded without an Uploaded partial segment/);
+    assertInvariant(compact((b) => b['partial_backup'].segments.splice(0, 1)), /Offloaded without an Uploaded partial segment/);
+    assertInvariant(compact((b) => (b['partial_backup'].segments = [])), /Offloaded without an Uploaded partial segment/);
+    // The same file with the timeline Present loads.
+    assert.equal(decodeControlFile(compact((b) => ((b['eviction_state'] = 'Present'), (b['partial_backup'].segments = [])))).evictionState.kind, 'Present');
+  });
+
+  test('a compact body that fits but would not once written back indented', () => {
+    const bytes = compact((b) => {
+      const deleting = { status: 'Deleting', name: '000000010000000200000000_5_0000000200000000_0000000200000080_sk1.partial', commit_lsn: '2/0', flush_lsn: '2/80', term: '5' };
+      b['partial_backup'].segments.push(...Array.from({ length: 6_500 }, () => deleting));
+    });
+    assert.ok(bytes.length - 16 <= CONTROL_FILE_BODY_BYTES_MAX, `${bytes.length} bytes`);
+    assertInvariant(bytes, /bytes as we write it, more than the 1048576/);
+  });
+
+  test('on disk, each loads as ControlFileCorruptError naming the path (the registry marks the timeline broken)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'sk-control-bad-'));
+    try {
+      await writeFile(join(dir, CONTROL_FILE_NAME), compact((b) => (b['partial_backup'].segments[2].name = '../x')));
+      await assert.rejects(loadControlFile(dir), (e: unknown) => e instanceof ControlFileCorruptError && e.reason === 'invariant' && e.message.includes(dir));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('the largest valid state (longest history, two full member sets of 255-byte hosts) round-trips, also from compact JSON', async () => {
+    const state = fullState();
+    state.acceptorState = { term: U64_MAX, termHistory: longHistory(TERM_HISTORY_ENTRIES_MAX) };
+    // Every host byte a quote, which JSON escapes to two.
+    state.mconf = { generation: 0xffff_ffff, members: members(MEMBERS_PER_SET_MAX, '"'), newMembers: members(MEMBERS_PER_SET_MAX, '"', MEMBERS_PER_SET_MAX) };
+    const bytes = encodeCheckedControlFile(state);
+    assert.ok(bytes.length <= CONTROL_FILE_BODY_BYTES_MAX + 16);
+    assert.deepEqual(decodeControlFile(bytes), state);
+    assert.deepEqual(decodeControlFile(frame(JSON.stringify(toControlFileJson(state)))), state);
+    const dir = await mkdtemp(join(tmpdir(), 'sk-control-max-'));
+    try {
+      await saveControlFile(dir, state, { noSync: true });
+      assert.deepEqual(await loadControlFile(dir), state);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+/** Encodes without the invariant check: the body as the encoder would write it, framed with a valid checksum. */
 function encodeUnchecked(state: TimelinePersistentState): Uint8Array {
-  const body = bodyOf(encodeControlFile(fullState()));
-  const fmt = (lsn: bigint): string => `${(lsn >> 32n).toString(16)}/${(lsn & 0xffff_ffffn).toString(16)}`.toUpperCase();
-  body['local_start_lsn'] = fmt(state.localStartLsn);
-  body['commit_lsn'] = fmt(state.commitLsn);
-  body['acceptor_state'] = { term: state.acceptorState.term.toString(), term_history: state.acceptorState.termHistory.map((e) => ({ term: e.term.toString(), lsn: fmt(e.lsn) })) };
-  (body['server'] as Record<string, unknown>)['wal_seg_size'] = state.server.walSegSizeBytes;
-  (body['server'] as Record<string, unknown>)['pg_version'] = state.server.pgVersion;
-  const segments = (body['partial_backup'] as { segments: Array<Record<string, unknown>> }).segments;
-  segments[0]!['commit_lsn'] = fmt(state.partialBackup.segments[0]!.commitLsn);
-  (body['mconf'] as { members: Array<Record<string, unknown>> }).members[1]!['id'] = state.mconf.members[1]!.id.toString();
-  return frame(body);
+  return frame(JSON.stringify(toControlFileJson(state), null, 2) + '\n');
 }
 
 describe('control file on disk', () => {
