@@ -38,6 +38,12 @@ import type { PartialRemoteSegment } from '../acceptor/state.js';
 import { needsUploading, uploadedPartial, type PartialCurrent } from '../remote/partial_backup.js';
 import { lsnMin, segmentNumber, segmentStartLsn, type Lsn } from '../wal/lsn.js';
 
+/**
+ * Partial-backup records (uploads in progress or objects to delete) above which no new partial upload starts:
+ * 64 records are ~16 KiB of the control file, well inside what its size budget leaves (control_file.ts).
+ */
+export const PARTIAL_GARBAGE_RECORDS_MAX = 64;
+
 /** The state-block slots the decisions read. */
 export interface ManagerSnapshot {
   flushLsn: Lsn;
@@ -168,10 +174,12 @@ export function planPass(snapshot: ManagerSnapshot, facts: ManagerFacts, setting
     else wakeAt(dueMs);
   }
 
-  // Partial backup.
+  // Partial backup. Not while too many older objects wait for their deletion: each upload leaves one more
+  // record in the control file when deletes keep failing, and the file's size is bounded.
   const current = partialCurrentOf(snapshot);
   const partialStale = snapshot.flushLsn > 0n && needsUploading(facts.partialSegments, current);
-  if (partialStale && !facts.partialRunning) {
+  const partialGarbage = facts.partialSegments.filter((segment) => segment.status !== 'Uploaded').length;
+  if (partialStale && !facts.partialRunning && partialGarbage < PARTIAL_GARBAGE_RECORDS_MAX) {
     const dueMs = Math.max(facts.lastChangeMs + settings.partialBackupTimeoutMs, facts.partialRetryAtMs);
     if (nowMs >= dueMs) plan.uploadPartial = true;
     else wakeAt(dueMs);

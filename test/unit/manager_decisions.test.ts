@@ -11,7 +11,7 @@ import { describe, test } from 'node:test';
 import type { PartialRemoteSegment } from '../../src/acceptor/state.js';
 import { NotFoundError } from '../../src/errors.js';
 import { needsUploading, partialObjectName } from '../../src/remote/partial_backup.js';
-import { planPass, removalLimitSegno, type ManagerFacts, type ManagerSettings, type ManagerSnapshot } from '../../src/timeline/manager_decisions.js';
+import { PARTIAL_GARBAGE_RECORDS_MAX, planPass, removalLimitSegno, type ManagerFacts, type ManagerSettings, type ManagerSnapshot } from '../../src/timeline/manager_decisions.js';
 import { CoordinatorBusyError, RpcPort } from '../../src/timeline/rpc_port.js';
 import { segmentStartLsn } from '../../src/wal/lsn.js';
 import { FailpointError, Failpoints, parseFailpointAction } from '../../src/sync/failpoints.js';
@@ -151,6 +151,10 @@ describe('manager decisions', () => {
     assert.equal(planPass(s, facts({ nowMs: 1_060_000 }), settings).uploadPartial, true);
     assert.equal(planPass(s, facts({ nowMs: 1_060_000, partialSegments: [uploaded(s)] }), settings).uploadPartial, false, 'already current');
     assert.equal(planPass(snapshot({ flushLsn: 0n, commitLsn: 0n, persistedCommitLsn: 0n }), facts({ nowMs: 2_000_000 }), settings).uploadPartial, false, 'no WAL yet');
+    // Deletes of older objects keep failing: each upload would leave one more record in the control file.
+    const garbage = (count: number): PartialRemoteSegment[] => Array.from({ length: count }, (_, index) => ({ status: 'Deleting', name: `old-${index}`, flushLsn: 1n, commitLsn: 1n, term: 1n }));
+    assert.equal(planPass(s, facts({ nowMs: 1_060_000, partialSegments: garbage(PARTIAL_GARBAGE_RECORDS_MAX - 1) }), settings).uploadPartial, true);
+    assert.equal(planPass(s, facts({ nowMs: 1_060_000, partialSegments: garbage(PARTIAL_GARBAGE_RECORDS_MAX) }), settings).uploadPartial, false, 'too many objects wait for deletion');
   });
 
   test('eviction needs everything remote, saved and removed, and no guard or connection', () => {
