@@ -58,11 +58,14 @@ export interface AcceptorOptions {
 
 export class Acceptor {
   readonly #core: AcceptorCore;
+  readonly #walEndLsnMax: Lsn;
   readonly #hotStandbyFeedback: () => HotStandbyFeedback;
 
   constructor(readonly nodeId: bigint, control: AcceptorControlStore, wal: AcceptorWalStore, options: AcceptorOptions = {}) {
     this.#core = new AcceptorCore(control, wal, options.onCommitAdvanced ?? (() => {}));
     this.#hotStandbyFeedback = options.hotStandbyFeedback ?? emptyHotStandbyFeedback;
+    // The segment size never changes (a greeting with another one is refused): computed once, not per append.
+    this.#walEndLsnMax = walEndLsnMax(control.state.server.walSegSizeBytes);
   }
 
   /** The persisted state (what the control file holds now). */
@@ -276,14 +279,13 @@ export class Acceptor {
     if (writeLsn < message.beginLsn) {
       throw new AcceptorRefusedError(`append request creates gap in written WAL, write_lsn=${formatLsn(writeLsn)}, msg lsn=${formatLsn(message.beginLsn)}`);
     }
-    const segmentSizeBytes = core.control.state.server.walSegSizeBytes;
-    if (message.endLsn > walEndLsnMax(segmentSizeBytes)) {
+    if (message.endLsn > this.#walEndLsnMax) {
       throw new ProtocolViolationError('AppendRequest', `WAL up to ${formatLsn(message.endLsn)} reaches the last segment of the LSN space`);
     }
     // commit_lsn is persisted and recovery decodes WAL from it, so it must be where a record can start; every
     // flush_lsn a safekeeper reports is, and a proposer's commit_lsn is the quorum's flush_lsn.
     if (message.commitLsn > core.inMemory.commitLsn) {
-      const problem = decoderStartProblem(message.commitLsn, segmentSizeBytes);
+      const problem = decoderStartProblem(message.commitLsn, core.control.state.server.walSegSizeBytes);
       if (problem !== null) throw new ProtocolViolationError('AppendRequest', `commit_lsn ${formatLsn(message.commitLsn)} ${problem}`);
     }
     return null;
