@@ -120,6 +120,14 @@ export async function acquireLock(dataDir: string, log: Logger, lockExclusive: L
       return;
     }
     const handle = await takeFlock(dataDir, lockExclusive);
+    if (handle === null) {
+      log.warn(
+        { data_dir_lock: 'pid file only (this filesystem does not support flock)', lock_file: join(dataDir, LOCK_FILE_NAME) },
+        'the data directory lock cannot detect a second node in another PID namespace (container): do not share the volume',
+      );
+      await acquirePidFileLock(dataDir, log);
+      return;
+    }
     lockedDataDirs.set(dataDir, handle);
     await replacePidFile(dataDir, log);
   } catch (error) {
@@ -131,7 +139,7 @@ export async function acquireLock(dataDir: string, log: Logger, lockExclusive: L
 }
 
 /** Opens `safekeeper.lock` and takes its flock; DataDirLockedError naming the pid file's process when another holds it. */
-async function takeFlock(dataDir: string, lockExclusive: LockExclusive): Promise<FileHandle> {
+async function takeFlock(dataDir: string, lockExclusive: LockExclusive): Promise<FileHandle | null> {
   const flockPath = join(dataDir, FLOCK_FILE_NAME);
   // O_RDWR: on NFS flock becomes a POSIX write lock, which needs a writable fd. Never truncated: its content is unused.
   const handle = await open(flockPath, constants.O_RDWR | constants.O_CREAT, 0o644).catch((error: unknown) => {
@@ -142,6 +150,8 @@ async function takeFlock(dataDir: string, lockExclusive: LockExclusive): Promise
     locked = lockExclusive(handle.fd);
   } catch (error) {
     await handle.close();
+    // A filesystem without flock (some network filesystems): the pid file is all there is, as without the addon.
+    if (FLOCK_UNSUPPORTED.has((error as NodeJS.ErrnoException).code ?? '')) return null;
     throw new StorageIoError(`cannot lock ${flockPath}: ${(error as Error).message}`, { cause: error });
   }
   if (locked) return handle;
@@ -155,17 +165,39 @@ async function takeFlock(dataDir: string, lockExclusive: LockExclusive): Promise
   throw new DataDirLockedError(`data directory ${dataDir} is in use by ${holder}: ${flockPath} is locked`);
 }
 
-/** With the flock held: any pid file is stale (its process no longer holds the lock); write ours in its place. */
+/**
+ * With the flock held, a pid file left behind is stale (no flock-taking node holds the directory), unless it
+ * names a live safekeeper that locks by pid file alone: a build before the flock, or one without the addon,
+ * still running during an upgrade. That one is refused; otherwise our pid replaces it.
+ */
 async function replacePidFile(dataDir: string, log: Logger): Promise<void> {
   const pidPath = join(dataDir, LOCK_FILE_NAME);
   const previousText = await readFile(pidPath, 'utf8').catch((error: NodeJS.ErrnoException) => {
     if (error.code === 'ENOENT') return null;
     throw error;
   });
+  const previousPid = parsePid(previousText);
+  if (previousPid !== null && isProcessAlive(previousPid) && (await isSafekeeperProcess(previousPid))) {
+    throw new DataDirLockedError(`data directory ${dataDir} is in use by process ${previousPid}, a safekeeper that locks it by ${pidPath} alone (an older build, or one without the native addon)`);
+  }
   await writeFileDurably(pidPath, `${process.pid}\n`);
   if (previousText !== null) {
     log.warn({ lock_file: pidPath, stale_pid: parsePid(previousText) }, 'taking over a stale lock file: no process holds its flock');
   }
+}
+
+/** flock errors that mean the filesystem has no flock, not that the lock is broken. */
+const FLOCK_UNSUPPORTED = new Set(['ENOLCK', 'ENOSYS', 'EOPNOTSUPP']);
+
+/**
+ * Whether live process `pid` is a safekeeper node, by its command line (`... main.js run ...` or
+ * `safekeeper run ...`): a pid file's pid may have been reused by an unrelated process since its node died.
+ */
+async function isSafekeeperProcess(pid: number): Promise<boolean> {
+  const commandLine = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => null);
+  if (commandLine === null) return false; // gone meanwhile, or no /proc: the flock we hold is the lock
+  const args = commandLine.split('\0');
+  return args.includes('run') && args.some((arg) => /(^|\/)(main\.js|safekeeper)$/.test(arg));
 }
 
 function parsePid(text: string | null): number | null {

@@ -11,6 +11,7 @@ import { acquireLock, FLOCK_FILE_NAME, LOCK_FILE_NAME, releaseLock } from '../..
 import { DataDirLockedError, StorageIoError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
 import { NATIVE_LOCK_EXCLUSIVE } from '../../src/native_lock.js';
+import { waitFor } from '../harness/wait.js';
 
 const ADDON = fileURLToPath(new URL('../../native/build/Release/fs_lock.node', import.meta.url));
 const NATIVE_SKIP = NATIVE_LOCK_EXCLUSIVE === null ? 'native/fs_lock is not built here' : false;
@@ -149,15 +150,43 @@ describe('data directory lock with flock', { skip: NATIVE_SKIP }, () => {
     const dataDir = await newDataDir();
     const { log } = capturingLogger();
     const failing = (): boolean => {
-      throw Object.assign(new Error('flock(9, LOCK_EX | LOCK_NB) failed: No locks available (errno 37)'), { code: 'ENOLCK' });
+      throw Object.assign(new Error('flock(9, LOCK_EX | LOCK_NB) failed: Input/output error (errno 5)'), { code: 'EIO' });
     };
     await assert.rejects(acquireLock(dataDir, log, failing), (error: unknown) => {
       assert.ok(error instanceof StorageIoError);
-      assert.match(error.message, /cannot lock .*safekeeper\.lock: flock\(9, LOCK_EX \| LOCK_NB\) failed: No locks available/);
+      assert.match(error.message, /cannot lock .*safekeeper\.lock: flock\(9, LOCK_EX \| LOCK_NB\) failed: Input\/output error/);
       return true;
     });
     assert.equal(await pidFileText(dataDir), null);
     await acquireLock(dataDir, log);
+    await releaseLock(dataDir);
+  });
+
+  it('on a filesystem without flock (ENOLCK), falls back to the pid file with a warning', async () => {
+    const dataDir = await newDataDir();
+    const { log, lines } = capturingLogger();
+    const unsupported = (): boolean => {
+      throw Object.assign(new Error('flock(9, LOCK_EX | LOCK_NB) failed: No locks available (errno 37)'), { code: 'ENOLCK' });
+    };
+    await acquireLock(dataDir, log, unsupported);
+    assert.equal(await pidFileText(dataDir), `${process.pid}\n`);
+    assert.match(String(lines().find((line) => line.level === 'warn')?.data_dir_lock), /does not support flock/);
+    await releaseLock(dataDir);
+  });
+
+  it('refuses a directory whose pid file names a live safekeeper that locks by pid file alone (an older build during an upgrade)', async () => {
+    const dataDir = await newDataDir();
+    // Its command line is a node's (`safekeeper run`); no flock is held, as a build before the flock holds none.
+    const olderNode = spawn(process.execPath, ['-e', 'setInterval(() => {}, 60_000)', 'safekeeper', 'run'], { stdio: 'ignore' });
+    children.push(olderNode);
+    assert.ok(olderNode.pid !== undefined);
+    await waitFor(async () => (await readFile(`/proc/${olderNode.pid}/cmdline`, 'utf8')).includes('run'));
+    await writeFile(join(dataDir, LOCK_FILE_NAME), `${olderNode.pid}\n`);
+    const { log } = capturingLogger();
+    await assert.rejects(acquireLock(dataDir, log), (error: unknown) => error instanceof DataDirLockedError && new RegExp(`in use by process ${olderNode.pid}, a safekeeper that locks it by .* alone`).test(error.message));
+    assert.equal(await pidFileText(dataDir), `${olderNode.pid}\n`, 'its pid file is left alone');
+    await killed(olderNode);
+    await acquireLock(dataDir, log); // gone: stale
     await releaseLock(dataDir);
   });
 
