@@ -87,10 +87,13 @@ export class PgConnection {
     this.#log = options.log ?? SILENT_LOGGER;
     this.#readDeadline = new ReadDeadline(readTimeoutMs, {
       isClosed: () => this.#phase === 'closed',
-      isPaused: () => this.#pausedBy !== 0,
+      // Our own pauses (a command running, a full ring) suspend the deadline; waiting for the client to read our
+      // replies does not: a client that reads nothing for the whole timeout would otherwise hold its slot forever.
+      isPaused: () => (this.#pausedBy & ~PAUSED_BY_OUTPUT) !== 0,
       onTimeout: () => {
-        this.#log.warn({ conn_id: this.id, read_timeout_ms: readTimeoutMs }, 'pg connection read timeout');
-        this.#close(new ConnectionLostError(`nothing received for ${readTimeoutMs} ms`));
+        const unread = (this.#pausedBy & PAUSED_BY_OUTPUT) !== 0;
+        this.#log.warn({ conn_id: this.id, read_timeout_ms: readTimeoutMs, replies_unread: unread }, 'pg connection read timeout');
+        this.#close(new ConnectionLostError(unread ? `the client read none of our replies for ${readTimeoutMs} ms` : `nothing received for ${readTimeoutMs} ms`));
       },
     });
     this.#decoder = new FrameDecoder(options.frameBytesMax);
@@ -182,9 +185,9 @@ export class PgConnection {
   /**
    * Call after writing replies. While the socket is over its high-water mark, stops reading (before the next
    * message, even mid-chunk) until it drains, so the client's next requests wait until it has read our
-   * replies. Independent of the other pauses; a no-op when the socket is writable. Time paused here does
-   * not count against the read timeout, since the silence is ours: like a PostgreSQL backend blocked in a
-   * send, the connection waits for as long as the client neither reads nor closes.
+   * replies. Independent of the other pauses; a no-op when the socket is writable. Time paused here counts
+   * against the read timeout: a client that reads none of our replies for that long is closed, so it cannot
+   * hold a connection slot forever.
    */
   pauseReadingUntilDrained(): void {
     if (this.#phase === 'closed' || !this.#socket.writableNeedDrain || (this.#pausedBy & PAUSED_BY_OUTPUT) !== 0) return;
