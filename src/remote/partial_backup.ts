@@ -72,7 +72,12 @@ export interface PartialBackupDeps {
   permits: Semaphore;
   failpoints: Failpoints;
   signal: AbortSignal;
-  /** Persists the list as the control file's partialBackup.segments (through main). */
+  /**
+   * Persists the list as the control file's partialBackup.segments (through main). The caller's own copy of the
+   * list follows each persist that succeeded, inside this callback: a step that fails later (a delete during
+   * garbage collection, say) then leaves that copy as last persisted, so the next persist drops no record whose
+   * object may still exist.
+   */
   persist: (segments: PartialRemoteSegment[]) => Promise<void>;
   /** A fresh snapshot, for the check after the upload. */
   current: () => PartialCurrent;

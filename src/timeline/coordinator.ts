@@ -2,8 +2,8 @@
  * The coordinator: the worker-thread half of the background work (DESIGN § Threads). It hosts one
  * TimelineManager per registered timeline, the remote storage client (the only one in the process, so an
  * S3 stall can never delay an acknowledgement on the main thread), the upload-slot semaphore and the partial
- * backup and offload permits that bound segment buffers in memory, the failpoints, and the counters that main
- * reads at /metrics scrape time.
+ * backup, eviction and un-eviction permits that bound segment buffers in memory, the failpoints, and the
+ * counters that main reads at /metrics scrape time.
  *
  * It answers the main thread's requests (coordinator_protocol.ts) and asks main to persist control files
  * (main is their only writer). Everything it does for a timeline goes through that timeline's manager.
@@ -54,10 +54,23 @@ export const UPLOAD_SLOTS = 8;
 export const PARTIAL_BACKUP_PERMITS = 5;
 
 /**
- * Evictions and un-evictions at once, over all timelines: Neon allows 2 evictions at once. Each compares or
- * downloads the partial segment, holding the remote object and a local copy (up to 2 × 16 MiB) meanwhile.
+ * Evictions at once, over all timelines: Neon's 2. Each compares its local `.partial` with the remote copy,
+ * holding both (up to 2 × 16 MiB) meanwhile. An eviction takes a permit only if one is free and otherwise
+ * tries again later, so nothing ever waits for this one.
  */
-export const OFFLOAD_PERMITS = 2;
+export const EVICTION_PERMITS = 2;
+
+/**
+ * Un-evictions at once, over all timelines. Neon bounds none, but each holds up to two segments (the downloaded
+ * object and the local copy it is compared with), and after a restart or an S3 slowdown every compute and reader
+ * of an offloaded timeline asks at once (coordinator requests in flight go to 16,384), so we bound their memory:
+ * 16 × 2 × 16 MiB = 512 MiB at the default segment size, next to the 128 MiB of upload slots and 80 MiB of partial
+ * uploads. Each restore is one GET of at most a segment; at, say, a second each, 16 at once restore a few hundred
+ * timelines within GUARD_TIMEOUT_MS, where sharing the eviction bound of 2 left most of those guards timing out.
+ * Only a guard of an offloaded timeline waits for one, and only one guard per timeline (eviction.ts).
+ */
+export const UNEVICTION_PERMITS = 16;
+assert(UNEVICTION_PERMITS > EVICTION_PERMITS, 'restores, which computes wait for, get more room than evictions, which nothing waits for');
 
 export class Coordinator {
   readonly #managers = new Map<string, TimelineManager>();
@@ -107,7 +120,8 @@ export class Coordinator {
       remote: this.#remote,
       uploadSlots: new UploadSlots(UPLOAD_SLOTS),
       partialBackupPermits: new Semaphore(PARTIAL_BACKUP_PERMITS),
-      offloadPermits: new Semaphore(OFFLOAD_PERMITS),
+      evictionPermits: new Semaphore(EVICTION_PERMITS),
+      unevictionPermits: new Semaphore(UNEVICTION_PERMITS),
       failpoints: this.#failpoints,
       counters: this.#counters,
       nowMs: () => performance.now(),

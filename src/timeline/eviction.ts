@@ -13,14 +13,25 @@
  * which a restarted manager handles (it deletes leftovers, under the mutex like the rest, and a guard
  * downloads again).
  * Guard ids are chosen by main; a release that arrives while the grant is pending cancels the grant.
- * Memory: the mutex and the guard sets exist only once used (a node may hold 10,000 idle timelines).
- * Coordinator thread.
+ * Permits (coordinator-wide, coordinator.ts): an eviction holds one of `evictionPermits`, taken by the manager
+ * only if one is free (manager_jobs.ts), before it waits for the mutex. An un-eviction holds one of
+ * `unevictionPermits`: a guard that finds the timeline offloaded tries for one under the mutex and, when none is
+ * free, leaves the mutex and waits for one outside it, as the timeline's only permit waiter (its other guards
+ * wait for that one to finish, then look again). So nobody holding the mutex ever waits for a permit, while a
+ * permit holder may wait for the mutex: no cycle, since the mutex holder only does its own I/O. A guard of a
+ * resident timeline waits for the mutex alone (behind an eviction, for one), never for a permit; an eviction
+ * gives way to a guard that arrives while it compares, so such a guard finds the timeline offloaded (and needs
+ * a permit) only if it came while `Offloaded` was being persisted.
+ * Memory: the mutex, the guard sets and the permit waiter exist only once used (a node may hold 10,000 idle
+ * timelines). Coordinator thread.
  */
 import type { EvictionState, PartialRemoteSegment, TenantId, TimelineId } from '../acceptor/state.js';
+import { CancelledError } from '../errors.js';
 import { uploadedPartial } from '../remote/partial_backup.js';
 import { PartialSegmentMismatchError, compareLocalPartial, downloadPartialSegment, type OffloadDeps } from '../remote/wal_download.js';
 import { assert } from '../sync/assert.js';
 import { Mutex } from '../sync/mutex.js';
+import type { Semaphore } from '../sync/semaphore.js';
 import { formatLsn, segmentNumber, type Lsn } from '../wal/lsn.js';
 import type { LogLevel, ManagerPersist } from './coordinator_protocol.js';
 import type { ManagerSnapshot } from './manager_decisions.js';
@@ -43,12 +54,21 @@ export interface EvictionContext {
   log(level: LogLevel, message: string, fields?: Record<string, unknown>): void;
 }
 
+/** The one guard of a timeline that waits for an un-eviction permit; `ended` resolves when its acquireGuard ends. */
+interface PermitWaiter {
+  guardId: number;
+  /** Ends the wait: main released the guard, or the manager stops. */
+  abort: AbortController;
+  ended: Promise<void>;
+}
+
 export class EvictionControl {
   #state: EvictionState;
   #mutex: Mutex | null = null;
   #guards: Set<number> | null = null;
   #pending: Set<number> | null = null;
   #abandoned: Set<number> | null = null;
+  #permitWaiter: PermitWaiter | null = null;
 
   constructor(private readonly context: EvictionContext, initial: EvictionState) {
     this.#state = structuredClone(initial);
@@ -64,27 +84,54 @@ export class EvictionControl {
 
   /** No guard held or pending and no transition running: the manager may drop this object. */
   get idle(): boolean {
-    return this.#guards === null && this.#pending === null && this.#abandoned === null && this.#mutex === null;
+    return this.#guards === null && this.#pending === null && this.#abandoned === null && this.#mutex === null && this.#permitWaiter === null;
   }
 
   get guardCount(): number {
     return this.#guards?.size ?? 0;
   }
 
-  /** Grants guard `guardId`, unevicting first when offloaded. */
+  /**
+   * Grants guard `guardId`, unevicting first when offloaded, with an un-eviction permit (see the header: one is
+   * waited for only outside the mutex). A guard released meanwhile is granted nothing and restores nothing: the
+   * permit waiter rejects at once with CancelledError; another guard ends when the waiter it follows does.
+   */
   async acquireGuard(guardId: number): Promise<void> {
     const pending = (this.#pending ??= new Set());
+    assert(!pending.has(guardId) && this.#guards?.has(guardId) !== true, 'guard ids are unique');
     pending.add(guardId);
+    const permit: { release: (() => void) | null } = { release: null };
+    let waiter: PermitWaiter | null = null;
+    let endWait = (): void => {};
     try {
-      await this.#run(async () => {
-        if (this.#state.kind === 'Offloaded') await this.#unevict();
-        if (this.#abandoned?.delete(guardId) === true) return;
-        (this.#guards ??= new Set()).add(guardId);
-      });
+      for (;;) {
+        const granted = await this.#run(async () => {
+          if (this.#abandoned?.has(guardId) === true) return true;
+          if (this.#state.kind === 'Offloaded') {
+            permit.release ??= await tryAcquirePermit(this.context.shared.unevictionPermits, this.context.signal());
+            if (permit.release === null) return false; // wait for one outside the mutex
+            await this.#unevict();
+          }
+          if (this.#abandoned?.has(guardId) !== true) (this.#guards ??= new Set()).add(guardId);
+          return true;
+        });
+        if (granted) return;
+        if (this.#permitWaiter !== null) {
+          await this.#permitWaiter.ended; // its restore serves this guard too; if it fails, look again
+          continue;
+        }
+        const ended = new Promise<void>((resolve) => (endWait = resolve));
+        waiter = { guardId, abort: new AbortController(), ended };
+        this.#permitWaiter = waiter;
+        permit.release = await this.#waitForPermit(waiter);
+      }
     } finally {
+      permit.release?.();
+      if (waiter !== null && this.#permitWaiter === waiter) this.#permitWaiter = null;
+      endWait();
       pending.delete(guardId);
       this.#abandoned?.delete(guardId);
-      if (pending.size === 0) this.#pending = null;
+      if (pending.size === 0 && this.#pending === pending) this.#pending = null;
       if (this.#abandoned?.size === 0) this.#abandoned = null;
     }
   }
@@ -95,7 +142,10 @@ export class EvictionControl {
       if (this.#guards.size === 0) this.#guards = null;
       return true;
     }
-    if (this.#pending?.has(guardId) === true) (this.#abandoned ??= new Set()).add(guardId);
+    if (this.#pending?.has(guardId) === true) {
+      (this.#abandoned ??= new Set()).add(guardId);
+      if (this.#permitWaiter?.guardId === guardId) this.#permitWaiter.abort.abort(new CancelledError(`residency guard ${guardId} was released while waiting for an un-eviction permit`));
+    }
     return false;
   }
 
@@ -106,10 +156,13 @@ export class EvictionControl {
       const { failpoints, config, counters } = context.shared;
       const snapshot = context.snapshot();
       const uploaded = uploadedPartial(context.partialSegments());
-      if (this.#state.kind === 'Offloaded' || this.guardCount > 0 || snapshot.proposerCount > 0n || snapshot.readerCount > 0n) return false;
+      if (this.#state.kind === 'Offloaded' || !this.#unused(snapshot)) return false;
       if (uploaded === null || uploaded.flushLsn !== snapshot.flushLsn || uploaded.term !== snapshot.lastLogTerm || uploaded.commitLsn !== snapshot.persistedCommitLsn) return false;
       await failpoints.hit('evict-before-persist', context.signal());
       await compareLocalPartial(this.#offloadDeps(), uploaded, 'ignored');
+      // A guard or connection that came during the comparison (a remote GET) wants this timeline resident: it
+      // waits for the mutex, not for an un-eviction permit, so give way to it rather than make it restore.
+      if (!this.#unused(context.snapshot())) return false;
       const offloaded: EvictionState = { kind: 'Offloaded', flushLsn: uploaded.flushLsn };
       await context.persist({ evictionState: offloaded });
       this.#state = offloaded;
@@ -134,7 +187,29 @@ export class EvictionControl {
     });
   }
 
-  /** §8.2, under the mutex. */
+  /** No guard held or pending and no proposer or reader connected. */
+  #unused(snapshot: ManagerSnapshot): boolean {
+    return this.guardCount === 0 && this.#pending === null && snapshot.proposerCount === 0n && snapshot.readerCount === 0n;
+  }
+
+  /**
+   * Waits, outside the mutex, for an un-eviction permit as this timeline's permit waiter, until one comes, main
+   * releases the guard (`releaseGuard` aborts `waiter.abort`) or the manager stops. Abort-safe: an aborted wait
+   * takes no permit.
+   */
+  async #waitForPermit(waiter: PermitWaiter): Promise<() => void> {
+    const managerSignal = this.context.signal();
+    const onStop = (): void => waiter.abort.abort(managerSignal.reason);
+    if (managerSignal.aborted) onStop();
+    else managerSignal.addEventListener('abort', onStop, { once: true });
+    try {
+      return await this.context.shared.unevictionPermits.acquire(waiter.abort.signal);
+    } finally {
+      managerSignal.removeEventListener('abort', onStop);
+    }
+  }
+
+  /** §8.2, under the mutex, holding an un-eviction permit. */
   async #unevict(): Promise<void> {
     assert(this.#state.kind === 'Offloaded', 'unevict only an offloaded timeline');
     const { context } = this;
@@ -180,4 +255,13 @@ export class EvictionControl {
       signal: context.signal(),
     };
   }
+}
+
+/**
+ * Takes a permit if one is free, without waiting (and so without passing anyone queued: a semaphore has waiters
+ * only while none is free). Null when none is free. `acquire` takes a free permit before it first awaits.
+ */
+export async function tryAcquirePermit(permits: Semaphore, signal: AbortSignal): Promise<(() => void) | null> {
+  if (permits.inUse >= permits.permits) return null;
+  return permits.acquire(signal);
 }

@@ -27,7 +27,11 @@
  *   the next segments of a timeline that is being written; on a node with thousands of idle timelines they
  *   would otherwise hold `wal_recycle_segments` segments of disk each until eviction.
  * - partial backup: when the Uploaded record differs from (flush, commit, last_log_term) and nothing
- *   changed for `partial_backup_timeout` (the timeline is quiet).
+ *   changed for `partial_backup_timeout` (the timeline is quiet). Each upload ends by deleting the older objects
+ *   (garbage collection); while PARTIAL_GARBAGE_RECORDS_MAX records wait for that (the deletes kept failing),
+ *   no upload starts and the slot runs garbage collection alone, at once and then at each retry time, until
+ *   they are gone. (Otherwise nothing but a restart retried it, and eviction, which needs the partial object
+ *   current, stopped too.)
  * - eviction (`enable_offload`): no proposer, reader or guard; no job running or scheduled; control file
  *   saved; backup caught up; partial object current and its commit_lsn persisted; all older local WAL
  *   removed; and `evict_not_before` passed. (Not "not active": without a pageserver remote_consistent_lsn
@@ -43,6 +47,13 @@ import { lsnMin, segmentNumber, segmentStartLsn, type Lsn } from '../wal/lsn.js'
  * 64 records are ~16 KiB of the control file, well inside what its size budget leaves (control_file.ts).
  */
 export const PARTIAL_GARBAGE_RECORDS_MAX = 64;
+
+/** Too many partial-backup records wait for deletion: the partial-backup job only collects garbage. */
+export function partialGarbageFull(segments: readonly PartialRemoteSegment[]): boolean {
+  let garbage = 0;
+  for (const segment of segments) if (segment.status !== 'Uploaded') garbage += 1;
+  return garbage >= PARTIAL_GARBAGE_RECORDS_MAX;
+}
 
 /** The state-block slots the decisions read. */
 export interface ManagerSnapshot {
@@ -107,7 +118,10 @@ export interface ManagerPlan {
   removeUpToSegno: bigint | null;
   /** Delete the recycled segments (in the removal slot). */
   dropRecycled: boolean;
+  /** Start the partial-backup job (`ManagerJobs.startPartialUpload`): an upload, or garbage collection alone. */
   uploadPartial: boolean;
+  /** The planned partial-backup job is garbage collection alone (`partialGarbageFull`); implies `uploadPartial`. */
+  collectPartialGarbage: boolean;
   evict: boolean;
   /** Look again at this time even if nothing changes (Infinity: only on a change). */
   wakeAtMs: number;
@@ -137,7 +151,7 @@ export function planPass(snapshot: ManagerSnapshot, facts: ManagerFacts, setting
   const { nowMs, segmentSizeBytes } = facts;
   let wakeAtMs = Infinity;
   const wakeAt = (atMs: number): void => void (wakeAtMs = Math.min(wakeAtMs, atMs));
-  const plan: ManagerPlan = { backupTargetSegno: null, reportBackupLsn: null, active: false, save: false, removeUpToSegno: null, dropRecycled: false, uploadPartial: false, evict: false, wakeAtMs, status: 'idle' };
+  const plan: ManagerPlan = { backupTargetSegno: null, reportBackupLsn: null, active: false, save: false, removeUpToSegno: null, dropRecycled: false, uploadPartial: false, collectPartialGarbage: false, evict: false, wakeAtMs, status: 'idle' };
   if (facts.offloaded) return { ...plan, status: 'offloaded' };
   const segno = (lsn: Lsn): bigint => segmentNumber(lsn, segmentSizeBytes);
 
@@ -175,11 +189,16 @@ export function planPass(snapshot: ManagerSnapshot, facts: ManagerFacts, setting
   }
 
   // Partial backup. Not while too many older objects wait for their deletion: each upload leaves one more
-  // record in the control file when deletes keep failing, and the file's size is bounded.
+  // record in the control file when deletes keep failing, and the file's size is bounded. Those deletes are
+  // retried on their own instead.
   const current = partialCurrentOf(snapshot);
   const partialStale = snapshot.flushLsn > 0n && needsUploading(facts.partialSegments, current);
-  const partialGarbage = facts.partialSegments.filter((segment) => segment.status !== 'Uploaded').length;
-  if (partialStale && !facts.partialRunning && partialGarbage < PARTIAL_GARBAGE_RECORDS_MAX) {
+  if (!facts.partialRunning && partialGarbageFull(facts.partialSegments)) {
+    if (nowMs >= facts.partialRetryAtMs) {
+      plan.uploadPartial = true;
+      plan.collectPartialGarbage = true;
+    } else wakeAt(facts.partialRetryAtMs);
+  } else if (partialStale && !facts.partialRunning) {
     const dueMs = Math.max(facts.lastChangeMs + settings.partialBackupTimeoutMs, facts.partialRetryAtMs);
     if (nowMs >= dueMs) plan.uploadPartial = true;
     else wakeAt(dueMs);
@@ -211,7 +230,8 @@ function describe(plan: ManagerPlan, facts: ManagerFacts): string {
   if (facts.backupRetryAtMs !== null) parts.push('backup-retry');
   if (facts.persistRunning || plan.save) parts.push('save');
   if (facts.removalRunning || plan.removeUpToSegno !== null || plan.dropRecycled) parts.push('removal');
-  if (facts.partialRunning || plan.uploadPartial) parts.push('partial');
+  if (plan.collectPartialGarbage) parts.push('partial-gc');
+  else if (facts.partialRunning || plan.uploadPartial) parts.push('partial');
   if (facts.evictRunning || plan.evict) parts.push('evict');
   return parts.length === 0 ? (Number.isFinite(plan.wakeAtMs) ? 'waiting' : 'idle') : parts.join('+');
 }

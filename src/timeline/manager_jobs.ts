@@ -11,26 +11,26 @@
  * eviction backs off as Neon's does), never a throw; an abort (the manager stopping) is silent. Every job ends by
  * kicking the loop. Memory: the eviction control is created on first use and dropped when idle (a node may hold
  * 10,000 idle timelines). Coordinator-wide permits bound the segments these jobs hold in memory: a partial upload
- * waits for one of `partialBackupPermits` (partial_backup.ts); an eviction takes one of `offloadPermits` only if
- * one is free and otherwise tries again later, as Neon's does (so no eviction queues, and no guard waits behind a
- * queue of them); a guard that may have to unevict waits for one before it enters the residency mutex (so whoever
- * holds a permit never waits for a mutex held by someone waiting for a permit). That wait ends with the manager's
- * signal or when main releases the guard. Coordinator thread.
+ * waits for one of `partialBackupPermits` (partial_backup.ts); an eviction takes one of `evictionPermits` only if
+ * one is free and otherwise tries again later, as Neon's does (so no eviction queues, and nothing waits behind a
+ * queue of them); an un-eviction holds one of the larger `unevictionPermits`, which only a guard of an offloaded
+ * timeline waits for, outside the residency mutex (eviction.ts). A guard of a resident timeline waits for no permit.
+ * Partial-backup records waiting for deletion are bounded: at PARTIAL_GARBAGE_RECORDS_MAX the partial-backup slot
+ * runs garbage collection alone (retried like any job) until they are gone. Coordinator thread.
  * Abort: jobs run under the manager's signal (uploads abort; a removal or a rename finishes its file first), and
  * `ended()` waits for them.
  */
 import type { EvictionState, PartialRemoteSegment } from '../acceptor/state.js';
-import { CancelledError } from '../errors.js';
 import type { StateBlock } from '../ingest/state_block.js';
 import { collectPartialGarbage, uploadPartialSegment, uploadedPartial, type PartialBackupDeps } from '../remote/partial_backup.js';
 import { readRemoteWal } from '../remote/wal_download.js';
 import { AssertionError, assert } from '../sync/assert.js';
 import { formatLsn, segmentNumber, segmentStartLsn, type Lsn } from '../wal/lsn.js';
 import type { ManagerPersist, TimelineRegistration } from './coordinator_protocol.js';
-import { EvictionControl } from './eviction.js';
+import { EvictionControl, tryAcquirePermit } from './eviction.js';
 import type { TimelineManager } from './manager.js';
 import type { ManagerBackup } from './manager_backup.js';
-import { partialCurrentOf, type ManagerFacts, type ManagerSnapshot } from './manager_decisions.js';
+import { partialCurrentOf, partialGarbageFull, type ManagerFacts, type ManagerSnapshot } from './manager_decisions.js';
 import type { ManagerShared } from './manager_shared.js';
 import { dropRecycledSegments, localWal, removeSegmentsUpTo } from './wal_removal.js';
 
@@ -60,8 +60,6 @@ export class ManagerJobs {
   #lastRemovedSegno = -1n;
   /** Recycled segments may be on disk (a removal kept some; at start, until `init` has looked). */
   #recycledHeld = true;
-  /** Guards waiting for an offload permit, by id (created on first use): releasing one ends its wait. */
-  #offloadPermitWaits: Map<number, AbortController> | null = null;
 
   /** `startMs`: when the manager was made (its clock); the first save and eviction are timed from it. */
   constructor(
@@ -137,12 +135,7 @@ export class ManagerJobs {
     } finally {
       this.#dropIdleEviction();
     }
-    if (this.#partialSegments.some((segment) => segment.status !== 'Uploaded')) {
-      const job = this.#runJob('partial backup garbage collection', async () => {
-        this.#partialSegments = await collectPartialGarbage(this.#partialDeps(), this.#partialSegments);
-      }, (atMs) => (this.#partialRetryAtMs = atMs));
-      this.#partialJob = job.finally(() => this.#jobEnded(() => (this.#partialJob = null)));
-    }
+    if (this.#partialSegments.some((segment) => segment.status !== 'Uploaded')) this.#startPartialGarbageCollection();
   }
 
   /** Waits until every running job has ended (the manager is stopping and has cancelled its signal). */
@@ -157,23 +150,20 @@ export class ManagerJobs {
   }
 
   /**
-   * Grants residency guard `guardId` (chosen by main), unevicting first when offloaded. A guard that may
-   * unevict (the timeline is offloaded, or an eviction is running that may offload it before the guard gets
-   * the residency mutex) waits for an offload permit first; on a resident timeline no eviction can start
-   * ahead of it, since it queues for the mutex at once.
+   * Grants residency guard `guardId` (chosen by main), unevicting first when offloaded. It queues for the
+   * residency mutex at once: a resident timeline's guard waits at most for a running eviction, never for a
+   * permit; an offloaded one's takes an un-eviction permit (eviction.ts).
    */
   async acquireGuard(guardId: number): Promise<void> {
-    const releasePermit = this.offloaded || this.#evictJob !== null ? await this.#offloadPermitForGuard(guardId) : null;
     try {
       await this.#eviction().acquireGuard(guardId);
     } finally {
-      releasePermit?.();
       this.#dropIdleEviction();
     }
   }
 
+  /** Releases guard `guardId`, or ends its pending grant (and any wait for a permit). */
   releaseGuard(guardId: number): void {
-    this.#offloadPermitWaits?.get(guardId)?.abort(new CancelledError(`residency guard ${guardId} was released while waiting for an offload permit`));
     if (this.#evictionControl?.releaseGuard(guardId) === true) this.owner.kick();
     this.#dropIdleEviction();
   }
@@ -214,7 +204,13 @@ export class ManagerJobs {
     this.#removalJob = job.finally(() => this.#jobEnded(() => (this.#removalJob = null)));
   }
 
+  /**
+   * Starts the partial-backup job the decisions planned (`plan.uploadPartial`): an upload, or garbage collection
+   * alone when `plan.collectPartialGarbage`, which `partialGarbageFull` of this same list decided within the same
+   * synchronous pass.
+   */
   startPartialUpload(snapshot: ManagerSnapshot): void {
+    if (partialGarbageFull(this.#partialSegments)) return this.#startPartialGarbageCollection();
     const current = partialCurrentOf(snapshot);
     const job = this.#runJob('partial segment upload', async () => {
       this.#partialSegments = await uploadPartialSegment(this.#partialDeps(), this.#partialSegments, current);
@@ -224,15 +220,27 @@ export class ManagerJobs {
     this.#partialJob = job.finally(() => this.#jobEnded(() => (this.#partialJob = null)));
   }
 
+  /**
+   * Deletes the objects of every non-Uploaded partial record, then persists the list without them, in the
+   * partial-backup slot. A failure keeps the list as last persisted (`#partialDeps().persist` updates it only
+   * after main has saved it) and is retried at `partialRetryAtMs`.
+   */
+  #startPartialGarbageCollection(): void {
+    assert(this.#partialJob === null, 'one partial-backup job at a time');
+    const job = this.#runJob('partial backup garbage collection', async () => {
+      this.#partialSegments = await collectPartialGarbage(this.#partialDeps(), this.#partialSegments);
+    }, (atMs) => (this.#partialRetryAtMs = atMs));
+    this.#partialJob = job.finally(() => this.#jobEnded(() => (this.#partialJob = null)));
+  }
+
   startEviction(): void {
     const job = this.#runJob('eviction', async () => {
-      const permits = this.shared.offloadPermits;
-      if (permits.inUse >= permits.permits) {
-        this.#evictRetryAtMs = this.#evictionFailedRetryAtMs(); // Neon: no permit free, try again later
+      // Neon: no permit free, try again later. Nothing waits for an eviction permit (eviction.ts).
+      const releasePermit = await tryAcquirePermit(this.shared.evictionPermits, this.owner.signal());
+      if (releasePermit === null) {
+        this.#evictRetryAtMs = this.#evictionFailedRetryAtMs();
         return;
       }
-      // A permit is free, so this takes it before returning to the event loop (`acquireGuard` relies on that).
-      const releasePermit = await permits.acquire(this.owner.signal());
       let evicted: boolean;
       try {
         evicted = await this.#eviction().evict();
@@ -298,25 +306,6 @@ export class ManagerJobs {
       this.#initialEviction,
     );
     return this.#evictionControl;
-  }
-
-  /** Waits for an offload permit for guard `guardId`, until the manager's signal fires or main releases the guard. */
-  async #offloadPermitForGuard(guardId: number): Promise<() => void> {
-    const managerSignal = this.owner.signal();
-    const wait = new AbortController();
-    const onStop = (): void => wait.abort(managerSignal.reason);
-    if (managerSignal.aborted) onStop();
-    else managerSignal.addEventListener('abort', onStop, { once: true });
-    const waits = (this.#offloadPermitWaits ??= new Map());
-    assert(!waits.has(guardId), 'guard ids are unique');
-    waits.set(guardId, wait);
-    try {
-      return await this.shared.offloadPermits.acquire(wait.signal);
-    } finally {
-      managerSignal.removeEventListener('abort', onStop);
-      waits.delete(guardId);
-      if (waits.size === 0 && this.#offloadPermitWaits === waits) this.#offloadPermitWaits = null;
-    }
   }
 
   /** Keeps only the eviction state once no guard, grant or transition needs the control object. */

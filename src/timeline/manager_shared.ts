@@ -57,8 +57,10 @@ export interface ManagerShared {
   uploadSlots: UploadSlots;
   /** Partial segment uploads at once, over all timelines (each holds its segment prefix in memory). */
   partialBackupPermits: Semaphore;
-  /** Evictions and un-evictions at once, over all timelines (each holds up to two segments in memory). */
-  offloadPermits: Semaphore;
+  /** Evictions at once, over all timelines (each holds up to two segments in memory); only ever try-acquired. */
+  evictionPermits: Semaphore;
+  /** Un-evictions at once, over all timelines (each holds up to two segments in memory); waited for outside the residency mutex. */
+  unevictionPermits: Semaphore;
   failpoints: Failpoints;
   counters: ManagerCounters;
   nowMs: () => number;

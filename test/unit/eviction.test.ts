@@ -3,8 +3,11 @@
  * the local-fs remote storage, partial objects uploaded by the real partial backup. Covered: the startup
  * cleanup of an offloaded timeline racing a guard that unevicts; an un-eviction whose download cannot be
  * written (a clean SK_STORAGE_IO, also through a real coordinator, which keeps serving); eviction of a
- * `.partial` with unacknowledged bytes after flush_lsn; the back-off of a failed eviction; and the offload
- * permits: an eviction never queues for one, a guard that must unevict waits for one until released or stopped.
+ * `.partial` with unacknowledged bytes after flush_lsn; the back-off of a failed eviction; the permits: an
+ * eviction never queues for one, un-evictions run UNEVICTION_PERMITS at once with one waiter per timeline, a
+ * guard that must unevict waits (outside the residency mutex) until released or stopped, and a resident
+ * timeline's guard waits for none, an eviction of its own timeline giving way to it; and partial-backup garbage
+ * collection through the jobs: a failed one keeps the list as persisted and is retried, and no object leaks.
  */
 import assert from 'node:assert/strict';
 import { mkdir, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -15,19 +18,19 @@ import { ttid as ttidOf, type EvictionState, type PartialRemoteSegment, type Ten
 import { CancelledError, DiskFullError, SafekeeperError, ShutdownError, StorageIoError } from '../../src/errors.js';
 import { StateBlock, StateBlockChunk, type SlotName } from '../../src/ingest/state_block.js';
 import { LocalFsBackend } from '../../src/remote/local_fs.js';
-import { uploadPartialSegment } from '../../src/remote/partial_backup.js';
-import { RemoteStorage } from '../../src/remote/remote_storage.js';
+import { partialObjectName, uploadPartialSegment } from '../../src/remote/partial_backup.js';
+import { REMOTE_POLICY_DEFAULT, RemoteStorage, RemoteStorageError, objectKey, timelineKeyPrefix, type ByteRange, type RemoteBackend, type RemoteObjectHead, type RemoteObjectInfo } from '../../src/remote/remote_storage.js';
 import { UploadSlots } from '../../src/remote/upload_slots.js';
 import { PartialSegmentMismatchError } from '../../src/remote/wal_download.js';
 import { REMOTE_PARTIAL_TEMP_NAME, segmentPath, timelineDir } from '../../src/storage/layout.js';
 import { Failpoints } from '../../src/sync/failpoints.js';
 import { Semaphore } from '../../src/sync/semaphore.js';
 import { segmentStartLsn, type Lsn } from '../../src/wal/lsn.js';
-import { Coordinator, systemErrorAsStorageError } from '../../src/timeline/coordinator.js';
+import { Coordinator, EVICTION_PERMITS, UNEVICTION_PERMITS, systemErrorAsStorageError } from '../../src/timeline/coordinator.js';
 import type { CoordinatorOptions, ManagerPersist, TimelineRegistration } from '../../src/timeline/coordinator_protocol.js';
 import { EvictionControl } from '../../src/timeline/eviction.js';
 import { ManagerBackup } from '../../src/timeline/manager_backup.js';
-import type { ManagerSnapshot } from '../../src/timeline/manager_decisions.js';
+import { PARTIAL_GARBAGE_RECORDS_MAX, planPass, type ManagerSnapshot } from '../../src/timeline/manager_decisions.js';
 import { JOB_RETRY_MS, ManagerJobs, type JobsOwner } from '../../src/timeline/manager_jobs.js';
 import type { ManagerConfig, ManagerShared } from '../../src/timeline/manager_shared.js';
 import type { MessageEndpoint } from '../../src/timeline/rpc_port.js';
@@ -93,15 +96,26 @@ async function makeFixture(): Promise<{ dataDir: string; dir: string; remoteRoot
 
 type Fixture = Awaited<ReturnType<typeof makeFixture>>;
 
-function makeShared(fixture: Fixture, options: { deleteOffloadedWal: boolean; nowMs?: () => number; random?: () => number; persisted?: ManagerPersist[]; offloadPermits?: Semaphore }): ManagerShared {
+interface SharedOptions {
+  deleteOffloadedWal: boolean;
+  nowMs?: () => number;
+  random?: () => number;
+  persisted?: ManagerPersist[];
+  evictionPermits?: Semaphore;
+  unevictionPermits?: Semaphore;
+  remote?: RemoteStorage;
+}
+
+function makeShared(fixture: Fixture, options: SharedOptions): ManagerShared {
   return {
     config: managerConfig(fixture.dataDir, options.deleteOffloadedWal),
-    host: { persist: async (_ttid, update) => void options.persisted?.push(update), reportBackupLsn: () => {}, reportActive: () => {}, log: () => {} },
+    host: { persist: async (_ttid, update) => void options.persisted?.push(structuredClone(update)), reportBackupLsn: () => {}, reportActive: () => {}, log: () => {} },
     stateWatcher: new StateWatcher(),
-    remote: fixture.remote,
+    remote: options.remote ?? fixture.remote,
     uploadSlots: new UploadSlots(1),
     partialBackupPermits: new Semaphore(1),
-    offloadPermits: options.offloadPermits ?? new Semaphore(2),
+    evictionPermits: options.evictionPermits ?? new Semaphore(EVICTION_PERMITS),
+    unevictionPermits: options.unevictionPermits ?? new Semaphore(UNEVICTION_PERMITS),
     failpoints: new Failpoints(false),
     counters: { iterations: 0, segmentsUploaded: 0, bytesUploaded: 0, uploadFailures: 0, segmentsRemoved: 0, partialUploads: 0, evictions: 0, restores: 0 },
     nowMs: options.nowMs ?? (() => performance.now()),
@@ -358,16 +372,91 @@ describe('a failed eviction', () => {
   });
 });
 
-describe('offload permits (eviction and un-eviction at once, over all timelines)', () => {
+/**
+ * A backend over another whose gets wait while the gate is closed (as in an S3 slowdown) and whose deletes fail
+ * (not retryable, so RemoteStorage does not retry them) while `deleteFailures` lasts. One gate may serve many.
+ */
+class Gate {
+  getsWaiting = 0;
+  deleteFailures = 0;
+  #open = false;
+  readonly #wakers = new Set<() => void>();
+
+  open(): void {
+    this.#open = true;
+    for (const wake of this.#wakers) wake();
+  }
+
+  async pass(signal: AbortSignal): Promise<void> {
+    if (this.#open) return;
+    this.getsWaiting += 1;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const wake = (): void => {
+          this.#wakers.delete(wake);
+          signal.removeEventListener('abort', onAbort);
+          resolve();
+        };
+        const onAbort = (): void => {
+          this.#wakers.delete(wake);
+          reject(signal.reason);
+        };
+        this.#wakers.add(wake);
+        signal.addEventListener('abort', onAbort, { once: true });
+      });
+    } finally {
+      this.getsWaiting -= 1;
+    }
+  }
+}
+
+class GatedBackend implements RemoteBackend {
+  readonly kind = 'file' as const;
+  readonly description = 'gated test backend';
+  constructor(private readonly inner: RemoteBackend, private readonly gate: Gate) {}
+  put(key: string, body: Uint8Array, metadata: Record<string, string>, signal: AbortSignal): Promise<void> {
+    return this.inner.put(key, body, metadata, signal);
+  }
+  async get(key: string, range: ByteRange | null, signal: AbortSignal): Promise<{ body: Uint8Array; sizeBytes: number; metadata: Record<string, string> }> {
+    await this.gate.pass(signal);
+    return this.inner.get(key, range, signal);
+  }
+  head(key: string, signal: AbortSignal): Promise<RemoteObjectHead | null> {
+    return this.inner.head(key, signal);
+  }
+  list(prefix: string, signal: AbortSignal): Promise<RemoteObjectInfo[]> {
+    return this.inner.list(prefix, signal);
+  }
+  async delete(keys: readonly string[], signal: AbortSignal): Promise<void> {
+    if (this.gate.deleteFailures > 0) {
+      this.gate.deleteFailures -= 1;
+      throw new RemoteStorageError('delete failed (test)', false);
+    }
+    return this.inner.delete(keys, signal);
+  }
+  copy(fromKey: string, toKey: string, signal: AbortSignal): Promise<void> {
+    return this.inner.copy(fromKey, toKey, signal);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+/** The fixture's remote storage behind `gate`, with room for more requests at once than any permit bound here. */
+const gatedRemote = (fixture: Fixture, gate: Gate): RemoteStorage => new RemoteStorage(new GatedBackend(new LocalFsBackend(fixture.remoteRoot, { noSync: true }), gate), { ...REMOTE_POLICY_DEFAULT, requestsMax: 4 * UNEVICTION_PERMITS });
+
+const heldPermit = (permits: Semaphore): Promise<() => void> => permits.acquire(new AbortController().signal);
+
+describe('eviction and un-eviction permits (over all timelines)', () => {
   const NOW_MS = 1_000_000;
 
   test('an eviction runs only with a free permit; without one it neither waits nor reads, and is tried again later', async () => {
     const fixture = await makeFixture();
     const permits = new Semaphore(1);
     const warnings: string[] = [];
-    const shared = makeShared(fixture, { deleteOffloadedWal: true, nowMs: () => NOW_MS, random: () => 0.25, offloadPermits: permits });
+    const shared = makeShared(fixture, { deleteOffloadedWal: true, nowMs: () => NOW_MS, random: () => 0.25, evictionPermits: permits });
     const jobs = makeJobs(fixture, shared, { kind: 'Present' }, new AbortController().signal, warnings);
-    const releaseHeld = await permits.acquire(new AbortController().signal); // another timeline's eviction
+    const releaseHeld = await heldPermit(permits); // another timeline's eviction
     jobs.startEviction();
     await jobs.ended(); // while the permit is still held: the eviction did not queue for it
     assert.equal(jobs.offloaded, false);
@@ -382,16 +471,81 @@ describe('offload permits (eviction and un-eviction at once, over all timelines)
     assert.equal(permits.inUse, 0);
   });
 
-  test('a guard that must unevict waits for a permit; releasing the guard ends its wait, and the next guard unevicts once one is free', async () => {
+  test('un-evictions run UNEVICTION_PERMITS at once, beyond the eviction bound, and only one guard per timeline waits for a permit', async () => {
+    const gate = new Gate();
+    const evictionPermits = new Semaphore(EVICTION_PERMITS);
+    const unevictionPermits = new Semaphore(UNEVICTION_PERMITS);
+    for (let held = 0; held < EVICTION_PERMITS; held++) await heldPermit(evictionPermits); // evictions elsewhere: not shared
+    const timelines: Array<{ fixture: Fixture; jobs: ManagerJobs; persisted: ManagerPersist[] }> = [];
+    for (let index = 0; index <= UNEVICTION_PERMITS; index++) {
+      const fixture = await makeFixture();
+      await rm(partialPath(fixture.dir)); // evicted with delete_offloaded_wal: a guard downloads
+      const persisted: ManagerPersist[] = [];
+      const shared = makeShared(fixture, { deleteOffloadedWal: true, persisted, evictionPermits, unevictionPermits, remote: gatedRemote(fixture, gate) });
+      timelines.push({ fixture, persisted, jobs: makeJobs(fixture, shared, OFFLOADED, new AbortController().signal) });
+    }
+    // After a restart, a compute and a reader of every offloaded timeline ask at once.
+    const grants = timelines.flatMap(({ jobs }) => [jobs.acquireGuard(1), jobs.acquireGuard(2)]);
+    await waitFor(() => gate.getsWaiting === UNEVICTION_PERMITS && unevictionPermits.waiting === 1, { what: 'UNEVICTION_PERMITS downloads, and one timeline waiting' });
+    assert.equal(unevictionPermits.inUse, UNEVICTION_PERMITS);
+    gate.open();
+    await Promise.all(grants);
+    for (const { fixture, jobs, persisted } of timelines) {
+      assert.equal(jobs.offloaded, false);
+      assert.equal(jobs.facts(NOW_MS, NOW_MS).guards, 2);
+      assert.deepEqual(persisted, [{ evictionState: { kind: 'Present' } }], 'one restore per timeline');
+      assert.ok((await readFile(partialPath(fixture.dir))).equals(segmentImage()));
+    }
+    assert.equal(unevictionPermits.inUse, 0);
+    assert.equal(evictionPermits.inUse, EVICTION_PERMITS, 'still the evictions elsewhere');
+  });
+
+  test("a resident timeline's guard waits for no permit: not while an eviction runs elsewhere, nor behind its own, which gives way", async () => {
+    const gate = new Gate(); // the evicting timeline's comparison GET hangs
+    const evictionPermits = new Semaphore(EVICTION_PERMITS);
+    const unevictionPermits = new Semaphore(1);
+    await heldPermit(unevictionPermits); // every restore permit taken, by other timelines' downloads
+    const evicting = await makeFixture();
+    const persisted: ManagerPersist[] = [];
+    const evictingShared = makeShared(evicting, { deleteOffloadedWal: true, persisted, evictionPermits, unevictionPermits, remote: gatedRemote(evicting, gate), nowMs: () => NOW_MS });
+    const evictingJobs = makeJobs(evicting, evictingShared, { kind: 'Present' }, new AbortController().signal);
+    evictingJobs.startEviction();
+    await waitFor(() => gate.getsWaiting === 1, { what: 'the eviction comparing its segment' });
+    assert.equal(evictionPermits.inUse, 1);
+
+    const resident = await makeFixture();
+    const residentJobs = makeJobs(resident, makeShared(resident, { deleteOffloadedWal: true, evictionPermits, unevictionPermits }), { kind: 'Present' }, new AbortController().signal);
+    await residentJobs.acquireGuard(1); // at once, with the eviction elsewhere and no restore permit free
+    assert.equal(residentJobs.facts(NOW_MS, NOW_MS).guards, 1);
+
+    let granted = false;
+    const ownGuard = evictingJobs.acquireGuard(1).then(() => void (granted = true));
+    await sleep(20);
+    assert.equal(granted, false, 'waits for the residency mutex, which the eviction holds');
+    assert.equal(unevictionPermits.waiting, 0, 'and for no permit');
+    gate.open();
+    await ownGuard;
+    await evictingJobs.ended();
+    assert.equal(evictingJobs.offloaded, false, 'the eviction gave way to the guard that came while it compared');
+    assert.deepEqual(persisted, [], 'nothing offloaded, nothing restored');
+    const facts = evictingJobs.facts(NOW_MS, NOW_MS);
+    assert.equal(facts.guards, 1);
+    assert.equal(facts.evictRetryAtMs, NOW_MS + JOB_RETRY_MS, 'tried again later, as when a guard came before it started');
+    assert.equal(evictionPermits.inUse, 0);
+    assert.ok((await readFile(partialPath(evicting.dir))).equals(segmentImage()), 'the segment stays');
+  });
+
+  test('a guard that must unevict waits for a permit outside the residency mutex; releasing the guard ends its wait, and the next guard unevicts once one is free', async () => {
     const fixture = await makeFixture();
     await rm(partialPath(fixture.dir)); // evicted with delete_offloaded_wal: a guard downloads
     const permits = new Semaphore(1);
     const persisted: ManagerPersist[] = [];
-    const shared = makeShared(fixture, { deleteOffloadedWal: true, offloadPermits: permits, persisted });
+    const shared = makeShared(fixture, { deleteOffloadedWal: true, unevictionPermits: permits, persisted });
     const jobs = makeJobs(fixture, shared, OFFLOADED, new AbortController().signal);
-    const releaseHeld = await permits.acquire(new AbortController().signal);
+    const releaseHeld = await heldPermit(permits);
     const abandoned = jobs.acquireGuard(1).then(() => null, (error: unknown) => error);
     await waitFor(() => permits.waiting === 1, { what: 'the guard waiting for a permit' });
+    await jobs.init(); // its start-up cleanup takes the residency mutex: the waiting guard does not hold it
     jobs.releaseGuard(1); // main gave up (its guard timeout, or the connection went away)
     const error = await abandoned;
     assert.ok(error instanceof CancelledError, describeFailure(error));
@@ -409,30 +563,110 @@ describe('offload permits (eviction and un-eviction at once, over all timelines)
     assert.ok((await readFile(partialPath(fixture.dir))).equals(segmentImage()));
     assert.equal(permits.inUse, 0, 'the permit is returned once the timeline is restored');
 
-    await permits.acquire(new AbortController().signal); // never released: a resident timeline's guard must not need it
+    await heldPermit(permits); // never released: a resident timeline's guard must not need it
     await jobs.acquireGuard(3);
     assert.equal(jobs.facts(NOW_MS, NOW_MS).guards, 2);
   });
 
-  test("the manager stopping ends a guard's wait for a permit", async () => {
+  test("the manager stopping ends a guard's wait for a permit, and that of the timeline's other guards", async () => {
     const fixture = await makeFixture();
     await rm(partialPath(fixture.dir));
     const permits = new Semaphore(1);
     const stop = new AbortController();
-    const jobs = makeJobs(fixture, makeShared(fixture, { deleteOffloadedWal: true, offloadPermits: permits }), OFFLOADED, stop.signal);
-    await permits.acquire(new AbortController().signal);
-    const waiting = jobs.acquireGuard(1);
-    await waitFor(() => permits.waiting === 1, { what: 'the guard waiting for a permit' });
+    const jobs = makeJobs(fixture, makeShared(fixture, { deleteOffloadedWal: true, unevictionPermits: permits }), OFFLOADED, stop.signal);
+    await heldPermit(permits);
+    const waiting = [jobs.acquireGuard(1), jobs.acquireGuard(2)];
+    await waitFor(() => permits.waiting === 1, { what: 'one guard waiting for a permit' });
     const reason = new ShutdownError();
     stop.abort(reason);
-    await assert.rejects(waiting, (error) => error === reason);
+    for (const result of await Promise.allSettled(waiting)) assert.ok(result.status === 'rejected' && result.reason === reason);
     assert.equal(permits.waiting, 0);
     assert.equal(jobs.offloaded, true);
   });
 });
 
+describe('partial-backup garbage collection (through the jobs)', () => {
+  const NOW_MS = 1_000_000;
+  const settings = { controlFileSaveIntervalMs: 300_000, partialBackupTimeoutMs: 900_000, enableOffload: true };
+  const objectNames = async (remote: RemoteStorage): Promise<string[]> => (await remote.list(timelineKeyPrefix(TENANT_ID, TIMELINE_ID), new AbortController().signal)).map((object) => object.key.slice(timelineKeyPrefix(TENANT_ID, TIMELINE_ID).length));
+
+  test('a failed start-up collection keeps the list as persisted, blocks uploads, and is planned again at its retry time', async () => {
+    const fixture = await makeFixture();
+    const gate = new Gate();
+    gate.open();
+    const remote = gatedRemote(fixture, gate);
+    // Objects whose deletes kept failing before the restart: as many records as stop uploads.
+    const garbage: PartialRemoteSegment[] = [];
+    for (let index = 0; index < PARTIAL_GARBAGE_RECORDS_MAX; index++) {
+      const current = { flushLsn: FLUSH_LSN - BigInt(index + 1), commitLsn: FLUSH_LSN - BigInt(index + 1), term: TERM };
+      const name = partialObjectName(SEGMENT_BYTES, current, 1n);
+      await remote.put(objectKey(TENANT_ID, TIMELINE_ID, name), new Uint8Array(8), new AbortController().signal);
+      garbage.push({ status: 'Deleting', name, ...current });
+    }
+    const registered = [...garbage, ...fixture.segments];
+    let nowMs = NOW_MS;
+    const persisted: ManagerPersist[] = [];
+    const warnings: string[] = [];
+    const shared = makeShared(fixture, { deleteOffloadedWal: true, persisted, remote, nowMs: () => nowMs });
+    const jobs = makeJobs(fixture, shared, { kind: 'Present' }, new AbortController().signal, warnings, { partialSegments: registered });
+    gate.deleteFailures = 1; // an S3 blip during the start-up collection
+    await jobs.init();
+    await jobs.ended();
+    assert.deepEqual(warnings, ['partial backup garbage collection failed; will retry']);
+    assert.deepEqual(persisted, []);
+    assert.deepEqual(jobs.facts(nowMs, nowMs).partialSegments, registered, 'the list as persisted');
+    assert.equal(jobs.facts(nowMs, nowMs).partialRetryAtMs, NOW_MS + JOB_RETRY_MS);
+
+    const stale = (): ManagerSnapshot => ({ ...quietSnapshot(), flushLsn: FLUSH_LSN + 100n, commitLsn: FLUSH_LSN + 100n, syncedLsn: FLUSH_LSN + 100n });
+    const early = planPass(stale(), jobs.facts(nowMs, 0), settings);
+    assert.deepEqual([early.uploadPartial, early.collectPartialGarbage, early.wakeAtMs], [false, false, NOW_MS + JOB_RETRY_MS]);
+    nowMs += JOB_RETRY_MS;
+    const plan = planPass(stale(), jobs.facts(nowMs, 0), settings);
+    assert.deepEqual([plan.uploadPartial, plan.collectPartialGarbage], [true, true], 'no upload while the records wait: their collection');
+    jobs.startPartialUpload(stale());
+    await jobs.ended();
+    assert.deepEqual(persisted, [{ partialSegments: fixture.segments }], 'collected, not uploaded');
+    assert.deepEqual(jobs.facts(nowMs, 0).partialSegments, fixture.segments);
+    assert.deepEqual(await objectNames(fixture.remote), fixture.segments.map((segment) => segment.name));
+    assert.equal(planPass(stale(), jobs.facts(nowMs, 0), settings).collectPartialGarbage, false, 'uploads may start again');
+  });
+
+  test('a collection that fails after an upload keeps the new Uploaded record, and the next upload deletes every older object', async () => {
+    const fixture = await makeFixture();
+    const gate = new Gate();
+    gate.open();
+    let snapshot = quietSnapshot();
+    const at = (offsetBytes: bigint): ManagerSnapshot => ({ ...quietSnapshot(), flushLsn: FLUSH_LSN + offsetBytes, commitLsn: FLUSH_LSN + offsetBytes, syncedLsn: FLUSH_LSN + offsetBytes });
+    const persisted: ManagerPersist[] = [];
+    const warnings: string[] = [];
+    const shared = makeShared(fixture, { deleteOffloadedWal: true, persisted, remote: gatedRemote(fixture, gate), nowMs: () => NOW_MS });
+    const jobs = makeJobs(fixture, shared, { kind: 'Present' }, new AbortController().signal, warnings, { snapshot: () => snapshot });
+    const [first] = fixture.segments;
+    assert.ok(first !== undefined);
+
+    snapshot = at(100n);
+    gate.deleteFailures = 1;
+    jobs.startPartialUpload(snapshot);
+    await jobs.ended();
+    assert.deepEqual(warnings, ['partial segment upload failed; will retry']);
+    const lastPersisted = persisted.at(-1)?.partialSegments;
+    assert.ok(lastPersisted !== undefined);
+    const second = partialObjectName(SEGMENT_BYTES, { flushLsn: snapshot.flushLsn, commitLsn: snapshot.commitLsn, term: TERM }, 1n);
+    assert.deepEqual(lastPersisted.map((segment) => [segment.name, segment.status]), [[first.name, 'Deleting'], [second, 'Uploaded']]);
+    assert.deepEqual(jobs.facts(NOW_MS, 0).partialSegments, lastPersisted, 'the in-memory list is the one persisted last');
+
+    snapshot = at(200n);
+    jobs.startPartialUpload(snapshot);
+    await jobs.ended();
+    const third = partialObjectName(SEGMENT_BYTES, { flushLsn: snapshot.flushLsn, commitLsn: snapshot.commitLsn, term: TERM }, 1n);
+    assert.deepEqual(jobs.facts(NOW_MS, 0).partialSegments.map((segment) => [segment.name, segment.status]), [[third, 'Uploaded']]);
+    assert.deepEqual(persisted.at(-1)?.partialSegments, jobs.facts(NOW_MS, 0).partialSegments);
+    assert.deepEqual(await objectNames(fixture.remote), [third], 'no object leaked');
+  });
+});
+
 /** A timeline's jobs over the fixture (no manager loop: the test starts jobs itself). Warnings go to `warnings`. */
-function makeJobs(fixture: Fixture, shared: ManagerShared, evictionState: EvictionState, signal: AbortSignal, warnings: string[] = []): ManagerJobs {
+function makeJobs(fixture: Fixture, shared: ManagerShared, evictionState: EvictionState, signal: AbortSignal, warnings: string[] = [], options: { snapshot?: () => ManagerSnapshot; partialSegments?: PartialRemoteSegment[] } = {}): ManagerJobs {
   const owner: JobsOwner = {
     ttid: TTID,
     tenantId: TENANT_ID,
@@ -442,12 +676,12 @@ function makeJobs(fixture: Fixture, shared: ManagerShared, evictionState: Evicti
     stopping: false,
     signal: () => signal,
     kick: () => {},
-    snapshot: quietSnapshot,
+    snapshot: options.snapshot ?? quietSnapshot,
     log: (level, message) => void (level === 'warn' && warnings.push(message)),
   };
   const block = new StateBlock();
   block.setMany(lsnSlots());
-  const registration: TimelineRegistration = { ttid: TTID, tenantId: TENANT_ID, timelineId: TIMELINE_ID, segmentSizeBytes: SEGMENT_BYTES, stateChunkId: -1, stateBlockIndex: 0, partialSegments: fixture.segments, evictionState };
+  const registration: TimelineRegistration = { ttid: TTID, tenantId: TENANT_ID, timelineId: TIMELINE_ID, segmentSizeBytes: SEGMENT_BYTES, stateChunkId: -1, stateBlockIndex: 0, partialSegments: structuredClone(options.partialSegments ?? fixture.segments), evictionState };
   return new ManagerJobs(owner, registration, block, shared, new ManagerBackup(owner, block, shared), shared.nowMs());
 }
 

@@ -1,8 +1,8 @@
 /**
  * The timeline manager's decisions (src/timeline/manager_decisions.ts) from made-up snapshots: backup
  * targets and backup_lsn reports, control-file save timing, the removal horizon (persisted values, readers,
- * never the segment being written), dropping recycled segments and partial backup on a quiet timeline, and
- * eviction's preconditions. Also
+ * never the segment being written), dropping recycled segments and partial backup on a quiet timeline,
+ * garbage collection alone while too many partial objects wait for deletion, and eviction's preconditions. Also
  * the partial object naming and the RpcPort's in-flight bound.
  */
 import assert from 'node:assert/strict';
@@ -11,7 +11,7 @@ import { describe, test } from 'node:test';
 import type { PartialRemoteSegment } from '../../src/acceptor/state.js';
 import { NotFoundError } from '../../src/errors.js';
 import { needsUploading, partialObjectName } from '../../src/remote/partial_backup.js';
-import { PARTIAL_GARBAGE_RECORDS_MAX, planPass, removalLimitSegno, type ManagerFacts, type ManagerSettings, type ManagerSnapshot } from '../../src/timeline/manager_decisions.js';
+import { PARTIAL_GARBAGE_RECORDS_MAX, partialGarbageFull, planPass, removalLimitSegno, type ManagerFacts, type ManagerSettings, type ManagerSnapshot } from '../../src/timeline/manager_decisions.js';
 import { CoordinatorBusyError, RpcPort } from '../../src/timeline/rpc_port.js';
 import { segmentStartLsn } from '../../src/wal/lsn.js';
 import { FailpointError, Failpoints, parseFailpointAction } from '../../src/sync/failpoints.js';
@@ -71,6 +71,9 @@ const settings: ManagerSettings = { controlFileSaveIntervalMs: 300_000, partialB
 
 const uploaded = (s: ManagerSnapshot): PartialRemoteSegment => ({ status: 'Uploaded', name: 'x', flushLsn: s.flushLsn, commitLsn: s.commitLsn, term: s.lastLogTerm });
 
+/** `count` records of objects whose deletes failed. */
+const garbage = (count: number): PartialRemoteSegment[] => Array.from({ length: count }, (_, index) => ({ status: 'Deleting', name: `old-${index}`, flushLsn: 1n, commitLsn: 1n, term: 1n }));
+
 describe('manager decisions', () => {
   test('backup targets every segment below commit_lsn and reports only confirmed uploads', () => {
     const plan = planPass(snapshot(), facts(), settings);
@@ -86,7 +89,7 @@ describe('manager decisions', () => {
   test('an idle, saved, backed-up timeline plans nothing and sets no timer', () => {
     const s = snapshot({ backupLsn: at(6), persistedBackupLsn: at(6), remoteConsistentLsn: at(6, 1000), persistedRemoteConsistentLsn: at(6, 1000) });
     const plan = planPass(s, facts({ uploadedEndSegno: 6n, lastRemovedSegno: 5n, partialSegments: [uploaded(s)] }), { ...settings, enableOffload: false });
-    assert.deepEqual({ ...plan, status: undefined }, { backupTargetSegno: null, reportBackupLsn: null, active: false, save: false, removeUpToSegno: null, dropRecycled: false, uploadPartial: false, evict: false, wakeAtMs: Infinity, status: undefined });
+    assert.deepEqual({ ...plan, status: undefined }, { backupTargetSegno: null, reportBackupLsn: null, active: false, save: false, removeUpToSegno: null, dropRecycled: false, uploadPartial: false, collectPartialGarbage: false, evict: false, wakeAtMs: Infinity, status: undefined });
     assert.equal(plan.status, 'idle');
   });
 
@@ -151,10 +154,32 @@ describe('manager decisions', () => {
     assert.equal(planPass(s, facts({ nowMs: 1_060_000 }), settings).uploadPartial, true);
     assert.equal(planPass(s, facts({ nowMs: 1_060_000, partialSegments: [uploaded(s)] }), settings).uploadPartial, false, 'already current');
     assert.equal(planPass(snapshot({ flushLsn: 0n, commitLsn: 0n, persistedCommitLsn: 0n }), facts({ nowMs: 2_000_000 }), settings).uploadPartial, false, 'no WAL yet');
-    // Deletes of older objects keep failing: each upload would leave one more record in the control file.
-    const garbage = (count: number): PartialRemoteSegment[] => Array.from({ length: count }, (_, index) => ({ status: 'Deleting', name: `old-${index}`, flushLsn: 1n, commitLsn: 1n, term: 1n }));
-    assert.equal(planPass(s, facts({ nowMs: 1_060_000, partialSegments: garbage(PARTIAL_GARBAGE_RECORDS_MAX - 1) }), settings).uploadPartial, true);
-    assert.equal(planPass(s, facts({ nowMs: 1_060_000, partialSegments: garbage(PARTIAL_GARBAGE_RECORDS_MAX) }), settings).uploadPartial, false, 'too many objects wait for deletion');
+    const below = planPass(s, facts({ nowMs: 1_060_000, partialSegments: garbage(PARTIAL_GARBAGE_RECORDS_MAX - 1) }), settings);
+    assert.deepEqual([below.uploadPartial, below.collectPartialGarbage], [true, false], 'an upload, which collects the garbage after it');
+  });
+
+  test('while too many partial objects wait for deletion, the slot collects garbage alone, at once and at each retry', () => {
+    // Deletes of older objects kept failing: each upload would leave one more record in the control file.
+    const s = snapshot();
+    const full = garbage(PARTIAL_GARBAGE_RECORDS_MAX);
+    const stale = planPass(s, facts({ nowMs: 1_060_000, partialSegments: full }), settings);
+    assert.deepEqual([stale.uploadPartial, stale.collectPartialGarbage, stale.status.split('+').includes('partial-gc')], [true, true, true], 'no upload: garbage collection');
+    const busy = planPass(s, facts({ nowMs: 1_000_000, partialSegments: full }), settings);
+    assert.equal(busy.collectPartialGarbage, true, 'without waiting for a quiet timeline, which may never come');
+    const current = planPass(s, facts({ partialSegments: [...full, uploaded(s)] }), settings);
+    assert.equal(current.collectPartialGarbage, true, 'even when the Uploaded object is current');
+    assert.equal(current.evict, false, 'the collection runs first');
+    // The start-up collection (or the last one) failed: tried again at the retry time, not only at a restart.
+    const failed = planPass(s, facts({ nowMs: 1_001_000, partialSegments: full, partialRetryAtMs: 1_002_000 }), settings);
+    assert.deepEqual([failed.uploadPartial, failed.collectPartialGarbage, failed.wakeAtMs], [false, false, 1_002_000]);
+    const retried = planPass(s, facts({ nowMs: 1_002_000, partialSegments: full, partialRetryAtMs: 1_002_000 }), settings);
+    assert.deepEqual([retried.uploadPartial, retried.collectPartialGarbage], [true, true]);
+    const running = planPass(s, facts({ nowMs: 1_060_000, partialSegments: full, partialRunning: true }), settings);
+    assert.deepEqual([running.uploadPartial, running.collectPartialGarbage], [false, false], 'one partial-backup job at a time');
+    const offloaded = planPass(s, facts({ partialSegments: full, offloaded: true }), settings);
+    assert.equal(offloaded.collectPartialGarbage, false, 'an offloaded timeline runs no job');
+    assert.equal(partialGarbageFull(full), true);
+    assert.equal(partialGarbageFull([...garbage(PARTIAL_GARBAGE_RECORDS_MAX - 1), uploaded(s)]), false, 'the Uploaded record is no garbage');
   });
 
   test('eviction needs everything remote, saved and removed, and no guard or connection', () => {
