@@ -111,18 +111,11 @@ export async function acquireLock(dataDir: string, log: Logger, lockExclusive: L
   if (lockedDataDirs.has(dataDir)) throw new DataDirLockedError(`data directory ${dataDir} is in use by process ${process.pid} (this process)`);
   lockedDataDirs.set(dataDir, null); // reserved: a second call for this directory is refused while this one runs
   try {
-    if (lockExclusive === null) {
+    const handle = lockExclusive === null ? 'no addon' : await takeFlock(dataDir, lockExclusive);
+    if (handle === 'no addon' || handle === null) {
+      const why = handle === null ? 'this filesystem does not support flock' : 'native/fs_lock not built or not usable here';
       log.warn(
-        { data_dir_lock: 'pid file only (native/fs_lock not built or not usable here)', lock_file: join(dataDir, LOCK_FILE_NAME) },
-        'the data directory lock cannot detect a second node in another PID namespace (container): do not share the volume',
-      );
-      await acquirePidFileLock(dataDir, log);
-      return;
-    }
-    const handle = await takeFlock(dataDir, lockExclusive);
-    if (handle === null) {
-      log.warn(
-        { data_dir_lock: 'pid file only (this filesystem does not support flock)', lock_file: join(dataDir, LOCK_FILE_NAME) },
+        { data_dir_lock: `pid file only (${why})`, lock_file: join(dataDir, LOCK_FILE_NAME) },
         'the data directory lock cannot detect a second node in another PID namespace (container): do not share the volume',
       );
       await acquirePidFileLock(dataDir, log);

@@ -286,32 +286,28 @@ describe('duplicate safekeepers', () => {
     assert.throws(() => new Proposer({ safekeepers: [SAFEKEEPERS[0]!, SAFEKEEPERS[0]!], tenantId: TENANT, timelineId: TIMELINE, protocolVersion: 3, source: new FakeSource(false, 0n), log: capturingLogger().log, quorumTimeoutMs: 1000, windowBytes: 1 << 20 }), AssertionError);
   });
 
-  it('refuses duplicate addresses at startup with exit code 2 and a clear error', async () => {
+  /** Runs `safekeeper propose` in process; its exit code and what it wrote to stderr. */
+  async function propose(args: string[]): Promise<{ code: number; stderr: string }> {
     const written: string[] = [];
     const write = process.stderr.write.bind(process.stderr);
     process.stderr.write = ((chunk: string | Uint8Array): boolean => (written.push(String(chunk)), true)) as typeof process.stderr.write;
-    let code: number;
     try {
-      code = await proposeMain(['--safekeepers', '127.0.0.1:5451,127.0.0.1:5452,127.0.0.1:5451', '--tenant-id', TENANT, '--timeline-id', TIMELINE, '--synthetic']);
+      return { code: await proposeMain(args), stderr: written.join('') };
     } finally {
       process.stderr.write = write;
     }
+  }
+
+  it('refuses duplicate addresses at startup with exit code 2 and a clear error', async () => {
+    const { code, stderr } = await propose(['--safekeepers', '127.0.0.1:5451,127.0.0.1:5452,127.0.0.1:5451', '--tenant-id', TENANT, '--timeline-id', TIMELINE, '--synthetic']);
     assert.equal(code, 2);
-    assert.match(written.join(''), /--safekeepers: 127\.0\.0\.1:5451 is listed twice/);
+    assert.match(stderr, /--safekeepers: 127\.0\.0\.1:5451 is listed twice/);
   });
 
   it('refuses a synthetic record larger than PostgreSQL allows with exit code 2 (the WAL builder asserted on it)', async () => {
-    const written: string[] = [];
-    const write = process.stderr.write.bind(process.stderr);
-    process.stderr.write = ((chunk: string | Uint8Array): boolean => (written.push(String(chunk)), true)) as typeof process.stderr.write;
-    let code: number;
-    try {
-      code = await proposeMain(['--safekeepers', '127.0.0.1:5451,127.0.0.1:5452,127.0.0.1:5453', '--tenant-id', TENANT, '--timeline-id', TIMELINE, '--synthetic', '--record-bytes', '1020MiB']);
-    } finally {
-      process.stderr.write = write;
-    }
+    const { code, stderr } = await propose(['--safekeepers', '127.0.0.1:5451,127.0.0.1:5452,127.0.0.1:5453', '--tenant-id', TENANT, '--timeline-id', TIMELINE, '--synthetic', '--record-bytes', '1020MiB']);
     assert.equal(code, 2);
-    assert.match(written.join(''), /--record-bytes: at most 1069547456 bytes/);
+    assert.match(stderr, /--record-bytes: at most 1069547456 bytes/);
   });
 
   it('refuses a second link to the same node id, before and after the election, and never counts it', async () => {
