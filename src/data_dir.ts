@@ -30,8 +30,8 @@
  */
 import { randomUUID } from 'node:crypto';
 import { constants } from 'node:fs';
-import { link, open, readFile, rename, rm, unlink, type FileHandle } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { link, open, readFile, readlink, realpath, rename, rm, unlink, type FileHandle } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 import type { Config } from './config/schema.js';
 import { ConfigError, DataDirLockedError, StorageIoError } from './errors.js';
 import type { Logger } from './log.js';
@@ -160,8 +160,9 @@ async function takeFlock(dataDir: string, lockExclusive: LockExclusive): Promise
 
 /**
  * With the flock held, a pid file left behind is stale (no flock-taking node holds the directory), unless it
- * names a live safekeeper that locks by pid file alone: a build before the flock, or one without the addon,
- * still running during an upgrade. That one is refused; otherwise our pid replaces it.
+ * names a live safekeeper running on this very directory that locks by pid file alone: a build before the
+ * flock, or one without the addon, still running during an upgrade. That one is refused; otherwise our pid
+ * replaces it (a reused pid may well be another node's, on another directory, after a reboot).
  */
 async function replacePidFile(dataDir: string, log: Logger): Promise<void> {
   const pidPath = join(dataDir, LOCK_FILE_NAME);
@@ -170,7 +171,7 @@ async function replacePidFile(dataDir: string, log: Logger): Promise<void> {
     throw error;
   });
   const previousPid = parsePid(previousText);
-  if (previousPid !== null && isProcessAlive(previousPid) && (await isSafekeeperProcess(previousPid))) {
+  if (previousPid !== null && isProcessAlive(previousPid) && (await safekeeperDataDir(previousPid)) === (await realpath(dataDir))) {
     throw new DataDirLockedError(`data directory ${dataDir} is in use by process ${previousPid}, a safekeeper that locks it by ${pidPath} alone (an older build, or one without the native addon)`);
   }
   await writeFileDurably(pidPath, `${process.pid}\n`);
@@ -183,14 +184,21 @@ async function replacePidFile(dataDir: string, log: Logger): Promise<void> {
 const FLOCK_UNSUPPORTED = new Set(['ENOLCK', 'ENOSYS', 'EOPNOTSUPP']);
 
 /**
- * Whether live process `pid` is a safekeeper node, by its command line (`... main.js run ...` or
- * `safekeeper run ...`): a pid file's pid may have been reused by an unrelated process since its node died.
+ * The data directory of live process `pid` if it is a safekeeper node (`... main.js run ...` or
+ * `safekeeper run ...`) whose command line shows it: `--data-dir`, or none and no `--config` (the default
+ * `./.safekeeper`), resolved against its working directory. Null when it is not a node, is gone, or its
+ * directory is in a config file: the flock we hold is then the lock.
  */
-async function isSafekeeperProcess(pid: number): Promise<boolean> {
+async function safekeeperDataDir(pid: number): Promise<string | null> {
   const commandLine = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => null);
-  if (commandLine === null) return false; // gone meanwhile, or no /proc: the flock we hold is the lock
+  const cwd = await readlink(`/proc/${pid}/cwd`).catch(() => null);
+  if (commandLine === null || cwd === null) return null;
   const args = commandLine.split('\0');
-  return args.includes('run') && args.some((arg) => /(^|\/)(main\.js|safekeeper)$/.test(arg));
+  if (!args.includes('run') || !args.some((arg) => /(^|\/)(main\.js|safekeeper)$/.test(arg))) return null;
+  const flagAt = args.indexOf('--data-dir');
+  const inline = args.find((arg) => arg.startsWith('--data-dir='));
+  const dir = flagAt >= 0 ? args[flagAt + 1] : inline !== undefined ? inline.slice('--data-dir='.length) : args.some((arg) => arg === '--config' || arg.startsWith('--config=')) ? undefined : './.safekeeper';
+  return dir === undefined ? null : realpath(resolve(cwd, dir)).catch(() => null);
 }
 
 function parsePid(text: string | null): number | null {

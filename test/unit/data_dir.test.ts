@@ -174,13 +174,18 @@ describe('data directory lock with flock', { skip: NATIVE_SKIP }, () => {
     await releaseLock(dataDir);
   });
 
-  it('refuses a directory whose pid file names a live safekeeper that locks by pid file alone (an older build during an upgrade)', async () => {
+  /** A process whose command line is a node's (`safekeeper run --data-dir DIR`) and that holds no flock, as a build before the flock. */
+  async function pidFileOnlyNode(dataDir: string): Promise<ChildProcess & { pid: number }> {
+    const node = spawn(process.execPath, ['-e', 'setInterval(() => {}, 60_000)', 'safekeeper', 'run', '--data-dir', dataDir], { stdio: 'ignore' });
+    children.push(node);
+    assert.ok(node.pid !== undefined);
+    await waitFor(async () => (await readFile(`/proc/${node.pid}/cmdline`, 'utf8')).includes('--data-dir'));
+    return node as ChildProcess & { pid: number };
+  }
+
+  it('refuses a directory whose pid file names a live safekeeper on it that locks by pid file alone (an older build during an upgrade)', async () => {
     const dataDir = await newDataDir();
-    // Its command line is a node's (`safekeeper run`); no flock is held, as a build before the flock holds none.
-    const olderNode = spawn(process.execPath, ['-e', 'setInterval(() => {}, 60_000)', 'safekeeper', 'run'], { stdio: 'ignore' });
-    children.push(olderNode);
-    assert.ok(olderNode.pid !== undefined);
-    await waitFor(async () => (await readFile(`/proc/${olderNode.pid}/cmdline`, 'utf8')).includes('run'));
+    const olderNode = await pidFileOnlyNode(dataDir);
     await writeFile(join(dataDir, LOCK_FILE_NAME), `${olderNode.pid}\n`);
     const { log } = capturingLogger();
     await assert.rejects(acquireLock(dataDir, log), (error: unknown) => error instanceof DataDirLockedError && new RegExp(`in use by process ${olderNode.pid}, a safekeeper that locks it by .* alone`).test(error.message));
@@ -188,6 +193,17 @@ describe('data directory lock with flock', { skip: NATIVE_SKIP }, () => {
     await killed(olderNode);
     await acquireLock(dataDir, log); // gone: stale
     await releaseLock(dataDir);
+  });
+
+  it('takes over a pid file whose pid is now another live safekeeper on another directory (pids reused after a reboot)', async () => {
+    const dataDir = await newDataDir();
+    const otherNode = await pidFileOnlyNode(await newDataDir());
+    await writeFile(join(dataDir, LOCK_FILE_NAME), `${otherNode.pid}\n`);
+    const { log } = capturingLogger();
+    await acquireLock(dataDir, log);
+    assert.equal(await pidFileText(dataDir), `${process.pid}\n`);
+    await releaseLock(dataDir);
+    await killed(otherNode);
   });
 
   it('throws the errno text for a bad file descriptor and a TypeError for a non-descriptor', () => {
