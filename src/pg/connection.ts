@@ -291,8 +291,9 @@ export class PgConnection {
 
   #resumeRead(reason: number): void {
     this.#pausedBy &= ~reason;
+    // Whichever pause ends: our own was not the client's silence, and a drain means the client read our replies.
+    this.#readDeadline.touch();
     if (this.#pausedBy !== 0 || this.#phase === 'closed') return;
-    this.#readDeadline.touch(); // time we spent paused is not the client's silence
     try {
       this.#decoder.resume(this.#onMessage);
     } catch (error) {
