@@ -19,6 +19,7 @@
  * (auth, bad request) → not retryable. Credentials come from the SDK's default chain
  * (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profiles, instance roles) unless given. Coordinator thread.
  */
+import { createHash } from 'node:crypto';
 import {
   CopyObjectCommand,
   DeleteObjectsCommand,
@@ -123,6 +124,19 @@ export class S3Backend implements RemoteBackend {
     if (options.endpoint !== null) config.endpoint = options.endpoint;
     if (options.credentials !== undefined) config.credentials = { ...options.credentials }; // the SDK annotates it: never pass a frozen object
     this.#client = new S3Client(config);
+    // S3-compatible stores that require Content-MD5 on DeleteObjects (MinIO and Ceph versions) refuse this SDK's
+    // request, which carries a CRC32 checksum instead (aws/aws-sdk-js-v3#6920): partial-backup cleanup and
+    // timeline deletes would fail there forever. So it carries both.
+    this.#client.middlewareStack.add(
+      (next, context) => async (args) => {
+        const request = args.request as { headers?: Record<string, string>; body?: unknown };
+        if (context.commandName === 'DeleteObjectsCommand' && request.headers !== undefined && (typeof request.body === 'string' || request.body instanceof Uint8Array)) {
+          request.headers['content-md5'] = createHash('md5').update(request.body).digest('base64');
+        }
+        return next(args);
+      },
+      { step: 'build', name: 'deleteObjectsContentMd5' },
+    );
     this.description = `s3://${options.bucket}/${options.prefix}${options.endpoint !== null ? ` at ${options.endpoint}` : ''}`;
   }
 

@@ -11,6 +11,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFile, readdir, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { join } from 'node:path';
@@ -305,16 +306,21 @@ describe('S3 through a faulting proxy', () => {
  * a wrong Content-Range, a 400 RequestTimeout).
  */
 class ScriptedS3 {
-  readonly requests: { method: string; range: string | null }[] = [];
+  readonly requests: { method: string; range: string | null; contentMd5: string | null; body: Buffer }[] = [];
   readonly #server: Server;
   readonly #sockets = new Set<Socket>();
 
   constructor(readonly reply: (request: IncomingMessage, response: ServerResponse, index: number) => void) {
     this.#server = createServer((request, response) => {
       const index = this.requests.length;
-      this.requests.push({ method: request.method ?? 'GET', range: request.headers.range ?? null });
-      request.resume();
-      request.once('end', () => this.reply(request, response, index));
+      const chunks: Buffer[] = [];
+      const contentMd5 = request.headers['content-md5'];
+      this.requests.push({ method: request.method ?? 'GET', range: request.headers.range ?? null, contentMd5: typeof contentMd5 === 'string' ? contentMd5 : null, body: Buffer.alloc(0) });
+      request.on('data', (chunk: Buffer) => chunks.push(chunk));
+      request.once('end', () => {
+        this.requests[index]!.body = Buffer.concat(chunks);
+        this.reply(request, response, index);
+      });
     });
     this.#server.on('connection', (socket) => {
       this.#sockets.add(socket);
@@ -340,6 +346,21 @@ function objectHeaders(sizeBytes: number, metadata: Record<string, string>): Rec
   for (const [name, value] of Object.entries(metadata)) headers[`x-amz-meta-${name}`] = value;
   return headers;
 }
+
+describe('S3 DeleteObjects', () => {
+  test('carries Content-MD5, which S3-compatible stores such as MinIO and Ceph require', async () => {
+    const server = new ScriptedS3((_request, response) => {
+      response.writeHead(200, { 'content-type': 'application/xml' });
+      response.end('<?xml version="1.0" encoding="UTF-8"?><DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"></DeleteResult>');
+    });
+    const backend = new S3Backend({ bucket: BUCKET, prefix: '', endpoint: await server.start(), region: 'us-east-1', credentials: S3RVER_CREDENTIALS });
+    await backend.delete(['t/l/a', 't/l/b'], signal);
+    const request = server.requests.find((entry) => entry.method === 'POST');
+    assert.ok(request !== undefined, 'one DeleteObjects request');
+    assert.ok(request.body.includes('t/l/a'));
+    assert.equal(request.contentMd5, createHash('md5').update(request.body).digest('base64'));
+  });
+});
 
 describe('S3 replies that are not the range asked for', () => {
   const body = pattern(3 * DIGEST_BLOCK_BYTES_MIN + DIGEST_BLOCK_BYTES_MIN / 2);
