@@ -269,7 +269,7 @@ export class TimelineManager {
     if (plan.save) this.#jobs.startSave();
     if (plan.removeUpToSegno !== null) this.#jobs.startRemoval(plan.removeUpToSegno);
     else if (plan.dropRecycled) this.#jobs.startRecycledDrop();
-    if (plan.uploadPartial) this.#jobs.startPartialUpload(snapshot);
+    if (plan.uploadPartial) this.#jobs.startPartialUpload(snapshot, plan.collectPartialGarbage);
     if (plan.evict) this.#jobs.startEviction();
     return plan;
   }

@@ -191,17 +191,22 @@ export function planPass(snapshot: ManagerSnapshot, facts: ManagerFacts, setting
   // Partial backup. Not while too many older objects wait for their deletion: each upload leaves one more
   // record in the control file when deletes keep failing, and the file's size is bounded. Those deletes are
   // retried on their own instead.
+  // Garbage left by a failed cleanup while the upload itself is current is collected on the uploads' cadence
+  // (a quiet timeline's next upload would otherwise be the only retry, which may never come).
   const current = partialCurrentOf(snapshot);
   const partialStale = snapshot.flushLsn > 0n && needsUploading(facts.partialSegments, current);
+  const partialGarbage = facts.partialSegments.some((segment) => segment.status !== 'Uploaded');
   if (!facts.partialRunning && partialGarbageFull(facts.partialSegments)) {
     if (nowMs >= facts.partialRetryAtMs) {
       plan.uploadPartial = true;
       plan.collectPartialGarbage = true;
     } else wakeAt(facts.partialRetryAtMs);
-  } else if (partialStale && !facts.partialRunning) {
+  } else if ((partialStale || partialGarbage) && !facts.partialRunning) {
     const dueMs = Math.max(facts.lastChangeMs + settings.partialBackupTimeoutMs, facts.partialRetryAtMs);
-    if (nowMs >= dueMs) plan.uploadPartial = true;
-    else wakeAt(dueMs);
+    if (nowMs >= dueMs) {
+      plan.uploadPartial = true;
+      plan.collectPartialGarbage = !partialStale; // an upload collects the garbage after it anyway
+    } else wakeAt(dueMs);
   }
 
   // Eviction.

@@ -30,7 +30,7 @@ import type { ManagerPersist, TimelineRegistration } from './coordinator_protoco
 import { EvictionControl, tryAcquirePermit } from './eviction.js';
 import type { TimelineManager } from './manager.js';
 import type { ManagerBackup } from './manager_backup.js';
-import { partialCurrentOf, partialGarbageFull, type ManagerFacts, type ManagerSnapshot } from './manager_decisions.js';
+import { partialCurrentOf, type ManagerFacts, type ManagerSnapshot } from './manager_decisions.js';
 import type { ManagerShared } from './manager_shared.js';
 import { dropRecycledSegments, localWal, removeSegmentsUpTo } from './wal_removal.js';
 
@@ -206,11 +206,10 @@ export class ManagerJobs {
 
   /**
    * Starts the partial-backup job the decisions planned (`plan.uploadPartial`): an upload, or garbage collection
-   * alone when `plan.collectPartialGarbage`, which `partialGarbageFull` of this same list decided within the same
-   * synchronous pass.
+   * alone (`plan.collectPartialGarbage`).
    */
-  startPartialUpload(snapshot: ManagerSnapshot): void {
-    if (partialGarbageFull(this.#partialSegments)) return this.#startPartialGarbageCollection();
+  startPartialUpload(snapshot: ManagerSnapshot, garbageOnly: boolean): void {
+    if (garbageOnly) return this.#startPartialGarbageCollection();
     const current = partialCurrentOf(snapshot);
     const job = this.#runJob('partial segment upload', async () => {
       this.#partialSegments = await uploadPartialSegment(this.#partialDeps(), this.#partialSegments, current);

@@ -623,7 +623,7 @@ describe('partial-backup garbage collection (through the jobs)', () => {
     nowMs += JOB_RETRY_MS;
     const plan = planPass(stale(), jobs.facts(nowMs, 0), settings);
     assert.deepEqual([plan.uploadPartial, plan.collectPartialGarbage], [true, true], 'no upload while the records wait: their collection');
-    jobs.startPartialUpload(stale());
+    jobs.startPartialUpload(stale(), plan.collectPartialGarbage);
     await jobs.ended();
     assert.deepEqual(persisted, [{ partialSegments: fixture.segments }], 'collected, not uploaded');
     assert.deepEqual(jobs.facts(nowMs, 0).partialSegments, fixture.segments);
@@ -646,7 +646,7 @@ describe('partial-backup garbage collection (through the jobs)', () => {
 
     snapshot = at(100n);
     gate.deleteFailures = 1;
-    jobs.startPartialUpload(snapshot);
+    jobs.startPartialUpload(snapshot, false);
     await jobs.ended();
     assert.deepEqual(warnings, ['partial segment upload failed; will retry']);
     const lastPersisted = persisted.at(-1)?.partialSegments;
@@ -656,7 +656,7 @@ describe('partial-backup garbage collection (through the jobs)', () => {
     assert.deepEqual(jobs.facts(NOW_MS, 0).partialSegments, lastPersisted, 'the in-memory list is the one persisted last');
 
     snapshot = at(200n);
-    jobs.startPartialUpload(snapshot);
+    jobs.startPartialUpload(snapshot, false);
     await jobs.ended();
     const third = partialObjectName(SEGMENT_BYTES, { flushLsn: snapshot.flushLsn, commitLsn: snapshot.commitLsn, term: TERM }, 1n);
     assert.deepEqual(jobs.facts(NOW_MS, 0).partialSegments.map((segment) => [segment.name, segment.status]), [[third, 'Uploaded']]);

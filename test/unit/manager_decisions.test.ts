@@ -156,6 +156,12 @@ describe('manager decisions', () => {
     assert.equal(planPass(snapshot({ flushLsn: 0n, commitLsn: 0n, persistedCommitLsn: 0n }), facts({ nowMs: 2_000_000 }), settings).uploadPartial, false, 'no WAL yet');
     const below = planPass(s, facts({ nowMs: 1_060_000, partialSegments: garbage(PARTIAL_GARBAGE_RECORDS_MAX - 1) }), settings);
     assert.deepEqual([below.uploadPartial, below.collectPartialGarbage], [true, false], 'an upload, which collects the garbage after it');
+    // The upload is current but a cleanup failed: the garbage is collected on its own, on the uploads' cadence.
+    const leftover = [...garbage(1), uploaded(s)];
+    const soon = planPass(s, facts({ nowMs: 1_030_000, partialSegments: leftover }), settings);
+    assert.deepEqual([soon.uploadPartial, soon.wakeAtMs <= 1_060_000], [false, true]);
+    const due = planPass(s, facts({ nowMs: 1_060_000, partialSegments: leftover }), settings);
+    assert.deepEqual([due.uploadPartial, due.collectPartialGarbage], [true, true], 'collected, not left until the next upload');
   });
 
   test('while too many partial objects wait for deletion, the slot collects garbage alone, at once and at each retry', () => {
