@@ -133,7 +133,8 @@ export class SegmentBackup {
       } finally {
         slot.release(settled);
       }
-      this.#done.add(segno);
+      // Below the end already (backup_lsn jumped ahead meanwhile: skipTo): nothing waits for it, so do not keep it.
+      if (segno >= this.#uploadedEndSegno) this.#done.add(segno);
       while (this.#done.delete(this.#uploadedEndSegno)) this.#uploadedEndSegno += 1n;
       this.#failures = 0;
     } catch (error) {
