@@ -184,6 +184,9 @@ export class SafekeeperNode {
     const listenersClosed = this.#closeListeners();
     const drained = this.gate.close();
     const graceOver = sleep(SOCKET_SHUTDOWN_GRACE_MS, new CancelToken().signal, true).then(() => 'grace over' as const);
+    // The HTTP server's close waits for its connections, and one with a request in flight stays open after the
+    // response (keep-alive, as a Prometheus scraper's) until the keep-alive timeout, past the shutdown timeout.
+    void graceOver.then(() => this.#http?.server.closeAllConnections());
     if ((await Promise.race([drained.then(() => 'drained' as const), graceOver])) === 'grace over') {
       for (const socket of this.#sockets) socket.destroy();
     }
