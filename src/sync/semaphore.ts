@@ -46,6 +46,16 @@ export class Semaphore {
     return this.#releaser();
   }
 
+  /**
+   * A permit now, or null when none is free; never waits. It cannot pass anyone queued: there are waiters only
+   * while no permit is free.
+   */
+  tryAcquire(): (() => void) | null {
+    if (this.#available === 0) return null;
+    this.#available -= 1;
+    return this.#releaser();
+  }
+
   async run<T>(signal: AbortSignal, work: () => Promise<T>): Promise<T> {
     const release = await this.acquire(signal);
     try {

@@ -31,7 +31,6 @@ import { uploadedPartial } from '../remote/partial_backup.js';
 import { PartialSegmentMismatchError, compareLocalPartial, downloadPartialSegment, type OffloadDeps } from '../remote/wal_download.js';
 import { assert } from '../sync/assert.js';
 import { Mutex } from '../sync/mutex.js';
-import type { Semaphore } from '../sync/semaphore.js';
 import { formatLsn, segmentNumber, type Lsn } from '../wal/lsn.js';
 import type { LogLevel, ManagerPersist } from './coordinator_protocol.js';
 import type { ManagerSnapshot } from './manager_decisions.js';
@@ -108,7 +107,7 @@ export class EvictionControl {
         const granted = await this.#run(async () => {
           if (this.#abandoned?.has(guardId) === true) return true;
           if (this.#state.kind === 'Offloaded') {
-            permit.release ??= await tryAcquirePermit(this.context.shared.unevictionPermits, this.context.signal());
+            permit.release ??= this.context.shared.unevictionPermits.tryAcquire();
             if (permit.release === null) return false; // wait for one outside the mutex
             await this.#unevict();
           }
@@ -257,11 +256,3 @@ export class EvictionControl {
   }
 }
 
-/**
- * Takes a permit if one is free, without waiting (and so without passing anyone queued: a semaphore has waiters
- * only while none is free). Null when none is free. `acquire` takes a free permit before it first awaits.
- */
-export async function tryAcquirePermit(permits: Semaphore, signal: AbortSignal): Promise<(() => void) | null> {
-  if (permits.inUse >= permits.permits) return null;
-  return permits.acquire(signal);
-}

@@ -27,7 +27,7 @@ import { readRemoteWal } from '../remote/wal_download.js';
 import { AssertionError, assert } from '../sync/assert.js';
 import { formatLsn, segmentNumber, segmentStartLsn, type Lsn } from '../wal/lsn.js';
 import type { ManagerPersist, TimelineRegistration } from './coordinator_protocol.js';
-import { EvictionControl, tryAcquirePermit } from './eviction.js';
+import { EvictionControl } from './eviction.js';
 import type { TimelineManager } from './manager.js';
 import type { ManagerBackup } from './manager_backup.js';
 import { partialCurrentOf, type ManagerFacts, type ManagerSnapshot } from './manager_decisions.js';
@@ -235,7 +235,7 @@ export class ManagerJobs {
   startEviction(): void {
     const job = this.#runJob('eviction', async () => {
       // Neon: no permit free, try again later. Nothing waits for an eviction permit (eviction.ts).
-      const releasePermit = await tryAcquirePermit(this.shared.evictionPermits, this.owner.signal());
+      const releasePermit = this.shared.evictionPermits.tryAcquire();
       if (releasePermit === null) {
         this.#evictRetryAtMs = this.#evictionFailedRetryAtMs();
         return;

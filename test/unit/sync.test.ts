@@ -1,4 +1,5 @@
 /** src/sync: CancelToken trees, Gate, Watch, BoundedChannel. */
+import { Semaphore } from '../../src/sync/semaphore.js';
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { CancelledError, ShutdownError } from '../../src/errors.js';
@@ -294,5 +295,27 @@ describe('BoundedChannel', () => {
     await settle();
     assert.equal(waiting.settled, true);
     assert.equal(waiting.value, undefined);
+  });
+});
+
+describe('Semaphore', () => {
+  test('tryAcquire takes a free permit at once and never one a waiter is queued for', async () => {
+    const permits = new Semaphore(2);
+    const first = permits.tryAcquire();
+    const second = permits.tryAcquire();
+    assert.ok(first !== null && second !== null);
+    assert.equal(permits.tryAcquire(), null, 'none free');
+    const waiting = permits.acquire(new AbortController().signal);
+    assert.equal(permits.waiting, 1);
+    first();
+    assert.equal(permits.tryAcquire(), null, 'the released permit went to the waiter');
+    (await waiting)();
+    second();
+    assert.equal(permits.inUse, 0);
+    const again = permits.tryAcquire();
+    assert.ok(again !== null);
+    again();
+    again(); // idempotent
+    assert.equal(permits.inUse, 0);
   });
 });
