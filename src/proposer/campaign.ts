@@ -26,7 +26,7 @@ import type { Logger } from '../log.js';
 import { CancelToken, sleep } from '../sync/cancel.js';
 import { Watch } from '../sync/watch.js';
 import { NoQuorumError, TermConflictError } from './errors.js';
-import { ELECTION_ATTEMPTS_MAX, ELECTION_RETRY_BACKOFF_MS_MAX, ELECTION_RETRY_BACKOFF_MS_MIN, RECONNECT_JITTER_RATIO } from './limits.js';
+import { ELECTION_ATTEMPTS_MAX, ELECTION_RETRY_BACKOFF_MS_MAX, ELECTION_RETRY_BACKOFF_MS_MIN, jitteredBackoffMs } from './limits.js';
 
 export type CampaignPhase = 'collecting' | 'campaign' | 'electing' | 'elected';
 
@@ -39,8 +39,7 @@ export interface CampaignRound {
 
 /** The backoff before election round `restarts` + 1: doubling from MIN to MAX, times 1 ± RECONNECT_JITTER_RATIO. */
 export function electionRetryDelayMs(restarts: number, random: () => number): number {
-  const baseMs = Math.min(ELECTION_RETRY_BACKOFF_MS_MAX, ELECTION_RETRY_BACKOFF_MS_MIN * 2 ** (restarts - 1));
-  return Math.round(baseMs * (1 + (random() * 2 - 1) * RECONNECT_JITTER_RATIO));
+  return jitteredBackoffMs(restarts, ELECTION_RETRY_BACKOFF_MS_MIN, ELECTION_RETRY_BACKOFF_MS_MAX, random());
 }
 
 export class Campaign<Key> {

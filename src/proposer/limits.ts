@@ -38,6 +38,15 @@ export const CONNECT_TIMEOUT_MS = 10_000;
 export const RECONNECT_BACKOFF_MS_MIN = 100;
 export const RECONNECT_BACKOFF_MS_MAX = 5000;
 export const RECONNECT_JITTER_RATIO = 0.2;
+
+/**
+ * The wait before try number `attempt` + 1 (`attempt` counts from 1): `minMs` · 2^(attempt−1), capped at
+ * `maxMs`, times a jitter factor in [1 − RATIO, 1 + RATIO] picked by `random` (a number in [0, 1)). Pure.
+ */
+export function jitteredBackoffMs(attempt: number, minMs: number, maxMs: number, random: number): number {
+  const exponent = Math.min(attempt - 1, 30); // 2^30 · min is far past max: no overflow to Infinity
+  return Math.round(Math.min(maxMs, minMs * 2 ** exponent) * (1 + (random * 2 - 1) * RECONNECT_JITTER_RATIO));
+}
 /**
  * Reconnecting to a lost primary: the first attempt is immediate, then the delay doubles from MIN to MAX
  * with ±JITTER_RATIO. MAX is short next to a primary restart (seconds) so we are back soon after it is,

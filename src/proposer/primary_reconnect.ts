@@ -19,7 +19,7 @@ import { PgConnectionError, PgServerError } from '../pg/client.js';
 import { assert } from '../sync/assert.js';
 import { abortReason, CancelToken, sleep } from '../sync/cancel.js';
 import { PrimaryLostError, SourceError } from './errors.js';
-import { PRIMARY_RECONNECT_BACKOFF_MS_MAX, PRIMARY_RECONNECT_BACKOFF_MS_MIN, RECONNECT_JITTER_RATIO } from './limits.js';
+import { PRIMARY_RECONNECT_BACKOFF_MS_MAX, PRIMARY_RECONNECT_BACKOFF_MS_MIN, jitteredBackoffMs } from './limits.js';
 
 /** SQLSTATEs from the primary that a later attempt can get past. Class 08 (connection exceptions) is transient too. */
 const TRANSIENT_SQLSTATES: ReadonlySet<string> = new Set([
@@ -46,9 +46,7 @@ export function isTransientPrimaryError(error: unknown): boolean {
 export function reconnectDelayMs(attempt: number, random: number): number {
   assert(Number.isInteger(attempt) && attempt >= 1, 'attempts count from 1');
   assert(random >= 0 && random < 1, 'random in [0, 1)');
-  const exponent = Math.min(attempt - 1, 30); // 2^30 · MIN is far past MAX: no overflow to Infinity
-  const baseMs = Math.min(PRIMARY_RECONNECT_BACKOFF_MS_MAX, PRIMARY_RECONNECT_BACKOFF_MS_MIN * 2 ** exponent);
-  return Math.round(baseMs * (1 + (random * 2 - 1) * RECONNECT_JITTER_RATIO));
+  return jitteredBackoffMs(attempt, PRIMARY_RECONNECT_BACKOFF_MS_MIN, PRIMARY_RECONNECT_BACKOFF_MS_MAX, random);
 }
 
 export interface ReconnectArgs<T> {
