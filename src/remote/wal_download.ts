@@ -21,7 +21,7 @@
 import { open, rename, rm } from 'node:fs/promises';
 import type { PartialRemoteSegment, TenantId, TimelineId } from '../acceptor/state.js';
 import { NotFoundError, SafekeeperError } from '../errors.js';
-import { fsyncDirectory, remotePartialTempPath, segmentPath, storageError } from '../storage/layout.js';
+import { fsyncDirectory, remotePartialTempPath, segmentPath, storageCall, storageError } from '../storage/layout.js';
 import { assert } from '../sync/assert.js';
 import type { Failpoints } from '../sync/failpoints.js';
 import { formatLsn, segmentFileName, segmentNumber, segmentOffsetBytes, segmentStartLsn, type Lsn } from '../wal/lsn.js';
@@ -69,14 +69,14 @@ export async function compareLocalPartial(deps: OffloadDeps, record: PartialRemo
   });
   if (handle === null) return 'absent';
   try {
-    const { size } = await fsCall('stat', path, () => handle.stat());
+    const { size } = await storageCall('stat', path, () => handle.stat());
     if (size !== deps.segmentSizeBytes) throw new PartialSegmentMismatchError(`${path} has ${size} bytes, not ${deps.segmentSizeBytes}`);
     const remote = await deps.remote.get(objectKey(deps.tenantId, deps.timelineId, record.name), deps.signal);
     const flushOffset = segmentOffsetBytes(record.flushLsn, deps.segmentSizeBytes);
     if (remote.length !== flushOffset) throw new PartialSegmentMismatchError(`remote ${record.name} has ${remote.length} bytes, flush_lsn says ${flushOffset}`);
     // Its size was checked above; a tail cut meanwhile reads as zeros.
     const local = new Uint8Array(tail === 'zeros' ? deps.segmentSizeBytes : flushOffset);
-    await fsCall('read', path, () => readUpTo(handle, local, 0, local.length, 0));
+    await storageCall('read', path, () => readUpTo(handle, local, 0, local.length, 0));
     if (!Buffer.from(local.buffer, 0, flushOffset).equals(Buffer.from(remote.buffer, remote.byteOffset, remote.length))) {
       throw new PartialSegmentMismatchError(`${path} differs from remote ${record.name} below flush_lsn ${formatLsn(record.flushLsn)}`);
     }
@@ -84,7 +84,7 @@ export async function compareLocalPartial(deps: OffloadDeps, record: PartialRemo
       if (local[index] !== 0) throw new PartialSegmentMismatchError(`${path} has data after flush_lsn ${formatLsn(record.flushLsn)} (offset ${index})`);
     }
   } finally {
-    await fsCall('close', path, () => handle.close());
+    await storageCall('close', path, () => handle.close());
   }
   return 'matches';
 }
@@ -96,29 +96,20 @@ export async function downloadPartialSegment(deps: OffloadDeps, record: PartialR
   const body = await deps.remote.get(objectKey(deps.tenantId, deps.timelineId, record.name), deps.signal);
   if (body.length !== flushOffset) throw new PartialSegmentMismatchError(`remote ${record.name} has ${body.length} bytes, flush_lsn says ${flushOffset}`);
   const temp = remotePartialTempPath(deps.dir);
-  await fsCall('rm', temp, () => rm(temp, { force: true }));
-  const handle = await fsCall('create', temp, () => open(temp, 'wx'));
+  await storageCall('rm', temp, () => rm(temp, { force: true }));
+  const handle = await storageCall('create', temp, () => open(temp, 'wx'));
   try {
-    await fsCall('write', temp, async () => {
+    await storageCall('write', temp, async () => {
       for (let done = 0; done < body.length; ) done += (await handle.write(body, done, body.length - done, done)).bytesWritten;
     });
-    await fsCall('truncate', temp, () => handle.truncate(deps.segmentSizeBytes)); // the zero tail, as every segment file has
-    if (!deps.noSync) await fsCall('fsync', temp, () => handle.sync());
+    await storageCall('truncate', temp, () => handle.truncate(deps.segmentSizeBytes)); // the zero tail, as every segment file has
+    if (!deps.noSync) await storageCall('fsync', temp, () => handle.sync());
   } finally {
-    await fsCall('close', temp, () => handle.close());
+    await storageCall('close', temp, () => handle.close());
   }
   await deps.failpoints.hit('unevict-before-rename', deps.signal);
-  await fsCall('rename', temp, () => rename(temp, segmentPath(deps.dir, segno, deps.segmentSizeBytes, true)));
+  await storageCall('rename', temp, () => rename(temp, segmentPath(deps.dir, segno, deps.segmentSizeBytes, true)));
   if (!deps.noSync) await fsyncDirectory(deps.dir);
-}
-
-/** Runs one fs call on `path`; its failure becomes a SafekeeperError naming `operation` and `path`. */
-async function fsCall<T>(operation: string, path: string, call: () => Promise<T>): Promise<T> {
-  try {
-    return await call();
-  } catch (error) {
-    throw storageError(error, operation, path);
-  }
 }
 
 /** What the manager knows is in remote storage. */

@@ -228,6 +228,15 @@ export function storageError(error: unknown, operation: string, path: string): E
   return new StorageIoError(`storage I/O error: ${detail} (${error.message})`, { cause: error });
 }
 
+/** Runs one async fs call on `path`; its failure becomes the storage error naming `operation` and `path`. */
+export async function storageCall<T>(operation: string, path: string, call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (error) {
+    throw storageError(error, operation, path);
+  }
+}
+
 /** The data form of a storage error. Anything that is not an operating storage error is a bug: rethrown. */
 export function toIoErrorData(error: unknown): IoErrorData {
   if (error instanceof DiskFullError || error instanceof StorageIoError || error instanceof NotFoundError) {

@@ -35,7 +35,7 @@ import { TimelineWal } from '../ingest/timeline_wal.js';
 import type { PrepareResult, WriteResult } from '../ingest/writer_protocol.js';
 import type { WriterPool } from '../ingest/writer_pool.js';
 import { loadControlFile, saveControlFile } from '../storage/control_file.js';
-import { clearTmpDir, createStagingDir, deletingDirPath, isIdDirName, storageError, timelineDir, tmpDirPath } from '../storage/layout.js';
+import { clearTmpDir, createStagingDir, deletingDirPath, isIdDirName, storageCall, storageError, timelineDir, tmpDirPath } from '../storage/layout.js';
 import { assert } from '../sync/assert.js';
 import type { CancelToken } from '../sync/cancel.js';
 import { formatLsn, isValidSegmentSize, walEndLsnMax, type Lsn } from '../wal/lsn.js';
@@ -201,13 +201,8 @@ export class TimelineRegistry {
     // register a manager either. Remote objects go last; removing them first would leave, after a crash, a
     // timeline that loads with its backed-up (or offloaded) WAL gone from remote storage.
     const moved = await moveTimelineDirToTmp(this.options.dataDir, tenantId, timelineId, this.options.noSync);
-    if (moved !== null) {
-      try {
-        await rm(moved, { recursive: true, force: true });
-      } catch (error) {
-        throw storageError(error, 'rm', moved); // what is left in tmp/ goes at the next startup
-      }
-    }
+    // What a failed removal leaves in tmp/ goes at the next startup.
+    if (moved !== null) await storageCall('rm', moved, () => rm(moved, { recursive: true, force: true }));
     if (!onlyLocal && this.options.deleteRemote !== undefined) {
       const deleted = await this.options.deleteRemote(tenantId, timelineId);
       this.options.log.info({ tenant_id: tenantId, timeline_id: timelineId, remote_objects: deleted }, 'timeline deleted');
@@ -314,11 +309,7 @@ interface RunningDelete {
 export async function moveTimelineDirToTmp(dataDir: string, tenantId: TenantId, timelineId: TimelineId, noSync: boolean): Promise<string | null> {
   const dir = timelineDir(dataDir, tenantId, timelineId);
   const target = deletingDirPath(dataDir, tenantId, timelineId);
-  try {
-    await mkdir(tmpDirPath(dataDir), { recursive: true });
-  } catch (error) {
-    throw storageError(error, 'mkdir', tmpDirPath(dataDir));
-  }
+  await storageCall('mkdir', tmpDirPath(dataDir), () => mkdir(tmpDirPath(dataDir), { recursive: true }));
   try {
     await rename(dir, target);
   } catch (error) {
