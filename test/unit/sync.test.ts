@@ -1,11 +1,11 @@
-/** src/sync: CancelToken trees, Gate, Watch, BoundedChannel. */
-import { Semaphore } from '../../src/sync/semaphore.js';
+/** src/sync: CancelToken trees, Gate, Watch, BoundedChannel, Semaphore. */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { CancelledError, ShutdownError } from '../../src/errors.js';
 import { CancelToken, raceAbort, sleep, throwIfAborted } from '../../src/sync/cancel.js';
 import { BoundedChannel } from '../../src/sync/channel.js';
 import { Gate } from '../../src/sync/gate.js';
+import { Semaphore } from '../../src/sync/semaphore.js';
 import { Watch } from '../../src/sync/watch.js';
 
 /** Lets every queued microtask and promise callback run. */
