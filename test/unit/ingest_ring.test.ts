@@ -65,8 +65,11 @@ describe('StateBlock', () => {
        const words = new Int32Array(workerData);
        const seen = Atomics.load(words, 0); // the chunk's doorbell: Int32 0 (state_block.ts layout)
        const result = Atomics.waitAsync(words, 0, seen, 10000);
+       // A pending waitAsync holds no handle: without this timer the thread may exit while it waits
+       // (the coordinator's own waits are kept alive by its message port).
+       const alive = setTimeout(() => {}, 10000);
        parentPort.postMessage('waiting'); // after waitAsync registered: the change below must wake it
-       Promise.resolve(result.value).then((outcome) => parentPort.postMessage(outcome));`,
+       Promise.resolve(result.value).then((outcome) => { clearTimeout(alive); parentPort.postMessage(outcome); });`,
       { eval: true, workerData: block.chunk.buffer },
     );
     const done = new Promise<string>((resolve) => worker.on('message', (message: string) => message !== 'waiting' && resolve(message)));
