@@ -59,7 +59,12 @@ class WalReceiver implements CopyBothSink {
   #acceptor: Acceptor | null = null;
   /** A copied message waiting for async handling; reading is paused while it is set. */
   #queued: Uint8Array | null = null;
+  /** #drain runs: a message is being handled (an election's truncation may be running in a writer). */
   #busy = false;
+  /** #replyLoop runs (it may be inside the acceptor lock, persisting commit_lsn). */
+  #replying = false;
+  #closed = false;
+  #released = false;
   #immediateReplyScheduled = false;
   /** An append arrived since the last AppendResponse: the next finished write task answers it. */
   #replyOwed = false;
@@ -112,8 +117,21 @@ class WalReceiver implements CopyBothSink {
     this.conn.close();
   }
 
+  /**
+   * The connection closed: everything here is cancelled, but what the timeline lent us (its gate, the
+   * residency guard, the proposer count) is given back only once the message being handled and the reply
+   * loop have ended. An election's truncation runs on in a writer after the close, and delete, shutdown and
+   * eviction must wait for it rather than remove the files under it.
+   */
   onClose(): void {
+    this.#closed = true;
     this.#cancel.cancel();
+    this.#releaseWhenIdle();
+  }
+
+  #releaseWhenIdle(): void {
+    if (!this.#closed || this.#busy || this.#replying || this.#released) return;
+    this.#released = true;
     if (this.#proposerRegistered) {
       const timeline = this.#timeline!;
       timeline.state.add('proposerCount', -1n);
@@ -154,6 +172,7 @@ class WalReceiver implements CopyBothSink {
       this.conn.endWithError(error);
     } finally {
       this.#busy = false;
+      this.#releaseWhenIdle();
     }
   }
 
@@ -189,8 +208,8 @@ class WalReceiver implements CopyBothSink {
         commitLsn: 0n,
       });
     }
-    // onClose runs once and undoes only what is registered by then: after each await, a connection closed
-    // meanwhile must register nothing more (the gate would be held forever, proposerCount stay raised).
+    // What is registered is given back once #drain ends, but a connection closed meanwhile must not count
+    // as a connected proposer nor start a reply loop: each await is followed by a check of the signal.
     const signal = this.#cancel.signal;
     signal.throwIfAborted();
     const acceptor = timeline.activeAcceptor();
@@ -221,6 +240,7 @@ class WalReceiver implements CopyBothSink {
     const wal = timeline.wal!;
     const signal = this.#cancel.signal;
     let sentFlushLsn = -1n;
+    this.#replying = true;
     try {
       for (let seen = wal.progress.version; ; seen = wal.progress.version) {
         await wal.progress.changed(seen, signal);
@@ -239,6 +259,9 @@ class WalReceiver implements CopyBothSink {
       }
     } catch (error) {
       if (!signal.aborted) this.conn.endWithError(error);
+    } finally {
+      this.#replying = false;
+      this.#releaseWhenIdle();
     }
   }
 

@@ -25,6 +25,7 @@ after(() => pool.close());
 class StandInConnection {
   readonly id = 1;
   sink: CopyBothSink | null = null;
+  readonly sent: Uint8Array[] = [];
   #closed = false;
   startCopyBoth(sink: CopyBothSink): void {
     this.sink = sink;
@@ -32,7 +33,8 @@ class StandInConnection {
   pauseReading(): void {}
   resumeReading(): void {}
   pauseReadingUntilDrained(): void {}
-  sendCopyData(): boolean {
+  sendCopyData(payload: Uint8Array): boolean {
+    if (!this.#closed) this.sent.push(payload);
     return !this.#closed;
   }
   sendCopyDone(): boolean {
@@ -53,6 +55,11 @@ class StandInConnection {
 
 const greeting = (systemId: bigint): Uint8Array =>
   encodeProposerMessage({ tag: 'greeting', tenantId: TENANT, timelineId: TIMELINE, mconf: { generation: 0, members: [], newMembers: null }, pgVersion: 150000, systemId, walSegSizeBytes: SEGMENT_BYTES }, 3);
+
+/** Waits until the receiver has sent `count` replies: it takes one message at a time. */
+async function repliesSent(conn: StandInConnection, count: number): Promise<void> {
+  while (conn.sent.length < count) await nextTurn();
+}
 
 async function openRegistry(): Promise<TimelineRegistry> {
   return TimelineRegistry.load({ dataDir: await makeTempDir('wal-receiver'), nodeId: 1n, noSync: false, ringSizeBytes: 1 << 20, ringReleaseDelayMs: 0, pool, cancel: new CancelToken(), log });
@@ -92,5 +99,40 @@ describe('WalReceiver: a proposer that leaves during its greeting', () => {
       assert.deepEqual(timeline.gate.holderNames, []);
       await registry.delete(TENANT, TIMELINE, { onlyLocal: true });
     }
+  });
+});
+
+describe('WalReceiver: a proposer that leaves during its election', () => {
+  test('the timeline stays held (gate, proposer count) until the truncation has finished', async () => {
+    const startLsn = BigInt(SEGMENT_BYTES) + 40n; // after the first page's long header: a record boundary
+    let closedDuringElection = 0;
+    for (let turns = 0; turns < 12; turns += 1) {
+      const registry = await openRegistry();
+      const timeline = await registry.create({ tenantId: TENANT, timelineId: TIMELINE, server: { pgVersion: 150000, systemId: 7n, walSegSizeBytes: SEGMENT_BYTES }, startLsn: 0n, commitLsn: 0n });
+      const conn = new StandInConnection();
+      let served = false;
+      const serving = push(registry, conn).then(() => void (served = true));
+      conn.sink!.onCopyData(greeting(7n));
+      await repliesSent(conn, 1);
+      conn.sink!.onCopyData(encodeProposerMessage({ tag: 'vote', generation: 0, term: 1n }, 3));
+      await repliesSent(conn, 2);
+      conn.sink!.onCopyData(encodeProposerMessage({ tag: 'elected', generation: 0, term: 1n, startStreamingAtLsn: startLsn, termHistory: [{ term: 1n, lsn: startLsn }] }, 3));
+      for (let turn = 0; turn < turns; turn += 1) await nextTurn();
+      if (timeline.acceptorLock.locked) closedDuringElection += 1;
+      conn.close();
+      while (!served) {
+        if (timeline.acceptorLock.locked) {
+          assert.equal(timeline.gate.holderNames.length, 1, `closed after ${turns} turns: the election still runs, so the receiver still holds the gate`);
+          assert.equal(timeline.state.get('proposerCount'), 1n);
+        }
+        await nextTurn();
+      }
+      await serving;
+      assert.equal(timeline.acceptorLock.locked, false, 'the stream ends after its election');
+      assert.deepEqual(timeline.gate.holderNames, []);
+      assert.equal(timeline.state.get('proposerCount'), 0n);
+      await registry.delete(TENANT, TIMELINE, { onlyLocal: true });
+    }
+    assert.ok(closedDuringElection > 0, 'some trial closed the connection while the election ran');
   });
 });
