@@ -5,10 +5,8 @@
  * the hot path). At most one write task per timeline is in flight in the writer pool; when it returns,
  * everything that arrived meanwhile goes into the next task (group commit: the batch grows with fsync
  * latency). The decoder state travels with each task, so any worker can take the next batch. The next
- * segment is prepared by a separate pool task while the current one is written; a write that reaches a
- * segment still being prepared waits for it, so the two never race on one file. Preparation zeroes a
- * recycled segment when there is one; else it zero-fills a new file, or, when the batch that asked for it
- * was large (SPARSE_PREPARE_MIN_BATCH_BYTES), makes it sparse (segment_file.ts says why).
+ * segment is prepared by a separate pool task while the current one is written (segment_preparer.ts); a
+ * write that reaches a segment still being prepared waits for it, so the two never race on one file.
  *
  * Positions, in order (asserted): syncedLsn <= dispatchedLsn <= writeLsn; flushLsn <= syncedLsn, except
  * after an XLOG_SWITCH, whose record ends at the next segment start before the padding is written.
@@ -44,23 +42,10 @@ import { Watch } from '../sync/watch.js';
 import { initialDecoderState, type DecoderState } from '../wal/record_decoder.js';
 import { segmentNumber, segmentStartLsn, type Lsn } from '../wal/lsn.js';
 import { RingView } from './ring.js';
-import type { NewSegmentFill } from '../storage/segment_file.js';
+import { SegmentPreparer } from './segment_preparer.js';
 import type { StateBlock } from './state_block.js';
 import type { WriterPool } from './writer_pool.js';
 import type { PrepareResult, WriteResult } from './writer_protocol.js';
-
-/**
- * A write batch at least this large has the next segment prepared sparse when no recycled one is there.
- * Zero-filling a new file writes (and syncs) a zero byte for every WAL byte; sparse, each fdatasync also
- * commits the new blocks in the journal, which costs a lone small append ~0.07 ms (p50 0.21 against
- * 0.14 ms for 8 KiB on this machine's ext4) but is lost in a large batch's sync. Measured with pwrite +
- * fdatasync loops of 64 files round robin, 4 MiB batches, the next segment of each prepared by another
- * thread: 855–1,085 MiB/s into sparse files against 505–532 into zero-filled new ones; one file, 6 MiB
- * batches: 676–763 sparse against ~780 zero-filled ahead. The same size as the writer's large-batch mode
- * (wal_writer.ts OVERLAP_VERIFY_MIN_BYTES), where sync time dwarfs a journal commit.
- */
-export const SPARSE_PREPARE_MIN_BATCH_BYTES = 1024 * 1024;
-const SPARSE_PREPARE_MIN_BATCH = BigInt(SPARSE_PREPARE_MIN_BATCH_BYTES);
 
 export interface TimelineWalOptions {
   dir: string;
@@ -93,10 +78,7 @@ export class TimelineWal {
   #decoder: DecoderState | null = null;
   #inFlight: Promise<void> | null = null;
   #kickScheduled = false;
-  /** A kick is already registered to run when the segment being prepared is ready. */
-  #kickAfterPrepare = false;
-  #preparing: { segno: bigint; done: Promise<void> } | null = null;
-  #preparedUpTo: bigint;
+  readonly #preparer: SegmentPreparer;
   #truncationPending: boolean;
   #failure: SafekeeperError | null = null;
   /** The oldest LSN whose bytes the ring still holds (bytes in [ringOldestLsn, writeLsn) are valid). */
@@ -114,7 +96,7 @@ export class TimelineWal {
   constructor(private readonly options: TimelineWalOptions, endLsn: Lsn) {
     this.#writeLsn = this.#dispatchedLsn = this.#syncedLsn = endLsn;
     this.#ringOldestLsn = endLsn;
-    this.#preparedUpTo = endLsn === 0n ? -1n : segmentNumber(endLsn, options.segmentSizeBytes);
+    this.#preparer = new SegmentPreparer(options, endLsn, () => this.#kick());
     this.flush = new Watch(endLsn);
     // As in Neon, the first ProposerElected after every load must truncate before anything is written.
     this.#truncationPending = true;
@@ -232,7 +214,7 @@ export class TimelineWal {
   /** Waits until no write or preparation task is running. */
   async quiesce(signal: AbortSignal): Promise<void> {
     for (;;) {
-      const running = this.#inFlight ?? this.#preparing?.done ?? null;
+      const running = this.#inFlight ?? this.#preparer.preparing?.done ?? null;
       if (running === null && this.#dispatchedLsn === this.#writeLsn) return;
       if (running === null) {
         this.#kick();
@@ -262,7 +244,7 @@ export class TimelineWal {
     // Old WAL left after lsn by a failed cut could read as valid records: nothing may be written until a cut succeeds.
     this.#truncationPending = !result.ok;
     if (result.ok) {
-      this.#preparedUpTo = segmentNumber(lsn, this.options.segmentSizeBytes);
+      this.#preparer.cutAt(lsn);
       this.#failure = null;
       this.failure.set(null);
     }
@@ -304,18 +286,13 @@ export class TimelineWal {
     let endLsn = this.#writeLsn;
     assert(this.#syncedLsn <= beginLsn && beginLsn < endLsn, 'write range follows the synced position');
     const segmentSize = this.options.segmentSizeBytes;
-    const preparing = this.#preparing;
+    const preparer = this.#preparer;
+    const preparing = preparer.preparing;
     if (preparing !== null && preparing.segno <= segmentNumber(endLsn - 1n, segmentSize)) {
       // The batch reaches the segment being prepared: write what lies before it now; the rest waits.
       const preparingStartLsn = segmentStartLsn(preparing.segno, segmentSize);
       if (preparingStartLsn <= beginLsn) {
-        if (!this.#kickAfterPrepare) {
-          this.#kickAfterPrepare = true;
-          void preparing.done.then(() => {
-            this.#kickAfterPrepare = false;
-            this.#kick();
-          });
-        }
+        preparer.kickWhenPrepared();
         return;
       }
       endLsn = preparingStartLsn;
@@ -332,27 +309,7 @@ export class TimelineWal {
         });
       },
     );
-    if (lastSegno + 1n > this.#preparedUpTo && this.#preparing === null) {
-      this.#prepare(lastSegno + 1n, endLsn - beginLsn >= SPARSE_PREPARE_MIN_BATCH ? 'sparse' : 'zeros');
-    }
-  }
-
-  #prepare(segno: bigint, newFill: NewSegmentFill): void {
-    const done = this.options.pool.prepare({ kind: 'prepare', segno, newFill, ...this.#files() }).then(
-      (result) => {
-        // A failed preparation (e.g. disk full) is not fatal: the writer creates the file itself when it
-        // gets there, and reports the error then. Do not retry this segment from here.
-        this.#preparedUpTo = segno;
-        this.#preparing = null;
-        this.options.onPrepared?.(result);
-      },
-      (error: unknown) => {
-        queueMicrotask(() => {
-          throw error;
-        });
-      },
-    );
-    this.#preparing = { segno, done };
+    if (lastSegno + 1n > preparer.preparedUpTo && preparer.preparing === null) preparer.prepare(lastSegno + 1n, endLsn - beginLsn);
   }
 
   #onWriteDone(beginLsn: Lsn, endLsn: Lsn, result: WriteResult): void | Promise<void> {
@@ -391,11 +348,11 @@ export class TimelineWal {
     this.flush.setIfChanged(endOfGood);
     this.options.state.setMany({ writeLsn: endOfGood, flushLsn: endOfGood });
     this.failure.set(this.#failure);
-    await this.#preparing?.done;
+    await this.#preparer.preparing?.done;
     this.#cutSequence += 1;
     const cut = await this.options.pool.run({ kind: 'truncate', lsn: endOfGood, ...this.#files() }).finally(() => (this.#cutSequence += 1));
     if (cut.ok) {
-      this.#preparedUpTo = segmentNumber(endOfGood, this.options.segmentSizeBytes);
+      this.#preparer.cutAt(endOfGood);
       // Only now: WAL removal may take segments below it, and the cut may just have completed one of them.
       this.options.state.set('syncedLsn', endOfGood);
     }

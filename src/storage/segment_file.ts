@@ -122,7 +122,7 @@ const segmentExists = (dir: string, segno: bigint, segmentSizeBytes: number, par
  * Creates segment `segno` as a `.partial` ahead of time: zeros over a recycled file when there is one, else a
  * new file made as `newFill` says. Zero blocks let a small append's fdatasync flush only data (the blocks are
  * allocated); a sparse file saves writing 16 MiB of zeros, and each fdatasync into it also commits the new
- * blocks in the journal, which only large batches amortise (the caller chooses, see timeline_wal.ts).
+ * blocks in the journal, which only large batches amortise (the caller chooses, see segment_preparer.ts).
  * Either reads as zeros past the WAL written, as PostgreSQL's segments do. Idempotent: does nothing (and
  * returns 'existing') when the segment exists, partial or complete.
  */
