@@ -30,7 +30,7 @@ import { assert } from '../sync/assert.js';
 import { CancelToken } from '../sync/cancel.js';
 import type { Timeline } from '../timeline/timeline.js';
 import type { TimelineRegistry } from '../timeline/registry.js';
-import type { Residency, ResidencyGuard } from '../timeline/coordinator_client.js';
+import type { Residency, ResidencyGuard } from '../timeline/residency.js';
 
 export interface WalReceiverDeps {
   registry: TimelineRegistry;

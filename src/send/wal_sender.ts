@@ -46,7 +46,7 @@ import { ConnectionLostError, StreamEndedError } from '../pg/sqlstate.js';
 import { assert, unreachable } from '../sync/assert.js';
 import { abortReason, CancelToken } from '../sync/cancel.js';
 import type { Watch } from '../sync/watch.js';
-import type { Residency } from '../timeline/coordinator_client.js';
+import type { Residency } from '../timeline/residency.js';
 import type { Timeline } from '../timeline/timeline.js';
 import type { TimelineRegistry } from '../timeline/registry.js';
 import type { TenantId, TimelineId } from '../acceptor/state.js';

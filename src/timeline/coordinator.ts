@@ -35,7 +35,7 @@ import {
   type ManagerPersist,
 } from './coordinator_protocol.js';
 import { TimelineManager } from './manager.js';
-import { describeError } from './manager_jobs.js';
+import { describeError } from './manager_job_runner.js';
 import type { ManagerCounters, ManagerHost, ManagerShared } from './manager_shared.js';
 import { CoordinatorBusyError, RpcPort, type MessageEndpoint } from './rpc_port.js';
 import { StateWatcher } from './state_watcher.js';

@@ -3,31 +3,31 @@
  * starts the coordinator worker, registers every loaded or created timeline with it, and serves what the
  * managers ask of main: control-file persists (main is their only writer; done under the timeline's
  * acceptor lock), confirmed backup_lsns (merged into the acceptor's in-memory overlay), the active set,
- * and log records. Callers get residency guards, checkpoints, on-demand remote WAL and failpoints here.
+ * and log records. Callers get residency guards (the contract is residency.ts), checkpoints, on-demand
+ * remote WAL and failpoints here; a /metrics scrape mirrors the coordinator's metrics (coordinator_metrics.ts).
  *
  * Lifecycle: a registered timeline's Gate holds an entry named "timeline manager" until the coordinator
  * confirms that its manager stopped, so deleting or shutting down a timeline (cancel, then gate.close())
  * waits for every background job of it before any file is touched. The unregister request that stops it
- * is never dropped: refused (the coordinator busy), it is retried with backoff until it lands or the
- * coordinator stops; leaving the gate earlier would let a delete go on under a live manager.
+ * is never dropped: refused (the coordinator busy), it is retried with backoff (must_land_retry.ts) until it
+ * lands or the coordinator stops; leaving the gate earlier would let a delete go on under a live manager.
  * Checkpoints (an HTTP endpoint with no limit of its own) are bounded here, so they cannot take the request
  * budget that guards and unregisters need. `stop()` runs after the registry shut
- * down. A coordinator that throws or exits unexpectedly has a bug: the node crashes, as for any assertion.
+ * down. A coordinator that throws or exits unexpectedly has a bug: the node crashes, as for any assertion
+ * (coordinator_thread.ts starts and watches the worker).
  * Residency guards time out after GUARD_TIMEOUT_MS; a guard given up on is released even if the grant
  * arrives later (ids are chosen here, so the release can precede the grant). Main thread.
  */
-import { fileURLToPath } from 'node:url';
-import { Worker } from 'node:worker_threads';
-import { SafekeeperError, ShutdownError } from '../errors.js';
-import { workerFilename } from '../ingest/writer_pool.js';
+import type { Worker } from 'node:worker_threads';
+import { ShutdownError, type SafekeeperError } from '../errors.js';
 import { CONNECTIONS_MAX, SLOW_WAIT_MS } from '../limits.js';
 import type { Logger } from '../log.js';
 import * as metrics from '../metrics.js';
 import { assert, unreachable } from '../sync/assert.js';
-import { sleep } from '../sync/cancel.js';
 import type { FailpointState } from '../sync/failpoints.js';
 import type { Lsn } from '../wal/lsn.js';
 import type { TenantId, TimelineId } from '../acceptor/state.js';
+import { CoordinatorMetricsMirror, publishTimelineLags } from './coordinator_metrics.js';
 import {
   COORDINATOR_REQUESTS_IN_FLIGHT_MAX,
   GUARD_TIMEOUT_MS,
@@ -39,26 +39,11 @@ import {
   type MainReplies,
   type MainRequest,
 } from './coordinator_protocol.js';
+import { startCoordinatorThread } from './coordinator_thread.js';
+import { retryUntilLanded } from './must_land_retry.js';
+import { GuardTimeoutError, type Residency, type ResidencyGuard } from './residency.js';
 import { CoordinatorBusyError, RpcPort } from './rpc_port.js';
 import type { Timeline } from './timeline.js';
-
-export interface ResidencyGuard {
-  /** Idempotent. The manager may evict again once every guard is released. */
-  release(): void;
-}
-
-/** What WAL readers and proposers need from the coordinator (so tests can fake it). */
-export interface Residency {
-  acquireGuard(timeline: Timeline, signal: AbortSignal): Promise<ResidencyGuard>;
-}
-
-/** The manager did not grant a residency guard in time (a slow unevict download, a stuck coordinator). */
-export class GuardTimeoutError extends SafekeeperError {
-  override readonly name = 'GuardTimeoutError';
-  readonly code = 'SK_GUARD_TIMEOUT';
-  readonly sqlState = '57014'; // query_canceled, as for a statement timeout
-  override readonly httpStatus = 503;
-}
 
 /**
  * Checkpoint requests in flight at once. A checkpoint is an operator's or a test's request (save now, one
@@ -68,57 +53,12 @@ export class GuardTimeoutError extends SafekeeperError {
 export const CHECKPOINTS_IN_FLIGHT_MAX = 64;
 assert(CONNECTIONS_MAX + CHECKPOINTS_IN_FLIGHT_MAX < COORDINATOR_REQUESTS_IN_FLIGHT_MAX, 'guards and checkpoints together leave request slots for the rest');
 
-/**
- * Backoff between attempts of a request that must not be dropped (unregister). A refusal means requests
- * are in flight, which end within milliseconds to seconds: start short, double, and cap so a long
- * saturation costs one attempt a second. Half of each delay is jitter.
- */
-export const MUST_LAND_BACKOFF_MS_MIN = 10;
-export const MUST_LAND_BACKOFF_MS_MAX = 1_000;
-
-/**
- * Runs `attempt` until it resolves ('done'), or until the coordinator is going away ('stopped': `stopping()`
- * is true, or the link is closed, a ShutdownError). Every other operating error is reported to `onFailure`
- * and the attempt repeats after a backoff, so `attempt` must be idempotent. A non-SafekeeperError is a bug:
- * it propagates. Never aborts: its caller waits for the outcome.
- */
-export async function retryUntilLanded(
-  attempt: () => Promise<void>,
-  options: { stopping: () => boolean; onFailure: (error: SafekeeperError, attempts: number) => void; random?: () => number },
-): Promise<'done' | 'stopped'> {
-  const never = new AbortController().signal;
-  for (let attempts = 1; ; attempts += 1) {
-    try {
-      await attempt();
-      return 'done';
-    } catch (error) {
-      if (!(error instanceof SafekeeperError)) throw error;
-      if (error instanceof ShutdownError || options.stopping()) return 'stopped';
-      options.onFailure(error, attempts);
-    }
-    const ceilingMs = Math.min(MUST_LAND_BACKOFF_MS_MAX, MUST_LAND_BACKOFF_MS_MIN * 2 ** Math.min(attempts - 1, 20));
-    await sleep(ceilingMs / 2 + (options.random ?? Math.random)() * (ceilingMs / 2), never);
-  }
-}
-
-/**
- * Starts the coordinator worker. Built (`.js`, ESM): the entry itself. Under tsx (`.ts`): through
- * `workers/ts_bootstrap.cjs`, which `require`s the entry, since only tsx's CommonJS hook is active in worker
- * threads on Node 20 (Piscina loads the writer workers the same way).
- */
-function startWorker(options: CoordinatorOptions): Worker {
-  const entry = workerFilename('coordinator');
-  if (!entry.endsWith('.ts')) return new Worker(entry, { workerData: options, name: 'coordinator' });
-  const bootstrap = fileURLToPath(new URL('../../workers/ts_bootstrap.cjs', import.meta.url));
-  return new Worker(bootstrap, { workerData: { ...options, entry }, name: 'coordinator' });
-}
-
 export class CoordinatorClient implements Residency {
   readonly #worker: Worker;
   readonly #rpc: RpcPort;
   readonly #timelines = new Map<string, Timeline>();
   readonly #active = new Set<string>();
-  readonly #lastTotals = new Map<string, number>();
+  readonly #metrics = new CoordinatorMetricsMirror();
   /** Chunks of state blocks the coordinator has (each is sent once, before its first registration). */
   readonly #stateChunksSent = new Set<number>();
   #nextGuardId = 1;
@@ -126,21 +66,7 @@ export class CoordinatorClient implements Residency {
   #stopping = false;
   #unhookScrape: () => void;
   private constructor(options: CoordinatorOptions, private readonly log: Logger) {
-    this.#worker = startWorker(options);
-    this.#worker.on('error', (error) => {
-      log.error({ err: error }, 'coordinator thread failed');
-      setImmediate(() => {
-        throw error;
-      });
-    });
-    this.#worker.on('exit', (code) => {
-      if (this.#stopping) return;
-      const error = new Error(`coordinator thread exited unexpectedly (code ${code})`);
-      log.error({ exit_code: code }, 'coordinator thread exited');
-      setImmediate(() => {
-        throw error;
-      });
-    });
+    this.#worker = startCoordinatorThread(options, log, () => this.#stopping);
     this.#rpc = new RpcPort(this.#worker, { onRequest: (body) => this.#onRequest(body as CoordinatorRequest), onNotify: (body) => this.#onNotify(body as CoordinatorNotice) }, COORDINATOR_REQUESTS_IN_FLIGHT_MAX);
     this.#unhookScrape = metrics.onScrape(() => this.collectMetrics());
   }
@@ -288,31 +214,8 @@ export class CoordinatorClient implements Residency {
    */
   async collectMetrics(): Promise<void> {
     if (this.#stopping) return;
-    const snapshot = await this.coordinatorMetrics();
-    const advance = (counter: { inc(value: number): void }, key: string, total: number): void => {
-      const delta = total - (this.#lastTotals.get(key) ?? 0);
-      if (delta > 0) counter.inc(delta);
-      this.#lastTotals.set(key, total);
-    };
-    advance(metrics.managerIterationsTotal, 'iterations', snapshot.managerIterationsTotal);
-    advance(metrics.backupSegmentsUploadedTotal, 'segments', snapshot.backupSegmentsUploadedTotal);
-    advance(metrics.backupBytesUploadedTotal, 'bytes', snapshot.backupBytesUploadedTotal);
-    advance(metrics.backupUploadFailuresTotal, 'failures', snapshot.backupUploadFailuresTotal);
-    advance(metrics.walSegmentsRemovedTotal, 'removed', snapshot.walSegmentsRemovedTotal);
-    advance(metrics.partialBackupUploadsTotal, 'partial', snapshot.partialBackupUploadsTotal);
-    advance({ inc: (value) => metrics.evictionEventsCompletedTotal.inc({ kind: 'evict' }, value) }, 'evictions', snapshot.evictionsTotal);
-    advance({ inc: (value) => metrics.evictionEventsCompletedTotal.inc({ kind: 'restore' }, value) }, 'restores', snapshot.restoresTotal);
-    for (const [key, total] of Object.entries(snapshot.remoteRequestsTotal)) {
-      const [operation = '', outcome = ''] = key.split(' ');
-      advance({ inc: (value) => metrics.remoteStorageRequestsTotal.inc({ operation, outcome }, value) }, `remote ${key}`, total);
-    }
-    metrics.backupUploadsRunning.set(snapshot.backupUploadsRunning);
-    metrics.activeTimelines.set(snapshot.activeTimelines);
-    metrics.evictedTimelines.set(snapshot.evictedTimelines);
-    metrics.coordinatorHeapUsedBytes.set(snapshot.heapUsedBytes);
-    const timelines = await this.#request('timeline_metrics', { kind: 'timeline_metrics' });
-    metrics.backupLagBytes.set(timelines.map((t) => ({ tenantId: t.tenantId, timelineId: t.timelineId, value: t.backupLagBytes })));
-    metrics.removalLagBytes.set(timelines.map((t) => ({ tenantId: t.tenantId, timelineId: t.timelineId, value: t.removalLagBytes })));
+    this.#metrics.copy(await this.coordinatorMetrics());
+    publishTimelineLags(await this.#request('timeline_metrics', { kind: 'timeline_metrics' }));
   }
 
   /** Stops every manager and the worker. Call after the registry has shut its timelines down. */

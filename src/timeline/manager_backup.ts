@@ -9,7 +9,7 @@
 import type { StateBlock } from '../ingest/state_block.js';
 import { SegmentBackup } from '../remote/wal_backup.js';
 import { lsnMax, segmentNumber, type Lsn } from '../wal/lsn.js';
-import { describeError, type JobsOwner } from './manager_jobs.js';
+import { describeError, type JobsOwner } from './manager_job_runner.js';
 import type { ManagerShared } from './manager_shared.js';
 
 export class ManagerBackup {

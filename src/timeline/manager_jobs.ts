@@ -4,59 +4,44 @@
  * job of each kind at a time) and keeps what the next decision needs: retry times, the last save, the last removed
  * segment, the partial segment records. Jobs: control-file saves (through main), WAL removal (`wal_removal.ts`),
  * partial segment upload and garbage collection (`remote/partial_backup.ts`), and eviction and restore with the
- * residency guards (`eviction.ts`). The segment backup queue retries on its own and is `manager_backup.ts`; this
- * module reads how far it got, for the decisions and for WAL read from remote storage.
+ * residency guards (`manager_eviction.ts`, over `eviction.ts`; this module delegates them there and resets the
+ * local WAL bookkeeping on a restore). The segment backup queue retries on its own and is `manager_backup.ts`;
+ * this module reads how far it got, for the decisions and for WAL read from remote storage.
  *
  * Nothing restarts the loop, so a job failure is logged and becomes a retry time (`JOB_RETRY_MS` later; a failed
- * eviction backs off as Neon's does), never a throw; an abort (the manager stopping) is silent. Every job ends by
- * kicking the loop. Memory: the eviction control is created on first use and dropped when idle (a node may hold
- * 10,000 idle timelines). Coordinator-wide permits bound the segments these jobs hold in memory: a partial upload
- * waits for one of `partialBackupPermits` (partial_backup.ts); an eviction takes one of `evictionPermits` only if
- * one is free and otherwise tries again later, as Neon's does (so no eviction queues, and nothing waits behind a
- * queue of them); an un-eviction holds one of the larger `unevictionPermits`, which only a guard of an offloaded
- * timeline waits for, outside the residency mutex (eviction.ts). A guard of a resident timeline waits for no permit.
+ * eviction backs off as Neon's does), never a throw; an abort (the manager stopping) is silent (the runner is
+ * `manager_job_runner.ts`). Every job ends by kicking the loop. Coordinator-wide permits bound the segments these
+ * jobs hold in memory: a partial upload waits for one of `partialBackupPermits` (partial_backup.ts); eviction and
+ * un-eviction permits, and the eviction control's memory, are `manager_eviction.ts`'s.
  * Partial-backup records waiting for deletion are bounded: at PARTIAL_GARBAGE_RECORDS_MAX the partial-backup slot
  * runs garbage collection alone (retried like any job) until they are gone. Coordinator thread.
  * Abort: jobs run under the manager's signal (uploads abort; a removal or a rename finishes its file first), and
  * `ended()` waits for them.
  */
-import type { EvictionState, PartialRemoteSegment } from '../acceptor/state.js';
+import type { PartialRemoteSegment } from '../acceptor/state.js';
 import type { StateBlock } from '../ingest/state_block.js';
 import { collectPartialGarbage, uploadPartialSegment, uploadedPartial, type PartialBackupDeps } from '../remote/partial_backup.js';
 import { readRemoteWal } from '../remote/wal_download.js';
 import { AssertionError, assert } from '../sync/assert.js';
 import { formatLsn, segmentNumber, segmentStartLsn, type Lsn } from '../wal/lsn.js';
 import type { ManagerPersist, TimelineRegistration } from './coordinator_protocol.js';
-import { EvictionControl } from './eviction.js';
-import type { TimelineManager } from './manager.js';
 import type { ManagerBackup } from './manager_backup.js';
 import { partialCurrentOf, type ManagerFacts, type ManagerSnapshot } from './manager_decisions.js';
+import { ManagerEviction, type EvictionJobsHost } from './manager_eviction.js';
+import { describeError, runJob, type Job, type JobsOwner } from './manager_job_runner.js';
 import type { ManagerShared } from './manager_shared.js';
 import { dropRecycledSegments, localWal, removeSegmentsUpTo } from './wal_removal.js';
 
-/** A failed save, removal or partial upload is retried after this long; a failed eviction after at least this long. */
-export const JOB_RETRY_MS = 2_000;
-
-/** What the jobs and the backup queue use of their manager: identity, cancellation, wakeup, state block and log. */
-export type JobsOwner = Pick<TimelineManager, 'ttid' | 'tenantId' | 'timelineId' | 'dir' | 'segmentSizeBytes' | 'stopping' | 'signal' | 'kick' | 'snapshot' | 'log'>;
-
-type Job = Promise<void> | null;
-
-export class ManagerJobs {
-  /** Created on first use (a guard, an eviction): most idle timelines never need one. */
-  #evictionControl: EvictionControl | null = null;
-  #initialEviction: EvictionState;
+export class ManagerJobs implements EvictionJobsHost {
+  readonly #eviction: ManagerEviction;
   #partialSegments: PartialRemoteSegment[];
   #persistJob: Job = null;
   #removalJob: Job = null;
   #partialJob: Job = null;
-  #evictJob: Job = null;
   #lastSaveMs: number;
   #saveRetryAtMs = 0;
   #removalRetryAtMs = 0;
   #partialRetryAtMs = 0;
-  #evictRetryAtMs = 0;
-  #evictNotBeforeMs: number;
   #lastRemovedSegno = -1n;
   /** Recycled segments may be on disk (a removal kept some; at start, until `init` has looked). */
   #recycledHeld = true;
@@ -72,12 +57,12 @@ export class ManagerJobs {
   ) {
     this.#partialSegments = registration.partialSegments; // deserialized from the message: ours alone
     this.#lastSaveMs = startMs;
-    this.#evictNotBeforeMs = startMs + shared.random() * shared.config.evictionMinResidentMs;
-    this.#initialEviction = shareablePresent(registration.evictionState);
+    // The jobs are the eviction's host themselves: no closures per timeline (a node may hold 10,000 idle ones).
+    this.#eviction = new ManagerEviction(owner, block, shared, this, registration.evictionState, startMs);
   }
 
   get offloaded(): boolean {
-    return this.#evictionControl?.offloaded ?? this.#initialEviction.kind === 'Offloaded';
+    return this.#eviction.offloaded;
   }
 
   /** The running WAL removal, if any (a checkpoint waits for it). */
@@ -106,10 +91,10 @@ export class ManagerJobs {
       partialRetryAtMs: this.#partialRetryAtMs,
       partialSegments: this.#partialSegments,
       lastChangeMs,
-      guards: (this.#evictionControl?.guardCount ?? 0),
-      evictRunning: this.#evictJob !== null,
-      evictNotBeforeMs: this.#evictNotBeforeMs,
-      evictRetryAtMs: this.#evictRetryAtMs,
+      guards: this.#eviction.guardCount,
+      evictRunning: this.#eviction.job !== null,
+      evictNotBeforeMs: this.#eviction.notBeforeMs,
+      evictRetryAtMs: this.#eviction.retryAtMs,
     };
   }
 
@@ -127,20 +112,20 @@ export class ManagerJobs {
       this.#publishLocalStart();
       if (this.offloaded) {
         this.block.set('evicted', 1n);
-        await this.#eviction().removeLeftovers();
+        await this.#eviction.removeLeftovers();
       }
     } catch (error) {
       if (error instanceof AssertionError) throw error;
       if (!this.owner.stopping) this.owner.log('warn', 'timeline manager start: local WAL scan or cleanup failed', { err: describeError(error) });
     } finally {
-      this.#dropIdleEviction();
+      this.#eviction.dropIdle();
     }
     if (this.#partialSegments.some((segment) => segment.status !== 'Uploaded')) this.#startPartialGarbageCollection();
   }
 
   /** Waits until every running job has ended (the manager is stopping and has cancelled its signal). */
   async ended(): Promise<void> {
-    await Promise.all([this.#persistJob, this.#removalJob, this.#partialJob, this.#evictJob]);
+    await Promise.all([this.#persistJob, this.#removalJob, this.#partialJob, this.#eviction.job]);
   }
 
   /** Saves the control file (through main) and notes when. */
@@ -149,23 +134,14 @@ export class ManagerJobs {
     this.#lastSaveMs = this.shared.nowMs();
   }
 
-  /**
-   * Grants residency guard `guardId` (chosen by main), unevicting first when offloaded. It queues for the
-   * residency mutex at once: a resident timeline's guard waits at most for a running eviction, never for a
-   * permit; an offloaded one's takes an un-eviction permit (eviction.ts).
-   */
-  async acquireGuard(guardId: number): Promise<void> {
-    try {
-      await this.#eviction().acquireGuard(guardId);
-    } finally {
-      this.#dropIdleEviction();
-    }
+  /** Grants residency guard `guardId` (chosen by main), unevicting first when offloaded (manager_eviction.ts). */
+  acquireGuard(guardId: number): Promise<void> {
+    return this.#eviction.acquireGuard(guardId);
   }
 
   /** Releases guard `guardId`, or ends its pending grant (and any wait for a permit). */
   releaseGuard(guardId: number): void {
-    if (this.#evictionControl?.releaseGuard(guardId) === true) this.owner.kick();
-    this.#dropIdleEviction();
+    this.#eviction.releaseGuard(guardId);
   }
 
   /** WAL from remote storage for a reader (§11): at most up to the end of `startLsn`'s segment. */
@@ -232,53 +208,14 @@ export class ManagerJobs {
     this.#partialJob = job.finally(() => this.#jobEnded(() => (this.#partialJob = null)));
   }
 
+  /** Starts an eviction in its slot (manager_eviction.ts). */
   startEviction(): void {
-    const job = this.#runJob('eviction', async () => {
-      // Neon: no permit free, try again later. Nothing waits for an eviction permit (eviction.ts).
-      const releasePermit = this.shared.evictionPermits.tryAcquire();
-      if (releasePermit === null) {
-        this.#evictRetryAtMs = this.#evictionFailedRetryAtMs();
-        return;
-      }
-      let evicted: boolean;
-      try {
-        evicted = await this.#eviction().evict();
-      } finally {
-        releasePermit();
-        this.#dropIdleEviction();
-      }
-      if (evicted) this.block.set('evicted', 1n);
-      else this.#evictRetryAtMs = this.shared.nowMs() + JOB_RETRY_MS;
-    }, () => (this.#evictRetryAtMs = this.#evictionFailedRetryAtMs()));
-    this.#evictJob = job.finally(() => this.#jobEnded(() => (this.#evictJob = null)));
+    this.#eviction.startEviction();
   }
 
-  /**
-   * When a failed eviction is tried again: after a random fraction of eviction_min_resident, as Neon does, but
-   * never sooner than other jobs retry. A failure that repeats (a local segment that differs from its remote
-   * copy, remote storage down) then costs its segment read and GET that rarely, not every JOB_RETRY_MS.
-   */
-  #evictionFailedRetryAtMs(): number {
-    return this.shared.nowMs() + Math.max(JOB_RETRY_MS, this.shared.random() * this.shared.config.evictionMinResidentMs);
-  }
-
-  /**
-   * Runs a job: its failure is logged and turned into a retry time (`setRetryAtMs`), never thrown; an abort
-   * (the manager stopping) is silent. The returned promise is the job's slot, cleared when it ends, and the
-   * loop is kicked then.
-   */
+  /** Runs a job through the runner (manager_job_runner.ts): a failure becomes a retry time, never a throw. */
   #runJob(name: string, work: () => Promise<void>, setRetryAtMs: (atMs: number) => void): Promise<void> {
-    return (async () => {
-      try {
-        await work();
-      } catch (error) {
-        if (error instanceof AssertionError) throw error;
-        if (!this.owner.stopping) {
-          setRetryAtMs(this.shared.nowMs() + JOB_RETRY_MS);
-          this.owner.log('warn', `${name} failed; will retry`, { err: describeError(error) });
-        }
-      }
-    })();
+    return runJob(this.owner, this.shared, name, work, setRetryAtMs);
   }
 
   #jobEnded(clear: () => void): void {
@@ -286,41 +223,20 @@ export class ManagerJobs {
     this.owner.kick();
   }
 
-  #eviction(): EvictionControl {
-    const { owner } = this;
-    this.#evictionControl ??= new EvictionControl(
-      {
-        tenantId: owner.tenantId,
-        timelineId: owner.timelineId,
-        dir: owner.dir,
-        segmentSizeBytes: owner.segmentSizeBytes,
-        shared: this.shared,
-        signal: () => owner.signal(),
-        snapshot: () => owner.snapshot(),
-        partialSegments: () => this.#partialSegments,
-        persist: (update) => this.#persist(update),
-        onRestored: (flushLsn) => this.#onRestored(flushLsn),
-        log: (level, message, fields) => owner.log(level, message, fields),
-      },
-      this.#initialEviction,
-    );
-    return this.#evictionControl;
+  /** The partial segment records (EvictionJobsHost: the eviction control compares the local `.partial` with them). */
+  partialSegments(): readonly PartialRemoteSegment[] {
+    return this.#partialSegments;
   }
 
-  /** Keeps only the eviction state once no guard, grant or transition needs the control object. */
-  #dropIdleEviction(): void {
-    const control = this.#evictionControl;
-    if (control === null || !control.idle) return;
-    this.#initialEviction = shareablePresent(control.state);
-    this.#evictionControl = null;
+  /** Persists manager state through main (EvictionJobsHost). */
+  persist(update: ManagerPersist): Promise<void> {
+    return this.#persist(update);
   }
 
-  #onRestored(flushLsn: Lsn): void {
-    this.block.set('evicted', 0n);
+  /** The timeline was restored from remote storage (EvictionJobsHost): local WAL starts at `flushLsn`'s segment. */
+  onLocalWalRestored(flushLsn: Lsn): void {
     this.#lastRemovedSegno = this.#segno(flushLsn) - 1n;
     this.#publishLocalStart();
-    this.#evictNotBeforeMs = this.shared.nowMs() + this.shared.random() * this.shared.config.evictionMinResidentMs;
-    this.owner.kick();
   }
 
   async #persist(update: ManagerPersist): Promise<void> {
@@ -354,16 +270,4 @@ export class ManagerJobs {
   #segno(lsn: Lsn): bigint {
     return segmentNumber(lsn, this.owner.segmentSizeBytes);
   }
-}
-
-/** One `Present` state for every manager that is not offloaded (no object each). Never changed. */
-const PRESENT: EvictionState = Object.freeze({ kind: 'Present' });
-
-function shareablePresent(state: EvictionState): EvictionState {
-  return state.kind === 'Present' ? PRESENT : state;
-}
-
-/** An error as a log field: its name and message. */
-export function describeError(error: unknown): string {
-  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
 }

@@ -1,8 +1,8 @@
 /**
  * TimelineRegistry: every timeline of this node, by ttid. At startup it loads each
- * `<data_dir>/<tenant>/<timeline>` dir: control file, then the end of WAL found by decoding the segments
- * from the persisted commit_lsn (a record boundary) in a writer worker. A timeline that fails to load is
- * kept as `broken` with its reason, and the node and the other timelines go on.
+ * `<data_dir>/<tenant>/<timeline>` dir (timeline_loader.ts opens one: control file, then the end of WAL
+ * found by a scan in a writer worker). A timeline that fails to load is kept as `broken` with its reason,
+ * and the node and the other timelines go on.
  *
  * Creation is crash-safe: the control file is written into a staging dir under `tmp/`, which is then
  * durably renamed into place; `tmp/` is cleared at startup. Deletion cancels the timeline, waits for its
@@ -28,21 +28,19 @@ import {
   type TenantId,
   type TimelineId,
 } from '../acceptor/state.js';
-import { ConflictError, InvalidArgumentError, NotFoundError, SafekeeperError, ShutdownError } from '../errors.js';
-import type { StateBlock } from '../ingest/state_block.js';
+import { ConflictError, InvalidArgumentError, NotFoundError, ShutdownError } from '../errors.js';
 import { StateBlockArena } from '../ingest/state_block_arena.js';
-import { TimelineWal } from '../ingest/timeline_wal.js';
 import type { PrepareResult, WriteResult } from '../ingest/writer_protocol.js';
 import type { WriterPool } from '../ingest/writer_pool.js';
-import { loadControlFile, saveControlFile } from '../storage/control_file.js';
+import { saveControlFile } from '../storage/control_file.js';
 import { clearTmpDir, createStagingDir, deletingDirPath, isIdDirName, storageCall, storageError, timelineDir, tmpDirPath } from '../storage/layout.js';
 import { assert } from '../sync/assert.js';
 import type { CancelToken } from '../sync/cancel.js';
 import { formatLsn, isValidSegmentSize, walEndLsnMax, type Lsn } from '../wal/lsn.js';
 import { decoderStartProblem } from '../wal/record_decoder.js';
 import { pageMagicForPgVersion } from '../wal/page.js';
-import { ControlStore } from './control_store.js';
-import { Timeline } from './timeline.js';
+import type { Timeline } from './timeline.js';
+import { openTimeline } from './timeline_loader.js';
 
 export interface RegistryOptions {
   dataDir: string;
@@ -233,59 +231,15 @@ export class TimelineRegistry {
     return this.#open(args.tenantId, args.timelineId);
   }
 
-  /** Opens a timeline's directory: a Timeline, broken if its files are. Only a bug or an I/O failure throws. */
+  /** Opens a timeline's directory (timeline_loader.ts) in a block of the arena; the block is freed if that throws. */
   async #open(tenantId: TenantId, timelineId: TimelineId): Promise<Timeline> {
     const stateBlock = this.#stateBlocks.allocate();
     try {
-      return await this.#openWith(stateBlock, tenantId, timelineId);
+      return await openTimeline(this.options, stateBlock, tenantId, timelineId);
     } catch (error) {
       this.#stateBlocks.free(stateBlock);
       throw error;
     }
-  }
-
-  async #openWith(stateBlock: StateBlock, tenantId: TenantId, timelineId: TimelineId): Promise<Timeline> {
-    const { dataDir, nodeId, noSync, ringSizeBytes, ringReleaseDelayMs, pool } = this.options;
-    const dir = timelineDir(dataDir, tenantId, timelineId);
-    const broken = (reason: string): Timeline => {
-      this.options.log.error({ tenant_id: tenantId, timeline_id: timelineId, reason }, 'timeline is broken');
-      return new Timeline(tenantId, timelineId, dir, this.options.cancel.child(), stateBlock, null, null, nodeId, reason);
-    };
-    let state;
-    try {
-      state = await loadControlFile(dir);
-    } catch (error) {
-      if (error instanceof SafekeeperError) return broken(`control file: ${error.message}`);
-      throw error;
-    }
-    if (state.tenantId !== tenantId || state.timelineId !== timelineId) {
-      return broken(`control file names ${ttid(state.tenantId, state.timelineId)}, not its directory`);
-    }
-    try {
-      pageMagicForPgVersion(state.server.pgVersion); // the WAL scan and every write task need it
-    } catch (error) {
-      if (error instanceof SafekeeperError) return broken(`control file: ${error.message}`);
-      throw error;
-    }
-    const files = { dir, segmentSizeBytes: state.server.walSegSizeBytes, noSync };
-    let endLsn = 0n;
-    if (state.evictionState.kind === 'Offloaded') {
-      // An offloaded timeline has (at most) its last segment locally: the end of WAL is what eviction
-      // recorded, and the manager downloads the segment again before anything reads or writes it.
-      endLsn = state.evictionState.flushLsn;
-    } else if (state.commitLsn !== 0n) {
-      const scan = await pool.scan({ kind: 'scan', startLsn: state.commitLsn, pgVersion: state.server.pgVersion, ...files });
-      if (!scan.ok) return broken(`WAL scan: ${scan.detail}`);
-      if (scan.endLsn < state.commitLsn) return broken(`WAL ends before commit_lsn (${scan.detail})`);
-      endLsn = scan.endLsn;
-    }
-    const control = new ControlStore(dir, state, noSync); // the store owns `state` now: only read below
-    // One literal with every field, so all timelines' options share one hidden class.
-    const walOptions = { dir, segmentSizeBytes: files.segmentSizeBytes, pgVersion: state.server.pgVersion, ringSizeBytes, ringReleaseDelayMs, noSync, pool, state: stateBlock, onBatch: this.options.onBatch ?? ignoreResult, onPrepared: this.options.onPrepared ?? ignoreResult, onRingBytes: this.options.onRingBytes ?? ignoreResult };
-    const wal = new TimelineWal(walOptions, endLsn);
-    stateBlock.setMany({ commitLsn: state.commitLsn, term: state.acceptorState.term, localStartLsn: state.localStartLsn, backupLsn: state.backupLsn });
-    // The ids of the control state (equal, checked above): one copy of each string per timeline.
-    return new Timeline(state.tenantId, state.timelineId, dir, this.options.cancel.child(), stateBlock, control, wal, nodeId, null);
   }
 }
 
@@ -320,7 +274,7 @@ export async function moveTimelineDirToTmp(dataDir: string, tenantId: TenantId, 
   return target;
 }
 
-/** The `onBatch`, `onPrepared` and `onRingBytes` of a registry without them: shared, rather than a closure per timeline. */
+/** A delete waits for a creation in flight to end, whatever its outcome (its caller owns that). */
 function ignoreResult(): void {}
 
 async function exists(path: string): Promise<boolean> {

@@ -1,7 +1,7 @@
 /**
  * Unregister and delete_remote on the main ⇄ coordinator link (timeline/coordinator.ts,
- * timeline/coordinator_client.ts): a real Coordinator in process, reached through a MessageChannel and
- * main's RpcPort. Covered: delete_remote while the timeline's manager is still registered is an error reply
+ * timeline/coordinator_client.ts, timeline/must_land_retry.ts): a real Coordinator in process, reached
+ * through a MessageChannel and main's RpcPort. Covered: delete_remote while the timeline's manager is still registered is an error reply
  * (SK_COORDINATOR_BUSY, HTTP 503), not an assertion, and the coordinator keeps serving; an unregister refused
  * because main's request budget is full is retried until it lands (`retryUntilLanded`), after which
  * delete_remote removes the timeline's remote objects; and the retry helper's own outcomes.
@@ -18,8 +18,8 @@ import { LocalFsBackend } from '../../src/remote/local_fs.js';
 import { objectKey, RemoteStorage } from '../../src/remote/remote_storage.js';
 import { timelineDir } from '../../src/storage/layout.js';
 import { Coordinator } from '../../src/timeline/coordinator.js';
-import { retryUntilLanded } from '../../src/timeline/coordinator_client.js';
 import type { CoordinatorOptions, MainNotice, MainRequest, TimelineRegistration } from '../../src/timeline/coordinator_protocol.js';
+import { retryUntilLanded } from '../../src/timeline/must_land_retry.js';
 import { CoordinatorBusyError, RpcPort, type MessageEndpoint } from '../../src/timeline/rpc_port.js';
 import { makeTempDir, removeAllTempDirs } from '../harness/tmp.js';
 

@@ -31,7 +31,8 @@ import type { CoordinatorOptions, ManagerPersist, TimelineRegistration } from '.
 import { EvictionControl } from '../../src/timeline/eviction.js';
 import { ManagerBackup } from '../../src/timeline/manager_backup.js';
 import { PARTIAL_GARBAGE_RECORDS_MAX, planPass, type ManagerSnapshot } from '../../src/timeline/manager_decisions.js';
-import { JOB_RETRY_MS, ManagerJobs, type JobsOwner } from '../../src/timeline/manager_jobs.js';
+import { JOB_RETRY_MS, type JobsOwner } from '../../src/timeline/manager_job_runner.js';
+import { ManagerJobs } from '../../src/timeline/manager_jobs.js';
 import type { ManagerConfig, ManagerShared } from '../../src/timeline/manager_shared.js';
 import type { MessageEndpoint } from '../../src/timeline/rpc_port.js';
 import { StateWatcher } from '../../src/timeline/state_watcher.js';
