@@ -15,7 +15,8 @@
  * the segment of an evicted timeline's flush_lsn comes from its partial object. Digests are checked by
  * RemoteStorage.
  * Memory: a compare holds the remote object and a local copy (up to a segment each), a download the object;
- * the manager runs both under a coordinator-wide offload permit (`manager_jobs.ts`), so only a few do at once.
+ * each runs under a coordinator-wide permit (a compare under one of `evictionPermits`, taken in
+ * manager_eviction.ts; a download under one of `unevictionPermits`, in eviction.ts), so only a few do at once.
  * Coordinator thread; async fs.
  */
 import { open, rename, rm } from 'node:fs/promises';

@@ -14,7 +14,7 @@
  * downloads again).
  * Guard ids are chosen by main; a release that arrives while the grant is pending cancels the grant.
  * Permits (coordinator-wide, coordinator.ts): an eviction holds one of `evictionPermits`, taken by the manager
- * only if one is free (manager_jobs.ts), before it waits for the mutex. An un-eviction holds one of
+ * only if one is free (manager_eviction.ts), before it waits for the mutex. An un-eviction holds one of
  * `unevictionPermits`: a guard that finds the timeline offloaded tries for one under the mutex and, when none is
  * free, leaves the mutex and waits for one outside it, as the timeline's only permit waiter (its other guards
  * wait for that one to finish, then look again). So nobody holding the mutex ever waits for a permit, while a
