@@ -3,7 +3,7 @@
  * timeline's background jobs: control-file saves, WAL backup and partial backup, WAL removal, and eviction.
  * On each turn it reads one snapshot of the state block, decides from that snapshot alone which jobs to
  * start or stop (`manager_decisions.ts`, pure), starts them (`manager_jobs.ts`; the segment backup queue is
- * `manager_backup.ts`), then sleeps until the block changes, a job ends, a deadline passes or a message
+ * `manager_backup.ts`, eviction and guards `manager_eviction.ts`), then sleeps until the block changes, a job ends, a deadline passes or a message
  * (such as a guard request) arrives (`manager_wakeup.ts`). This file is the loop, the manager's public face
  * to the coordinator, and what its jobs share: its ids, its cancellation signal, its log and its snapshot
  * (what the coordinator shares is `manager_shared.ts`).
