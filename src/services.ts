@@ -14,7 +14,7 @@ import { createWriterPool, type WriterPool } from './ingest/writer_pool.js';
 import type { PrepareResult, WriteResult } from './ingest/writer_protocol.js';
 import type { Logger } from './log.js';
 import { commitLsn, flushLsn, fsyncSeconds, observeMs, onScrape, pgQueriesReceivedTotal, walRingBytes, walSegmentsPreparedTotal, writeWalBytesTotal, writeWalSeconds } from './metrics.js';
-import type { NodeHooks, PgConnectionInfo } from './node.js';
+import type { NodeHooks, PgConnectionInfo, SafekeeperNode } from './node.js';
 import { PgConnection } from './pg/connection.js';
 import { PgRefusals } from './pg/server.js';
 import { CoordinatorClient } from './timeline/coordinator_client.js';
@@ -30,57 +30,13 @@ export function createNodeHooks(config: Config): NodeHooks {
   let unhookScrape: (() => void) | null = null;
   // Sockets over max_connections: answered 53300 and closed within a bounded time and number (pg/server.ts).
   const refusals = new PgRefusals();
-  const onBatch = (bytes: number, result: WriteResult): void => {
-    if (!result.ok) return;
-    writeWalBytesTotal.inc(bytes);
-    observeMs(writeWalSeconds, result.timings.writeMs);
-    observeMs(fsyncSeconds, result.timings.fsyncMs);
-  };
-  const onPrepared = (result: PrepareResult): void => {
-    if (!result.ok) walSegmentsPreparedTotal.inc({ source: 'failed' });
-    else if (result.prepared !== 'existing') walSegmentsPreparedTotal.inc({ source: result.prepared });
-  };
   return {
     onStart: async (node) => {
       pool = createWriterPool(config.walWriterThreads);
-      const background = CoordinatorClient.start(
-        {
-          nodeId: node.id,
-          dataDir: config.dataDir,
-          noSync: config.noSync,
-          remoteStorage: config.remoteStorage,
-          remoteRequestTimeoutMs: config.remoteRequestTimeoutMs,
-          controlFileSaveIntervalMs: config.controlFileSaveIntervalMs,
-          partialBackupTimeoutMs: config.partialBackupTimeoutMs,
-          evictionMinResidentMs: config.evictionMinResidentMs,
-          enableOffload: config.enableOffload,
-          deleteOffloadedWal: config.deleteOffloadedWal,
-          walBackupParallelJobs: config.walBackupParallelJobs,
-          walRecycleSegments: config.walRecycleSegments,
-          failpointsEnabled: config.testingFailpoints,
-        },
-        node.log,
-      );
+      const background = startCoordinator(config, node);
       coordinator = background;
       if (config.testingFailpoints) node.log.warn({ testing_failpoints: true }, 'testing_failpoints is on: /v1/failpoints can pause, fail or kill background tasks');
-      registry = await TimelineRegistry.load({
-        dataDir: config.dataDir,
-        nodeId: node.id,
-        noSync: config.noSync,
-        ringSizeBytes: config.ringSizeBytes,
-        ringReleaseDelayMs: config.ringReleaseDelayMs,
-        pool,
-        cancel: node.cancel,
-        log: node.log,
-        onBatch,
-        onPrepared,
-        onRingBytes: (deltaBytes) => walRingBytes.inc(deltaBytes),
-        onOpen: (timeline) => background.register(timeline),
-        deleteRemote: (tenantId, timelineId) => background.deleteRemote(tenantId, timelineId),
-      }).catch(async (error: unknown) => {
-        await background.stop(); // onStop does not run when onStart fails
-        throw error;
-      });
+      registry = await loadTimelines(config, node, pool, background);
       service = createWalService({
         registry,
         residency: background,
@@ -89,12 +45,7 @@ export function createNodeHooks(config: Config): NodeHooks {
         defaultPgVersion: config.defaultPgVersion,
         countQuery: (kind) => pgQueriesReceivedTotal.inc({ query: kind }),
       });
-      const loaded = registry;
-      unhookScrape = onScrape(async () => {
-        const timelines = loaded.list();
-        flushLsn.set(timelines.map((t) => ({ tenantId: t.tenantId, timelineId: t.timelineId, value: Number(t.state.get('flushLsn')) })));
-        commitLsn.set(timelines.map((t) => ({ tenantId: t.tenantId, timelineId: t.timelineId, value: Number(t.state.get('commitLsn')) })));
-      });
+      unhookScrape = hookLsnGauges(registry);
       node.log.info({ timelines: registry.list().length }, 'timelines loaded');
     },
     onStop: async () => {
@@ -123,4 +74,71 @@ export function createNodeHooks(config: Config): NodeHooks {
       },
     ],
   };
+}
+
+/** Starts the coordinator thread (timeline managers, remote storage) with the config it needs. */
+function startCoordinator(config: Config, node: SafekeeperNode): CoordinatorClient {
+  return CoordinatorClient.start(
+    {
+      nodeId: node.id,
+      dataDir: config.dataDir,
+      noSync: config.noSync,
+      remoteStorage: config.remoteStorage,
+      remoteRequestTimeoutMs: config.remoteRequestTimeoutMs,
+      controlFileSaveIntervalMs: config.controlFileSaveIntervalMs,
+      partialBackupTimeoutMs: config.partialBackupTimeoutMs,
+      evictionMinResidentMs: config.evictionMinResidentMs,
+      enableOffload: config.enableOffload,
+      deleteOffloadedWal: config.deleteOffloadedWal,
+      walBackupParallelJobs: config.walBackupParallelJobs,
+      walRecycleSegments: config.walRecycleSegments,
+      failpointsEnabled: config.testingFailpoints,
+    },
+    node.log,
+  );
+}
+
+/** Loads the timelines; each is handed to its manager on the coordinator as it opens. A failure stops the coordinator. */
+function loadTimelines(config: Config, node: SafekeeperNode, pool: WriterPool, background: CoordinatorClient): Promise<TimelineRegistry> {
+  return TimelineRegistry.load({
+    dataDir: config.dataDir,
+    nodeId: node.id,
+    noSync: config.noSync,
+    ringSizeBytes: config.ringSizeBytes,
+    ringReleaseDelayMs: config.ringReleaseDelayMs,
+    pool,
+    cancel: node.cancel,
+    log: node.log,
+    onBatch,
+    onPrepared,
+    onRingBytes: (deltaBytes) => walRingBytes.inc(deltaBytes),
+    onOpen: (timeline) => background.register(timeline),
+    deleteRemote: (tenantId, timelineId) => background.deleteRemote(tenantId, timelineId),
+  }).catch(async (error: unknown) => {
+    await background.stop(); // onStop does not run when onStart fails
+    throw error;
+  });
+}
+
+/** Sets the per-timeline LSN gauges from the registry at each scrape; returns the unhook. */
+function hookLsnGauges(registry: TimelineRegistry): () => void {
+  return onScrape(async () => {
+    const timelines = registry.list();
+    flushLsn.set(timelines.map((t) => ({ tenantId: t.tenantId, timelineId: t.timelineId, value: Number(t.state.get('flushLsn')) })));
+    commitLsn.set(timelines.map((t) => ({ tenantId: t.tenantId, timelineId: t.timelineId, value: Number(t.state.get('commitLsn')) })));
+  });
+}
+
+/** A write task's result, counted in the WAL write metrics. */
+function onBatch(bytes: number, result: WriteResult): void {
+  if (!result.ok) return;
+  writeWalBytesTotal.inc(bytes);
+  observeMs(writeWalSeconds, result.timings.writeMs);
+  observeMs(fsyncSeconds, result.timings.fsyncMs);
+}
+
+/** A segment preparation's result, counted by where the segment came from. */
+function onPrepared(result: PrepareResult): void {
+  if (!result.ok) walSegmentsPreparedTotal.inc({ source: 'failed' });
+  else if (result.prepared !== 'existing') walSegmentsPreparedTotal.inc({ source: result.prepared });
 }

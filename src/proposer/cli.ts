@@ -103,6 +103,20 @@ function recordBytesArg(bytes: number): number {
   return bytes;
 }
 
+/** `--start-lsn`: where a new timeline starts, so a record start (8-byte aligned, not inside a page header). */
+function startLsnArg(text: string): Lsn {
+  let startLsn: Lsn;
+  try {
+    startLsn = parseLsn(text);
+  } catch {
+    throw new UsageError(`--start-lsn: not an LSN: ${JSON.stringify(text)} (expected X/Y in hex)`);
+  }
+  if (startLsn % 8n !== 0n) throw new UsageError('--start-lsn: must be 8-byte aligned (a record start)');
+  const pageOffset = startLsn % 8192n;
+  if (pageOffset !== 0n && pageOffset < 24n) throw new UsageError('--start-lsn: points into a page header (a record starts after it)');
+  return startLsn;
+}
+
 function parseProposeArgs(argv: string[]): ProposeArgs | 'help' {
   const string = { type: 'string' } as const;
   const { values } = parseArgs({
@@ -148,17 +162,7 @@ function parseProposeArgs(argv: string[]): ProposeArgs | 'help' {
   if (!LOG_LEVELS.includes(logLevel)) throw new UsageError(`--log-level: one of ${LOG_LEVELS.join(', ')}`);
   const logFormat = (values['log-format'] ?? 'auto') as LogFormat;
   if (!LOG_FORMATS.includes(logFormat)) throw new UsageError(`--log-format: one of ${LOG_FORMATS.join(', ')}`);
-  let startLsn: Lsn | null = null;
-  if (values['start-lsn'] !== undefined) {
-    try {
-      startLsn = parseLsn(values['start-lsn']);
-    } catch {
-      throw new UsageError(`--start-lsn: not an LSN: ${JSON.stringify(values['start-lsn'])} (expected X/Y in hex)`);
-    }
-    if (startLsn % 8n !== 0n) throw new UsageError('--start-lsn: must be 8-byte aligned (a record start)');
-    const pageOffset = startLsn % 8192n;
-    if (pageOffset !== 0n && pageOffset < 24n) throw new UsageError('--start-lsn: points into a page header (a record starts after it)');
-  }
+  const startLsn = values['start-lsn'] === undefined ? null : startLsnArg(values['start-lsn']);
   const windowBytes = values['wal-window-bytes'] === undefined ? WAL_WINDOW_BYTES_DEFAULT : need(parseBytes(values['wal-window-bytes']), 'wal-window-bytes');
   if (windowBytes < WAL_WINDOW_BYTES_MIN) throw new UsageError(`--wal-window-bytes: at least ${WAL_WINDOW_BYTES_MIN}`);
   const applicationName = values['application-name'] ?? APPLICATION_NAME_DEFAULT;

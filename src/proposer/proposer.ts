@@ -5,7 +5,8 @@
  * Election (reference §4.7): greetings from a majority fix the term (1 + the highest greeting term); votes
  * from a majority elect us; the donor is the voter with the highest (last_log_term, flush_lsn); the term
  * starts at the donor's flush_lsn (or, on an empty timeline, where the source says a timeline begins); our
- * history is the donor's plus (term, term start). The bookkeeping of greetings and votes is `campaign.ts`.
+ * history is the donor's plus (term, term start). The bookkeeping of greetings and votes is `campaign.ts`;
+ * the step from a majority of votes to the term start (which waits on the source and the donor) is `term_start.ts`.
  * Streaming: the source appends to the window, every link streams from it at its own pace, and each
  * AppendResponse recomputes commit_lsn (the quorum-th highest flush at or above the term start) and
  * truncate_lsn (min flush over all, capped at commit). The window keeps what the slowest acceptor still
@@ -34,11 +35,10 @@ import { Watch } from '../sync/watch.js';
 import type { Lsn } from '../wal/lsn.js';
 import { AcceptorLink, type ElectedTerm, type LinkHost } from './acceptor_link.js';
 import { Campaign, type CampaignPhase, type CampaignRound } from './campaign.js';
-import { findPrevRecordLsn } from './donor_reader.js';
-import { chooseDonor, proposerHistory, screenVoters, startStreamingLsn, type Voter } from './election.js';
 import { DuplicateSafekeeperError, SystemIdMismatchError, TermConflictError } from './errors.js';
 import { duplicateSafekeeper, quorumCommitLsn, quorumSize, truncateLsnCandidate } from './quorum.js';
 import type { ServerIdentity, WalSource } from './source.js';
+import { collectVoters, planTermStart, prevRecordLsnBefore, sourceStartLsnFor, type ElectingContext } from './term_start.js';
 import { WalWindow } from './wal_window.js';
 import { sourceMayAppend, windowTrimLsn } from './window_budget.js';
 
@@ -85,6 +85,7 @@ export class Proposer implements LinkHost {
   readonly #options: ProposerOptions;
   readonly #source: WalSource;
   readonly #campaign: Campaign<AcceptorLink>;
+  readonly #electing: ElectingContext;
   /** Bumped on every AppendResponse (commit and window trims happen there); the paused source waits on it. */
   readonly #acks = new Watch(0);
   #elected: ElectedTerm | null = null;
@@ -108,6 +109,10 @@ export class Proposer implements LinkHost {
     this.quorum = quorumSize(options.safekeepers.length);
     this.#campaign = new Campaign(this.quorum, options.log);
     this.links = options.safekeepers.map((address, index) => new AcceptorLink(index, address, this));
+    this.#electing = {
+      tenantId: this.tenantId, timelineId: this.timelineId, identity: this.identity, log: this.log, links: this.links, quorum: this.quorum,
+      campaign: this.#campaign, source: this.#source, quorumTimeoutMs: options.quorumTimeoutMs, isFatal: (error) => this.isFatal(error),
+    };
   }
 
   get electedTerm(): ElectedTerm | null {
@@ -234,63 +239,16 @@ export class Proposer implements LinkHost {
     this.#token?.cancel(error);
   }
 
-  /**
-   * Waits for votes from a majority whose histories we can elect with (`screenVoters`); the votes of the
-   * others are refused (logged), and if that leaves less than a majority, the campaign waits for more.
-   * Each pass refuses a voter or returns, so this ends; the quorum timeout bounds the whole wait.
-   */
-  async #collectVoters(signal: AbortSignal): Promise<Voter[]> {
-    const campaign = this.#campaign;
-    const deadlineMs = performance.now() + this.#options.quorumTimeoutMs;
-    for (;;) {
-      await campaign.waitForVotes(signal, Math.max(0, Math.ceil(deadlineMs - performance.now())), () => this.#noQuorumDetails());
-      const screened = screenVoters(campaign.votes().map(([link, vote]) => ({ index: link.index, vote })));
-      for (const { index, problem } of screened.refused) {
-        const link = this.links[index];
-        assert(link !== undefined, 'a voter is one of our safekeepers');
-        campaign.refuseVoter(link, link.name, problem);
-      }
-      if (screened.voters.length >= this.quorum) return screened.voters;
-    }
-  }
-
   async #electAndStream(signal: AbortSignal): Promise<void> {
     const campaign = this.#campaign;
-    const voters = await this.#collectVoters(signal);
-    const term = campaign.term;
-    const donor = chooseDonor(voters);
-    let termStartLsn = donor.flushLsn;
-    if (termStartLsn === 0n) {
-      termStartLsn = await this.#source.initialLsn(signal);
-      this.log.info({ start_lsn: termStartLsn }, 'every voter is empty: starting the timeline');
-    }
-    const history = proposerHistory(donor.history, term, termStartLsn);
-    this.#truncateLsn = donor.truncateLsn === 0n ? termStartLsn : donor.truncateLsn;
-    let sourceStartLsn = termStartLsn;
-    if (this.#source.canRewind) {
-      let lowestLsn = termStartLsn;
-      for (const { vote } of voters) {
-        const startLsn = startStreamingLsn(history, term, vote.termHistory, vote.flushLsn);
-        if (startLsn < lowestLsn) lowestLsn = startLsn;
-      }
-      const earliestLsn = this.#source.earliestLsn();
-      sourceStartLsn = lowestLsn > earliestLsn ? lowestLsn : earliestLsn < termStartLsn ? earliestLsn : termStartLsn;
-    }
-    let prevRecordLsn: Lsn | null = null;
+    const voters = await collectVoters(this.#electing, signal);
+    const start = await planTermStart(this.#electing, voters, campaign.term, signal);
+    const { term, donor, history, termStartLsn } = start;
+    this.#truncateLsn = start.truncateLsn;
+    const sourceStartLsn = sourceStartLsnFor(this.#electing, voters, start);
     const donorLink = this.links[donor.index];
     assert(donorLink !== undefined, 'the donor is one of our safekeepers');
-    if (this.#source.needsPrevRecordLsn && donor.flushLsn !== 0n) {
-      const timelineStartLsn = history[0]?.lsn ?? termStartLsn;
-      try {
-        prevRecordLsn = await findPrevRecordLsn({
-          donor: donorLink.address, tenantId: this.tenantId, timelineId: this.timelineId, term, identity: this.identity, timelineStartLsn, termStartLsn, signal,
-        });
-        this.log.info({ prev_record_lsn: prevRecordLsn, term_start_lsn: termStartLsn }, 'found the last record before the term start');
-      } catch (error) {
-        if (signal.aborted || this.isFatal(error)) throw error;
-        this.log.warn({ err: error instanceof Error ? error.message : String(error), donor: donorLink.name }, 'could not read the WAL before the term start back from the donor; the first record gets xl_prev 0');
-      }
-    }
+    const prevRecordLsn = await prevRecordLsnBefore(this.#electing, donorLink, start, signal);
     this.window.reset(sourceStartLsn);
     this.#donorIndex = donor.index;
     this.#elected = { term, generation: campaign.generation, history, termStartLsn };
@@ -322,17 +280,6 @@ export class Proposer implements LinkHost {
       clearTimeout(slow);
       if (performance.now() - startedMs > SLOW_WAIT_MS) this.log.info({ waited_ms: Math.round(performance.now() - startedMs) }, 'WAL source resumed');
     }
-  }
-
-  /** "N safekeepers voted within T ms, Q needed (h:p: last error or state; ...)" for NoQuorumError. */
-  #noQuorumDetails(): string {
-    const details = this.links.map((link) => {
-      const refusal = this.#campaign.refusal(link);
-      const state = this.#campaign.hasVoted(link) ? 'voted' : refusal !== null ? `vote refused: ${refusal}` : this.#campaign.hasGreeted(link) ? 'greeted' : link.state;
-      const error = link.lastError?.replace(`${link.name}: `, '');
-      return `${link.name}: ${error ?? state}`;
-    });
-    return `${this.links.length} safekeepers voted within ${this.#options.quorumTimeoutMs} ms, ${this.quorum} needed (${details.join('; ')})`;
   }
 
   #relayFeedback(): void {

@@ -188,9 +188,30 @@ export function planPass(snapshot: ManagerSnapshot, facts: ManagerFacts, setting
     else wakeAt(dueMs);
   }
 
-  // Partial backup. Not while too many older objects wait for their deletion: each upload leaves one more
-  // record in the control file when deletes keep failing, and the file's size is bounded. Those deletes are
-  // retried on their own instead.
+  // Partial backup.
+  const partialStale = planPartialBackup(snapshot, facts, settings, plan, wakeAt);
+
+  // Eviction.
+  if (settings.enableOffload && !facts.evictRunning && evictionReady(snapshot, facts, plan, { backupNeeded, ahead, partialStale })) {
+    const dueMs = Math.max(facts.evictNotBeforeMs, facts.evictRetryAtMs);
+    if (nowMs >= dueMs) plan.evict = true;
+    else wakeAt(dueMs);
+  }
+
+  plan.wakeAtMs = wakeAtMs;
+  plan.status = describe(plan, facts);
+  return plan;
+}
+
+/**
+ * The partial-backup part of `planPass`: sets `plan.uploadPartial` and `plan.collectPartialGarbage`, or asks
+ * `wakeAt` for when to look again. Returns whether the partial object is stale (eviction waits for it).
+ */
+function planPartialBackup(snapshot: ManagerSnapshot, facts: ManagerFacts, settings: ManagerSettings, plan: ManagerPlan, wakeAt: (atMs: number) => void): boolean {
+  const { nowMs } = facts;
+  // Not while too many older objects wait for their deletion: each upload leaves one more record in the
+  // control file when deletes keep failing, and the file's size is bounded. Those deletes are retried on
+  // their own instead.
   // Garbage left by a failed cleanup while the upload itself is current is collected on the uploads' cadence
   // (a quiet timeline's next upload would otherwise be the only retry, which may never come).
   const current = partialCurrentOf(snapshot);
@@ -208,25 +229,20 @@ export function planPass(snapshot: ManagerSnapshot, facts: ManagerFacts, setting
       plan.collectPartialGarbage = !partialStale; // an upload collects the garbage after it anyway
     } else wakeAt(dueMs);
   }
+  return partialStale;
+}
 
-  // Eviction.
-  if (settings.enableOffload && !facts.evictRunning) {
-    const uploaded = uploadedPartial(facts.partialSegments);
-    const quiet = snapshot.proposerCount === 0n && snapshot.readerCount === 0n && facts.guards === 0;
-    const noJobs = facts.backupRunning === 0 && facts.backupRetryAtMs === null && !facts.persistRunning && !facts.removalRunning && !facts.partialRunning;
-    const allRemote = !backupNeeded && !ahead && !partialStale && uploaded !== null && uploaded.commitLsn === snapshot.persistedCommitLsn;
-    const onlyLastSegmentLocal = facts.lastRemovedSegno + 1n >= segno(snapshot.flushLsn);
-    const ready = quiet && noJobs && allRemote && onlyLastSegmentLocal && !plan.save && plan.removeUpToSegno === null && !plan.dropRecycled && !plan.uploadPartial;
-    if (ready) {
-      const dueMs = Math.max(facts.evictNotBeforeMs, facts.evictRetryAtMs);
-      if (nowMs >= dueMs) plan.evict = true;
-      else wakeAt(dueMs);
-    }
-  }
-
-  plan.wakeAtMs = wakeAtMs;
-  plan.status = describe(plan, facts);
-  return plan;
+/**
+ * Whether eviction may start, its not-before and retry times aside (see the header): nothing connected or
+ * guarded, no job running, retried or planned this pass, everything remote and only the last segment local.
+ */
+function evictionReady(snapshot: ManagerSnapshot, facts: ManagerFacts, plan: ManagerPlan, pending: { backupNeeded: boolean; ahead: boolean; partialStale: boolean }): boolean {
+  const uploaded = uploadedPartial(facts.partialSegments);
+  const quiet = snapshot.proposerCount === 0n && snapshot.readerCount === 0n && facts.guards === 0;
+  const noJobs = facts.backupRunning === 0 && facts.backupRetryAtMs === null && !facts.persistRunning && !facts.removalRunning && !facts.partialRunning;
+  const allRemote = !pending.backupNeeded && !pending.ahead && !pending.partialStale && uploaded !== null && uploaded.commitLsn === snapshot.persistedCommitLsn;
+  const onlyLastSegmentLocal = facts.lastRemovedSegno + 1n >= segmentNumber(snapshot.flushLsn, facts.segmentSizeBytes);
+  return quiet && noJobs && allRemote && onlyLastSegmentLocal && !plan.save && plan.removeUpToSegno === null && !plan.dropRecycled && !plan.uploadPartial;
 }
 
 function describe(plan: ManagerPlan, facts: ManagerFacts): string {
