@@ -33,10 +33,6 @@ import {
   type RemoteStorageConfig,
 } from './value_parsers.js';
 
-// Re-exported: the node, the proposer, storage and the tests take these from here, with the rest of the config.
-export { formatBytes, formatHostPort, parseBroker, parseBytes, parseDurationMs, parseHostPort, parseRemoteStorage } from './value_parsers.js';
-export type { BrokerConfig, HostPort, RemoteStorageConfig } from './value_parsers.js';
-
 /** setTimeout's ceiling (2^31 - 1 ms, about 24.8 days): a longer duration would fire at once. */
 export const DURATION_MS_MAX = 2 ** 31 - 1;
 /** A SharedArrayBuffer ring larger than this is a mistake, not a tuning choice. */

@@ -4,7 +4,7 @@
  * failure message says what was expected, and never throws on bad input.
  * Why separate from `schema.ts`: they are plain functions with no schema library, shared by the key table
  * (which wraps them as zod schemas) and by the `safekeeper propose` flags; `schema.ts` stays the list of
- * keys. `schema.ts` re-exports them, so either import works. The value formats are documented in its header.
+ * keys. The value formats are documented in its header.
  * Pure; any thread.
  */
 import { isIPv6 } from 'node:net';

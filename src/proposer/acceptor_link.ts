@@ -19,7 +19,7 @@
 import type { AcceptorGreeting, AcceptorMessage, AppendResponse, HotStandbyFeedback, ProtocolVersion, VoteResponse } from '../acceptor/messages.js';
 import { decodeAcceptorMessage, encodeProposerMessage } from '../acceptor/messages_codec.js';
 import { emptyMembership, type TenantId, type TermHistory, type TimelineId } from '../acceptor/state.js';
-import { formatHostPort, type HostPort } from '../config/schema.js';
+import { formatHostPort, type HostPort } from '../config/value_parsers.js';
 import { ProtocolViolationError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { PgClient, PgConnectionError, PgServerError } from '../pg/client.js';

@@ -11,7 +11,8 @@
 import { parseArgs } from 'node:util';
 import type { ProtocolVersion } from '../acceptor/messages.js';
 import { parseTenantId, parseTimelineId } from '../acceptor/state.js';
-import { formatHostPort, LOG_FORMATS, LOG_LEVELS, type HostPort, parseBytes, parseDurationMs, parseHostPort, type LogFormat, type LogLevel } from '../config/schema.js';
+import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../config/schema.js';
+import { formatHostPort, type HostPort, parseBytes, parseDurationMs, parseHostPort } from '../config/value_parsers.js';
 import { SafekeeperError } from '../errors.js';
 import { childLogger, createLogger, type Logger } from '../log.js';
 import { AssertionError } from '../sync/assert.js';

@@ -9,7 +9,7 @@
  * destroyed when the read ends, for any reason. Main thread.
  */
 import type { TenantId, TimelineId } from '../acceptor/state.js';
-import type { HostPort } from '../config/schema.js';
+import type { HostPort } from '../config/value_parsers.js';
 import { PgClient } from '../pg/client.js';
 import { ProtocolViolationError } from '../errors.js';
 import { formatLsn, type Lsn, segmentNumber, segmentStartLsn } from '../wal/lsn.js';

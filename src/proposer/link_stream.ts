@@ -12,7 +12,7 @@
  */
 import { encodeAppendRequestHeader } from '../acceptor/messages.js';
 import { decodeAcceptorMessage } from '../acceptor/messages_codec.js';
-import { formatHostPort } from '../config/schema.js';
+import { formatHostPort } from '../config/value_parsers.js';
 import { ProtocolViolationError } from '../errors.js';
 import { type PgClient, PgConnectionError } from '../pg/client.js';
 import { assert } from '../sync/assert.js';

@@ -7,7 +7,7 @@
 import type { AddressInfo } from 'node:net';
 import { fastify } from 'fastify';
 import type { Registry } from 'prom-client';
-import { formatHostPort, type HostPort } from '../config/schema.js';
+import { formatHostPort, type HostPort } from '../config/value_parsers.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { Logger } from '../log.js';
 

@@ -25,7 +25,7 @@
  */
 import type { AcceptorGreeting, AppendResponse, ProtocolVersion, VoteResponse } from '../acceptor/messages.js';
 import type { TenantId, TimelineId } from '../acceptor/state.js';
-import type { HostPort } from '../config/schema.js';
+import type { HostPort } from '../config/value_parsers.js';
 import { ProtocolViolationError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { SLOW_WAIT_MS } from '../limits.js';

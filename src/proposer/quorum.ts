@@ -10,7 +10,7 @@
  * (`duplicateSafekeeper`); two names of one node are caught later, by node id (`proposer.ts`).
  * Pure; any thread.
  */
-import { formatHostPort, type HostPort } from '../config/schema.js';
+import { formatHostPort, type HostPort } from '../config/value_parsers.js';
 import { assert } from '../sync/assert.js';
 import type { Lsn } from '../wal/lsn.js';
 

@@ -3,7 +3,7 @@
  * RemoteStorage (digests, limits, deadlines, retries). Kept apart from remote_storage.ts so the backends
  * can import the interface without a cycle. Coordinator thread (and tests).
  */
-import type { RemoteStorageConfig } from '../config/schema.js';
+import type { RemoteStorageConfig } from '../config/value_parsers.js';
 import { unreachable } from '../sync/assert.js';
 import { LocalFsBackend } from './local_fs.js';
 import { REMOTE_POLICY_DEFAULT, RemoteStorage, type RemoteObserver, type RemotePolicy } from './remote_storage.js';

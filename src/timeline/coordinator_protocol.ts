@@ -27,7 +27,7 @@
  * Any thread (types only).
  */
 import type { EvictionState, PartialRemoteSegment, TenantId, TimelineId } from '../acceptor/state.js';
-import type { RemoteStorageConfig } from '../config/schema.js';
+import type { RemoteStorageConfig } from '../config/value_parsers.js';
 import type { FailpointState } from '../sync/failpoints.js';
 import type { Lsn } from '../wal/lsn.js';
 

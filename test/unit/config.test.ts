@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { parse as parseToml } from 'smol-toml';
 import { loadConfig, renderDefaultConfig } from '../../src/config/load.js';
-import { CONFIG_KEY_NAMES, parseBroker, parseBytes, parseDurationMs, parseHostPort } from '../../src/config/schema.js';
+import { CONFIG_KEY_NAMES } from '../../src/config/schema.js';
+import { parseBroker, parseBytes, parseDurationMs, parseHostPort } from '../../src/config/value_parsers.js';
 import { ConfigError } from '../../src/errors.js';
 import * as limits from '../../src/limits.js';
 
