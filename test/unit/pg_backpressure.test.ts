@@ -13,6 +13,12 @@ interface Served {
 
 /** Long enough for the stall below to be reached and lifted well inside it, on a loaded CI machine too. */
 const READ_TIMEOUT_MS = 3000;
+/**
+ * How long the server may take to answer everything once the client reads. The pipelined case sends ~85
+ * chunks of 10,000 Syncs: some 850,000 ReadyForQuery to parse, answer and count, which takes 1.5 s on an
+ * idle machine and was seen taking 5 s under CPU load; the speed is not what is tested, only that all come.
+ */
+const ANSWER_ALL_WAIT_MS = 60_000;
 /** Far above what loopback buffers hold before the server must stop reading (a few MB). */
 const SENT_BYTES_MAX = 64 * 1024 * 1024;
 
@@ -138,7 +144,7 @@ describe('PgConnection replies to a client that does not read', () => {
       client.on('data', (data: Buffer) => tags.push(data));
       client.resume();
       const expectedReady = 1 + sentChunks * messagesPerChunk;
-      await waitFor(() => (tags.counts.get('Z') ?? 0) === expectedReady, `${expectedReady} ReadyForQuery`);
+      await waitFor(() => (tags.counts.get('Z') ?? 0) === expectedReady, `${expectedReady} ReadyForQuery`, ANSWER_ALL_WAIT_MS);
       if (messagesPerChunk === 1) assert.equal(queries.length, sentChunks);
       assert.equal(entry.writableBytesMax <= bufferedBytesMax, true);
       client.destroy();
