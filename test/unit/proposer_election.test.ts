@@ -196,6 +196,8 @@ describe('campaign over fake acceptors', () => {
     assert.deepEqual(await campaign.campaign(signal), { term: 2n, generation: 0, round: 0 });
     campaign.onVote('b', 'b', given(2n), 0);
     // a persisted our vote but its reply was lost; it reconnected and refuses the term it gave us.
+    // The backoff runs from this refusal, so that is where its wait is measured from.
+    const startedMs = performance.now();
     campaign.onVote('a', 'a', refused(2n), 0);
     assert.equal(campaign.phase, 'campaign');
     assert.equal(campaign.round, 1);
@@ -203,7 +205,6 @@ describe('campaign over fake acceptors', () => {
     assert.deepEqual(campaign.votes(), [], 'a new round starts with no votes');
     campaign.onVote('c', 'c', given(2n), 0); // a reply to the first round's request
     assert.equal(campaign.phase, 'campaign', 'earlier rounds do not count');
-    const startedMs = performance.now();
     assert.deepEqual(await campaign.campaign(signal), { term: 3n, generation: 0, round: 1 });
     assert.ok(performance.now() - startedMs >= ELECTION_RETRY_BACKOFF_MS_MIN - 5, 'the round waits out its backoff');
     campaign.onVote('a', 'a', given(3n), 1);
