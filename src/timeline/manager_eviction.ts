@@ -62,7 +62,7 @@ export class ManagerEviction {
 
   /** Residency guards held now (the decisions evict only when there are none). */
   get guardCount(): number {
-    return (this.#evictionControl?.guardCount ?? 0);
+    return this.#evictionControl?.guardCount ?? 0;
   }
 
   /** The running eviction, if any. */
