@@ -130,7 +130,7 @@ export class ManagerJobs implements EvictionJobsHost {
 
   /** Saves the control file (through main) and notes when. */
   async save(): Promise<void> {
-    await this.#persist({});
+    await this.persist({});
     this.#lastSaveMs = this.shared.nowMs();
   }
 
@@ -153,13 +153,13 @@ export class ManagerJobs implements EvictionJobsHost {
   }
 
   startSave(): void {
-    const job = this.#runJob('control file save', () => this.save(), (atMs) => (this.#saveRetryAtMs = atMs));
+    const job = runJob(this.owner, this.shared, 'control file save', () => this.save(), (atMs) => (this.#saveRetryAtMs = atMs));
     this.#persistJob = job.finally(() => this.#jobEnded(() => (this.#persistJob = null)));
   }
 
   startRemoval(removeUpToSegno: bigint): void {
     assert(removeUpToSegno < this.#segno(this.block.get('flushLsn')), 'removal never reaches the segment being written');
-    const job = this.#runJob('WAL removal', async () => {
+    const job = runJob(this.owner, this.shared, 'WAL removal', async () => {
       const removed = await removeSegmentsUpTo(this.owner.dir, this.owner.segmentSizeBytes, removeUpToSegno, { noSync: this.shared.config.noSync, recycleMax: this.shared.config.walRecycleSegments, failpoints: this.shared.failpoints, signal: this.owner.signal() });
       this.#lastRemovedSegno = removeUpToSegno;
       if (removed > 0 && this.shared.config.walRecycleSegments > 0) this.#recycledHeld = true;
@@ -172,7 +172,7 @@ export class ManagerJobs implements EvictionJobsHost {
 
   /** Deletes the recycled segments of a quiet timeline, in the removal slot (the two never overlap). */
   startRecycledDrop(): void {
-    const job = this.#runJob('recycled segment cleanup', async () => {
+    const job = runJob(this.owner, this.shared, 'recycled segment cleanup', async () => {
       const dropped = await dropRecycledSegments(this.owner.dir);
       this.#recycledHeld = false;
       if (dropped > 0) this.owner.log('debug', 'deleted the recycled segments of a quiet timeline', { segments: dropped });
@@ -187,7 +187,7 @@ export class ManagerJobs implements EvictionJobsHost {
   startPartialUpload(snapshot: ManagerSnapshot, garbageOnly: boolean): void {
     if (garbageOnly) return this.#startPartialGarbageCollection();
     const current = partialCurrentOf(snapshot);
-    const job = this.#runJob('partial segment upload', async () => {
+    const job = runJob(this.owner, this.shared, 'partial segment upload', async () => {
       this.#partialSegments = await uploadPartialSegment(this.#partialDeps(), this.#partialSegments, current);
       this.shared.counters.partialUploads += 1;
       this.owner.log('debug', 'uploaded partial segment', { flush_lsn: formatLsn(current.flushLsn), term: String(current.term) });
@@ -202,7 +202,7 @@ export class ManagerJobs implements EvictionJobsHost {
    */
   #startPartialGarbageCollection(): void {
     assert(this.#partialJob === null, 'one partial-backup job at a time');
-    const job = this.#runJob('partial backup garbage collection', async () => {
+    const job = runJob(this.owner, this.shared, 'partial backup garbage collection', async () => {
       this.#partialSegments = await collectPartialGarbage(this.#partialDeps(), this.#partialSegments);
     }, (atMs) => (this.#partialRetryAtMs = atMs));
     this.#partialJob = job.finally(() => this.#jobEnded(() => (this.#partialJob = null)));
@@ -211,11 +211,6 @@ export class ManagerJobs implements EvictionJobsHost {
   /** Starts an eviction in its slot (manager_eviction.ts). */
   startEviction(): void {
     this.#eviction.startEviction();
-  }
-
-  /** Runs a job through the runner (manager_job_runner.ts): a failure becomes a retry time, never a throw. */
-  #runJob(name: string, work: () => Promise<void>, setRetryAtMs: (atMs: number) => void): Promise<void> {
-    return runJob(this.owner, this.shared, name, work, setRetryAtMs);
   }
 
   #jobEnded(clear: () => void): void {
@@ -228,19 +223,15 @@ export class ManagerJobs implements EvictionJobsHost {
     return this.#partialSegments;
   }
 
-  /** Persists manager state through main (EvictionJobsHost). */
-  persist(update: ManagerPersist): Promise<void> {
-    return this.#persist(update);
+  /** Persists manager state through main (also for the eviction control: EvictionJobsHost). */
+  async persist(update: ManagerPersist): Promise<void> {
+    await this.shared.host.persist(this.owner.ttid, update);
   }
 
   /** The timeline was restored from remote storage (EvictionJobsHost): local WAL starts at `flushLsn`'s segment. */
   onLocalWalRestored(flushLsn: Lsn): void {
     this.#lastRemovedSegno = this.#segno(flushLsn) - 1n;
     this.#publishLocalStart();
-  }
-
-  async #persist(update: ManagerPersist): Promise<void> {
-    await this.shared.host.persist(this.owner.ttid, update);
   }
 
   #partialDeps(): PartialBackupDeps {
@@ -255,7 +246,7 @@ export class ManagerJobs implements EvictionJobsHost {
       failpoints: this.shared.failpoints,
       signal: this.owner.signal(),
       persist: async (segments) => {
-        await this.#persist({ partialSegments: segments });
+        await this.persist({ partialSegments: segments });
         this.#partialSegments = structuredClone(segments);
       },
       current: () => partialCurrentOf(this.owner.snapshot()),
