@@ -42,6 +42,11 @@ import { pageMagicForPgVersion } from '../wal/page.js';
 import type { Timeline } from './timeline.js';
 import { openTimeline } from './timeline_loader.js';
 
+/** How long a graceful stop may spend starting control-file saves (see `shutdown`). */
+const SHUTDOWN_SAVE_TIMEOUT_MS = 10_000;
+/** Shutdown saves run this many at a time: each is a write, two fsyncs and a rename on libuv's pool. */
+const SHUTDOWN_SAVES_PARALLEL = 8;
+
 export interface RegistryOptions {
   dataDir: string;
   nodeId: bigint;
@@ -164,11 +169,44 @@ export class TimelineRegistry {
     return result;
   }
 
-  /** Cancels every timeline and waits for all their tasks to finish. */
+  /**
+   * Cancels every timeline, waits for all their tasks to finish, then saves each control file whose in-memory
+   * LSNs (commit, backup, peer horizon, remote consistent) moved since its last save. Managers save those only
+   * every control_file_save_interval, and after a restart readers are served up to the persisted commit_lsn:
+   * without this save, WAL committed in the last interval before a clean stop would not be served again until
+   * a proposer came back, which for a suspended compute can be hours.
+   */
   async shutdown(): Promise<void> {
     const timelines = this.list();
     await Promise.all(timelines.map((timeline) => timeline.shutdown(new ShutdownError())));
     await Promise.all(timelines.map((timeline) => timeline.wal?.quiesce(new AbortController().signal)));
+    await this.#saveInMemoryState(timelines);
+  }
+
+  /**
+   * The shutdown save: SHUTDOWN_SAVES_PARALLEL at a time, none started after SHUTDOWN_SAVE_TIMEOUT_MS (one
+   * started finishes its write). A save that fails or is not started loses nothing acknowledged: the WAL is
+   * durable, and the LSNs are what the next proposer or manager pass brings back.
+   */
+  async #saveInMemoryState(timelines: readonly Timeline[]): Promise<void> {
+    const signal = AbortSignal.timeout(SHUTDOWN_SAVE_TIMEOUT_MS);
+    const queue = timelines.filter((timeline) => timeline.acceptor !== null);
+    let saved = 0;
+    let notSaved = 0;
+    const saveNext = async (): Promise<void> => {
+      for (let timeline = queue.pop(); timeline !== undefined; timeline = queue.pop()) {
+        const acceptor = timeline.acceptor;
+        assert(acceptor !== null, 'only timelines with an acceptor are queued');
+        try {
+          if (await timeline.acceptorLock.run(signal, () => acceptor.persistInMemory(signal))) saved += 1;
+        } catch (error) {
+          notSaved += 1;
+          this.options.log.warn({ tenant_id: timeline.tenantId, timeline_id: timeline.timelineId, err: error }, 'control file not saved at shutdown');
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: SHUTDOWN_SAVES_PARALLEL }, saveNext));
+    if (saved + notSaved > 0) this.options.log.info({ saved, not_saved: notSaved }, 'control files saved at shutdown');
   }
 
   /** Creates the timeline on disk and opens it, then publishes it unless it was deleted meanwhile. */

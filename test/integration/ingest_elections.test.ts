@@ -171,25 +171,32 @@ describe('elections', { timeout: INGEST_TEST_TIMEOUT_MS }, () => {
 });
 
 describe('restart', { timeout: INGEST_TEST_TIMEOUT_MS }, () => {
-  test('after SIGTERM and a new start on the same data dir the timeline keeps its flush_lsn, and a new term continues from there', async () => {
+  test('after SIGTERM and a new start on the same data dir the timeline keeps its flush_lsn and commit_lsn (the stop saves the latter), and a new term continues from there', async () => {
     const dataDir = makeTempDir('sk-restart-');
     const ids = newIds();
     const source = syntheticWal({ startLsn: SYNTHETIC_START_LSN, segmentSizeBytes: SYNTHETIC_SEGMENT_BYTES, pgVersion: SYNTHETIC_PG_VERSION, systemId: SYNTHETIC_SYSTEM_ID, totalBytes: 4 * SYNTHETIC_SEGMENT_BYTES, seed: 4, switchAtFraction: 0.3 });
     const startLsn = source.firstRecordLsn;
     const stopAt = source.records.find((record) => record.endLsn > SYNTHETIC_BASE_LSN + BigInt(Math.floor(2.2 * SYNTHETIC_SEGMENT_BYTES)))!.endLsn;
 
-    let node = await startFsyncNode(dataDir);
+    let node = await startFsyncNode(dataDir, ['--control-file-save-interval', '1h']);
     const first = await electAndStream({ port: node.pgPort, ...ids, protoVersion: 3, ...syntheticServer(), source, timelineStartLsn: startLsn, toLsn: stopAt });
     track(first.proposer);
+    // As walproposer does when idle: a heartbeat carrying the commit_lsn that the last acknowledgement allows.
+    first.proposer.clearReplies();
+    await first.proposer.heartbeat(stopAt);
+    await first.proposer.nextAppendResponse();
     await first.proposer.close();
     const statusBefore = await timelineStatus(node.pgPort, ids.tenantId, ids.timelineId);
     assert.equal(statusBefore?.flushLsn, formatLsn(stopAt));
+    assert.equal(statusBefore?.commitLsn, formatLsn(stopAt));
     const exit = await node.stop();
     assert.equal(exit.code, 0, `clean exit after SIGTERM\n${node.stderr()}`);
 
     node = await startFsyncNode(dataDir);
     const afterRestart = await timelineStatus(node.pgPort, ids.tenantId, ids.timelineId);
     assert.equal(afterRestart?.flushLsn, statusBefore?.flushLsn, 'flush_lsn survives the restart');
+    // The stop saves the commit_lsn learned since the last periodic save (that one is an hour away here).
+    assert.equal(afterRestart?.commitLsn, statusBefore?.commitLsn, 'commit_lsn survives a clean restart');
     const httpAfterRestart = await httpStatus(node, ids);
     assert.equal(httpAfterRestart.flush_lsn, formatLsn(stopAt));
     assert.equal(String(httpAfterRestart.acceptor_state.term), '1');
