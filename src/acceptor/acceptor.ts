@@ -54,7 +54,16 @@ export interface AcceptorOptions {
    * place readers learn of newly committed WAL (no polling). Must not call back into the acceptor.
    */
   onCommitAdvanced?: (commitLsn: Lsn) => void;
+  /**
+   * Aborted when the timeline shuts down (the node stops, the timeline is deleted). A ProposerElected that
+   * passed its checks is applied under it rather than under the caller's signal, so a proposer that closes its
+   * connection right after sending one does not leave it half applied. Never aborted by default.
+   */
+  lifetime?: AbortSignal;
 }
+
+/** The default `lifetime`: one signal for every acceptor, never aborted. */
+const NEVER_ABORTED = new AbortController().signal;
 
 export class Acceptor {
   readonly #core: AcceptorCore;
@@ -62,7 +71,7 @@ export class Acceptor {
   readonly #hotStandbyFeedback: () => HotStandbyFeedback;
 
   constructor(readonly nodeId: bigint, control: AcceptorControlStore, wal: AcceptorWalStore, options: AcceptorOptions = {}) {
-    this.#core = new AcceptorCore(control, wal, options.onCommitAdvanced ?? (() => {}));
+    this.#core = new AcceptorCore(control, wal, options.onCommitAdvanced ?? (() => {}), options.lifetime ?? NEVER_ABORTED);
     this.#hotStandbyFeedback = options.hotStandbyFeedback ?? emptyHotStandbyFeedback;
     // The segment size never changes (a greeting with another one is refused): computed once, not per append.
     this.#walEndLsnMax = walEndLsnMax(control.state.server.walSegSizeBytes);

@@ -41,15 +41,18 @@ export class AcceptorCore {
   termStartLsn: Lsn = 0n;
   /** The highest commit_lsn heard since the last ProposerElected, not yet capped by flush_lsn. */
   commitCandidateLsn: Lsn = 0n;
+  /** Aborted when the timeline shuts down: what a ProposerElected, once applying, runs under (acceptor_election.ts). */
+  readonly lifetime: AbortSignal;
   readonly #onCommitAdvanced: (commitLsn: Lsn) => void;
 
-  constructor(control: AcceptorControlStore, wal: AcceptorWalStore, onCommitAdvanced: (commitLsn: Lsn) => void) {
+  constructor(control: AcceptorControlStore, wal: AcceptorWalStore, onCommitAdvanced: (commitLsn: Lsn) => void, lifetime: AbortSignal) {
     const state = control.state;
     assert(isValidHistory(state.acceptorState.termHistory), 'stored term history is not ascending');
     assert(wal.flushLsn <= wal.writeLsn, 'flush_lsn ahead of write_lsn');
     this.control = control;
     this.wal = wal;
     this.#onCommitAdvanced = onCommitAdvanced;
+    this.lifetime = lifetime;
     this.inMemory = {
       commitLsn: state.commitLsn,
       backupLsn: state.backupLsn,

@@ -8,7 +8,8 @@
  * ProposerElected persists term, history and start LSNs before it resolves (it has no reply).
  *
  * Main thread, serial per timeline (see acceptor.ts). Abort: every wait takes `signal`; an abort between
- * two persists leaves a valid state (e.g. the new term without the new history), as a crash would.
+ * two persists leaves a valid state (e.g. the new term without the new history), as a crash would. The one
+ * exception: a ProposerElected that passed its checks is applied whole, under the timeline's lifetime.
  */
 import { AcceptorRefusedError, ProtocolViolationError } from '../errors.js';
 import { assert } from '../sync/assert.js';
@@ -139,10 +140,26 @@ export async function handleElected(core: AcceptorCore, message: ProposerElected
   if (startLsn < core.inMemory.commitLsn) {
     throw new AcceptorRefusedError(`refusing ProposerElected: start_streaming_at=${formatLsn(startLsn)} would truncate committed WAL (commit_lsn=${formatLsn(core.inMemory.commitLsn)})`);
   }
+  // With no common term the start is the proposer's first history entry, which can lie past our WAL: moving
+  // the WAL end there would count the hole as WAL (zeros, acknowledged, backed up as complete segments) and
+  // lose whatever is written after it at the next restart, whose scan stops at the hole. As Neon's
+  // truncate_wal ("streaming must not create a hole"); such an acceptor catches up by recovery instead.
+  // Flushed first, so the end compared is on disk (or cut back to its last good record by a failed write).
+  await core.wal.flush(signal);
+  const writeLsn = core.wal.writeLsn;
+  if (writeLsn !== 0n && startLsn > writeLsn) {
+    throw new AcceptorRefusedError(`refusing ProposerElected: start_streaming_at=${formatLsn(startLsn)} is past the end of our WAL (${formatLsn(writeLsn)}), which would leave a hole`);
+  }
 
+  // Checked: from here on the election is applied whole. The caller's signal (its connection) no longer
+  // stops it, or a proposer that disconnects right after sending it would leave the WAL cut with the old
+  // history (and, on a new timeline, positions that say "WAL exists" under a state that says "none yet", so
+  // the next election would skip the first segment's headers). Only the timeline's shutdown stops it, as a
+  // crash would, and then nothing in memory outlives it.
+  const applying = core.lifetime;
   // The compute's stream carries no segment or page headers for the first segment: write them.
-  if (core.wal.writeLsn === 0n) await core.wal.initializeFirstSegment(startLsn, signal);
-  await core.wal.truncate(startLsn, signal);
+  if (writeLsn === 0n) await core.wal.initializeFirstSegment(startLsn, applying);
+  await core.wal.truncate(startLsn, applying);
   assert(core.wal.writeLsn === startLsn && core.wal.flushLsn === startLsn, 'truncate must set both positions');
   assert(!core.wal.truncationPending, 'truncate must clear the pending flag');
 
@@ -154,7 +171,7 @@ export async function handleElected(core: AcceptorCore, message: ProposerElected
     next.backupLsn = lsnMax(next.backupLsn, next.timelineStartLsn);
     next.remoteConsistentLsn = lsnMax(next.remoteConsistentLsn, next.timelineStartLsn);
     next.acceptorState.termHistory = history.map((entry) => ({ term: entry.term, lsn: entry.lsn }));
-  }, signal);
+  }, applying);
   core.termStartLsn = termStartLsn(history);
   core.commitCandidateLsn = 0n; // candidates from an earlier session are not re-applied
 }

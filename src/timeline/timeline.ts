@@ -55,7 +55,7 @@ export class Timeline {
     this.ttid = ttid(tenantId, timelineId);
     this.gate = new Gate(`timeline ${this.ttid}`);
     this.commit = new Watch(control?.state.commitLsn ?? 0n);
-    const acceptorOptions = { hotStandbyFeedback: this.#currentHotStandbyFeedback.bind(this), onCommitAdvanced: this.#onCommitAdvanced.bind(this) };
+    const acceptorOptions = { hotStandbyFeedback: this.#currentHotStandbyFeedback.bind(this), onCommitAdvanced: this.#onCommitAdvanced.bind(this), lifetime: cancel.signal };
     this.acceptor = control !== null && wal !== null ? new Acceptor(nodeId, new PublishingControlStore(control, this), new WalStoreAdapter(wal, control), acceptorOptions) : null;
     this.publishState();
   }

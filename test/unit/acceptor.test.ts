@@ -224,6 +224,21 @@ describe('ProposerElected', () => {
     assert.equal(wal.writeLsn, 64n);
   });
 
+  test('refuses a start past the end of its WAL, which would leave a hole (Neon truncate_wal)', async () => {
+    const wal = new MemoryWalStore({ startLsn: 64n });
+    const { acceptor, control } = setup(freshState((state) => Object.assign(state, { timelineStartLsn: 64n, localStartLsn: 64n, commitLsn: 64n, acceptorState: { term: 2n, termHistory: history([1, 64], [2, 128]) } })), wal);
+    await wal.append(64n, new Uint8Array(128), signal);
+    // No common term, and the proposer's first entry lies past our WAL end (192), with bytes still unflushed.
+    await assert.rejects(acceptor.handle(elected(3, 256, history([3, 256])), signal), refused(/past the end of our WAL \(0\/C0\), which would leave a hole/));
+    assert.equal(wal.writeLsn, 192n);
+    assert.equal(wal.flushLsn, 192n, 'flushed before the comparison');
+    assert.deepEqual(wal.truncatedAtLsns, []);
+    assert.deepEqual(control.state.acceptorState.termHistory, history([1, 64], [2, 128]), 'the history is kept');
+    // At the end of our WAL exactly, there is no hole.
+    await acceptor.handle(elected(3, 192, history([3, 192])), signal);
+    assert.equal(wal.writeLsn, 192n);
+  });
+
   test('refuses to truncate below the in-memory commit_lsn (Quirk fix: Neon panics)', async () => {
     const { acceptor } = setup();
     await elect(acceptor, 1, 104);

@@ -103,7 +103,7 @@ describe('WalReceiver: a proposer that leaves during its greeting', () => {
 });
 
 describe('WalReceiver: a proposer that leaves during its election', () => {
-  test('the timeline stays held (gate, proposer count) until the truncation has finished', async () => {
+  test('the election is applied whole, and the timeline stays held (gate, proposer count) until it has finished', async () => {
     const startLsn = BigInt(SEGMENT_BYTES) + 40n; // after the first page's long header: a record boundary
     let closedDuringElection = 0;
     for (let turns = 0; turns < 12; turns += 1) {
@@ -129,6 +129,10 @@ describe('WalReceiver: a proposer that leaves during its election', () => {
       }
       await serving;
       assert.equal(timeline.acceptorLock.locked, false, 'the stream ends after its election');
+      // Whole or not at all: never the WAL moved to the start under a state that still says "no WAL yet".
+      const history = timeline.acceptor!.state.acceptorState.termHistory;
+      assert.deepEqual(history, timeline.wal!.writeLsn === 0n ? [] : [{ term: 1n, lsn: startLsn }], `closed after ${turns} turns: the election is applied whole or not at all`);
+      assert.ok(timeline.wal!.writeLsn === 0n || timeline.wal!.writeLsn === startLsn);
       assert.deepEqual(timeline.gate.holderNames, []);
       assert.equal(timeline.state.get('proposerCount'), 0n);
       await registry.delete(TENANT, TIMELINE, { onlyLocal: true });
