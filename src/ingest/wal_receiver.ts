@@ -15,8 +15,9 @@
  * A proposer that stops reading cannot make replies pile up: after every reply, reading stops while the
  * socket is over its high-water mark (`conn.pauseReadingUntilDrained()`), independently of the pause for a
  * queued message. Without it, heartbeats sent one per packet would be answered one for one without limit.
- * While reading is stopped, only WAL already in the ring still completes write tasks, each answered by at
- * most one AppendResponse, so the buffer stays within the high-water mark plus a few small replies.
+ * Group-commit acknowledgements wait for the drain too, and then only the latest is sent: flush_lsn also
+ * moves with other connections' WAL (a second proposer), which no pause of this socket stops. So the buffer
+ * stays within the high-water mark plus a few small replies.
  * Main thread. Abort: the connection's close or the timeline's cancellation end every wait here.
  */
 import type { Acceptor } from '../acceptor/acceptor.js';
@@ -253,6 +254,9 @@ class WalReceiver implements CopyBothSink {
         if (timeline.acceptorLock.locked || !acceptor.onFlushAdvancedSync()) {
           await timeline.acceptorLock.run(signal, () => acceptor.onFlushAdvanced(signal));
         }
+        // A proposer that is not reading gets one reply, the latest, once its socket drains: replies are
+        // cumulative, and flush advances made by other connections' WAL must not pile up here meanwhile.
+        if (!this.conn.writable) await this.conn.drained(signal);
         sentFlushLsn = wal.flushLsn;
         this.#send(acceptor.appendResponse());
         this.#replyOwed = false;

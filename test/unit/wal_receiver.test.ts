@@ -5,13 +5,14 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import { encodeProposerMessage } from '../../src/acceptor/messages_codec.js';
+import { decodeAcceptorMessage, encodeProposerMessage } from '../../src/acceptor/messages_codec.js';
 import { parseTenantId, parseTimelineId } from '../../src/acceptor/state.js';
 import { serveWalPush } from '../../src/ingest/wal_receiver.js';
 import { createWriterPool } from '../../src/ingest/writer_pool.js';
 import type { CopyBothSink, PgConnection } from '../../src/pg/connection.js';
 import { CancelToken } from '../../src/sync/cancel.js';
 import { TimelineRegistry } from '../../src/timeline/registry.js';
+import { messageWal } from '../harness/message_wal.js';
 import { makeTempDir } from '../harness/tmp.js';
 
 const TENANT = parseTenantId('a'.repeat(32));
@@ -26,7 +27,18 @@ class StandInConnection {
   readonly id = 1;
   sink: CopyBothSink | null = null;
   readonly sent: Uint8Array[] = [];
+  /** False: the client is not reading (the socket is over its high-water mark) until `drain()`. */
+  writable = true;
+  #drainWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
   #closed = false;
+  drained(_signal: AbortSignal): Promise<void> {
+    if (this.#closed) return Promise.reject(new Error('connection closed'));
+    return this.writable ? Promise.resolve() : new Promise((resolve, reject) => this.#drainWaiters.push({ resolve, reject }));
+  }
+  drain(): void {
+    this.writable = true;
+    for (const waiter of this.#drainWaiters.splice(0)) waiter.resolve();
+  }
   startCopyBoth(sink: CopyBothSink): void {
     this.sink = sink;
   }
@@ -49,6 +61,7 @@ class StandInConnection {
   #close(error: unknown): void {
     if (this.#closed) return;
     this.#closed = true;
+    for (const waiter of this.#drainWaiters.splice(0)) waiter.reject(new Error('connection closed'));
     this.sink?.onClose(error);
   }
 }
@@ -138,5 +151,42 @@ describe('WalReceiver: a proposer that leaves during its election', () => {
       await registry.delete(TENANT, TIMELINE, { onlyLocal: true });
     }
     assert.ok(closedDuringElection > 0, 'some trial closed the connection while the election ran');
+  });
+});
+
+describe('WalReceiver: a proposer that does not read its replies', () => {
+  test('gets one AppendResponse, the latest, once its socket drains, however often flush_lsn moved meanwhile', async () => {
+    const startLsn = BigInt(SEGMENT_BYTES); // a segment start: the WAL brings its long page header
+    const wal = messageWal({ startLsn, segmentSizeBytes: SEGMENT_BYTES, pgVersion: 150000, count: 60, payloadBytes: 200 });
+    const registry = await openRegistry();
+    const conn = new StandInConnection();
+    const serving = push(registry, conn);
+    conn.sink!.onCopyData(greeting(7n));
+    await repliesSent(conn, 1);
+    conn.sink!.onCopyData(encodeProposerMessage({ tag: 'vote', generation: 0, term: 1n }, 3));
+    await repliesSent(conn, 2);
+    conn.sink!.onCopyData(encodeProposerMessage({ tag: 'elected', generation: 0, term: 1n, startStreamingAtLsn: startLsn, termHistory: [{ term: 1n, lsn: startLsn }] }, 3));
+    const timeline = registry.get(TENANT, TIMELINE)!;
+    const appendUpTo = async (fromLsn: bigint, toLsn: bigint): Promise<void> => {
+      const bytes = wal.bytes.subarray(Number(fromLsn - startLsn), Number(toLsn - startLsn));
+      conn.sink!.onCopyData(encodeProposerMessage({ tag: 'append', generation: 0, term: 1n, beginLsn: fromLsn, endLsn: toLsn, commitLsn: 0n, truncateLsn: 0n, wal: bytes }, 3));
+      while (timeline.wal!.flushLsn < toLsn) await nextTurn();
+    };
+    const chunkEnds = wal.ends.filter((_, index) => index % 6 === 5); // ten appends of six records
+    await appendUpTo(startLsn, chunkEnds[0]!);
+    await repliesSent(conn, 3);
+    conn.writable = false; // the proposer stops reading
+    for (let index = 1; index < chunkEnds.length; index += 1) await appendUpTo(chunkEnds[index - 1]!, chunkEnds[index]!);
+    for (let turn = 0; turn < 20; turn += 1) await nextTurn();
+    assert.equal(conn.sent.length, 3, 'no reply is sent while the socket is over its high-water mark');
+    conn.drain();
+    await repliesSent(conn, 4);
+    for (let turn = 0; turn < 20; turn += 1) await nextTurn();
+    assert.equal(conn.sent.length, 4, 'one reply after the drain, not one per flush advance');
+    const reply = decodeAcceptorMessage(conn.sent[3]!, 3);
+    assert.ok(reply.tag === 'append' && reply.flushLsn === chunkEnds.at(-1), 'the reply carries the latest flush_lsn');
+    conn.close();
+    await serving;
+    await registry.delete(TENANT, TIMELINE, { onlyLocal: true });
   });
 });
