@@ -144,11 +144,14 @@ export async function handleElected(core: AcceptorCore, message: ProposerElected
   // the WAL end there would count the hole as WAL (zeros, acknowledged, backed up as complete segments) and
   // lose whatever is written after it at the next restart, whose scan stops at the hole. As Neon's
   // truncate_wal ("streaming must not create a hole"); such an acceptor catches up by recovery instead.
-  // Flushed first, so the end compared is on disk (or cut back to its last good record by a failed write).
+  // The end compared is that of our last record (Neon's write_record_lsn), flushed first so that it is on
+  // disk: after an XLOG_SWITCH it is the next segment start, past the padding bytes received so far, and it
+  // is the flush_lsn our vote reported, where a walproposer starts us.
   await core.wal.flush(signal);
-  const writeLsn = core.wal.writeLsn;
-  if (writeLsn !== 0n && startLsn > writeLsn) {
-    throw new AcceptorRefusedError(`refusing ProposerElected: start_streaming_at=${formatLsn(startLsn)} is past the end of our WAL (${formatLsn(writeLsn)}), which would leave a hole`);
+  const empty = core.wal.writeLsn === 0n;
+  const lastRecordEndLsn = core.wal.flushLsn;
+  if (!empty && startLsn > lastRecordEndLsn) {
+    throw new AcceptorRefusedError(`refusing ProposerElected: start_streaming_at=${formatLsn(startLsn)} is past the end of our WAL (${formatLsn(lastRecordEndLsn)}), which would leave a hole`);
   }
 
   // Checked: from here on the election is applied whole. The caller's signal (its connection) no longer
@@ -158,7 +161,7 @@ export async function handleElected(core: AcceptorCore, message: ProposerElected
   // crash would, and then nothing in memory outlives it.
   const applying = core.lifetime;
   // The compute's stream carries no segment or page headers for the first segment: write them.
-  if (writeLsn === 0n) await core.wal.initializeFirstSegment(startLsn, applying);
+  if (empty) await core.wal.initializeFirstSegment(startLsn, applying);
   await core.wal.truncate(startLsn, applying);
   assert(core.wal.writeLsn === startLsn && core.wal.flushLsn === startLsn, 'truncate must set both positions');
   assert(!core.wal.truncationPending, 'truncate must clear the pending flag');

@@ -170,6 +170,42 @@ describe('elections', { timeout: INGEST_TEST_TIMEOUT_MS }, () => {
   });
 });
 
+describe('XLOG_SWITCH', { timeout: INGEST_TEST_TIMEOUT_MS }, () => {
+  test('a proposer that left inside the padding after a switch is followed by one that starts at the next segment', async () => {
+    const dataDir = makeTempDir('sk-switch-');
+    const node = await startFsyncNode(dataDir);
+    const ids = newIds();
+    const source = syntheticWal({ startLsn: SYNTHETIC_START_LSN, segmentSizeBytes: SYNTHETIC_SEGMENT_BYTES, pgVersion: SYNTHETIC_PG_VERSION, systemId: SYNTHETIC_SYSTEM_ID, totalBytes: 4 * SYNTHETIC_SEGMENT_BYTES, seed: 8, switchAtFraction: 0.6 });
+    const startLsn = source.firstRecordLsn;
+    // The XLOG_SWITCH: its end is the next segment start, reached through zero padding.
+    const xlogSwitch = source.records.find((record) => record.endLsn % BigInt(SYNTHETIC_SEGMENT_BYTES) === 0n && record.endLsn - record.startLsn > 100n)!;
+    const receivedEndLsn = xlogSwitch.startLsn + 24n + 4096n; // the record and part of its padding
+    assert.ok(receivedEndLsn < xlogSwitch.endLsn);
+    const options = { port: node.pgPort, ...ids, protoVersion: 3 as const, ...syntheticServer() };
+    const first = track(await TestProposer.connect(options));
+    await first.greet();
+    await first.vote(1n);
+    await first.elect({ term: 1n, startStreamingAtLsn: startLsn, termHistory: [{ term: 1n, lsn: startLsn }] });
+    await first.streamWal(walRange(source, startLsn, receivedEndLsn), startLsn);
+    assert.equal(await first.waitForFlush(xlogSwitch.endLsn), xlogSwitch.endLsn, 'the switch record is acknowledged up to the next segment start');
+    await first.close();
+
+    // What walproposer does next: it starts us at the flush_lsn our vote reports.
+    const second = track(await TestProposer.connect(options));
+    const greeting = await second.greet();
+    const vote = await second.vote(greeting.term + 1n);
+    assert.equal(vote.flushLsn, xlogSwitch.endLsn);
+    await second.elect({ term: 2n, startStreamingAtLsn: vote.flushLsn, termHistory: [...vote.termHistory, { term: 2n, lsn: vote.flushLsn }] });
+    await second.streamWal(walRange(source, xlogSwitch.endLsn), xlogSwitch.endLsn);
+    assert.equal(await second.waitForFlush(source.endLsn), source.endLsn, 'the second proposer streams from the next segment');
+    await second.close();
+    const dir = timelineDirOf(dataDir, ids.tenantId, ids.timelineId);
+    // The padding the first proposer never sent reads as the zeros PostgreSQL writes there.
+    assertSameWal(await readTimelineWal(dir, startLsn, source.endLsn, SYNTHETIC_SEGMENT_BYTES), walRange(source, startLsn), startLsn, 'WAL across the switch');
+    await node.stop();
+  });
+});
+
 describe('restart', { timeout: INGEST_TEST_TIMEOUT_MS }, () => {
   test('after SIGTERM and a new start on the same data dir the timeline keeps its flush_lsn and commit_lsn (the stop saves the latter), and a new term continues from there', async () => {
     const dataDir = makeTempDir('sk-restart-');
