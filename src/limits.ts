@@ -15,6 +15,18 @@ export const FRAME_BYTES_DEFAULT = 256 * 1024;
 export const STARTUP_PACKET_BYTES_MAX = 10_000;
 /** The HTTP API takes small JSON documents only. */
 export const HTTP_BODY_BYTES_MAX = 1 << 20;
+/**
+ * Concurrent connections on the HTTP port (operators and metrics scrapers, a handful in practice). Without a
+ * bound, idle connections could take every file descriptor, and an append then fails to open its segment.
+ */
+export const HTTP_CONNECTIONS_MAX = 1_000;
+/** An HTTP connection with no bytes either way for this long is closed (a request that long still in progress, too). */
+export const HTTP_IDLE_TIMEOUT_MS = 300_000;
+/**
+ * Requests one HTTP connection may send; later ones get 503 and the connection closes. Bounds what a client
+ * that pipelines requests without reading the responses makes the node buffer for it.
+ */
+export const HTTP_REQUESTS_PER_CONNECTION_MAX = 100;
 /** Concurrent client connections on the pg port. */
 export const CONNECTIONS_MAX = 10_000;
 /** Smaller, and one frame could wait for ring space forever. */

@@ -241,8 +241,20 @@ export function observeMs(histogram: Histogram, durationMs: number): void {
   histogram.observe(durationMs / 1000);
 }
 
-/** The registry in Prometheus text format, for GET /metrics. */
-export async function renderMetrics(): Promise<{ contentType: string; body: string }> {
+/** The render in progress, which every scrape that arrives meanwhile shares. */
+let rendering: Promise<{ contentType: string; body: string }> | null = null;
+
+/**
+ * The registry in Prometheus text format, for GET /metrics. Scrapes that arrive while a render runs get its
+ * result: a render asks the coordinator thread for its counters and formats every series on the main thread,
+ * so a burst of scrapes (a client pipelining thousands) must cost one render, not one each.
+ */
+export function renderMetrics(): Promise<{ contentType: string; body: string }> {
+  rendering ??= renderNow().finally(() => (rendering = null));
+  return rendering;
+}
+
+async function renderNow(): Promise<{ contentType: string; body: string }> {
   for (const hook of scrapeHooks) await hook();
   return { contentType: registry.contentType, body: await registry.metrics() };
 }

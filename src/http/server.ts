@@ -11,11 +11,14 @@
  * - replies are serialized by `stringifyJson`, which writes bigints as exact JSON numbers (Neon's u64s);
  *   LSNs are formatted as "X/Y" strings by the routes themselves.
  * - requests are logged at debug by our pino logger; fastify's logger is off.
+ * - connections are bounded (limits.ts): HTTP_CONNECTIONS_MAX at once, closed after HTTP_IDLE_TIMEOUT_MS
+ *   without traffic, and HTTP_REQUESTS_PER_CONNECTION_MAX requests each, so that no client, idle or
+ *   pipelining without reading, holds file descriptors or buffered replies without limit.
  * Main thread. Closing waits for in-flight requests; idle keep-alive sockets are closed by Node.
  */
 import { fastify, type FastifyError, type FastifyInstance } from 'fastify';
 import { SafekeeperError } from '../errors.js';
-import { HTTP_BODY_BYTES_MAX } from '../limits.js';
+import { HTTP_BODY_BYTES_MAX, HTTP_CONNECTIONS_MAX, HTTP_IDLE_TIMEOUT_MS, HTTP_REQUESTS_PER_CONNECTION_MAX } from '../limits.js';
 import type { Logger } from '../log.js';
 import { renderMetrics } from '../metrics.js';
 import { AssertionError } from '../sync/assert.js';
@@ -51,7 +54,8 @@ export function stringifyJson(value: unknown): string {
 }
 
 export function createHttpServer(deps: HttpServerDeps): HttpApp {
-  const app = fastify({ logger: false, bodyLimit: HTTP_BODY_BYTES_MAX });
+  const app = fastify({ logger: false, bodyLimit: HTTP_BODY_BYTES_MAX, connectionTimeout: HTTP_IDLE_TIMEOUT_MS, maxRequestsPerSocket: HTTP_REQUESTS_PER_CONNECTION_MAX });
+  app.server.maxConnections = HTTP_CONNECTIONS_MAX; // Node closes connections over it at once
   app.setReplySerializer((payload) => stringifyJson(payload));
   app.setErrorHandler((error: FastifyError | Error, request, reply) => {
     const { status, msg } = describeError(error);

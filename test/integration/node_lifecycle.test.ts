@@ -10,6 +10,8 @@ import { after, before, describe, test } from 'node:test';
 import { parse as parseToml } from 'smol-toml';
 import { loadConfig } from '../../src/config/load.js';
 import { TooManyConnectionsError } from '../../src/errors.js';
+import { HTTP_CONNECTIONS_MAX, HTTP_REQUESTS_PER_CONNECTION_MAX } from '../../src/limits.js';
+import { onScrape } from '../../src/metrics.js';
 import { createLogger, lsnField } from '../../src/log.js';
 import { SafekeeperNode, type NodeHooks } from '../../src/node.js';
 import { killAllNodes, runCli, spawnNode, testNodeArgs } from '../harness/node_process.js';
@@ -232,6 +234,44 @@ describe('SafekeeperNode in process', () => {
     const { node } = await startNode(dataDir, { onPgConnection: () => {} });
     await assert.rejects(startNode(dataDir, { onPgConnection: () => {} }), { code: 'SK_DATA_DIR_LOCKED', message: new RegExp(`data directory ${dataDir} is in use`) });
     await node.stop();
+  });
+
+  test('HTTP: connections over HTTP_CONNECTIONS_MAX are closed; a freed slot serves again', async () => {
+    const { node } = await startNode(newDataDir(), { onPgConnection: () => {} });
+    const port = node.httpAddress.port;
+    const held = await Promise.all(Array.from({ length: HTTP_CONNECTIONS_MAX }, () => openSocket(port)));
+    await waitFor(async () => {
+      const extra = await openSocket(port).catch(() => null);
+      if (extra === null) return true; // refused outright
+      const closedAtOnce = await Promise.race([socketClosed(extra).then(() => true), new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 1_000))]);
+      extra.destroy();
+      return closedAtOnce;
+    }, { what: 'a connection over the limit is closed by the node' });
+    for (const socket of held.splice(0, 10)) socket.destroy();
+    await waitFor(async () => (await fetch(`http://127.0.0.1:${port}/v1/status`).then((response) => response.status, () => 0)) === 200, { what: 'a freed slot serves requests' });
+    for (const socket of held) socket.destroy();
+    await node.stop();
+  });
+
+  test('HTTP: a client that pipelines scrapes without reading gets one render for the burst and at most HTTP_REQUESTS_PER_CONNECTION_MAX answers', async () => {
+    const { node } = await startNode(newDataDir(), { onPgConnection: () => {} });
+    let renders = 0;
+    const unhook = onScrape(async () => void (renders += 1));
+    try {
+      const socket = await openSocket(node.httpAddress.port);
+      let received = '';
+      socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+      const requests = 3 * HTTP_REQUESTS_PER_CONNECTION_MAX;
+      socket.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(requests));
+      const count = (status: number): number => received.match(new RegExp(`^HTTP/1\\.1 ${status} `, 'gm'))?.length ?? 0;
+      await waitFor(() => count(200) + count(503) === requests, { what: 'every pipelined request answered' });
+      assert.equal(count(200), HTTP_REQUESTS_PER_CONNECTION_MAX, 'requests past the limit get 503, not a render');
+      assert.ok(renders < 10, `one render serves the scrapes that arrived together (${renders} renders for ${count(200)} answers)`);
+      socket.destroy();
+    } finally {
+      unhook();
+      await node.stop();
+    }
   });
 
   test('HTTP: exact u64 ids, 413 for a large body, 400 for bad JSON, JSON errors', async () => {
