@@ -24,7 +24,7 @@ import type { Acceptor } from '../acceptor/acceptor.js';
 import { decodeAppendRequestHeader, TAG_APPEND, type AcceptorMessage, type ProposerMessage, type ProtocolVersion } from '../acceptor/messages.js';
 import { decodeProposerMessage, encodeAcceptorMessage } from '../acceptor/messages_codec.js';
 import { parseTenantId, parseTimelineId, type TenantId, type TimelineId } from '../acceptor/state.js';
-import { ProtocolViolationError, ShutdownError } from '../errors.js';
+import { ProtocolViolationError, ShutdownError, WalCorruptionError, type SafekeeperError } from '../errors.js';
 import { walIngestAppendsTotal } from '../metrics.js';
 import type { CopyBothSink, PgConnection } from '../pg/connection.js';
 import { assert } from '../sync/assert.js';
@@ -37,7 +37,7 @@ export interface WalReceiverDeps {
   registry: TimelineRegistry;
   /** Residency guards (the coordinator): a proposer holds one while connected, so its WAL is local. */
   residency?: Residency;
-  log: { info(fields: object, message: string): void; warn(fields: object, message: string): void; debug(fields: object, message: string): void };
+  log: { info(fields: object, message: string): void; warn(fields: object, message: string): void; error(fields: object, message: string): void; debug(fields: object, message: string): void };
 }
 
 export interface WalPushOptions {
@@ -248,7 +248,7 @@ class WalReceiver implements CopyBothSink {
         // A failure ends the stream that was writing; a connection still electing goes on, since its
         // election's truncation clears the failure.
         const failure = wal.failure.value;
-        if (failure !== null && this.#streaming) return this.conn.endWithError(failure);
+        if (failure !== null && this.#streaming) return this.#endWithWriteFailure(failure);
         if (!this.#streaming || (wal.flushLsn === sentFlushLsn && !this.#replyOwed)) continue;
         // Another connection's vote or election holds the lock: wait for it rather than interleave.
         if (timeline.acceptorLock.locked || !acceptor.onFlushAdvancedSync()) {
@@ -267,6 +267,17 @@ class WalReceiver implements CopyBothSink {
       this.#replying = false;
       this.#releaseWhenIdle();
     }
+  }
+
+  /**
+   * A write task failed: the proposer gets the error in its ErrorResponse, and the operator a log line (an error
+   * for the disk, a warning for corrupt WAL from the proposer), since the stream ends here and nothing else logs it.
+   */
+  #endWithWriteFailure(failure: SafekeeperError): void {
+    const fields = { tenant_id: this.ids.tenantId, timeline_id: this.ids.timelineId, conn_id: this.conn.id, err: failure };
+    if (failure instanceof WalCorruptionError) this.deps.log.warn(fields, 'proposer stream ended: its WAL failed verification');
+    else this.deps.log.error(fields, 'proposer stream ended: WAL write failed');
+    this.conn.endWithError(failure);
   }
 
   /** An append left nothing to write (a heartbeat, or WAL already durable): reply once this read is done. */

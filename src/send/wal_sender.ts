@@ -74,7 +74,7 @@ export interface WalSenderDeps {
   residency?: Residency;
   /** Reads of WAL that is only in remote storage (the coordinator); without it such reads are refused. */
   remoteWal?: { readRemoteWal(ttid: string, startLsn: Lsn, lengthBytes: number): Promise<Uint8Array> };
-  log: { info(fields: object, message: string): void; warn(fields: object, message: string): void; debug(fields: object, message: string): void };
+  log: { info(fields: object, message: string): void; warn(fields: object, message: string): void; error(fields: object, message: string): void; debug(fields: object, message: string): void };
 }
 
 /** Serves START_REPLICATION on `conn` until the stream ends (see the header). */

@@ -164,6 +164,10 @@ describe('corrupt WAL', { timeout: INGEST_TEST_TIMEOUT_MS }, () => {
     assert.ok(error !== null, `an ErrorResponse ended the stream (socket error: ${corrupt.socketError?.message ?? 'none'})`);
     assert.equal(error.code, 'XX001', error.message);
     assert.match(error.message, new RegExp(formatLsn(bad.lsn).replace('/', '\\/')), 'the error names the bad record');
+    // The operator sees it too: the stream's end is logged with the timeline and the error.
+    await waitFor(() => node.stdout().includes('proposer stream ended: its WAL failed verification') || node.stderr().includes('proposer stream ended: its WAL failed verification'), { what: 'the failure in the node log' });
+    const logLine = (node.stdout() + node.stderr()).split('\n').find((line) => line.includes('proposer stream ended'))!;
+    assert.match(logLine, new RegExp(`"timeline_id":"${badIds.timelineId}"`));
     const acks = corrupt.acknowledgedFlushLsns;
     assertAcksAreRecordEnds(acks, new Set([startLsn, ...recordEndsOf(wal.records, segmentBytes)]));
     assert.ok(acks.every((lsn) => lsn <= goodEndLsn), `no ack past the last good record end ${formatLsn(goodEndLsn)}: ${acks.map(formatLsn).join(', ')}`);

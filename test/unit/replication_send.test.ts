@@ -161,7 +161,7 @@ describe('WAL sender', () => {
       drained: async () => undefined,
       write: () => true,
     };
-    const log = { info: () => undefined, warn: () => undefined, debug: () => undefined };
+    const log = { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined };
     const ids = { tenantId: parseTenantId(timeline.tenantId), timelineId: parseTimelineId(timeline.timelineId) };
     const registry = { require: () => timeline };
     const streaming = serveStartReplication(conn as unknown as PgConnection, { startLsn: endLsn, pgTimeline: null, term: null }, ids, { registry: registry as unknown as TimelineRegistry, log });
