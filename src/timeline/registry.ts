@@ -8,7 +8,7 @@
  * durably renamed into place; `tmp/` is cleared at startup. Deletion cancels the timeline, waits for its
  * gate, and only then touches files: it durably renames the dir into `tmp/` (one atomic step: after a
  * crash the timeline is either whole or gone) and then removes it. A tombstone (in memory, as in Neon)
- * refuses re-creation by a proposer.
+ * refuses re-creation, by a proposer or over HTTP, for TOMBSTONE_TTL_MS after the delete began.
  *
  * Create and delete of one ttid race (a compute's first START_WAL_PUSH against an HTTP DELETE, a retried
  * DELETE). Invariants: a delete sets the tombstone before its first await, and a create publishes (map +
@@ -46,6 +46,8 @@ import { openTimeline } from './timeline_loader.js';
 const SHUTDOWN_SAVE_TIMEOUT_MS = 10_000;
 /** Shutdown saves run this many at a time: each is a write, two fsyncs and a rename on libuv's pool. */
 const SHUTDOWN_SAVES_PARALLEL = 8;
+/** How long a deleted timeline's id refuses creation (reference: pruned after 24 h; a restart forgets them). */
+export const TOMBSTONE_TTL_MS = 24 * 60 * 60 * 1000;
 
 export interface RegistryOptions {
   dataDir: string;
@@ -66,6 +68,8 @@ export interface RegistryOptions {
   onOpen?: (timeline: Timeline) => void;
   /** Deletes a timeline's remote objects (after its local deletion, unless `only_local`). Never runs before the timeline's manager is unregistered. */
   deleteRemote?: (tenantId: TenantId, timelineId: TimelineId) => Promise<number>;
+  /** The clock tombstones expire by (ms); performance.now by default, a fake one in tests. */
+  nowMs?: () => number;
 }
 
 export interface CreateTimelineArgs {
@@ -83,7 +87,8 @@ export class TimelineRegistry {
   readonly #creating = new Map<string, Promise<Timeline>>();
   /** The running delete of each ttid; a second delete joins it. Removed when it settles, so a later one retries. */
   readonly #deleting = new Map<string, RunningDelete>();
-  readonly #tombstones = new Set<string>();
+  /** ttid → when its latest delete began, oldest first; see `#tombstoned`. */
+  readonly #tombstones = new Map<string, number>();
   /** Every timeline's state block, broken ones included; a block is freed when its timeline is deleted. */
   readonly #stateBlocks = new StateBlockArena();
 
@@ -120,7 +125,29 @@ export class TimelineRegistry {
   }
 
   isDeleted(tenantId: TenantId, timelineId: TimelineId): boolean {
-    return this.#tombstones.has(ttid(tenantId, timelineId));
+    return this.#tombstoned(ttid(tenantId, timelineId));
+  }
+
+  /**
+   * Whether a delete of `key` began within TOMBSTONE_TTL_MS or still runs. Expired tombstones are dropped
+   * here, so the map holds only the last day's deletes, however many ids were ever deleted.
+   */
+  #tombstoned(key: string): boolean {
+    const expiredAtMs = this.#nowMs() - TOMBSTONE_TTL_MS;
+    for (const [deleted, atMs] of this.#tombstones) {
+      if (atMs > expiredAtMs) break; // insertion order is time order
+      if (!this.#deleting.has(deleted)) this.#tombstones.delete(deleted);
+    }
+    return this.#tombstones.has(key);
+  }
+
+  #setTombstone(key: string): void {
+    this.#tombstones.delete(key); // re-inserted last, keeping the map in time order
+    this.#tombstones.set(key, this.#nowMs());
+  }
+
+  #nowMs(): number {
+    return this.options.nowMs?.() ?? performance.now();
   }
 
   /** Creates a timeline, or returns the existing one (idempotent). Refused for a deleted timeline. */
@@ -129,7 +156,7 @@ export class TimelineRegistry {
     const existing = this.#timelines.get(key) ?? this.#creating.get(key);
     if (existing !== undefined) return existing;
     if (this.options.cancel.cancelled) throw new ShutdownError();
-    if (this.#tombstones.has(key)) throw new ConflictError(`timeline ${key} was deleted`);
+    if (this.#tombstoned(key)) throw new ConflictError(`timeline ${key} was deleted`);
     pageMagicForPgVersion(args.server.pgVersion); // throws InvalidArgumentError naming the supported versions
     if (!isValidSegmentSize(args.server.walSegSizeBytes)) throw new InvalidArgumentError(`wal_seg_size ${args.server.walSegSizeBytes} is not a power of two in [1 MiB, 1 GiB]`);
     if (args.commitLsn < args.startLsn) throw new InvalidArgumentError('commit_lsn must not be below start_lsn');
@@ -154,7 +181,7 @@ export class TimelineRegistry {
   async delete(tenantId: TenantId, timelineId: TimelineId, options: { onlyLocal?: boolean } = {}): Promise<DeleteResult> {
     const key = ttid(tenantId, timelineId);
     const onlyLocal = options.onlyLocal === true;
-    this.#tombstones.add(key); // before any await: from here on no create publishes this timeline
+    this.#setTombstone(key); // before any await: from here on no create publishes this timeline
     const running = this.#deleting.get(key);
     if (running !== undefined) {
       if (!running.onlyLocal || onlyLocal) return running.result; // it does all this one asks for

@@ -15,7 +15,7 @@ import { createWriterPool, type WriterPool } from '../../src/ingest/writer_pool.
 import { segmentFileName } from '../../src/wal/lsn.js';
 import { timelineDir, tmpDirPath } from '../../src/storage/layout.js';
 import { CancelToken } from '../../src/sync/cancel.js';
-import { moveTimelineDirToTmp, TimelineRegistry, type CreateTimelineArgs } from '../../src/timeline/registry.js';
+import { moveTimelineDirToTmp, TimelineRegistry, TOMBSTONE_TTL_MS, type CreateTimelineArgs } from '../../src/timeline/registry.js';
 import type { Timeline } from '../../src/timeline/timeline.js';
 import { makeTempDir, removeAllTempDirs } from '../harness/tmp.js';
 
@@ -64,8 +64,9 @@ class FakeCoordinator {
   }
 }
 
-async function loadRegistry(dataDir: string, coordinator: FakeCoordinator): Promise<TimelineRegistry> {
+async function loadRegistry(dataDir: string, coordinator: FakeCoordinator, nowMs?: () => number): Promise<TimelineRegistry> {
   const registry = await TimelineRegistry.load({
+    ...(nowMs !== undefined ? { nowMs } : {}),
     dataDir,
     nodeId: 1n,
     noSync: false,
@@ -85,6 +86,22 @@ async function loadRegistry(dataDir: string, coordinator: FakeCoordinator): Prom
 const outcome = (creating: Promise<Timeline>): Promise<string> => creating.then(() => 'created', (error: { code?: string }) => error.code ?? String(error));
 
 describe('TimelineRegistry', () => {
+  test('a deleted id refuses creation for TOMBSTONE_TTL_MS, then accepts it; expired tombstones are dropped', async () => {
+    let nowMs = 0;
+    const registry = await loadRegistry(makeTempDir('registry-tombstone'), new FakeCoordinator(), () => nowMs);
+    await registry.create(ARGS);
+    await registry.delete(TENANT, TIMELINE);
+    const neverCreated = 'c'.repeat(32) as TimelineId;
+    assert.deepEqual(await registry.delete(TENANT, neverCreated), { dirExisted: false }); // a tombstone all the same
+    nowMs += TOMBSTONE_TTL_MS - 1;
+    assert.equal(await outcome(registry.create(ARGS)), 'SK_CONFLICT');
+    assert.equal(registry.isDeleted(TENANT, neverCreated), true);
+    nowMs += 1;
+    assert.equal(registry.isDeleted(TENANT, neverCreated), false, 'a day after the delete began');
+    assert.equal(await outcome(registry.create(ARGS)), 'created');
+    assert.equal(registry.get(TENANT, TIMELINE)?.acceptor?.state.timelineId, TIMELINE);
+  });
+
   test('a create racing a delete never leaves the timeline published, on disk or registered after remote deletion', async () => {
     const offsets: Array<{ turns: number } | { ms: number }> = [];
     for (let turns = 0; turns <= 24; turns++) offsets.push({ turns });
