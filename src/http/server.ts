@@ -8,8 +8,9 @@
  *   their status (400 bad JSON, 413 body over `HTTP_BODY_BYTES_MAX`, 415); unknown routes are 404;
  *   anything else is 500 "internal error", logged once here with its stack. An AssertionError is a bug:
  *   it is answered with 500 and then rethrown outside fastify so the process exits, as everywhere.
- * - replies are serialized by `stringifyJson`, which writes bigints as exact JSON numbers (Neon's u64s);
- *   LSNs are formatted as "X/Y" strings by the routes themselves.
+ * - replies are serialized by `stringifyJson`, which writes bigints as exact JSON numbers (Neon's u64s), and
+ *   JSON bodies are parsed by `parseJsonBody`, which reads integers beyond 2^53 as bigints; LSNs are "X/Y"
+ *   strings both ways, formatted and parsed by the routes themselves.
  * - requests are logged at debug by our pino logger; fastify's logger is off.
  * - connections are bounded (limits.ts): HTTP_CONNECTIONS_MAX at once, closed after HTTP_IDLE_TIMEOUT_MS
  *   without traffic, and HTTP_REQUESTS_PER_CONNECTION_MAX requests each, so that no client, idle or
@@ -17,6 +18,7 @@
  * Main thread. Closing waits for in-flight requests; idle keep-alive sockets are closed by Node.
  */
 import { fastify, type FastifyError, type FastifyInstance } from 'fastify';
+import { isInteger, isSafeNumber, parse as parseLosslessJson } from 'lossless-json';
 import { SafekeeperError } from '../errors.js';
 import { HTTP_BODY_BYTES_MAX, HTTP_CONNECTIONS_MAX, HTTP_IDLE_TIMEOUT_MS, HTTP_REQUESTS_PER_CONNECTION_MAX } from '../limits.js';
 import type { Logger } from '../log.js';
@@ -56,6 +58,13 @@ export function stringifyJson(value: unknown): string {
 export function createHttpServer(deps: HttpServerDeps): HttpApp {
   const app = fastify({ logger: false, bodyLimit: HTTP_BODY_BYTES_MAX, connectionTimeout: HTTP_IDLE_TIMEOUT_MS, maxRequestsPerSocket: HTTP_REQUESTS_PER_CONNECTION_MAX });
   app.server.maxConnections = HTTP_CONNECTIONS_MAX; // Node closes connections over it at once
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
+    try {
+      done(null, parseJsonBody(body as string));
+    } catch (error) {
+      done(Object.assign(new Error(`body is not valid JSON: ${(error as Error).message}`), { statusCode: 400 }), undefined);
+    }
+  });
   app.setReplySerializer((payload) => stringifyJson(payload));
   app.setErrorHandler((error: FastifyError | Error, request, reply) => {
     const { status, msg } = describeError(error);
@@ -81,6 +90,14 @@ export function createHttpServer(deps: HttpServerDeps): HttpApp {
     });
   });
   return app;
+}
+
+/**
+ * JSON request bodies, with integers beyond 2^53 as bigints: Neon's clients send u64s (a system_id is about
+ * 7e18) as JSON numbers, which JSON.parse would round. Other numbers are what JSON.parse gives.
+ */
+export function parseJsonBody(text: string): unknown {
+  return parseLosslessJson(text, null, (value) => (!isSafeNumber(value) && isInteger(value) ? BigInt(value) : Number.parseFloat(value)));
 }
 
 /** Adds a route group. Must run before `listen`; fastify refuses routes after the server is ready. */

@@ -26,7 +26,7 @@ const lsnText = z.string().transform((text, context) => {
 // file refuses would fail its encoder's checks, which are assertions.
 const U64_MAX = 0xffff_ffff_ffff_ffffn;
 const u64 = z
-  .union([z.number().int().nonnegative(), z.string().regex(/^\d{1,20}$/, 'a u64 as a decimal string')])
+  .union([z.number().int().nonnegative(), z.bigint().nonnegative(), z.string().regex(/^\d{1,20}$/, 'a u64 as a decimal string')])
   .transform((value) => BigInt(value))
   .refine((value) => value <= U64_MAX, 'must fit in 64 bits');
 const member = z.object({ id: u64, host: z.string().superRefine((host, context) => void (memberHostProblem(host) !== null && context.addIssue({ code: 'custom', message: `host ${memberHostProblem(host)}` }))), pg_port: z.number().int().min(0).max(65535) });

@@ -52,6 +52,17 @@ describe('HTTP timeline routes', () => {
     assert.deepEqual(status.pg_info, { pg_version: 150008, system_id: 7335, wal_seg_size: 16 * 1024 * 1024 });
     assert.deepEqual(status.acceptor_state, { term: 0, epoch: 0, term_history: [{ term: 0, lsn: '0/1000028' }] });
 
+    // u64s as JSON numbers, as Neon's clients send them: exact beyond 2^53 both ways; over 64 bits refused.
+    const bigSystemId = '7361234567890123456';
+    const bigBody = JSON.stringify(createBody(TIMELINE_C)).replace('"system_id":7335', `"system_id":${bigSystemId}`);
+    assert.equal((await http(base, 'POST', '/v1/tenant/timeline', bigBody)).status, 200);
+    const bigStatus = await (await fetch(`${base}/v1/tenant/${TENANT}/timeline/${TIMELINE_C}`)).text();
+    assert.match(bigStatus, new RegExp(`"system_id":${bigSystemId},`));
+    const tooBig = await http(base, 'POST', '/v1/tenant/timeline', bigBody.replace(bigSystemId, '18446744073709551616'));
+    assert.equal(tooBig.status, 400);
+    assert.match((tooBig.json as { msg: string }).msg, /system_id: must fit in 64 bits/);
+    assert.equal((await http(base, 'DELETE', `/v1/tenant/${TENANT}/timeline/${TIMELINE_C}`)).status, 200);
+
     // The timeline is usable over the pg port: the server reports its PostgreSQL version.
     const client = await PgTestClient.connect({ port: node.pgPort, options: `-c tenant_id=${TENANT} timeline_id=${TIMELINE_A}` });
     const rows = await client.simpleQuery('TIMELINE_STATUS');
