@@ -23,8 +23,8 @@ export const HTTP_CONNECTIONS_MAX = 1_000;
 /** An HTTP connection with no bytes either way for this long is closed (a request that long still in progress, too). */
 export const HTTP_IDLE_TIMEOUT_MS = 300_000;
 /**
- * Requests one HTTP connection may send; later ones get 503 and the connection closes. Bounds what a client
- * that pipelines requests without reading the responses makes the node buffer for it.
+ * Requests served on one HTTP connection; the last answer says `Connection: close`, later requests get a short
+ * 503 (Node). Bounds what a client that pipelines requests without reading the answers makes the node buffer.
  */
 export const HTTP_REQUESTS_PER_CONNECTION_MAX = 100;
 /** Concurrent client connections on the pg port. */
