@@ -21,7 +21,7 @@ import { PRIMARY_RECONNECT_TIMEOUT_MS_DEFAULT, QUORUM_TIMEOUT_MS_DEFAULT, SAFEKE
 import { ProposerMetrics } from './metrics.js';
 import { startMetricsServer, type MetricsServer } from './metrics_server.js';
 import { PostgresSource } from './postgres_source.js';
-import { slotNameFrom } from './primary_connection.js';
+import { parsePostgresUrl, slotNameFrom } from './primary_connection.js';
 import { Proposer } from './proposer.js';
 import { duplicateSafekeeper } from './quorum.js';
 import { RECORD_BYTES_MAX } from '../wal/page.js';
@@ -147,6 +147,13 @@ function parseProposeArgs(argv: string[]): ProposeArgs | 'help' {
     }
   };
   if ((values.from === undefined) === (values.synthetic !== true)) throw new UsageError('give exactly one of --from POSTGRES_URL and --synthetic');
+  if (values.from !== undefined) {
+    try {
+      parsePostgresUrl(values.from); // a bad URL is a bad flag (exit 2), not a failure to reach the primary
+    } catch (error) {
+      throw new UsageError(`--from: ${error instanceof Error ? error.message : String(error)}`);
+    }
+  }
   const synthetic = values.synthetic === true;
   for (const flag of ['record-bytes', 'rate', 'duration', 'total-bytes'] as const) {
     if (!synthetic && values[flag] !== undefined) throw new UsageError(`--${flag} needs --synthetic`);

@@ -158,6 +158,11 @@ describe('safekeeper propose', { timeout: 170_000 }, () => {
     const usage = await runCli([...common, '--timeline-id', TIMELINE, '--safekeepers', safekeeperList()]);
     assert.equal(usage.code, 2);
     assert.match(usage.stderr, /exactly one of --from POSTGRES_URL and --synthetic/);
+    for (const from of ['not a url', 'mysql://root@127.0.0.1/db']) {
+      const badUrl = await runCli([...common, '--timeline-id', TIMELINE, '--safekeepers', safekeeperList(), '--from', from]);
+      assert.equal(badUrl.code, 2, `--from ${from}: a bad flag\n${badUrl.stderr}`);
+      assert.match(badUrl.stderr, /--from: not a PostgreSQL URL/);
+    }
     // Two proposers on one timeline: the second takes a higher term, the first learns it and stops.
     const timelineId = '5b'.repeat(16);
     const first = startProposer(['--safekeepers', safekeeperList(), '--tenant-id', TENANT, '--timeline-id', timelineId, '--synthetic', '--rate', '200', '--duration', '60s']);
