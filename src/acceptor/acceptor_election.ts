@@ -123,6 +123,9 @@ export async function handleElected(core: AcceptorCore, message: ProposerElected
   // Our term is higher: ignore; the next AppendResponse tells the proposer.
   if (message.term < core.term) return;
 
+  // Our end, compared below, is what is on disk: the vote flushed, but more may have arrived since (or a failed
+  // write cut it back to its last good record).
+  await core.wal.flush(signal);
   const history = message.termHistory;
   const flushLsn = core.flushLsn;
   const localHistory = truncateHistory(core.control.state.acceptorState.termHistory, flushLsn);
@@ -144,14 +147,11 @@ export async function handleElected(core: AcceptorCore, message: ProposerElected
   // the WAL end there would count the hole as WAL (zeros, acknowledged, backed up as complete segments) and
   // lose whatever is written after it at the next restart, whose scan stops at the hole. As Neon's
   // truncate_wal ("streaming must not create a hole"); such an acceptor catches up by recovery instead.
-  // The end compared is that of our last record (Neon's write_record_lsn), flushed first so that it is on
-  // disk: after an XLOG_SWITCH it is the next segment start, past the padding bytes received so far, and it
-  // is the flush_lsn our vote reported, where a walproposer starts us.
-  await core.wal.flush(signal);
+  // Our end is flush_lsn, the end of our last record (Neon's write_record_lsn), not the bytes written: after an
+  // XLOG_SWITCH it is the next segment start, past the padding received so far, and there a walproposer starts us.
   const empty = core.wal.writeLsn === 0n;
-  const lastRecordEndLsn = core.wal.flushLsn;
-  if (!empty && startLsn > lastRecordEndLsn) {
-    throw new AcceptorRefusedError(`refusing ProposerElected: start_streaming_at=${formatLsn(startLsn)} is past the end of our WAL (${formatLsn(lastRecordEndLsn)}), which would leave a hole`);
+  if (!empty && startLsn > flushLsn) {
+    throw new AcceptorRefusedError(`refusing ProposerElected: start_streaming_at=${formatLsn(startLsn)} is past the end of our WAL (${formatLsn(flushLsn)}), which would leave a hole`);
   }
 
   // Checked: from here on the election is applied whole. The caller's signal (its connection) no longer
