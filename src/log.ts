@@ -22,6 +22,14 @@ import { formatLsn } from './wal/lsn.js';
 
 export type { Logger } from 'pino';
 
+/** The part of a Logger that components take: the node passes its pino logger, unit tests a silent stub. */
+export interface LogSink {
+  info(fields: object, message: string): void;
+  warn(fields: object, message: string): void;
+  error(fields: object, message: string): void;
+  debug(fields: object, message: string): void;
+}
+
 /** Fields child loggers carry. Ids are strings (32-hex or decimal), never bigints in output. */
 export interface LogContext {
   readonly node_id?: bigint | number | string;

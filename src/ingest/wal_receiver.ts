@@ -32,12 +32,13 @@ import { CancelToken } from '../sync/cancel.js';
 import type { Timeline } from '../timeline/timeline.js';
 import type { TimelineRegistry } from '../timeline/registry.js';
 import type { Residency, ResidencyGuard } from '../timeline/residency.js';
+import type { LogSink } from '../log.js';
 
 export interface WalReceiverDeps {
   registry: TimelineRegistry;
   /** Residency guards (the coordinator): a proposer holds one while connected, so its WAL is local. */
   residency?: Residency;
-  log: { info(fields: object, message: string): void; warn(fields: object, message: string): void; error(fields: object, message: string): void; debug(fields: object, message: string): void };
+  log: LogSink;
 }
 
 export interface WalPushOptions {

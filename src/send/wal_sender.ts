@@ -56,6 +56,7 @@ import { decodeReaderMessage, encodeKeepalive, encodeXLogDataHeader, postgresNow
 import { TermMismatchError, WalTruncatedError, availableEndLsn, checkPageserverCaughtUp, requireTerm, xlogDataEndLsn } from './stream_rules.js';
 import { checkReadStart, WalReader, type WalReaderSource } from './wal_reader.js';
 import { linkCancellation, waitForAnyChange } from './waits.js';
+import type { LogSink } from '../log.js';
 
 /** With no new WAL for this long: a keepalive with reply_requested, and the §5.3 check (Neon's POLL_STATE_TIMEOUT). */
 export const KEEPALIVE_INTERVAL_MS = 1_000;
@@ -74,7 +75,7 @@ export interface WalSenderDeps {
   residency?: Residency;
   /** Reads of WAL that is only in remote storage (the coordinator); without it such reads are refused. */
   remoteWal?: { readRemoteWal(ttid: string, startLsn: Lsn, lengthBytes: number): Promise<Uint8Array> };
-  log: { info(fields: object, message: string): void; warn(fields: object, message: string): void; error(fields: object, message: string): void; debug(fields: object, message: string): void };
+  log: LogSink;
 }
 
 /** Serves START_REPLICATION on `conn` until the stream ends (see the header). */

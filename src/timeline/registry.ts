@@ -41,6 +41,7 @@ import { decoderStartProblem } from '../wal/record_decoder.js';
 import { pageMagicForPgVersion } from '../wal/page.js';
 import type { Timeline } from './timeline.js';
 import { openTimeline } from './timeline_loader.js';
+import type { LogSink } from '../log.js';
 
 /** How long a graceful stop may spend starting control-file saves (see `shutdown`). */
 const SHUTDOWN_SAVE_TIMEOUT_MS = 10_000;
@@ -59,7 +60,7 @@ export interface RegistryOptions {
   pool: WriterPool;
   /** The node's root token; every timeline's token is a child of it. */
   cancel: CancelToken;
-  log: { info(fields: object, message: string): void; warn(fields: object, message: string): void; error(fields: object, message: string): void };
+  log: Pick<LogSink, 'info' | 'warn' | 'error'>;
   onBatch?: (bytes: number, result: WriteResult) => void;
   onPrepared?: (result: PrepareResult) => void;
   /** Called with the bytes of each ring a timeline takes (positive) or releases (negative), for metrics. */
