@@ -141,6 +141,7 @@ interface NodeCounters {
   fsyncs: number;
   writeSeconds: number;
   preparedRecycled: number;
+  preparedUnwritten: number;
   preparedZeroed: number;
   preparedSparse: number;
   cpuSeconds: number;
@@ -165,6 +166,7 @@ async function scrape(node: NodeProcess): Promise<NodeCounters> {
     fsyncSeconds: value('safekeeper_fsync_seconds_sum'),
     fsyncs: value('safekeeper_fsync_seconds_count'),
     preparedRecycled: prepared('recycled'),
+    preparedUnwritten: prepared('unwritten'),
     preparedZeroed: prepared('zeroed'),
     preparedSparse: prepared('sparse'),
     cpuSeconds: value('process_cpu_seconds_total'),
@@ -304,6 +306,7 @@ class IngestRun {
     stats.fsyncs += after.fsyncs - before.fsyncs;
     stats.writeSeconds += after.writeSeconds - before.writeSeconds;
     stats.preparedRecycled += after.preparedRecycled - before.preparedRecycled;
+    stats.preparedUnwritten += after.preparedUnwritten - before.preparedUnwritten;
     stats.preparedZeroed += after.preparedZeroed - before.preparedZeroed;
     stats.preparedSparse += after.preparedSparse - before.preparedSparse;
     stats.cpuSeconds += after.cpuSeconds - before.cpuSeconds;

@@ -58,8 +58,9 @@ export interface ThroughputStats {
   fsyncSeconds: number;
   fsyncs: number;
   writeSeconds: number;
-  /** Segments prepared ahead of the writer: zeros over recycled files, new zero-filled files, new sparse ones. */
+  /** Segments prepared ahead of the writer: zeros over recycled files, recycled files marked unwritten, new zero-filled files, new sparse ones. */
   preparedRecycled: number;
+  preparedUnwritten: number;
   preparedZeroed: number;
   preparedSparse: number;
   cpuSeconds: number;
@@ -98,7 +99,7 @@ export interface FloorResult {
 
 export const emptyStats = (timelines: number, appendBytes: number): ThroughputStats => ({
   timelines, appendBytes, iterations: 0, bytes: 0, appends: 0, seconds: 0, batches: 0, batchWalBytes: 0, fsyncSeconds: 0, fsyncs: 0, writeSeconds: 0, preparedRecycled: 0,
-  preparedZeroed: 0, preparedSparse: 0, cpuSeconds: 0, clientCpuSeconds: 0, machineBusyCoreSeconds: 0, deviceWriteMib: 0, ceiling: null, zeroFilledCeiling: null, recycledCeiling: null,
+  preparedUnwritten: 0, preparedZeroed: 0, preparedSparse: 0, cpuSeconds: 0, clientCpuSeconds: 0, machineBusyCoreSeconds: 0, deviceWriteMib: 0, ceiling: null, zeroFilledCeiling: null, recycledCeiling: null,
 });
 
 export const round = (value: number, digits = 0): number => Number(value.toFixed(digits));
@@ -211,7 +212,7 @@ function throughputRow(stats: ThroughputStats, ceiling1MiB: DiskCeiling, ceiling
     '÷ ceiling@1MiB': (mibPerSecond / ceiling1MiB.mibPerSecond).toFixed(2),
     note:
       `${stats.iterations}×${(stats.seconds / stats.iterations).toFixed(1)} s, ${round(stats.batches / stats.seconds)} batches/s, node fdatasync ${fsyncMs.toFixed(2)} ms avg, ` +
-      `segments prepared ${stats.preparedRecycled} recycled + ${stats.preparedZeroed} zero-filled + ${stats.preparedSparse} sparse; ` +
+      `segments prepared ${stats.preparedRecycled} recycled + ${stats.preparedUnwritten} recycled unwritten + ${stats.preparedZeroed} zero-filled + ${stats.preparedSparse} sparse; ` +
       `CPU node ${(stats.cpuSeconds / stats.seconds).toFixed(2)} + client ${(stats.clientCpuSeconds / stats.seconds).toFixed(2)} cores, ${loadNote(load, ownCores)}`,
   };
 }

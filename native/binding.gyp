@@ -6,8 +6,8 @@
       "cflags": ["-O2", "-std=c11", "-Wall", "-Wextra"]
     },
     {
-      "target_name": "fs_lock",
-      "sources": ["fs_lock.c"],
+      "target_name": "fs_calls",
+      "sources": ["fs_calls.c"],
       "cflags": ["-O2", "-std=c11", "-Wall", "-Wextra"]
     }
   ]

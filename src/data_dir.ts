@@ -3,7 +3,7 @@
  * owner, and the node id file that ties the directory to one node id. SafekeeperNode takes the lock first
  * and settles the id second, at start; it releases the lock last, at stop.
  *
- * The lock, with the native addon (src/native_lock.ts): an flock(LOCK_EX | LOCK_NB) on
+ * The lock, with the native addon (src/native_fs.ts): an flock(LOCK_EX | LOCK_NB) on
  * `<data_dir>/safekeeper.lock`, held by a file handle kept open (in `lockedDataDirs`) for as long as this
  * process owns the directory. The kernel drops it when the process dies, and it is seen by every process on
  * the host whatever its PID namespace: during a rolling update two pods on one node mount the same volume,
@@ -35,7 +35,7 @@ import { dirname, join, resolve } from 'node:path';
 import type { Config } from './config/schema.js';
 import { ConfigError, DataDirLockedError, StorageIoError } from './errors.js';
 import type { Logger } from './log.js';
-import { NATIVE_LOCK_EXCLUSIVE, type LockExclusive } from './native_lock.js';
+import { NATIVE_LOCK_EXCLUSIVE, type LockExclusive } from './native_fs.js';
 
 export const NODE_ID_FILE_NAME = 'safekeeper.id';
 /** The pid file: who holds the directory (and, without the native addon, the lock itself). */
@@ -113,7 +113,7 @@ export async function acquireLock(dataDir: string, log: Logger, lockExclusive: L
   try {
     const handle = lockExclusive === null ? 'no addon' : await takeFlock(dataDir, lockExclusive);
     if (handle === 'no addon' || handle === null) {
-      const why = handle === null ? 'this filesystem does not support flock' : 'native/fs_lock not built or not usable here';
+      const why = handle === null ? 'this filesystem does not support flock' : 'native/fs_calls not built or not usable here';
       log.warn(
         { data_dir_lock: `pid file only (${why})`, lock_file: join(dataDir, LOCK_FILE_NAME) },
         'the data directory lock cannot detect a second node in another PID namespace (container): do not share the volume',

@@ -63,7 +63,7 @@ export const fsyncSeconds = new Histogram({
 
 export const walSegmentsPreparedTotal = new Counter({
   name: 'safekeeper_wal_segments_prepared_total',
-  help: 'Segment files prepared ahead of the writer, by source: recycled (zeros over a removed segment), zeroed (a new zero-filled file), sparse (a new file without blocks, for large batches), failed',
+  help: 'Segment files prepared ahead of the writer, by source: recycled (zeros over a removed segment), unwritten (a removed segment with its blocks marked unwritten, for large batches), zeroed (a new zero-filled file), sparse (a new file without blocks, for large batches), failed',
   labelNames: ['source'] as const,
   registers: [registry],
 });

@@ -35,7 +35,7 @@ export default function runTask(task: WriterTask): WriteResult | Promise<WriteRe
     case 'write':
       return write(task);
     case 'prepare':
-      return attempt(() => ({ prepared: prepareSegment(task.dir, task.segno, task.segmentSizeBytes, task.newFill, task) }));
+      return attempt(() => ({ prepared: prepareSegment(task.dir, task.segno, task.segmentSizeBytes, task.fill, task) }));
     case 'truncate':
       return attempt(() => void truncateWalSync(task.dir, task.lsn, task.segmentSizeBytes, task));
     case 'init_segment':

@@ -1,8 +1,8 @@
 /**
  * SegmentPreparer: prepares a timeline's next WAL segment in the writer pool while TimelineWal's write task
- * fills the current one. Preparation zeroes a recycled segment when there is one; else it zero-fills a new
- * file, or, when the batch that asked for it was large (SPARSE_PREPARE_MIN_BATCH_BYTES), makes it sparse
- * (segment_file.ts says why).
+ * fills the current one, from a recycled segment when there is one, else as a new file. It writes real zeros
+ * into it, or, when the batch that asked for it was large (LAZY_FILL_MIN_BATCH_BYTES), none: the recycled
+ * file's blocks are marked unwritten or the new file is sparse (segment_file.ts `SegmentFill` says why).
  *
  * Invariants: at most one preparation per timeline runs at a time (the writer pool's queue bound counts on
  * it), and it never races a write or a cut on one file. TimelineWal ends each write batch before the start
@@ -17,22 +17,24 @@
  */
 import { assert } from '../sync/assert.js';
 import { segmentNumber, type Lsn } from '../wal/lsn.js';
-import type { NewSegmentFill } from '../storage/segment_file.js';
+import type { SegmentFill } from '../storage/segment_file.js';
 import type { WriterPool } from './writer_pool.js';
 import type { PrepareResult } from './writer_protocol.js';
 
 /**
- * A write batch at least this large has the next segment prepared sparse when no recycled one is there.
- * Zero-filling a new file writes (and syncs) a zero byte for every WAL byte; sparse, each fdatasync also
- * commits the new blocks in the journal, which costs a lone small append ~0.07 ms (p50 0.21 against
- * 0.14 ms for 8 KiB on this machine's ext4) but is lost in a large batch's sync. Measured with pwrite +
- * fdatasync loops of 64 files round robin, 4 MiB batches, the next segment of each prepared by another
+ * A write batch at least this large has the next segment prepared 'lazy' (no zeros written: a recycled file's
+ * blocks marked unwritten, a new file sparse). Zero-filling writes (and syncs) a zero byte for every WAL byte;
+ * lazy, each fdatasync also commits the conversion or allocation of the blocks written in the journal, which
+ * costs a lone small append ~0.04–0.07 ms (p50 0.21 against 0.14 ms for 8 KiB into a sparse file on this
+ * machine's ext4, 0.12 against 0.08 into unwritten blocks) but is lost in a large batch's sync. Measured with
+ * pwrite + fdatasync loops of 64 files round robin, 4 MiB batches, the next segment of each prepared by another
  * thread: 855–1,085 MiB/s into sparse files against 505–532 into zero-filled new ones; one file, 6 MiB
- * batches: 676–763 sparse against ~780 zero-filled ahead. The same size as the writer's large-batch mode
- * (wal_writer.ts OVERLAP_VERIFY_MIN_BYTES), where sync time dwarfs a journal commit.
+ * batches: 676–763 sparse against ~780 zero-filled ahead (segment_file.ts has the recycled numbers). The same
+ * size as the writer's large-batch mode (wal_writer.ts OVERLAP_VERIFY_MIN_BYTES), where sync time dwarfs a
+ * journal commit.
  */
-export const SPARSE_PREPARE_MIN_BATCH_BYTES = 1024 * 1024;
-const SPARSE_PREPARE_MIN_BATCH = BigInt(SPARSE_PREPARE_MIN_BATCH_BYTES);
+export const LAZY_FILL_MIN_BATCH_BYTES = 1024 * 1024;
+const LAZY_FILL_MIN_BATCH = BigInt(LAZY_FILL_MIN_BATCH_BYTES);
 
 /** The part of TimelineWalOptions preparation uses (TimelineWal passes its own options object). */
 export interface SegmentPreparerOptions {
@@ -89,11 +91,11 @@ export class SegmentPreparer {
     }
   }
 
-  /** Starts preparing segment `segno`, after a write batch of `batchBytes` (its size picks a new file's fill). */
+  /** Starts preparing segment `segno`, after a write batch of `batchBytes` (its size picks the fill). */
   prepare(segno: bigint, batchBytes: bigint): void {
-    const newFill: NewSegmentFill = batchBytes >= SPARSE_PREPARE_MIN_BATCH ? 'sparse' : 'zeros';
+    const fill: SegmentFill = batchBytes >= LAZY_FILL_MIN_BATCH ? 'lazy' : 'zeros';
     const { dir, segmentSizeBytes, noSync } = this.options;
-    const done = this.options.pool.prepare({ kind: 'prepare', segno, newFill, dir, segmentSizeBytes, noSync }).then(
+    const done = this.options.pool.prepare({ kind: 'prepare', segno, fill, dir, segmentSizeBytes, noSync }).then(
       (result) => {
         // A failed preparation (e.g. disk full) is not fatal: the writer creates the file itself when it
         // gets there, and reports the error then. Do not retry this segment from here.

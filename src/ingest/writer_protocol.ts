@@ -7,7 +7,7 @@
 import type { DecoderState } from '../wal/record_decoder.js';
 import type { Lsn } from '../wal/lsn.js';
 import type { WalCorruptionError } from '../errors.js';
-import type { NewSegmentFill, PreparedSegment } from '../storage/segment_file.js';
+import type { PreparedSegment, SegmentFill } from '../storage/segment_file.js';
 
 interface TimelineFiles {
   /** The timeline directory holding its segment files. */
@@ -30,11 +30,11 @@ export interface WriteTask extends TimelineFiles {
   decoder: DecoderState;
 }
 
-/** Create a segment ahead of the writer: zeros over a recycled one, else a new file made as `newFill` says. */
+/** Create a segment ahead of the writer, from a recycled one when there is one, zero-filled as `fill` says. */
 export interface PrepareTask extends TimelineFiles {
   kind: 'prepare';
   segno: bigint;
-  newFill: NewSegmentFill;
+  fill: SegmentFill;
 }
 
 /** Cut WAL at `lsn`: later segments deleted, the tail of lsn's segment zeroed, renamed back to `.partial`. */

@@ -10,11 +10,11 @@ import { after, describe, it } from 'node:test';
 import { acquireLock, FLOCK_FILE_NAME, LOCK_FILE_NAME, releaseLock } from '../../src/data_dir.js';
 import { DataDirLockedError, StorageIoError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
-import { NATIVE_LOCK_EXCLUSIVE } from '../../src/native_lock.js';
+import { NATIVE_LOCK_EXCLUSIVE } from '../../src/native_fs.js';
 import { waitFor } from '../harness/wait.js';
 
-const ADDON = fileURLToPath(new URL('../../native/build/Release/fs_lock.node', import.meta.url));
-const NATIVE_SKIP = NATIVE_LOCK_EXCLUSIVE === null ? 'native/fs_lock is not built here' : false;
+const ADDON = fileURLToPath(new URL('../../native/build/Release/fs_calls.node', import.meta.url));
+const NATIVE_SKIP = NATIVE_LOCK_EXCLUSIVE === null ? 'native/fs_calls is not built here' : false;
 
 const directories: string[] = [];
 const children: ChildProcess[] = [];

@@ -18,7 +18,8 @@ import { readWal, readWalSync } from '../../src/storage/segment_read.js';
 import { SegmentWriter } from '../../src/storage/segment_writer.js';
 import { AssertionError } from '../../src/sync/assert.js';
 import { initialSegmentImage } from '../../src/wal/segment_image.js';
-import { closeSync } from 'node:fs';
+import { closeSync, openSync, writeSync } from 'node:fs';
+import { NATIVE_ZERO_RANGE } from '../../src/native_fs.js';
 
 const SEG = 1024 * 1024; // the smallest legal segment keeps the tests fast
 const SYNC = { noSync: false };
@@ -38,6 +39,20 @@ const names = (): string[] => readdirSync(dir).sort();
 const partial = (segno: bigint): string => segmentPath(dir, segno, SEG, true);
 const complete = (segno: bigint): string => segmentPath(dir, segno, SEG, false);
 const pattern = (length: number, seed: number): Uint8Array => Uint8Array.from({ length }, (_, i) => (i * 31 + seed) % 251 || 1);
+
+/** Whether the native ZERO_RANGE is built and the file system under `directory` supports it (tmpfs does not). */
+function zeroRangeWorksIn(directory: string): boolean {
+  if (NATIVE_ZERO_RANGE === null) return false;
+  const probe = join(directory, 'zero-range-probe');
+  writeFileSync(probe, pattern(8192, 3));
+  const fd = openSync(probe, 'r+');
+  try {
+    return NATIVE_ZERO_RANGE(fd, 0, 8192);
+  } finally {
+    closeSync(fd);
+    rmSync(probe);
+  }
+}
 const isAllZero = (bytes: Uint8Array): boolean => bytes.every((b) => b === 0);
 
 describe('segment creation', () => {
@@ -76,18 +91,35 @@ describe('segment creation', () => {
     assert.ok(isAllZero(readFileSync(partial(8n))));
   });
 
-  test('prepareSegment sparse: a full-length .partial without blocks that reads as zeros; a recycled file is still taken and zeroed', () => {
-    assert.equal(prepareSegment(dir, 3n, SEG, 'sparse', SYNC), 'sparse');
+  test('prepareSegment lazy: a new file is a full-length .partial without blocks that reads as zeros', () => {
+    assert.equal(prepareSegment(dir, 3n, SEG, 'lazy', SYNC), 'sparse');
     const stat = statSync(partial(3n));
     assert.equal(stat.size, SEG);
     assert.ok(stat.blocks * 512 < SEG / 2, `no blocks allocated (${stat.blocks} blocks)`);
     assert.ok(isAllZero(readFileSync(partial(3n))));
+  });
+
+  test('prepareSegment lazy: a recycled file keeps its blocks, marked unwritten where the file system can, and reads as zeros', () => {
     const recycled = join(dir, 'recycled-000000010000000000000001');
     writeFileSync(recycled, pattern(SEG, 6));
     const inode = statSync(recycled).ino;
-    assert.equal(prepareSegment(dir, 4n, SEG, 'sparse', SYNC), 'recycled');
-    assert.equal(statSync(partial(4n)).ino, inode, 'the recycled file, renamed');
-    assert.ok(isAllZero(readFileSync(partial(4n))), 'zeroed over its old bytes');
+    const expected = zeroRangeWorksIn(dir) ? 'unwritten' : 'recycled';
+    assert.equal(prepareSegment(dir, 4n, SEG, 'lazy', SYNC), expected);
+    const stat = statSync(partial(4n));
+    assert.equal(stat.ino, inode, 'the recycled file, renamed');
+    assert.equal(stat.size, SEG);
+    assert.ok(stat.blocks * 512 >= SEG, `its blocks stay allocated (${stat.blocks} blocks)`);
+    assert.ok(isAllZero(readFileSync(partial(4n))), 'none of the old WAL shows');
+    // Written through like any segment.
+    const fd = openSegmentForWrite(dir, 4n, SEG, SYNC);
+    try {
+      writeSync(fd, pattern(4096, 9), 0, 4096, 8192);
+    } finally {
+      closeSync(fd);
+    }
+    const bytes = readFileSync(partial(4n));
+    assert.deepEqual(bytes.subarray(8192, 8192 + 4096), Buffer.from(pattern(4096, 9)));
+    assert.ok(isAllZero(bytes.subarray(0, 8192)) && isAllZero(bytes.subarray(8192 + 4096)));
   });
 
   test('a recycled file of another length is cut or grown to the segment size', () => {
@@ -276,5 +308,47 @@ describe('initial segment and reads', () => {
     const gone = join(dir, 'gone');
     assert.throws(() => prepareSegment(gone, 1n, SEG, 'zeros', NOSYNC), (e: unknown) => e instanceof NotFoundError && e.message.includes(gone));
     assert.equal(existsSync(gone), false);
+  });
+});
+
+describe('native zeroRange (fallocate FALLOC_FL_ZERO_RANGE)', { skip: NATIVE_ZERO_RANGE === null ? 'native/fs_calls is not built here' : false }, () => {
+  const zeroRange = NATIVE_ZERO_RANGE!;
+
+  test('zeros the range and nothing else, keeping size and blocks', { skip: process.platform !== 'linux' || !zeroRangeWorksIn(tmpdir()) ? 'no ZERO_RANGE on this file system' : false }, () => {
+    const path = join(dir, 'file');
+    const original = pattern(64 * 1024, 7);
+    writeFileSync(path, original);
+    const fd = openSync(path, 'r+');
+    try {
+      assert.equal(zeroRange(fd, 4096, 16 * 1024), true);
+    } finally {
+      closeSync(fd);
+    }
+    const bytes = readFileSync(path);
+    assert.equal(bytes.length, original.length);
+    assert.ok(isAllZero(bytes.subarray(4096, 4096 + 16 * 1024)));
+    assert.deepEqual(bytes.subarray(0, 4096), Buffer.from(original.subarray(0, 4096)));
+    assert.deepEqual(bytes.subarray(20 * 1024), Buffer.from(original.subarray(20 * 1024)));
+    assert.ok(statSync(path).blocks * 512 >= original.length, 'blocks stay allocated');
+  });
+
+  test('a bad fd throws an Error with code EBADF; bad arguments throw a TypeError', () => {
+    assert.throws(() => zeroRange(1_000_000, 0, 4096), (e: unknown) => e instanceof Error && (e as NodeJS.ErrnoException).code === 'EBADF' && /fallocate\(1000000, FALLOC_FL_ZERO_RANGE, 0, 4096\) failed/.test(e.message));
+    assert.throws(() => zeroRange(-1, 0, 4096), TypeError);
+    assert.throws(() => zeroRange(0, 0.5, 4096), TypeError);
+    assert.throws(() => zeroRange(0, 0, 0), TypeError);
+    assert.throws(() => (zeroRange as unknown as (fd: unknown) => boolean)('3'), TypeError);
+  });
+
+  test('a read-only fd is refused with an error, and the file is unchanged', () => {
+    const path = join(dir, 'ro');
+    writeFileSync(path, pattern(8192, 2));
+    const fd = openSync(path, 'r');
+    try {
+      assert.throws(() => zeroRange(fd, 0, 8192), (e: unknown) => e instanceof Error && (e as NodeJS.ErrnoException).code === 'EBADF');
+    } finally {
+      closeSync(fd);
+    }
+    assert.deepEqual(readFileSync(path), Buffer.from(pattern(8192, 2)));
   });
 });

@@ -7,7 +7,7 @@ import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StateBlock } from '../../src/ingest/state_block.js';
-import { SPARSE_PREPARE_MIN_BATCH_BYTES } from '../../src/ingest/segment_preparer.js';
+import { LAZY_FILL_MIN_BATCH_BYTES } from '../../src/ingest/segment_preparer.js';
 import { TimelineWal } from '../../src/ingest/timeline_wal.js';
 import { createWriterPool, type WriterPool } from '../../src/ingest/writer_pool.js';
 import type { WriteResult } from '../../src/ingest/writer_protocol.js';
@@ -90,7 +90,7 @@ describe('TimelineWal', () => {
     assert.ok(allocated(18n) >= SEGMENT_BYTES, 'segment 18: zero blocks');
     // One large batch from segment 17 into 20: 21 is prepared sparse.
     const large = bytes.subarray(at, at + 3 * SEGMENT_BYTES);
-    assert.ok(large.length >= SPARSE_PREPARE_MIN_BATCH_BYTES);
+    assert.ok(large.length >= LAZY_FILL_MIN_BATCH_BYTES);
     assert.equal(wal.tryAppend(START_LSN + BigInt(at), large), true);
     at += large.length;
     await wal.flushAll(signal());
