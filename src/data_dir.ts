@@ -30,7 +30,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { constants } from 'node:fs';
-import { link, open, readFile, readlink, realpath, rename, rm, unlink, type FileHandle } from 'node:fs/promises';
+import { link, open, readdir, readFile, readlink, realpath, rename, rm, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import type { Config } from './config/schema.js';
 import { ConfigError, DataDirLockedError, StorageIoError } from './errors.js';
@@ -51,6 +51,30 @@ const LOCK_ATTEMPTS_MAX = 5;
  * handle referenced here also keeps Node from closing it, and so dropping the lock, on garbage collection.
  */
 const lockedDataDirs = new Map<string, FileHandle | null>();
+
+/** Names of the lock and pid files, and of the id file's temp files (`writeFileDurably`). */
+const isStartupFileName = (name: string): boolean => name === FLOCK_FILE_NAME || name === LOCK_FILE_NAME || (name.startsWith(`${NODE_ID_FILE_NAME}.`) && name.endsWith('.tmp'));
+
+/**
+ * Refuses a data directory that holds anything but has no node id file: it is not a safekeeper's (a mistyped
+ * path, `/`, a home directory), and a start would take it over: it empties `<data_dir>/tmp` (`clearTmpDir`) and
+ * opens every id-named subdirectory as a tenant. Accepted: an empty directory (a new node), one with the id file
+ * (a node's directory: the id is written at first start, before anything else), and one holding only what a
+ * first start that stopped before writing the id leaves (the lock and pid files, an id temp file). Run before
+ * the lock, which creates files in the directory.
+ */
+export async function checkDataDirIsOurs(config: Config): Promise<void> {
+  const names = await readdir(config.dataDir);
+  if (names.includes(NODE_ID_FILE_NAME) || names.every(isStartupFileName)) return;
+  const shown = names.filter((name) => !isStartupFileName(name)).sort();
+  const listed = shown.slice(0, 5).map((name) => JSON.stringify(name)).join(', ') + (shown.length > 5 ? `, and ${shown.length - 5} more` : '');
+  throw new ConfigError(
+    'data_dir',
+    config.sources.data_dir,
+    `${config.dataDir} is not a safekeeper data directory: it is not empty (${listed}) and has no ${NODE_ID_FILE_NAME}; ` +
+      'the node would take it over (and empty its tmp/), so point data_dir at a new or empty directory',
+  );
+}
 
 /**
  * The node id file: written (and fsynced, with its directory) on first start; afterwards it wins over

@@ -11,13 +11,12 @@
  * in data_dir.ts. Main thread.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Config } from './config/schema.js';
 import { formatHostPort, type HostPort } from './config/value_parsers.js';
-import { acquireLock, releaseLock, settleNodeId } from './data_dir.js';
+import { acquireLock, checkDataDirIsOurs, releaseLock, settleNodeId } from './data_dir.js';
 import { ConfigError, ShutdownError, TooManyConnectionsError } from './errors.js';
 import { createHttpServer, registerRoutes, type HttpApp, type RouteGroup } from './http/server.js';
 import { childLogger, log as rootLog, type Logger } from './log.js';
@@ -26,6 +25,7 @@ import { AssertionError } from './sync/assert.js';
 import { CancelToken, sleep } from './sync/cancel.js';
 import { Gate } from './sync/gate.js';
 import { SLOW_WAIT_MS } from './limits.js';
+import { makeDirectories } from './storage/layout.js';
 import { CRC_NATIVE_NAME } from './wal/crc.js';
 import { RECORD_CRC_NATIVE } from './wal/record_crc.js';
 
@@ -80,7 +80,10 @@ export class SafekeeperNode {
   }
 
   static async start(config: Config, hooks: NodeHooks, parentLog: Logger = rootLog): Promise<SafekeeperNode> {
-    await mkdir(config.dataDir, { recursive: true });
+    await makeDirectories(config.dataDir).catch((error: unknown) => {
+      throw new ConfigError('data_dir', config.sources.data_dir, `cannot create ${config.dataDir}: ${error instanceof Error ? error.message : String(error)}`);
+    });
+    await checkDataDirIsOurs(config);
     await acquireLock(config.dataDir, parentLog);
     let node: SafekeeperNode | null = null;
     try {

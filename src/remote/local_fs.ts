@@ -17,13 +17,14 @@
  * coordinator thread.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { NotFoundError } from '../errors.js';
 import { assert } from '../sync/assert.js';
 import { Mutex } from '../sync/mutex.js';
 import { RemoteStorageError, isValidKey, remoteNotFound, type ByteRange, type RemoteBackend, type RemoteObjectHead, type RemoteObjectInfo } from './remote_storage.js';
 import { readUpTo } from '../storage/file_read.js';
+import { makeDirectories } from '../storage/layout.js';
 
 const META_SUFFIX = '.meta';
 const TEMP_SUFFIX = '.tmp';
@@ -204,11 +205,11 @@ export class LocalFsBackend implements RemoteBackend {
   }
 
   /**
-   * `mkdir -p dir`, then an fsync of the parent of every directory it created (from the first one created,
+   * `mkdir -p dir` (`makeDirectories`), then an fsync of the parent of every directory it created (from the first one created,
    * which mkdir returns, down to `dir`); `dir`'s own entries are fsynced by the put that fills it.
    */
   async #makeDirectoryDurably(dir: string): Promise<void> {
-    const firstCreated = await mkdir(dir, { recursive: true });
+    const firstCreated = await makeDirectories(dir);
     if (firstCreated === undefined || this.options.noSync) return;
     const first = resolve(firstCreated);
     for (let created = resolve(dir); ; created = dirname(created)) {

@@ -17,9 +17,9 @@
  * async (fs/promises) for the main and coordinator threads; `listSegmentsSync` is for workers.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, rm } from 'node:fs/promises';
+import { mkdir, open, readdir, rm, stat } from 'node:fs/promises';
 import { closeSync, fsyncSync, openSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import type { TenantId, TimelineId } from '../acceptor/state.js';
 import { DiskFullError, NotFoundError, SafekeeperError, StorageIoError } from '../errors.js';
 import { AssertionError, assert, unreachable } from '../sync/assert.js';
@@ -154,6 +154,37 @@ export async function createStagingDir(dataDir: string, tenantId: TenantId, time
     throw storageError(error, 'mkdir', path);
   }
   return path;
+}
+
+/**
+ * `mkdir -p path`: creates `path` and its missing ancestors, and returns the first one it created (undefined when
+ * `path` was already a directory), as `mkdir(path, { recursive: true })` does. Not that call, because Node 20's
+ * spins forever at 100% CPU when the kernel answers ENOENT for a directory whose parent exists (anywhere under
+ * /proc, e.g. `--data-dir /proc/x`). Here each level is tried once more after its parent exists, so such a path
+ * fails with that ENOENT. Errors are Node's fs errors (the caller names what the directory is for).
+ */
+export async function makeDirectories(path: string): Promise<string | undefined> {
+  const target = resolve(path);
+  try {
+    await mkdir(target);
+    return target;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') {
+      if ((await stat(target)).isDirectory()) return undefined; // stat follows a symlink to a directory
+      throw error;
+    }
+    if (code !== 'ENOENT' || dirname(target) === target) throw error;
+  }
+  const firstCreated = await makeDirectories(dirname(target));
+  try {
+    await mkdir(target);
+  } catch (error) {
+    // Made meanwhile by someone else: fine when it is a directory.
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST' || !(await stat(target)).isDirectory()) throw error;
+    return firstCreated;
+  }
+  return firstCreated ?? target;
 }
 
 /** Removes `tmp/` and everything in it. Run at startup: anything staged there belongs to a dead process. */

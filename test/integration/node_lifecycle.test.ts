@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
 import { Writable } from 'node:stream';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -104,6 +104,36 @@ describe('safekeeper run', () => {
     const conflicting = await runCli(testNodeArgs(dataDir, ['--id', '8']));
     assert.equal(conflicting.code, 2);
     assert.match(conflicting.stderr, /config key 'id' \(from flag --id\): .*belongs to node 7, not 8/);
+  });
+
+  test('refuses a non-empty directory that is not a safekeeper data directory, and leaves it untouched', async () => {
+    // Found by running `--data-dir /`: the start emptied <data_dir>/tmp, that is /tmp.
+    const dataDir = newDataDir();
+    await mkdir(join(dataDir, 'tmp'), { recursive: true });
+    await writeFile(join(dataDir, 'tmp', 'keep.txt'), 'not ours\n');
+    await writeFile(join(dataDir, 'notes.txt'), 'not ours either\n');
+    const result = await runCli(testNodeArgs(dataDir));
+    assert.equal(result.code, 2);
+    assert.match(result.stderr, new RegExp(`config key 'data_dir' \\(from flag --data-dir\\): ${dataDir} is not a safekeeper data directory: it is not empty \\("notes.txt", "tmp"\\) and has no safekeeper.id`));
+    assert.equal(await readFile(join(dataDir, 'tmp', 'keep.txt'), 'utf8'), 'not ours\n');
+    assert.deepEqual((await readdir(dataDir)).sort(), ['notes.txt', 'tmp'], 'no lock, pid or id file left behind');
+  });
+
+  test('starts in a directory a first start left with only its lock and pid files', async () => {
+    const dataDir = newDataDir();
+    await mkdir(dataDir, { recursive: true });
+    await writeFile(join(dataDir, 'safekeeper.lock'), '');
+    await writeFile(join(dataDir, 'safekeeper.pid'), `${await deadPid()}\n`);
+    const node = await spawnNode(testNodeArgs(dataDir));
+    assert.equal((await readFile(join(dataDir, 'safekeeper.id'), 'utf8')).trim(), '1');
+    await node.stop();
+  });
+
+  test('a data directory that cannot be created is a config error naming data_dir, even under /proc', async () => {
+    // Node's recursive mkdir spins forever on /proc (ENOENT with an existing parent); the node must not.
+    const result = await runCli(testNodeArgs('/proc/no-such-safekeeper-dir/data'));
+    assert.equal(result.code, 2);
+    assert.match(result.stderr, /config key 'data_dir' \(from flag --data-dir\): cannot create \/proc\/no-such-safekeeper-dir\/data: ENOENT/);
   });
 
   test('exits 2 naming the key for a bad config file value', async () => {

@@ -11,6 +11,7 @@ import { acquireLock, FLOCK_FILE_NAME, LOCK_FILE_NAME, releaseLock } from '../..
 import { DataDirLockedError, StorageIoError } from '../../src/errors.js';
 import { createLogger } from '../../src/log.js';
 import { NATIVE_LOCK_EXCLUSIVE } from '../../src/native_fs.js';
+import { makeDirectories } from '../../src/storage/layout.js';
 import { waitFor } from '../harness/wait.js';
 
 const ADDON = fileURLToPath(new URL('../../native/build/Release/fs_calls.node', import.meta.url));
@@ -246,5 +247,26 @@ describe('data directory lock without the native addon (pid file only)', () => {
     await writeFile(join(dataDir, LOCK_FILE_NAME), `${process.pid}\n`); // a second container's PID 1, seen from ours
     await acquireLock(dataDir, log, null);
     await releaseLock(dataDir);
+  });
+});
+
+describe('makeDirectories (mkdir -p without Node recursive mkdir)', () => {
+  it('creates missing ancestors and returns the first one it created, undefined when the directory exists', async () => {
+    const base = await mkdtemp(join(tmpdir(), 'sk-mkdirs-'));
+    try {
+      assert.equal(await makeDirectories(join(base, 'a', 'b', 'c')), join(base, 'a'));
+      assert.ok(existsSync(join(base, 'a', 'b', 'c')));
+      assert.equal(await makeDirectories(join(base, 'a', 'b', 'c')), undefined);
+      assert.equal(await makeDirectories(join(base, 'a', 'd')), join(base, 'a', 'd'));
+      await writeFile(join(base, 'file'), 'x');
+      await assert.rejects(makeDirectories(join(base, 'file')), { code: 'EEXIST' });
+      await assert.rejects(makeDirectories(join(base, 'file', 'below')), { code: 'ENOTDIR' });
+    } finally {
+      await rm(base, { recursive: true, force: true });
+    }
+  });
+
+  it('fails with ENOENT under /proc, where Node 20 recursive mkdir spins forever', { skip: process.platform !== 'linux' ? 'no /proc' : false }, async () => {
+    await assert.rejects(makeDirectories('/proc/no-such-safekeeper-dir/data'), { code: 'ENOENT' });
   });
 });
