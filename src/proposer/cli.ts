@@ -140,8 +140,9 @@ function parseProposeArgs(argv: string[]): ProposeArgs | 'help' {
   const duplicate = duplicateSafekeeper(safekeepers);
   if (duplicate !== null) throw new UsageError(`--safekeepers: ${duplicate[1]} is listed twice (as ${duplicate[0]} too); each safekeeper counts once toward the quorum, so list it once`);
   const idOf = <T>(flag: 'tenant-id' | 'timeline-id', parse: (text: string) => T): T => {
+    const text = required(flag); // its UsageError already names the flag
     try {
-      return parse(required(flag));
+      return parse(text);
     } catch (error) {
       throw new UsageError(`--${flag}: ${error instanceof Error ? error.message : String(error)}`);
     }

@@ -304,6 +304,16 @@ describe('duplicate safekeepers', () => {
     assert.match(stderr, /--safekeepers: 127\.0\.0\.1:5451 is listed twice/);
   });
 
+  it('names a missing or bad id flag once, with exit code 2', async () => {
+    const safekeepers = ['--safekeepers', '127.0.0.1:5451,127.0.0.1:5452,127.0.0.1:5453', '--synthetic'];
+    const missing = await propose([...safekeepers, '--timeline-id', TIMELINE]);
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /^safekeeper propose: --tenant-id is required \(see safekeeper propose --help\)\n$/);
+    const bad = await propose([...safekeepers, '--tenant-id', TENANT, '--timeline-id', 'zz']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /^safekeeper propose: --timeline-id: not a timeline id \(32 lower-case hex chars\): "zz"/);
+  });
+
   it('refuses a synthetic record larger than PostgreSQL allows with exit code 2 (the WAL builder asserted on it)', async () => {
     const { code, stderr } = await propose(['--safekeepers', '127.0.0.1:5451,127.0.0.1:5452,127.0.0.1:5453', '--tenant-id', TENANT, '--timeline-id', TIMELINE, '--synthetic', '--record-bytes', '1020MiB']);
     assert.equal(code, 2);
