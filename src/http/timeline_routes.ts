@@ -51,11 +51,12 @@ const createBody = z.strictObject({
 });
 const deleteQuery = z.object({ only_local: z.enum(['true', 'false']).optional() });
 
-function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
+/** Validates a request body or query string (`what` says which, for the message). */
+function parseBody<T>(schema: z.ZodType<T>, body: unknown, what: 'request body' | 'query' = 'request body'): T {
   const result = schema.safeParse(body);
   if (!result.success) {
     const issue = result.error.issues[0];
-    throw new InvalidArgumentError(`bad request body: ${issue?.path.join('.') || '(root)'}: ${issue?.message ?? 'invalid'}`);
+    throw new InvalidArgumentError(`bad ${what}: ${issue?.path.join('.') || '(root)'}: ${issue?.message ?? 'invalid'}`);
   }
   return result.data;
 }
@@ -135,7 +136,7 @@ export function timelineRoutes(registry: TimelineRegistry): RouteGroup {
 
     app.delete('/v1/tenant/:tenant_id/timeline/:timeline_id', async (request) => {
       const { tenantId, timelineId } = ids(request.params);
-      const query = parseBody(deleteQuery, request.query);
+      const query = parseBody(deleteQuery, request.query, 'query');
       const { dirExisted } = await registry.delete(tenantId, timelineId, { onlyLocal: query.only_local === 'true' });
       return { dir_existed: dirExisted };
     });

@@ -98,6 +98,11 @@ describe('HTTP timeline routes', () => {
     assert.equal(existsSync(join(dataDir, TENANT, TIMELINE_B)), false, 'a refused create leaves no directory');
     assert.equal((await http(base, 'GET', `/v1/tenant/${TENANT}/timeline/${TIMELINE_B}`)).status, 404);
     assert.equal((await http(base, 'GET', `/v1/tenant/not-hex/timeline/${TIMELINE_B}`)).status, 400);
+    // A bad query parameter is named as one, not as a body field.
+    assert.deepEqual(await http(base, 'DELETE', `/v1/tenant/${TENANT}/timeline/${TIMELINE_A}?only_local=maybe`), {
+      status: 400,
+      json: { msg: 'bad query: only_local: Invalid option: expected one of "true"|"false"' },
+    });
 
     assert.deepEqual(await http(base, 'DELETE', `/v1/tenant/${TENANT}/timeline/${TIMELINE_A}`), { status: 200, json: { dir_existed: true } });
     assert.deepEqual(await http(base, 'DELETE', `/v1/tenant/${TENANT}/timeline/${TIMELINE_A}`), { status: 200, json: { dir_existed: false } });
