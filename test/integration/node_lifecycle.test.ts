@@ -173,7 +173,10 @@ describe('safekeeper config, --help, --version', () => {
     const help = await runCli(['--help']);
     assert.equal(help.code, 0);
     assert.match(help.stdout, /--control-file-save-interval VALUE/);
-    assert.match(help.stdout, /--no-sync /);
+    assert.match(help.stdout, /--no-sync .*UNSAFE/);
+    // --help shows each doc's first sentence: keys refused at start must say so there.
+    assert.match(help.stdout, /--auth-public-key VALUE .*not implemented yet/);
+    assert.match(help.stdout, /--broker VALUE .*not implemented yet/);
   });
 });
 
