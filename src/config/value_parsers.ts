@@ -89,8 +89,20 @@ export function parseRemoteStorage(url: string): Parsed<RemoteStorageConfig> {
   const prefix = decodePrefix(parsed.pathname);
   if (prefix === null) return fail(`bad percent-encoding in the S3 prefix: ${JSON.stringify(parsed.pathname)} (write a literal % as %25)`);
   const endpoint = parsed.searchParams.get('endpoint');
+  if (endpoint !== null && !isHttpUrl(endpoint)) return fail(`S3 endpoint is not an http:// or https:// URL: ${JSON.stringify(endpoint)}`);
   const region = parsed.searchParams.get('region');
+  if (region === '') return fail('S3 region is empty: give region=NAME or leave the option out');
   return ok({ kind: 's3', url, bucket: parsed.hostname, prefix, endpoint, region });
+}
+
+/** An absolute http(s) URL with a host, as the S3 client needs for an endpoint. */
+function isHttpUrl(text: string): boolean {
+  try {
+    const url = new URL(text);
+    return (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname !== '';
+  } catch {
+    return false;
+  }
 }
 
 /**

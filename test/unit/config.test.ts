@@ -203,6 +203,11 @@ describe('loadConfig errors name the key and its source', () => {
     for (const url of ['s3://bucket/%', 's3://bucket/wal/%E0%A4%A', 's3://bucket/%zz/prefix']) {
       assertConfigError(() => loadConfig({ flags: { 'remote-storage': url }, cwd }), 'remote_storage', 'flag --remote-storage', /bad percent-encoding in the S3 prefix/);
     }
+    // A bad endpoint or an empty region was accepted, and only failed (retried with backoff) at the first upload.
+    for (const url of ['s3://bucket/p?endpoint=notaurl', 's3://bucket/p?endpoint=ftp://x:21', 's3://bucket/p?endpoint=']) {
+      assertConfigError(() => loadConfig({ flags: { 'remote-storage': url }, cwd }), 'remote_storage', 'flag --remote-storage', /S3 endpoint is not an http:\/\/ or https:\/\/ URL/);
+    }
+    assertConfigError(() => loadConfig({ flags: { 'remote-storage': 's3://bucket/p?region=' }, cwd }), 'remote_storage', 'flag --remote-storage', /S3 region is empty/);
     assertConfigError(() => loadConfig({ flags: { broker: 'etcd://' }, cwd }), 'broker', 'flag --broker', /not an address/);
     assertConfigError(() => loadConfig({ flags: { broker: 'zookeeper://x:1' }, cwd }), 'broker', 'flag --broker', /expected "embedded"/);
   });
