@@ -1,12 +1,16 @@
 /**
  * Refusing pg connections over the limit, and serving sockets from a plain net.Server.
  *
- * `PgRefusals` answers a socket over `max_connections` with ErrorResponse 53300 (too_many_connections) at
- * once, before its StartupMessage, as PostgreSQL's postmaster does when it cannot start a backend (libpq
- * reads that ErrorResponse even in reply to an SSLRequest). A refused socket must not outlive its purpose,
- * or the limit bounds nothing and enough clients exhaust the file descriptors WAL segments need:
- * - it is read, and the bytes discarded, so the client's FIN is seen and closing never resets a socket
- *   with unread bytes (a reset can make the client lose the ErrorResponse);
+ * `PgRefusals` answers a socket over `max_connections` with ErrorResponse 53300 (too_many_connections) as
+ * the reply to its StartupMessage. An SSLRequest or GSSENCRequest before it gets 'N' first, as on a served
+ * connection: current libpq (psql 15.18 here; the fix for CVE-2024-10977) does not show an error sent in
+ * reply to an SSLRequest, only "server sent an error response during SSL exchange", so answering at once,
+ * as PostgreSQL's postmaster does when it cannot start a backend, hid the reason from psql with its default
+ * sslmode=prefer. A client that sends no whole packet within REFUSED_NEGOTIATION_WAIT_MS (bounded by half the
+ * linger time) gets the ErrorResponse then. A refused socket must not outlive its purpose, or the limit
+ * bounds nothing and enough clients exhaust the file descriptors WAL segments need:
+ * - it is read, and the bytes after its first packets discarded, so the client's FIN is seen and closing
+ *   never resets a socket with unread bytes (a reset can make the client lose the ErrorResponse);
  * - it is destroyed when the client closes its side (once our reply is written) or on an error, and after
  *   REFUSED_SOCKET_LINGER_MS in any case (an unref'd timer: it never keeps the process alive);
  * - at most REFUSED_SOCKETS_MAX are open at once; beyond that a socket is destroyed without a reply.
@@ -20,8 +24,9 @@ import type { Socket } from 'node:net';
 import { TooManyConnectionsError, type SafekeeperError } from '../errors.js';
 import { CONNECTIONS_MAX } from '../limits.js';
 import { assert } from '../sync/assert.js';
-import { errorResponse } from './backend_encoder.js';
+import { errorResponse, NEGOTIATION_REFUSED } from './backend_encoder.js';
 import { PgConnection, type PgConnectionOptions, type PgQueryHandler } from './connection.js';
+import { StartupCode } from './frame_decoder.js';
 import { errorFields } from './sqlstate.js';
 
 /**
@@ -36,7 +41,15 @@ export const REFUSED_SOCKETS_MAX = 256;
  */
 export const REFUSED_SOCKET_LINGER_MS = 1_000;
 
-const discardBytes = (): void => undefined;
+/**
+ * How long a refused socket waits for its first packet before the ErrorResponse goes out anyway. libpq sends
+ * its SSLRequest as soon as it is connected, half a round trip after our accept.
+ */
+export const REFUSED_NEGOTIATION_WAIT_MS = 200;
+/** Length of an SSLRequest or GSSENCRequest: int32 length + int32 code. */
+const NEGOTIATION_PACKET_BYTES = 8;
+/** SSLRequest then GSSENCRequest is the longest legitimate negotiation (startup_handshake.ts). */
+const NEGOTIATIONS_MAX = 2;
 
 export class PgRefusals {
   #openCount = 0;
@@ -44,9 +57,11 @@ export class PgRefusals {
   constructor(
     readonly socketsMax: number = REFUSED_SOCKETS_MAX,
     readonly lingerMs: number = REFUSED_SOCKET_LINGER_MS,
+    readonly negotiationWaitMs: number = REFUSED_NEGOTIATION_WAIT_MS,
   ) {
     assert(Number.isInteger(socketsMax) && socketsMax >= 0, 'socketsMax must be a non-negative integer');
     assert(Number.isInteger(lingerMs) && lingerMs > 0, 'lingerMs must be a positive integer');
+    assert(Number.isInteger(negotiationWaitMs) && negotiationWaitMs >= 0, 'negotiationWaitMs must be a non-negative integer');
   }
 
   /** Refused sockets not closed yet; at most `socketsMax`. */
@@ -71,9 +86,35 @@ export class PgRefusals {
     });
     socket.on('error', () => socket.destroy()); // resets are routine here; there is nothing to report
     socket.once('end', () => (socket.writableFinished ? socket.destroy() : socket.once('finish', () => socket.destroy())));
-    socket.on('data', discardBytes);
+    let answered = false;
+    const answer = (): void => {
+      if (answered) return;
+      answered = true;
+      clearTimeout(waitTimer);
+      socket.end(errorResponse(errorFields(error)));
+    };
+    const waitTimer = setTimeout(answer, Math.min(this.negotiationWaitMs, Math.floor(this.lingerMs / 2)));
+    waitTimer.unref();
+    // Until answered, `pending` holds less than one negotiation packet; after that, bytes are discarded.
+    let pending: Buffer = Buffer.alloc(0);
+    let negotiations = 0;
+    socket.on('data', (chunk: Buffer) => {
+      if (answered) return;
+      pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
+      while (!answered && pending.length >= NEGOTIATION_PACKET_BYTES) {
+        const code = pending.readInt32BE(4);
+        const negotiation = pending.readInt32BE(0) === NEGOTIATION_PACKET_BYTES && (code === StartupCode.SslRequest || code === StartupCode.GssEncRequest);
+        if (!negotiation || negotiations >= NEGOTIATIONS_MAX) {
+          answer(); // a StartupMessage (or anything else): the ErrorResponse is its reply
+          break;
+        }
+        negotiations += 1;
+        socket.write(NEGOTIATION_REFUSED);
+        pending = pending.subarray(NEGOTIATION_PACKET_BYTES);
+      }
+      if (answered) pending = Buffer.alloc(0);
+    });
     socket.resume();
-    socket.end(errorResponse(errorFields(error)));
   }
 }
 

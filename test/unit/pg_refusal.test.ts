@@ -94,6 +94,41 @@ describe('connections over max_connections', () => {
     }
   });
 
+  it('answers SSLRequest and GSSENCRequest with N first, so libpq shows the 53300 (it hides an error sent during SSL negotiation)', async () => {
+    const refusals = new PgRefusals(64, 60_000, 60_000); // no wait timeout: only the client's packets trigger the reply
+    const connections = new PgConnectionSet(1, refusals);
+    const server = await startServer(connections);
+    const negotiation = (code: number): Buffer => {
+      const packet = Buffer.alloc(8);
+      packet.writeInt32BE(8, 0);
+      packet.writeInt32BE(code, 4);
+      return packet;
+    };
+    const startup = Buffer.from('00000000000300007573657200780000', 'hex'); // user=x, length set below
+    startup.writeInt32BE(startup.length, 0);
+    try {
+      const first = await idleClient(server.port);
+      await waitFor(() => connections.servedCount === 1, 'the first connection served');
+      // GSSENC then SSL then the StartupMessage, the SSLRequest split across two writes.
+      const client = await idleClient(server.port, { keepOpen: false });
+      client.socket.write(negotiation(80877104));
+      const ssl = negotiation(80877103);
+      client.socket.write(ssl.subarray(0, 3));
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      client.socket.write(Buffer.concat([ssl.subarray(3), startup]));
+      const received = (await client.outcome).received;
+      assert.equal(received.subarray(0, 2).toString('latin1'), 'NN');
+      assert.equal(sqlStateOf(received.subarray(2)), '53300');
+      // A client that starts with its StartupMessage gets the ErrorResponse alone.
+      const plain = await idleClient(server.port, { keepOpen: false });
+      plain.socket.write(startup);
+      assert.equal(sqlStateOf((await plain.outcome).received), '53300');
+      first.socket.destroy();
+    } finally {
+      await server.close();
+    }
+  });
+
   it('closes a refused socket as soon as the client closes its side', async () => {
     const refusals = new PgRefusals(64, 60_000);
     const connections = new PgConnectionSet(1, refusals);
