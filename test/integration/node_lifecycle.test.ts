@@ -177,6 +177,9 @@ describe('safekeeper config, --help, --version', () => {
     // --help shows each doc's first sentence: keys refused at start must say so there.
     assert.match(help.stdout, /--auth-public-key VALUE .*not implemented yet/);
     assert.match(help.stdout, /--broker VALUE .*not implemented yet/);
+    // Keys accepted for the multi-node broker but without effect until it exists say so too.
+    assert.match(help.stdout, /--advertise-pg VALUE .*no effect yet/);
+    assert.match(help.stdout, /--heartbeat-timeout VALUE .*no effect yet/);
   });
 });
 
