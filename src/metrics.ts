@@ -9,9 +9,12 @@
  * coordinator) return their measurements in task results, and the main thread observes them here.
  * Per-timeline series (`tenant_id`, `timeline_id`) are TimelineGauges, set by scrape hooks at each
  * scrape and kept by nobody in between, so a deleted timeline simply drops out and idle timelines cost
- * no series memory. Add new metrics to this file.
+ * no series memory. Labelled counters whose label values are a fixed set start with every series at 0, so
+ * each name the README lists is in /metrics from the start and rate() sees the first event.
+ * Add new metrics to this file.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { RemoteOperation, RemoteOutcome } from './remote/remote_storage.js';
 
 export const registry = new Registry();
 collectDefaultMetrics({ register: registry });
@@ -67,6 +70,7 @@ export const walSegmentsPreparedTotal = new Counter({
   labelNames: ['source'] as const,
   registers: [registry],
 });
+for (const source of ['recycled', 'zeroed', 'sparse', 'failed'] as const) walSegmentsPreparedTotal.inc({ source }, 0);
 
 export const walRingBytes = new Gauge({
   name: 'safekeeper_wal_ring_bytes',
@@ -146,6 +150,7 @@ export const evictionEventsCompletedTotal = new Counter({
   labelNames: ['kind'] as const,
   registers: [registry],
 });
+for (const kind of ['evict', 'restore'] as const) evictionEventsCompletedTotal.inc({ kind }, 0);
 
 export const evictedTimelines = new Gauge({
   name: 'safekeeper_evicted_timelines',
@@ -171,6 +176,9 @@ export const remoteStorageRequestsTotal = new Counter({
   labelNames: ['operation', 'outcome'] as const,
   registers: [registry],
 });
+const REMOTE_OPERATIONS: readonly RemoteOperation[] = ['put', 'get', 'head', 'list', 'delete', 'copy'];
+const REMOTE_OUTCOMES: readonly RemoteOutcome[] = ['ok', 'retry', 'error'];
+for (const operation of REMOTE_OPERATIONS) for (const outcome of REMOTE_OUTCOMES) remoteStorageRequestsTotal.inc({ operation, outcome }, 0);
 
 /** One series of a per-timeline gauge, as one scrape renders it. */
 export interface TimelineSample {
