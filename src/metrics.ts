@@ -15,6 +15,7 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { RemoteOperation, RemoteOutcome } from './remote/remote_storage.js';
+import type { PreparedSegment } from './storage/segment_file.js';
 
 export const registry = new Registry();
 collectDefaultMetrics({ register: registry });
@@ -70,7 +71,7 @@ export const walSegmentsPreparedTotal = new Counter({
   labelNames: ['source'] as const,
   registers: [registry],
 });
-for (const source of ['recycled', 'zeroed', 'sparse', 'failed'] as const) walSegmentsPreparedTotal.inc({ source }, 0);
+for (const source of ['recycled', 'unwritten', 'zeroed', 'sparse', 'failed'] as const satisfies readonly (Exclude<PreparedSegment, 'existing'> | 'failed')[]) walSegmentsPreparedTotal.inc({ source }, 0);
 
 export const walRingBytes = new Gauge({
   name: 'safekeeper_wal_ring_bytes',

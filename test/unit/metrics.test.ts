@@ -12,7 +12,7 @@ describe('metrics', () => {
     for (const name of ['safekeeper_manager_iterations_total', 'safekeeper_backup_tasks_running', 'safekeeper_wal_ring_bytes']) {
       assert.match(body, new RegExp(`^${name} 0$`, 'm'), name);
     }
-    for (const source of ['recycled', 'zeroed', 'sparse', 'failed']) {
+    for (const source of ['recycled', 'unwritten', 'zeroed', 'sparse', 'failed']) {
       assert.match(body, new RegExp(`^safekeeper_wal_segments_prepared_total\\{source="${source}"\\} 0$`, 'm'), source);
     }
     for (const kind of ['evict', 'restore']) assert.match(body, new RegExp(`^safekeeper_eviction_events_completed_total\\{kind="${kind}"\\} 0$`, 'm'), kind);
