@@ -100,6 +100,7 @@ export class Coordinator {
       persist: (ttid, update) => this.#rpc.request<null>({ kind: 'persist', ttid, update } satisfies CoordinatorRequest).then(() => undefined),
       reportBackupLsn: (ttid, backupLsn) => this.#notify({ kind: 'backup_lsn', ttid, backupLsn }),
       reportActive: (ttid, active) => this.#notify({ kind: 'active', ttid, active }),
+      reportOffloaded: (ttid, offloaded) => this.#notify({ kind: 'offloaded', ttid, offloaded }),
       log: (level, ttid, message, fields = {}) => this.#notify({ kind: 'log', level, ttid, message, fields }),
     };
     this.#shared = {

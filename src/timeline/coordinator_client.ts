@@ -274,6 +274,11 @@ export class CoordinatorClient implements Residency {
         if (notice.active) this.#active.add(notice.ttid);
         else this.#active.delete(notice.ttid);
         return;
+      case 'offloaded': {
+        const timeline = this.#timelines.get(notice.ttid);
+        if (timeline !== undefined) timeline.offloaded = notice.offloaded;
+        return;
+      }
       case 'log': {
         const [tenantId, timelineId] = notice.ttid?.split('/') ?? [];
         const fields = { ...notice.fields, ...(tenantId !== undefined ? { tenant_id: tenantId, timeline_id: timelineId } : {}), task: 'timeline manager' };

@@ -113,6 +113,7 @@ export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type CoordinatorNotice =
   | { kind: 'backup_lsn'; ttid: string; backupLsn: Lsn }
   | { kind: 'active'; ttid: string; active: boolean }
+  | { kind: 'offloaded'; ttid: string; offloaded: boolean }
   | { kind: 'log'; level: LogLevel; ttid: string | null; message: string; fields: Record<string, unknown> };
 
 export interface TimelineMetrics {

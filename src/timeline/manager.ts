@@ -56,6 +56,8 @@ export class TimelineManager {
   #seenTerm = -1n;
   #reportedBackupLsn = 0n;
   #active: boolean | null = null;
+  /** Whether the main thread was last told the timeline is offloaded (it starts resident, as main assumes). */
+  #reportedOffloaded = false;
   #lastPassMs = -Infinity;
   #loop: 'new' | 'running' | 'ended' = 'new';
   /** What `stop()` waits on; made by the first `stop()` (an idle manager holds no promise). */
@@ -265,6 +267,10 @@ export class TimelineManager {
     if (plan.active !== this.#active) {
       this.#active = plan.active;
       this.shared.host.reportActive(this.ttid, plan.active);
+    }
+    if (this.#jobs.offloaded !== this.#reportedOffloaded) {
+      this.#reportedOffloaded = this.#jobs.offloaded;
+      this.shared.host.reportOffloaded(this.ttid, this.#reportedOffloaded);
     }
     if (plan.save) this.#jobs.startSave();
     if (plan.removeUpToSegno !== null) this.#jobs.startRemoval(plan.removeUpToSegno);

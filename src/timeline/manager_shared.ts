@@ -33,6 +33,8 @@ export interface ManagerHost {
   persist(ttid: string, update: ManagerPersist): Promise<void>;
   reportBackupLsn(ttid: string, backupLsn: Lsn): void;
   reportActive(ttid: string, active: boolean): void;
+  /** The timeline was evicted (its WAL offloaded to remote storage) or brought back: its HTTP status says so. */
+  reportOffloaded(ttid: string, offloaded: boolean): void;
   log(level: LogLevel, ttid: string, message: string, fields?: Record<string, unknown>): void;
 }
 

@@ -29,7 +29,8 @@ import { Watch } from '../sync/watch.js';
 import type { Lsn } from '../wal/lsn.js';
 import type { ControlStore } from './control_store.js';
 
-export type TimelineStatus = 'active' | 'broken';
+/** DESIGN's lifecycle: `active ⇄ offloaded` (evicted: WAL in remote storage, brought back on demand), or `broken`. */
+export type TimelineStatus = 'active' | 'offloaded' | 'broken';
 
 export class Timeline {
   readonly ttid: string;
@@ -39,6 +40,8 @@ export class Timeline {
   readonly acceptor: Acceptor | null;
   /** The acceptor's in-memory commit_lsn, set each time it advances: what commit-mode readers wait on. */
   readonly commit: Watch<Lsn>;
+  /** Evicted (its WAL offloaded to remote storage), as its manager last reported: only the status shows it. */
+  offloaded = false;
   #hotStandbyFeedback: () => HotStandbyFeedback = emptyHotStandbyFeedback;
 
   constructor(
@@ -100,7 +103,8 @@ export class Timeline {
   }
 
   get status(): TimelineStatus {
-    return this.brokenReason === null ? 'active' : 'broken';
+    if (this.brokenReason !== null) return 'broken';
+    return this.offloaded ? 'offloaded' : 'active';
   }
 
   /** The acceptor, or a TimelineBrokenError naming why there is none. */

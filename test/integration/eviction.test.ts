@@ -44,6 +44,12 @@ async function waitEvicted(node: NodeProcess, dataDir: string, ids: Ids): Promis
   await waitFor(async () => (await localSegmentNames(dataDir, ids)).length === 0, { what: 'no local segment files' });
 }
 
+/** The `status` of the timeline's HTTP status document. */
+async function timelineStatus(node: NodeProcess, ids: Ids): Promise<string> {
+  const { bytes } = await http(node, 'GET', `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}`);
+  return (JSON.parse(new TextDecoder().decode(bytes)) as { status: string }).status;
+}
+
 async function remoteWal(node: NodeProcess, ids: Ids, startLsn: bigint, lengthBytes: number): Promise<{ status: number; bytes: Uint8Array }> {
   return http(node, 'GET', `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}/remote_wal?start_lsn=${formatLsn(startLsn)}&length=${lengthBytes}`);
 }
@@ -65,6 +71,7 @@ describe('eviction and un-eviction', { timeout: 85_000 }, () => {
     assert.deepEqual(state.evictionState, { kind: 'Offloaded', flushLsn: firstEnd });
     assert.equal(await metricValue(node, 'safekeeper_evicted_timelines'), 1);
     assert.equal((await timelineLsns(node, ids)).flushLsn, firstEnd, 'status still shows the WAL end');
+    await waitFor(async () => (await timelineStatus(node, ids)) === 'offloaded', { what: 'the status says offloaded' });
 
     // On-demand download: a full segment (1) and the partial segment (3) of an evicted timeline.
     for (const [startLsn, lengthBytes] of [
@@ -84,6 +91,7 @@ describe('eviction and un-eviction', { timeout: 85_000 }, () => {
     node = await startNode(dataDir, `file://${remoteDir}`, OFFLOAD_ARGS);
     assert.equal((await timelineLsns(node, ids)).flushLsn, firstEnd);
     await waitFor(async () => (await metricValue(node, 'safekeeper_evicted_timelines')) === 1, { what: 'offloaded after restart' });
+    await waitFor(async () => (await timelineStatus(node, ids)) === 'offloaded', { what: 'the status says offloaded after restart' });
 
     // A new proposer: the greeting waits for the unevict, then streaming continues from flush_lsn.
     const second = await stream(node, ids, wal);
@@ -91,6 +99,7 @@ describe('eviction and un-eviction', { timeout: 85_000 }, () => {
     assert.equal(second.startLsn, firstEnd, 'the new term starts where the evicted WAL ended');
     assert.deepEqual((await controlFile(dataDir, ids)).evictionState, { kind: 'Present' });
     assert.equal(await metricValue(node, 'safekeeper_eviction_events_completed_total', '{kind="restore"}'), 1);
+    await waitFor(async () => (await timelineStatus(node, ids)) === 'active', { what: 'the status says active again' });
     const local = await readTimelineWal(timelineDir(dataDir, ids), segmentStartLsn(3n, SEGMENT_BYTES), wal.endLsn, SEGMENT_BYTES);
     assert.deepEqual(local, walRange(wal, segmentStartLsn(3n, SEGMENT_BYTES), wal.endLsn), 'downloaded partial segment + new WAL are byte-identical');
     await second.proposer.close();

@@ -110,7 +110,7 @@ interface SharedOptions {
 function makeShared(fixture: Fixture, options: SharedOptions): ManagerShared {
   return {
     config: managerConfig(fixture.dataDir, options.deleteOffloadedWal),
-    host: { persist: async (_ttid, update) => void options.persisted?.push(structuredClone(update)), reportBackupLsn: () => {}, reportActive: () => {}, log: () => {} },
+    host: { persist: async (_ttid, update) => void options.persisted?.push(structuredClone(update)), reportBackupLsn: () => {}, reportActive: () => {}, reportOffloaded: () => {}, log: () => {} },
     stateWatcher: new StateWatcher(),
     remote: options.remote ?? fixture.remote,
     uploadSlots: new UploadSlots(1),
