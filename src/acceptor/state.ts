@@ -124,14 +124,19 @@ export function newTimelineState(args: {
   };
 }
 
+/**
+ * An id as a user or client wrote it: 32 hex digits of either case, as Neon's hex decoding takes them, returned
+ * in lower case, the one form the node uses (paths, remote keys, logs, JSON).
+ */
 export function parseTenantId(text: string): TenantId {
-  if (!/^[0-9a-f]{32}$/.test(text)) throw new InvalidArgumentError(`not a tenant id (32 lower-case hex chars): ${JSON.stringify(text)}`);
-  return text as TenantId;
+  if (!/^[0-9a-fA-F]{32}$/.test(text)) throw new InvalidArgumentError(`not a tenant id (32 hex chars): ${JSON.stringify(text)}`);
+  return text.toLowerCase() as TenantId;
 }
 
+/** As `parseTenantId`. */
 export function parseTimelineId(text: string): TimelineId {
-  if (!/^[0-9a-f]{32}$/.test(text)) throw new InvalidArgumentError(`not a timeline id (32 lower-case hex chars): ${JSON.stringify(text)}`);
-  return text as TimelineId;
+  if (!/^[0-9a-fA-F]{32}$/.test(text)) throw new InvalidArgumentError(`not a timeline id (32 hex chars): ${JSON.stringify(text)}`);
+  return text.toLowerCase() as TimelineId;
 }
 
 /** The map key and log field: `tenant/timeline`. */

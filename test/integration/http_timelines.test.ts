@@ -51,6 +51,10 @@ describe('HTTP timeline routes', () => {
     assert.equal(status.timeline_start_lsn, '0/1000028');
     assert.deepEqual(status.pg_info, { pg_version: 150008, system_id: 7335, wal_seg_size: 16 * 1024 * 1024 });
     assert.deepEqual(status.acceptor_state, { term: 0, epoch: 0, term_history: [{ term: 0, lsn: '0/1000028' }] });
+    // Ids in upper case name the same timeline (Neon takes either case); it is reported in lower case.
+    const upper = (await http(base, 'GET', `/v1/tenant/${TENANT.toUpperCase()}/timeline/${TIMELINE_A.toUpperCase()}`)).json as Record<string, unknown>;
+    assert.equal(upper.timeline_id, TIMELINE_A);
+    assert.equal(upper.flush_lsn, '0/1000028');
 
     // u64s as JSON numbers, as Neon's clients send them: exact beyond 2^53 both ways; over 64 bits refused.
     const bigSystemId = '7361234567890123456';

@@ -107,6 +107,17 @@ function assertCorrupt(bytes: Uint8Array, reason: string): void {
   );
 }
 
+describe('tenant and timeline ids', () => {
+  test('take 32 hex digits of either case and return them in lower case; refuse anything else', () => {
+    assert.equal(parseTenantId('0123456789ABCDEF0123456789abcdef'), '0123456789abcdef0123456789abcdef');
+    assert.equal(parseTimelineId('FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF'), 'ffffffffffffffffffffffffffffffff');
+    for (const bad of ['', '0123', '0123456789abcdef0123456789abcdeg', '0123456789abcdef0123456789abcdef0', ' 0123456789abcdef0123456789abcdef']) {
+      assert.throws(() => parseTenantId(bad), /not a tenant id \(32 hex chars\)/);
+      assert.throws(() => parseTimelineId(bad), /not a timeline id \(32 hex chars\)/);
+    }
+  });
+});
+
 describe('control file codec', () => {
   test('round-trips every field, including Offloaded eviction and partial segments', () => {
     const state = fullState();

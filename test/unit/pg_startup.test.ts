@@ -69,9 +69,15 @@ describe('StartupMessage parameters', () => {
   });
 
   it('refuses bad ids with SQLSTATE 22023', () => {
-    for (const options of [`tenant_id=${TENANT.toUpperCase()}`, 'tenant_id=12', `timeline_id=${TIMELINE}0`, 'timeline_id=']) {
+    for (const options of [`tenant_id=${TENANT.slice(1)}g`, 'tenant_id=12', `timeline_id=${TIMELINE}0`, 'timeline_id=']) {
       assert.throws(() => params({ options }), (error: unknown) => error instanceof InvalidArgumentError && error.sqlState === '22023', options);
     }
+  });
+
+  it('takes ids in upper case, as Neon does, and keeps them in lower case', () => {
+    const startup = params({ options: `-c tenant_id=${TENANT.toUpperCase()} timeline_id=${TIMELINE.toUpperCase()}` });
+    assert.equal(startup.tenantId, TENANT);
+    assert.equal(startup.timelineId, TIMELINE);
   });
 
   it('reads the pageserver form with protocol, shard parameters and availability zone', () => {

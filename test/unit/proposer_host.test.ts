@@ -311,7 +311,7 @@ describe('duplicate safekeepers', () => {
     assert.match(missing.stderr, /^safekeeper propose: --tenant-id is required \(see safekeeper propose --help\)\n$/);
     const bad = await propose([...safekeepers, '--tenant-id', TENANT, '--timeline-id', 'zz']);
     assert.equal(bad.code, 2);
-    assert.match(bad.stderr, /^safekeeper propose: --timeline-id: not a timeline id \(32 lower-case hex chars\): "zz"/);
+    assert.match(bad.stderr, /^safekeeper propose: --timeline-id: not a timeline id \(32 hex chars\): "zz"/);
   });
 
   it('refuses a synthetic record larger than PostgreSQL allows with exit code 2 (the WAL builder asserted on it)', async () => {
