@@ -17,7 +17,7 @@ import { SafekeeperError } from '../errors.js';
 import { childLogger, createLogger, type Logger } from '../log.js';
 import { AssertionError } from '../sync/assert.js';
 import { formatLsn, type Lsn, parseLsn } from '../wal/lsn.js';
-import { PRIMARY_RECONNECT_TIMEOUT_MS_DEFAULT, QUORUM_TIMEOUT_MS_DEFAULT, SAFEKEEPERS_MAX, WAL_WINDOW_BYTES_DEFAULT, WAL_WINDOW_BYTES_MIN } from './limits.js';
+import { PRIMARY_RECONNECT_TIMEOUT_MS_DEFAULT, PRIMARY_TIMEOUT_MS_DEFAULT, QUORUM_TIMEOUT_MS_DEFAULT, SAFEKEEPERS_MAX, WAL_WINDOW_BYTES_DEFAULT, WAL_WINDOW_BYTES_MIN } from './limits.js';
 import { ProposerMetrics } from './metrics.js';
 import { startMetricsServer, type MetricsServer } from './metrics_server.js';
 import { PostgresSource } from './postgres_source.js';
@@ -53,6 +53,9 @@ Flags:
   --primary-reconnect-timeout DUR
                             after losing the primary mid-stream, keep reconnecting (backoff up to 5s) for this long,
                             counted from the loss, then exit 1; 0s exits at once (default 5m)
+  --primary-timeout DUR     a primary connection on which nothing arrives for this long (a frozen host, a dropped
+                            route) is dropped and reconnected; a reply is requested at half of it (PostgreSQL's
+                            wal_receiver_timeout); 0s never gives up (default 60s)
   --http-listen HOST:PORT   serve Prometheus metrics at GET /metrics (port 0: any free port; default: off)
   --quorum-timeout DUR      give up when no majority has voted within this (default 30s)
   --wal-window-bytes SIZE   WAL kept in memory for lagging safekeepers (default 64MiB)
@@ -78,6 +81,7 @@ interface ProposeArgs {
   startLsn: Lsn | null;
   quorumTimeoutMs: number;
   primaryReconnectTimeoutMs: number;
+  primaryTimeoutMs: number;
   httpListen: HostPort | null;
   windowBytes: number;
   recordBytes: number;
@@ -126,7 +130,7 @@ function parseProposeArgs(argv: string[]): ProposeArgs | 'help' {
       help: { type: 'boolean', short: 'h' }, safekeepers: string, 'tenant-id': string, 'timeline-id': string, from: string, synthetic: { type: 'boolean' },
       'proto-version': string, 'application-name': string, slot: string, 'start-lsn': string, 'quorum-timeout': string, 'wal-window-bytes': string,
       'record-bytes': string, rate: string, duration: string, 'total-bytes': string, 'log-level': string, 'log-format': string,
-      'primary-reconnect-timeout': string, 'http-listen': string,
+      'primary-reconnect-timeout': string, 'primary-timeout': string, 'http-listen': string,
     },
   });
   if (values.help === true) return 'help';
@@ -159,8 +163,8 @@ function parseProposeArgs(argv: string[]): ProposeArgs | 'help' {
   for (const flag of ['record-bytes', 'rate', 'duration', 'total-bytes'] as const) {
     if (!synthetic && values[flag] !== undefined) throw new UsageError(`--${flag} needs --synthetic`);
   }
-  if (synthetic && (values.slot !== undefined || values['application-name'] !== undefined || values['primary-reconnect-timeout'] !== undefined)) {
-    throw new UsageError('--slot, --application-name and --primary-reconnect-timeout need --from');
+  if (synthetic && (values.slot !== undefined || values['application-name'] !== undefined || values['primary-reconnect-timeout'] !== undefined || values['primary-timeout'] !== undefined)) {
+    throw new UsageError('--slot, --application-name, --primary-reconnect-timeout and --primary-timeout need --from');
   }
   if (values.duration !== undefined && values['total-bytes'] !== undefined) throw new UsageError('give at most one of --duration and --total-bytes');
   const protoText = values['proto-version'] ?? '3';
@@ -181,6 +185,7 @@ function parseProposeArgs(argv: string[]): ProposeArgs | 'help' {
     quorumTimeoutMs: values['quorum-timeout'] === undefined ? QUORUM_TIMEOUT_MS_DEFAULT : need(parseDurationMs(values['quorum-timeout']), 'quorum-timeout'),
     primaryReconnectTimeoutMs: values['primary-reconnect-timeout'] === undefined
       ? PRIMARY_RECONNECT_TIMEOUT_MS_DEFAULT : need(parseDurationMs(values['primary-reconnect-timeout']), 'primary-reconnect-timeout'),
+    primaryTimeoutMs: values['primary-timeout'] === undefined ? PRIMARY_TIMEOUT_MS_DEFAULT : need(parseDurationMs(values['primary-timeout']), 'primary-timeout'),
     httpListen: values['http-listen'] === undefined ? null : need(parseHostPort(values['http-listen'], 0), 'http-listen'),
     windowBytes,
     recordBytes: values['record-bytes'] === undefined ? RECORD_BYTES_DEFAULT : recordBytesArg(need(parseBytes(values['record-bytes']), 'record-bytes')),
@@ -218,7 +223,8 @@ export async function proposeMain(argv: string[]): Promise<number> {
   try {
     source = args.from !== null
       ? await PostgresSource.open({
-        url: args.from, applicationName: args.applicationName, slotName: args.slotName, startLsn: args.startLsn, reconnectTimeoutMs: args.primaryReconnectTimeoutMs, log,
+        url: args.from, applicationName: args.applicationName, slotName: args.slotName, startLsn: args.startLsn, reconnectTimeoutMs: args.primaryReconnectTimeoutMs,
+        silenceTimeoutMs: args.primaryTimeoutMs, log,
       }, stop.signal)
       : new SyntheticSource({ tenantId: args.tenantId, timelineId: args.timelineId, recordBytes: args.recordBytes, recordsPerSecond: args.recordsPerSecond, durationMs: args.durationMs, totalBytes: args.totalBytes, startLsn: args.startLsn });
     await runProposer(args, source, log, stop.signal);

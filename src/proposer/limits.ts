@@ -59,6 +59,13 @@ export const PRIMARY_RECONNECT_BACKOFF_MS_MAX = 5000;
  * crash recovery or a short failover of its host; past it a human should look (the process exits 1).
  */
 export const PRIMARY_RECONNECT_TIMEOUT_MS_DEFAULT = 5 * 60_000;
+/**
+ * Default for `--primary-timeout`: PostgreSQL's wal_receiver_timeout. A live walsender answers the reply
+ * request we send at half of it within a round trip, so only a primary that is really gone (or a route that
+ * drops everything) goes silent this long; a shorter limit would drop a busy primary's connection for a
+ * hiccup, a longer one leaves the proposer (and synchronous commits) stuck for longer.
+ */
+export const PRIMARY_TIMEOUT_MS_DEFAULT = 60_000;
 /** Default for `--quorum-timeout`: how long the election may take before the proposer gives up. */
 export const QUORUM_TIMEOUT_MS_DEFAULT = 30_000;
 /**

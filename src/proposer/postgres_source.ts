@@ -14,8 +14,11 @@
  * (further moves in the same event-loop turn coalesce into one more update) and every STATUS_INTERVAL_MS, so with
  * synchronous_standby_names naming our application_name a commit returns once a majority fsynced it.
  * Hot standby feedback from the safekeepers is relayed as 'h' messages (and sent again after a reconnect).
- * Reconnect: once streaming has begun, a lost connection (primary restart, terminated walsender, network)
- * is retried (`primary_reconnect.ts`) while the proposer's links and term stay; the new connection must be
+ * Silence: with `--primary-timeout` (> 0) a connection on which nothing arrives for that long is treated as
+ * lost, after a reply request at half of it (`primary_silence.ts`, PostgreSQL's wal_receiver_timeout), so a
+ * frozen primary or a dropped route ends in a reconnect instead of a proposer that waits forever.
+ * Reconnect: once streaming has begun, a lost connection (primary restart, terminated walsender, network,
+ * silence) is retried (`primary_reconnect.ts`) while the proposer's links and term stay; the new connection must be
  * the same system on the same PostgreSQL timeline, and START_REPLICATION resumes at `receivedLsn`, the end of
  * the WAL we already handed to the proposer (what the quorum has or is being sent), never the primary's end.
  * A dropped slot is created again, as on the first run: the slot only makes the primary keep WAL, so if the
@@ -35,6 +38,7 @@ import { PendingTimings } from './pending_timings.js';
 import { STATUS_INTERVAL_MS } from './limits.js';
 import { type ConnectionTarget, connectPrimary, ensureSlot, identifyPrimary, parsePostgresUrl, type PrimaryIdentity, toSourceError } from './primary_connection.js';
 import { isTransientPrimaryError, reconnectPrimary } from './primary_reconnect.js';
+import { SilenceWatchdog } from './primary_silence.js';
 import type { ServerIdentity, StreamArgs, WalSource } from './source.js';
 
 /** XLogData pieces tracked for the ack latency; beyond it the newest piece absorbs new ones. */
@@ -49,6 +53,8 @@ export interface PostgresSourceOptions {
   startLsn: Lsn | null;
   /** `--primary-reconnect-timeout`: how long after losing the primary mid-stream we keep reconnecting. */
   reconnectTimeoutMs: number;
+  /** `--primary-timeout`: a connection silent for this long is lost (a reply is requested at half); 0 never gives up. */
+  silenceTimeoutMs: number;
   log: Logger;
 }
 
@@ -189,21 +195,47 @@ export class PostgresSource implements WalSource {
     this.#streaming = true;
     this.#sendStatus(false);
     if (this.#feedback !== null) this.#sendFeedback();
-    for (;;) {
-      const event = client.tryNextCopy() ?? (await client.nextCopy(signal));
-      if (event.kind === 'done') throw new PgConnectionError('the primary ended replication (shutting down?)');
-      const message = decodeWalSenderMessage(event.payload);
-      if (message.kind === 'keepalive') {
-        if (message.replyRequested) this.#sendStatus(false);
-        continue;
+    const watchdog = this.#watchSilence(client);
+    try {
+      for (;;) {
+        const event = client.tryNextCopy() ?? (await client.nextCopy(signal));
+        watchdog?.heard();
+        if (event.kind === 'done') throw new PgConnectionError('the primary ended replication (shutting down?)');
+        const message = decodeWalSenderMessage(event.payload);
+        if (message.kind === 'keepalive') {
+          if (message.replyRequested) this.#sendStatus(false);
+          continue;
+        }
+        if (message.data.length === 0) continue;
+        if (message.startLsn !== this.#receivedLsn) throw new SourceError(`the primary sent WAL at ${formatLsn(message.startLsn)}, expected ${formatLsn(this.#receivedLsn)}`);
+        const endLsn = this.#receivedLsn + BigInt(message.data.length);
+        this.#receivedLsn = endLsn;
+        this.#received.note(endLsn, performance.now());
+        watchdog?.pause(); // a write waiting for the quorum is not the primary's silence
+        await args.write(message.startLsn, message.data, signal);
+        watchdog?.resume();
       }
-      if (message.data.length === 0) continue;
-      if (message.startLsn !== this.#receivedLsn) throw new SourceError(`the primary sent WAL at ${formatLsn(message.startLsn)}, expected ${formatLsn(this.#receivedLsn)}`);
-      const endLsn = this.#receivedLsn + BigInt(message.data.length);
-      this.#receivedLsn = endLsn;
-      this.#received.note(endLsn, performance.now());
-      await args.write(message.startLsn, message.data, signal);
+    } finally {
+      watchdog?.stop();
     }
+  }
+
+  /** The `--primary-timeout` watch over `client` (null when disabled): ping at half, destroy at the full timeout. */
+  #watchSilence(client: PgClient): SilenceWatchdog | null {
+    const timeoutMs = this.#options.silenceTimeoutMs;
+    if (timeoutMs === 0) return null;
+    return new SilenceWatchdog({
+      timeoutMs,
+      onPing: () => {
+        this.#options.log.debug({ silent_ms: Math.round(timeoutMs / 2), primary_timeout_ms: timeoutMs }, 'nothing from the primary for half of --primary-timeout; requesting a reply');
+        this.#sendStatus(true); // the walsender answers a reply request with a keepalive at once
+      },
+      onTimeout: (silentMs) => {
+        this.#options.log.warn({ silent_ms: Math.round(silentMs), primary_timeout_ms: timeoutMs, received_lsn: this.#receivedLsn }, 'nothing from the primary within --primary-timeout; dropping the connection');
+        // The pending read rejects with this (transient) error, and stream() reconnects.
+        client.destroy(new PgConnectionError(`nothing received from the primary for ${Math.round(silentMs)} ms (--primary-timeout ${timeoutMs} ms)`));
+      },
+    });
   }
 
   /** A reconnect attempt: same system and timeline, the slot (created again if dropped), START_REPLICATION at `resumeLsn`. */
@@ -271,6 +303,6 @@ export class PostgresSource implements WalSource {
   #sendStatus(replyRequested: boolean): void {
     if (!this.#streaming || this.#client.destroyed) return;
     const lsn = this.#commitLsn;
-    this.#client.sendCopyData(encodeStandbyReply({ writeLsn: lsn, flushLsn: lsn, applyLsn: lsn, replyTimeUs: postgresNowUs(), replyRequested: replyRequested }));
+    this.#client.sendCopyData(encodeStandbyReply({ writeLsn: lsn, flushLsn: lsn, applyLsn: lsn, replyTimeUs: postgresNowUs(), replyRequested }));
   }
 }

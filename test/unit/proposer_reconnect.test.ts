@@ -1,7 +1,8 @@
 /**
  * Reconnecting to a lost primary, without a primary: the backoff arithmetic, which errors are retried,
  * and the retry loop over fake attempts (deadline, give-up error, logs, SIGTERM during the backoff). Also
- * the bounded wait bookkeeping behind the ack latencies (PendingTimings).
+ * the bounded wait bookkeeping behind the ack latencies (PendingTimings), and the silence watch that turns
+ * a primary connection on which nothing arrives into a lost one (`--primary-timeout`).
  */
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
@@ -12,6 +13,7 @@ import { PrimaryLostError, SourceError, SourceMismatchError } from '../../src/pr
 import { PRIMARY_RECONNECT_BACKOFF_MS_MAX, PRIMARY_RECONNECT_BACKOFF_MS_MIN } from '../../src/proposer/limits.js';
 import { PendingTimings } from '../../src/proposer/pending_timings.js';
 import { isTransientPrimaryError, reconnectDelayMs, reconnectPrimary } from '../../src/proposer/primary_reconnect.js';
+import { SilenceWatchdog, silenceStep } from '../../src/proposer/primary_silence.js';
 
 const serverError = (sqlState: string): PgServerError => new PgServerError({ S: 'FATAL', C: sqlState, M: `error ${sqlState}` }, 'test');
 
@@ -128,5 +130,59 @@ describe('PendingTimings', () => {
     const settled: [number, number][] = [];
     timings.settle(200n, 10, (waitMs, weight) => settled.push([waitMs, weight]));
     assert.deepEqual(settled, [[10, 7]]);
+  });
+});
+
+describe('primary silence (--primary-timeout)', () => {
+  it('pings once at half the timeout and gives up at the full timeout', () => {
+    assert.deepEqual(silenceStep(0, 2000, false), { action: 'none', nextCheckInMs: 1000 });
+    assert.deepEqual(silenceStep(999, 2000, false), { action: 'none', nextCheckInMs: 1 });
+    assert.deepEqual(silenceStep(1000, 2000, false), { action: 'ping', nextCheckInMs: 1000 });
+    assert.deepEqual(silenceStep(1500, 2000, true), { action: 'none', nextCheckInMs: 500 });
+    assert.deepEqual(silenceStep(1999, 2000, false), { action: 'ping', nextCheckInMs: 1 }, 'a late check still pings first');
+    assert.equal(silenceStep(2000, 2000, false).action, 'timeout');
+    assert.equal(silenceStep(90_000, 2000, true).action, 'timeout');
+    assert.throws(() => silenceStep(0, 0, false), /positive/);
+  });
+
+  it('starts the silence over on every message, holds it while paused, and fires the timeout once', () => {
+    let nowMs = 0;
+    const events: string[] = [];
+    const watchdog = new SilenceWatchdog({ timeoutMs: 10_000, nowMs: () => nowMs, onPing: () => events.push(`ping@${nowMs}`), onTimeout: (silentMs) => events.push(`timeout@${nowMs}:${silentMs}`) });
+    try {
+      nowMs = 4_000;
+      watchdog.check();
+      nowMs = 6_000;
+      watchdog.heard(); // a message: no ping at 5 s of this connection
+      nowMs = 10_999;
+      watchdog.check();
+      assert.deepEqual(events, []);
+      nowMs = 11_000;
+      watchdog.check();
+      watchdog.check();
+      assert.deepEqual(events, ['ping@11000'], 'one ping per silence');
+      nowMs = 12_000;
+      watchdog.heard(); // the keepalive that answers the ping
+      nowMs = 17_000;
+      watchdog.check();
+      assert.deepEqual(events, ['ping@11000', 'ping@17000'], 'a new silence gets its own ping');
+      watchdog.pause(); // the proposer waits for the quorum: the primary's silence does not count
+      nowMs = 60_000;
+      watchdog.check();
+      assert.deepEqual(events, ['ping@11000', 'ping@17000']);
+      nowMs = 61_000;
+      watchdog.resume();
+      nowMs = 70_999;
+      watchdog.check();
+      assert.equal(events.length, 3, 'pinged at half the timeout after resuming');
+      nowMs = 71_000;
+      watchdog.check();
+      assert.deepEqual(events.slice(3), ['timeout@71000:10000']);
+      nowMs = 90_000;
+      watchdog.check();
+      assert.equal(events.length, 4, 'stopped after the timeout');
+    } finally {
+      watchdog.stop();
+    }
   });
 });
