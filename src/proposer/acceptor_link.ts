@@ -52,6 +52,8 @@ export interface LinkHost {
   readonly log: Logger;
   commitLsn(): Lsn;
   truncateLsn(): Lsn;
+  /** The proposer is stopping cleanly: a new commit_lsn goes out at once, not after COMMIT_BROADCAST_DELAY_MS. */
+  readonly stopping: boolean;
   /**
    * Records a greeting; throws a fatal error when the acceptor is past our term after the campaign began, and
    * DuplicateSafekeeperError (this link is dropped) when another link already greeted from its node id.
@@ -80,6 +82,8 @@ export class AcceptorLink {
   /** flush_lsn from the latest AppendResponse in our term; each session starts it at the start point. */
   flushLsn: Lsn = 0n;
   streamingAtLsn: Lsn = 0n;
+  /** commit_lsn the safekeeper reported in its latest AppendResponse this session (what it has applied). */
+  ackedCommitLsn: Lsn = 0n;
   hsFeedback: HotStandbyFeedback | null = null;
   lastError: string | null = null;
   /** Sessions that reached streaming; tests and the summary read it. */

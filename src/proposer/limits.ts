@@ -84,6 +84,19 @@ export const ELECTION_RETRY_BACKOFF_MS_MIN = 100;
 export const ELECTION_RETRY_BACKOFF_MS_MAX = 1000;
 /** A commit_lsn change waits this long for an append to carry it before a heartbeat carries it alone. */
 export const COMMIT_BROADCAST_DELAY_MS = 20;
+/**
+ * A clean stop (SIGTERM, a finished synthetic run) waits at most this long for every connected safekeeper to
+ * acknowledge the WAL it was sent and the final commit_lsn, so none is left a broadcast behind. A healthy
+ * safekeeper answers within a few fsyncs (milliseconds); a dead or stuck one must not hold up the exit, and
+ * a second long enough for several slow fsyncs is far inside the grace period a supervisor gives (10 s+).
+ */
+export const STOP_DRAIN_MS_MAX = 1000;
+/**
+ * In that drain, how long without any AppendResponse before a safekeeper whose flush_lsn stops short of the
+ * window end is taken to be missing only the rest of an incomplete record (`stop_drain.ts`): WAL in flight
+ * brings a response within a write task's fsync, a few ms on a healthy disk.
+ */
+export const STOP_SETTLE_MS = 100;
 /** Standby status updates to the primary at least this often (wal_receiver_status_interval is 10 s). */
 export const STATUS_INTERVAL_MS = 1000;
 /** Most safekeepers one proposer talks to (walproposer's MAX_SAFEKEEPERS). */
@@ -91,6 +104,7 @@ export const SAFEKEEPERS_MAX = 32;
 
 assert(WAL_WINDOW_BYTES_DEFAULT >= WAL_WINDOW_BYTES_MIN, 'default window above the minimum');
 assert(UNCOMMITTED_BYTES_MAX >= 8 * APPEND_BYTES_MAX, 'several appends in flight');
+assert(COMMIT_BROADCAST_DELAY_MS < STOP_SETTLE_MS && STOP_SETTLE_MS * 4 <= STOP_DRAIN_MS_MAX, 'a commit broadcast fits in the settle time, which fits in the stop drain');
 assert(HEARTBEAT_INTERVAL_MS * 3 <= ACCEPTOR_SILENCE_MS_MAX, 'several heartbeats fit in the silence limit');
 assert(RECONNECT_BACKOFF_MS_MIN < RECONNECT_BACKOFF_MS_MAX, 'backoff range');
 assert(PRIMARY_RECONNECT_BACKOFF_MS_MIN < PRIMARY_RECONNECT_BACKOFF_MS_MAX, 'primary backoff range');

@@ -48,6 +48,7 @@ export class LinkStream {
     // ProposerElected truncates the acceptor's WAL at startLsn: that is its flush position now.
     this.#link.flushLsn = startLsn;
     this.#link.streamingAtLsn = startLsn;
+    this.#link.ackedCommitLsn = 0n;
     this.#link.state = 'streaming';
     this.#link.sessionsStreamed += 1;
     this.#lastHeardMs = performance.now();
@@ -85,6 +86,7 @@ export class LinkStream {
           this.#link.flushLsn = message.flushLsn;
           this.#appendTimings.settle(message.flushLsn, this.#lastHeardMs, (waitMs) => this.#host.onAppendAcked(this.#link, waitMs));
         }
+        if (message.commitLsn > this.#link.ackedCommitLsn) this.#link.ackedCommitLsn = message.commitLsn;
         this.#link.hsFeedback = message.hsFeedback;
         this.#host.onAppendResponse(this.#link, message);
         const next = client.tryNextCopy();
@@ -116,7 +118,9 @@ export class LinkStream {
       const nowMs = performance.now();
       const commitLsn = this.#host.commitLsn();
       if (commitLsn !== sentCommitLsn && commitSeenMs === 0) commitSeenMs = nowMs;
-      const commitDue = commitLsn !== sentCommitLsn && nowMs - commitSeenMs >= COMMIT_BROADCAST_DELAY_MS;
+      // While the proposer stops, the last commit_lsn must reach every safekeeper before the connection closes.
+      const commitDelayMs = this.#host.stopping ? 0 : COMMIT_BROADCAST_DELAY_MS;
+      const commitDue = commitLsn !== sentCommitLsn && nowMs - commitSeenMs >= commitDelayMs;
       if (commitDue || nowMs - lastSendMs >= HEARTBEAT_INTERVAL_MS) {
         sentCommitLsn = commitLsn;
         commitSeenMs = 0;
@@ -124,7 +128,7 @@ export class LinkStream {
         lastSendMs = nowMs;
         continue;
       }
-      const waitMs = commitLsn !== sentCommitLsn ? COMMIT_BROADCAST_DELAY_MS - (nowMs - commitSeenMs) : HEARTBEAT_INTERVAL_MS - (nowMs - lastSendMs);
+      const waitMs = commitLsn !== sentCommitLsn ? commitDelayMs - (nowMs - commitSeenMs) : HEARTBEAT_INTERVAL_MS - (nowMs - lastSendMs);
       await this.#sleepUntilKicked(Math.max(1, Math.ceil(waitMs)), signal);
     }
   }

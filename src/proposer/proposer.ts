@@ -21,6 +21,10 @@
  * voter whose history we cannot use is refused, and the election goes on with the others.
  * Failure: fatal errors (term conflict, wrong system id, no quorum in time, source failure, bugs) stop every
  * task and are thrown from `run()`; an abort of `run`'s signal (SIGTERM) stops cleanly and resolves.
+ * Clean stop: the source stops first, while the links go on until every streaming safekeeper has
+ * acknowledged the window and the final commit_lsn, sent at once rather than after the broadcast delay
+ * (`stop_drain.ts`, bounded); without it the safekeepers' commit_lsn could stay one broadcast behind the last
+ * commit (readers are served only up to it).
  * Main thread.
  */
 import type { AcceptorGreeting, AppendResponse, ProtocolVersion, VoteResponse } from '../acceptor/messages.js';
@@ -40,6 +44,7 @@ import { duplicateSafekeeper, quorumCommitLsn, quorumSize, truncateLsnCandidate 
 import type { ServerIdentity, WalSource } from './source.js';
 import { collectVoters, planTermStart, prevRecordLsnBefore, sourceStartLsnFor, type ElectingContext } from './term_start.js';
 import { WalWindow } from './wal_window.js';
+import { drainFinalCommit } from './stop_drain.js';
 import { sourceMayAppend, windowTrimLsn } from './window_budget.js';
 
 export interface ProposerOptions {
@@ -94,6 +99,7 @@ export class Proposer implements LinkHost {
   #fatal: unknown = null;
   #token: CancelToken | null = null;
   #sentFeedback = { xmin: 0n, catalogXmin: 0n };
+  #stopping = false;
 
   constructor(options: ProposerOptions) {
     assert(options.safekeepers.length > 0, 'at least one safekeeper');
@@ -126,18 +132,27 @@ export class Proposer implements LinkHost {
   /** Runs until `signal` fires (resolves) or a fatal error (rejects with it). Call once. */
   async run(signal: AbortSignal): Promise<void> {
     assert(this.#token === null, 'a proposer runs once');
+    // The links run on `token`, the election and the source on its child `work`: a clean stop ends the
+    // source first and the links only after the drain; a fatal error cancels both.
     const token = new CancelToken();
     this.#token = token;
-    const onAbort = (): void => token.cancel(signal.reason);
+    const work = token.child();
+    const onAbort = (): void => work.cancel(signal.reason);
     if (signal.aborted) onAbort();
     else signal.addEventListener('abort', onAbort, { once: true });
     const linkRuns = this.links.map((link) => link.run(token.signal).catch((error: unknown) => this.#failFatal(error)));
     try {
-      await this.#electAndStream(token.signal);
+      await this.#electAndStream(work.signal);
     } catch (error) {
       if (!signal.aborted) this.#failFatal(error);
     } finally {
       signal.removeEventListener('abort', onAbort);
+      work.release();
+      if (this.#fatal === null && this.#elected !== null) {
+        this.#stopping = true;
+        for (const link of this.links) link.kick(); // a commit_lsn waiting out the broadcast delay goes now
+        await drainFinalCommit({ links: this.links, window: this.window, commit: this.commit, acks: this.#acks, log: this.log, signal: token.signal });
+      }
       token.cancel();
       await Promise.all(linkRuns);
     }
@@ -156,6 +171,10 @@ export class Proposer implements LinkHost {
 
   commitLsn(): Lsn {
     return this.commit.value;
+  }
+
+  get stopping(): boolean {
+    return this.#stopping;
   }
 
   truncateLsn(): Lsn {

@@ -36,6 +36,7 @@ export interface ProposerProcess {
 
 export interface TimelineStatus {
   flushLsn: Lsn;
+  commitLsn: Lsn;
   timelineStartLsn: Lsn;
   term: bigint;
 }
@@ -103,8 +104,8 @@ export class ProposerCluster {
     assert(safekeeper.node !== null);
     const response = await fetch(`${safekeeper.node.httpUrl}/v1/tenant/${this.tenantId}/timeline/${timelineId}`);
     assert.equal(response.status, 200);
-    const body = (await response.json()) as { flush_lsn: string; timeline_start_lsn: string; acceptor_state: { term: number } };
-    return { flushLsn: parseLsn(body.flush_lsn), timelineStartLsn: parseLsn(body.timeline_start_lsn), term: BigInt(body.acceptor_state.term) };
+    const body = (await response.json()) as { flush_lsn: string; commit_lsn: string; timeline_start_lsn: string; acceptor_state: { term: number } };
+    return { flushLsn: parseLsn(body.flush_lsn), commitLsn: parseLsn(body.commit_lsn), timelineStartLsn: parseLsn(body.timeline_start_lsn), term: BigInt(body.acceptor_state.term) };
   }
 
   async primaryFlushLsn(): Promise<Lsn> {

@@ -2,8 +2,8 @@
  * The proposer over fake acceptors: a real `Proposer` whose links do not connect (their `run` is stubbed)
  * while the test plays each safekeeper through the LinkHost calls a link makes (greeting, vote, the wait
  * for the election, AppendResponses), with a fake WAL source. Covers the window budget when the source
- * rewinds far below the term start, election rounds after a lost vote reply, duplicate safekeepers, and
- * voters whose histories cannot be used.
+ * rewinds far below the term start, election rounds after a lost vote reply, duplicate safekeepers,
+ * voters whose histories cannot be used, and the clean stop's wait for the final commit_lsn.
  */
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
@@ -14,9 +14,12 @@ import { createLogger } from '../../src/log.js';
 import type { AcceptorLink } from '../../src/proposer/acceptor_link.js';
 import { proposeMain } from '../../src/proposer/cli.js';
 import { DuplicateSafekeeperError, TermConflictError } from '../../src/proposer/errors.js';
-import { APPEND_BYTES_MAX, UNCOMMITTED_BYTES_MAX } from '../../src/proposer/limits.js';
+import { APPEND_BYTES_MAX, STOP_DRAIN_MS_MAX, UNCOMMITTED_BYTES_MAX } from '../../src/proposer/limits.js';
 import { Proposer } from '../../src/proposer/proposer.js';
 import { duplicateSafekeeper } from '../../src/proposer/quorum.js';
+import { drainFinalCommit, owingFinalCommit, type DrainedLink } from '../../src/proposer/stop_drain.js';
+import { WalWindow } from '../../src/proposer/wal_window.js';
+import { Watch } from '../../src/sync/watch.js';
 import type { ServerIdentity, StreamArgs, WalSource } from '../../src/proposer/source.js';
 import { owedFromLsn, sourceMayAppend, windowTrimLsn } from '../../src/proposer/window_budget.js';
 import { AssertionError } from '../../src/sync/assert.js';
@@ -342,4 +345,84 @@ describe('duplicate safekeepers', () => {
     await harness.stop();
   });
 
+});
+
+describe('clean stop: the final commit_lsn', () => {
+  const END_LSN = TIMELINE_START_LSN + 4096n;
+  const drainedLink = (name: string, state: DrainedLink['state'], flushLsn: Lsn, ackedCommitLsn: Lsn, streamingAtLsn = END_LSN): DrainedLink => ({ name, state, flushLsn, ackedCommitLsn, streamingAtLsn });
+  const windowTo = (endLsn: Lsn): WalWindow => {
+    const window = new WalWindow(4 * APPEND_BYTES_MAX);
+    window.reset(TIMELINE_START_LSN);
+    window.append(TIMELINE_START_LSN, new Uint8Array(Number(endLsn - TIMELINE_START_LSN)));
+    return window;
+  };
+
+  it('owes the final commit_lsn to streaming safekeepers that lack WAL or the commit, and to nobody else', () => {
+    const links = [
+      drainedLink('done', 'streaming', END_LSN, END_LSN),
+      drainedLink('lacks_commit', 'streaming', END_LSN, END_LSN - 8n),
+      drainedLink('lacks_wal', 'streaming', END_LSN - 8n, END_LSN - 8n),
+      drainedLink('down', 'offline', 0n, 0n),
+      drainedLink('recovering', 'recovering', TIMELINE_START_LSN, 0n),
+    ];
+    assert.deepEqual(owingFinalCommit(links, END_LSN, END_LSN), ['lacks_commit', 'lacks_wal']);
+    assert.deepEqual(owingFinalCommit(links, END_LSN, END_LSN - 8n), ['lacks_wal']);
+  });
+
+  it('once settled, takes a flush_lsn short of the window end for an incomplete last record, but not WAL still unsent or uncommitted', () => {
+    const recordEndLsn = END_LSN - 100n; // the window ends 100 bytes into a record nobody can acknowledge yet
+    const links = [drainedLink('a', 'streaming', recordEndLsn, recordEndLsn), drainedLink('b', 'streaming', recordEndLsn, recordEndLsn)];
+    assert.deepEqual(owingFinalCommit(links, END_LSN, recordEndLsn), ['a', 'b'], 'WAL may be in flight');
+    assert.deepEqual(owingFinalCommit(links, END_LSN, recordEndLsn, true), []);
+    const unsent = [drainedLink('a', 'streaming', recordEndLsn, recordEndLsn, END_LSN - 8n)];
+    assert.deepEqual(owingFinalCommit(unsent, END_LSN, recordEndLsn, true), ['a'], 'not all sent yet');
+    const behindCommit = [drainedLink('a', 'streaming', recordEndLsn - 8n, recordEndLsn - 8n)];
+    assert.deepEqual(owingFinalCommit(behindCommit, END_LSN, recordEndLsn, true), ['a'], 'the commit is not acknowledged');
+  });
+
+  it('waits for the acknowledgements, then logs that every connected safekeeper has it', async () => {
+    const { log, lines } = capturingLogger();
+    const links = [drainedLink('a', 'streaming', END_LSN - 8n, 0n), drainedLink('b', 'streaming', END_LSN, TIMELINE_START_LSN)];
+    const commit = new Watch<Lsn>(END_LSN - 8n);
+    const acks = new Watch(0);
+    const drained = drainFinalCommit({ links, window: windowTo(END_LSN), commit, acks, log, signal: new AbortController().signal });
+    const ack = (link: DrainedLink, flushLsn: Lsn, commitLsn: Lsn): void => {
+      link.flushLsn = flushLsn;
+      link.ackedCommitLsn = commitLsn;
+      acks.set(acks.value + 1);
+    };
+    ack(links[0] as DrainedLink, END_LSN, END_LSN - 8n);
+    commit.set(END_LSN); // the last in-flight WAL is acknowledged by a quorum
+    ack(links[1] as DrainedLink, END_LSN, END_LSN);
+    const startedMs = performance.now();
+    setImmediate(() => ack(links[0] as DrainedLink, END_LSN, END_LSN));
+    await drained;
+    assert.ok(performance.now() - startedMs < STOP_DRAIN_MS_MAX / 2, 'ended with the last acknowledgement, not at the deadline');
+    const done = lines().filter((line) => line['msg'] === 'stopping: every connected safekeeper has the final commit_lsn');
+    assert.equal(done.length, 1);
+    assert.equal(done[0]?.['commit_lsn'], '0/1001000');
+  });
+
+  it('gives up on a safekeeper that never acknowledges after STOP_DRAIN_MS_MAX, naming it', async () => {
+    const { log, lines } = capturingLogger();
+    const links = [drainedLink('silent', 'streaming', END_LSN, TIMELINE_START_LSN), drainedLink('fine', 'streaming', END_LSN, END_LSN)];
+    const startedMs = performance.now();
+    await drainFinalCommit({ links, window: windowTo(END_LSN), commit: new Watch<Lsn>(END_LSN), acks: new Watch(0), log, signal: new AbortController().signal });
+    const waitedMs = performance.now() - startedMs;
+    assert.ok(waitedMs >= STOP_DRAIN_MS_MAX - 5 && waitedMs < STOP_DRAIN_MS_MAX + 2000, `waited ${Math.round(waitedMs)} ms`);
+    const warned = lines().filter((line) => line['msg'] === 'stopping without every connected safekeeper acknowledging the final commit_lsn');
+    assert.deepEqual(warned.map((line) => line['safekeepers']), [['silent']]);
+  });
+
+  it('ends at once, without a log line, when a fatal error cancels the links', async () => {
+    const { log, lines } = capturingLogger();
+    const stop = new AbortController();
+    const links = [drainedLink('silent', 'streaming', END_LSN, 0n)];
+    const drained = drainFinalCommit({ links, window: windowTo(END_LSN), commit: new Watch<Lsn>(END_LSN), acks: new Watch(0), log, signal: stop.signal });
+    const startedMs = performance.now();
+    stop.abort(new Error('term conflict'));
+    await drained;
+    assert.ok(performance.now() - startedMs < STOP_DRAIN_MS_MAX / 2);
+    assert.deepEqual(lines(), []);
+  });
 });
