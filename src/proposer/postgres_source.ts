@@ -3,7 +3,8 @@
  * standby whose flush position is the safekeepers' quorum commit_lsn.
  *
  * Setup (`open`, `primary_connection.ts`): IDENTIFY_SYSTEM (system id, PostgreSQL timeline),
- * `SHOW server_version_num`, `SHOW wal_segment_size`, and a physical replication slot (READ_REPLICATION_SLOT;
+ * `SHOW server_version_num`, `SHOW wal_segment_size`, `SHOW in_hot_standby` (a standby is followed, with a
+ * warning: no commit waits on its flush reports), and a physical replication slot (READ_REPLICATION_SLOT;
  * CREATE_REPLICATION_SLOT ... PHYSICAL RESERVE_WAL if it is missing), so the primary keeps WAL until the
  * quorum has it: the slot's restart_lsn follows the flush position we report. A new timeline starts at the
  * first record boundary of the segment holding the slot's restart_lsn (found by decoding that segment's start
@@ -36,7 +37,7 @@ import { SourceError, SourceMismatchError } from './errors.js';
 import { LatencyStats } from './latency_stats.js';
 import { PendingTimings } from './pending_timings.js';
 import { STATUS_INTERVAL_MS } from './limits.js';
-import { type ConnectionTarget, connectPrimary, ensureSlot, identifyPrimary, parsePostgresUrl, type PrimaryIdentity, toSourceError } from './primary_connection.js';
+import { type ConnectionTarget, connectPrimary, ensureSlot, identifyPrimary, parsePostgresUrl, type PrimaryIdentity, toSourceError, warnIfStandby } from './primary_connection.js';
 import { isTransientPrimaryError, reconnectPrimary } from './primary_reconnect.js';
 import { SilenceWatchdog } from './primary_silence.js';
 import type { ServerIdentity, StreamArgs, WalSource } from './source.js';
@@ -103,8 +104,9 @@ export class PostgresSource implements WalSource {
       const restartLsn = await ensureSlot(client, options.slotName, options.log, false, signal);
       options.log.info({
         primary: `${target.host}:${target.port}`, system_id: primary.systemId, pg_timeline: primary.pgTimeline, pg_version: primary.pgVersion,
-        wal_segment_size: primary.walSegSizeBytes, slot: options.slotName, restart_lsn: restartLsn,
+        wal_segment_size: primary.walSegSizeBytes, in_recovery: primary.inRecovery, slot: options.slotName, restart_lsn: restartLsn,
       }, 'connected to the primary');
+      warnIfStandby(primary, target, options.log);
       return new PostgresSource(options, target, client, primary, restartLsn);
     } catch (error) {
       client.destroy();
@@ -249,6 +251,7 @@ export class PostgresSource implements WalSource {
       if (primary.pgTimeline !== this.#pgTimeline) {
         throw new SourceMismatchError(`the primary at ${this.#target.host}:${this.#target.port} came back on PostgreSQL timeline ${primary.pgTimeline}, not ${this.#pgTimeline} (promoted from a standby?); refusing to stream its WAL`);
       }
+      warnIfStandby(primary, this.#target, this.#options.log); // the old primary may have come back demoted
       await ensureSlot(client, this.#options.slotName, this.#options.log, true, signal);
       await client.startCopyBoth(this.#startReplicationCommand(resumeLsn), signal);
       return client;

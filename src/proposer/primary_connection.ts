@@ -1,6 +1,7 @@
 /**
  * Talking to a stock PostgreSQL primary before streaming: parse the `--from` URL, open a physical
- * replication connection, identify the server, and make sure our physical slot exists. Used by
+ * replication connection, identify the server (and whether it is a standby: `warnIfStandby`), and make sure
+ * our physical slot exists. Used by
  * `postgres_source.ts` for the first connection and by every reconnect (`primary_reconnect.ts`), so both
  * go through the same checks.
  * Errors: everything the primary or the socket says becomes a SourceError that keeps the PgServerError /
@@ -21,7 +22,7 @@ export interface ConnectionTarget {
   database: string;
 }
 
-/** What IDENTIFY_SYSTEM and two SHOWs tell about the primary. */
+/** What IDENTIFY_SYSTEM and three SHOWs tell about the primary. */
 export interface PrimaryIdentity {
   systemId: bigint;
   /** The PostgreSQL timeline (TimeLineID) the primary writes on; a promotion changes it. */
@@ -29,6 +30,8 @@ export interface PrimaryIdentity {
   /** server_version_num, e.g. 150008. */
   pgVersion: number;
   walSegSizeBytes: number;
+  /** The server is in recovery (a standby): `SHOW in_hot_standby`. */
+  inRecovery: boolean;
 }
 
 /** A slot name PostgreSQL accepts (lower-case letters, digits, underscore; at most 63) derived from `name`. */
@@ -65,6 +68,26 @@ function parseSegmentSize(text: string): number {
   return bytes;
 }
 
+/**
+ * `SHOW in_hot_standby` (PostgreSQL 14+; SHOW works on a replication connection, pg_is_in_recovery() does
+ * not): "on" while a hot standby accepts connections, which is the only way a standby serves ours.
+ */
+export function parseInHotStandby(text: string | null | undefined): boolean {
+  if (text === 'on') return true;
+  if (text === 'off') return false;
+  throw new SourceError(`unexpected in_hot_standby ${JSON.stringify(text ?? null)} (expected on or off)`);
+}
+
+/**
+ * A standby serves its WAL (cascading replication), so `--from` one is allowed, but no commit waits for a
+ * standby's own replicas, so the proposer's flush reports make nothing synchronous: say so, once per connection.
+ */
+export function warnIfStandby(primary: PrimaryIdentity, target: ConnectionTarget, log: Logger): void {
+  if (!primary.inRecovery) return;
+  log.warn({ primary: `${target.host}:${target.port}`, in_hot_standby: 'on' },
+    'the --from server is a standby (in recovery): its WAL streams to the safekeepers, but synchronous commit through the proposer only works against the primary');
+}
+
 /** A physical replication connection (`replication=true`) to the primary. */
 export async function connectPrimary(target: ConnectionTarget, applicationName: string, signal: AbortSignal): Promise<PgClient> {
   try {
@@ -75,7 +98,7 @@ export async function connectPrimary(target: ConnectionTarget, applicationName: 
   }
 }
 
-/** IDENTIFY_SYSTEM, `SHOW server_version_num`, `SHOW wal_segment_size`; refuses PostgreSQL before 15. */
+/** IDENTIFY_SYSTEM, `SHOW server_version_num`, `SHOW wal_segment_size`, `SHOW in_hot_standby`; refuses PostgreSQL before 15. */
 export async function identifyPrimary(client: PgClient, signal: AbortSignal): Promise<PrimaryIdentity> {
   const row = (await client.query('IDENTIFY_SYSTEM', signal)).rows[0];
   const systemIdText = row?.[0];
@@ -85,7 +108,8 @@ export async function identifyPrimary(client: PgClient, signal: AbortSignal): Pr
   const pgVersion = Number((await client.query('SHOW server_version_num', signal)).rows[0]?.[0]);
   if (!Number.isInteger(pgVersion) || pgVersion < 150000) throw new SourceError(`the primary runs PostgreSQL ${pgVersion}; 15 or later is needed`);
   const walSegSizeBytes = parseSegmentSize((await client.query('SHOW wal_segment_size', signal)).rows[0]?.[0] ?? '');
-  return { systemId: BigInt(systemIdText), pgTimeline: Number(timelineText), pgVersion, walSegSizeBytes };
+  const inRecovery = parseInHotStandby((await client.query('SHOW in_hot_standby', signal)).rows[0]?.[0]);
+  return { systemId: BigInt(systemIdText), pgTimeline: Number(timelineText), pgVersion, walSegSizeBytes, inRecovery };
 }
 
 /**

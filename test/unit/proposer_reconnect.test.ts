@@ -2,7 +2,8 @@
  * Reconnecting to a lost primary, without a primary: the backoff arithmetic, which errors are retried,
  * and the retry loop over fake attempts (deadline, give-up error, logs, SIGTERM during the backoff). Also
  * the bounded wait bookkeeping behind the ack latencies (PendingTimings), and the silence watch that turns
- * a primary connection on which nothing arrives into a lost one (`--primary-timeout`).
+ * a primary connection on which nothing arrives into a lost one (`--primary-timeout`), and the check that
+ * `--from` names a primary rather than a standby.
  */
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
@@ -13,6 +14,7 @@ import { PrimaryLostError, SourceError, SourceMismatchError } from '../../src/pr
 import { PRIMARY_RECONNECT_BACKOFF_MS_MAX, PRIMARY_RECONNECT_BACKOFF_MS_MIN } from '../../src/proposer/limits.js';
 import { PendingTimings } from '../../src/proposer/pending_timings.js';
 import { isTransientPrimaryError, reconnectDelayMs, reconnectPrimary } from '../../src/proposer/primary_reconnect.js';
+import { parseInHotStandby, type PrimaryIdentity, warnIfStandby } from '../../src/proposer/primary_connection.js';
 import { SilenceWatchdog, silenceStep } from '../../src/proposer/primary_silence.js';
 
 const serverError = (sqlState: string): PgServerError => new PgServerError({ S: 'FATAL', C: sqlState, M: `error ${sqlState}` }, 'test');
@@ -184,5 +186,26 @@ describe('primary silence (--primary-timeout)', () => {
     } finally {
       watchdog.stop();
     }
+  });
+});
+
+describe('a standby as --from', () => {
+  it('reads SHOW in_hot_standby, and refuses anything but on and off', () => {
+    assert.equal(parseInHotStandby('on'), true);
+    assert.equal(parseInHotStandby('off'), false);
+    for (const text of [undefined, null, '', 'true', 'ON']) assert.throws(() => parseInHotStandby(text), (error: unknown) => error instanceof SourceError && /unexpected in_hot_standby/.test(error.message), String(text));
+  });
+
+  it('warns that synchronous commit needs the primary when the server is in recovery, and only then', () => {
+    const { log, lines } = capturingLogger();
+    const identity = (inRecovery: boolean): PrimaryIdentity => ({ systemId: 7n, pgTimeline: 1, pgVersion: 150008, walSegSizeBytes: 16 << 20, inRecovery });
+    const target = { host: '127.0.0.1', port: 5433, user: 'postgres', database: 'postgres' };
+    warnIfStandby(identity(false), target, log);
+    assert.deepEqual(lines(), []);
+    warnIfStandby(identity(true), target, log);
+    assert.equal(lines().length, 1);
+    assert.equal(lines()[0]?.['level'], 'warn');
+    assert.equal(lines()[0]?.['primary'], '127.0.0.1:5433');
+    assert.match(lines()[0]?.['msg'] as string, /is a standby \(in recovery\).*synchronous commit through the proposer only works against the primary/);
   });
 });
