@@ -71,7 +71,6 @@ describe('safekeeper propose: a silent primary, a clean stop, a standby as --fro
   before(async () => {
     cluster = await ProposerCluster.start({ applicationName: APP, tenantId: TENANT, timelineId: TIMELINE });
     proxy = await FreezableProxy.start(cluster.primary.port);
-    await cluster.primary.psql('CREATE TABLE silence_probe (id int, filler text)');
   });
 
   after(async () => {
@@ -83,6 +82,7 @@ describe('safekeeper propose: a silent primary, a clean stop, a standby as --fro
   it('keeps an idle primary connection with reply requests, drops a frozen one after --primary-timeout, and commits after reconnecting', async () => {
     proposer = startProposer(proposerArgs(`postgres://postgres@127.0.0.1:${proxy.port}/postgres`, ['--primary-timeout', '2s', '--log-level', 'debug']));
     await elected(proposer);
+    await within(cluster.primary.psql('CREATE TABLE silence_probe (id int, filler text)'), WAIT_MS, 'a synchronous commit'); // commits wait for the proposer
     await syncInsert(100);
     // An idle primary sends nothing of its own (our status updates satisfy its wal_sender_timeout): only the
     // keepalives that answer our reply requests keep a 2 s limit from dropping a healthy connection.
