@@ -28,7 +28,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { formatLsn, parseLsn, parseSegmentFileName, segmentNumber, segmentStartLsn, type Lsn } from '../../src/wal/lsn.js';
+import { formatLsn, parseLsn, parseSegmentFileName, segmentFileName, segmentNumber, segmentStartLsn, type Lsn } from '../../src/wal/lsn.js';
 import { StreamClosedError } from '../harness/acceptor_replies.js';
 import { controlFile, http, localRemote, newIds, type Ids } from '../harness/background.js';
 import { spawnNode, testNodeArgs, type NodeProcess } from '../harness/node_process.js';
@@ -292,6 +292,15 @@ test('chaos soak: kill -9, elections, truncations, readers, deletes and backgrou
     }
     await checkReaders(tl, parts, status.flushLsn, what);
     await checkRemote(tl, parts, status.flushLsn, what);
+    // backup_lsn moves only after an upload is confirmed: every complete segment below it is in remote storage.
+    assert.ok(status.backupLsn <= max(status.flushLsn, START_LSN), `${what}: backup_lsn ${formatLsn(status.backupLsn)} above flush_lsn ${formatLsn(status.flushLsn)}`);
+    const remote = localRemote(remoteRoot);
+    const prefix = `${tl.ids.tenantId}/${tl.ids.timelineId}/`;
+    for (let segno = segmentNumber(START_LSN, SEGMENT_BYTES); segmentStartLsn(segno + 1n, SEGMENT_BYTES) <= status.backupLsn; segno += 1n) {
+      const key = prefix + segmentFileName(segno, SEGMENT_BYTES);
+      // (a restarted node may be uploading it again, which replaces the object)
+      await waitFor(async () => (await remote.list(prefix, new AbortController().signal)).some((entry) => entry.key === key), { timeoutMs: 20_000, what: `${what}: ${key} in remote storage, below backup_lsn ${formatLsn(status.backupLsn)}` });
+    }
     // Branches no longer in the history can go (every connection of this node is gone).
     const live = new Set(status.history.map((entry) => entry.term));
     for (const term of [...tl.branches.keys()]) if (!live.has(term)) tl.branches.delete(term);
@@ -443,12 +452,14 @@ test('chaos soak: kill -9, elections, truncations, readers, deletes and backgrou
 
       const preemptAt = random() < 0.25 ? startLsn + BigInt(Math.floor(random() * wal.bytes.length)) : null;
       let preempted = false;
+      let sentEnd = startLsn;
       const chunkBytes = rnd(1, 16) * 8 * 1024;
       try {
         await proposer.streamWal(wal.bytes, startLsn, {
           chunkBytes,
           commit: mode,
           onSent: async (sentLsn) => {
+            sentEnd = sentLsn;
             round.sentBytes += chunkBytes;
             if (round.ending || superseded(proposer)) throw new StreamClosedError(null);
             if (!preempted && preemptAt !== null && sentLsn >= preemptAt) {
@@ -473,6 +484,13 @@ test('chaos soak: kill -9, elections, truncations, readers, deletes and backgrou
       if (!preempted) onPreempt();
       // (b): acknowledgements of this connection are monotonic record ends of its branch.
       assertAcksAreRecordEnds(proposer.acknowledgedFlushLsns, new Set([startLsn, ...wal.records.map((r) => r.endLsn)]));
+      // Nothing is acknowledged past what was sent, except the end of an XLOG_SWITCH whose record arrived
+      // (the padding up to the next segment start need not).
+      const acked = proposer.flushLsn;
+      if (acked > sentEnd) {
+        const record = wal.records.find((r) => r.endLsn === acked);
+        assert.ok(record !== undefined && acked % BigInt(SEGMENT_BYTES) === 0n && record.startLsn + 24n <= sentEnd, `round ${round.index} timeline ${tl.index} term ${term}: acknowledged ${formatLsn(acked)} past the sent ${formatLsn(sentEnd)}`);
+      }
     } finally {
       if (!round.ending && random() < 0.5 && !proposer.closed) {
         // sometimes linger, so the next election finds a connected proposer to supersede
