@@ -6,7 +6,8 @@
  * Rules every route gets from here:
  * - errors are `{"msg": "..."}` with the SafekeeperError's `httpStatus`; fastify's own client errors keep
  *   their status (400 bad JSON, 413 body over `HTTP_BODY_BYTES_MAX`, 415); unknown routes are 404;
- *   anything else is 500 "internal error", logged once here with its stack. An AssertionError is a bug:
+ *   anything else is 500 "internal error", logged once here with its stack. A ShutdownError (a request cut
+ *   short by the node's shutdown) is 503 and logged at info, as Neon logs ShuttingDown. An AssertionError is a bug:
  *   it is answered with 500 and then rethrown outside fastify so the process exits, as everywhere.
  * - replies are serialized by `stringifyJson`, which writes bigints as exact JSON numbers (Neon's u64s), and
  *   JSON bodies are parsed by `parseJsonBody`, which reads integers beyond 2^53 as bigints; LSNs are "X/Y"
@@ -19,7 +20,7 @@
  */
 import { fastify, type FastifyError, type FastifyInstance } from 'fastify';
 import { isInteger, isSafeNumber, parse as parseLosslessJson } from 'lossless-json';
-import { SafekeeperError } from '../errors.js';
+import { SafekeeperError, ShutdownError } from '../errors.js';
 import { HTTP_BODY_BYTES_MAX, HTTP_CONNECTIONS_MAX, HTTP_IDLE_TIMEOUT_MS, HTTP_REQUESTS_PER_CONNECTION_MAX } from '../limits.js';
 import type { Logger } from '../log.js';
 import { renderMetrics } from '../metrics.js';
@@ -68,7 +69,10 @@ export function createHttpServer(deps: HttpServerDeps): HttpApp {
   app.setReplySerializer((payload) => stringifyJson(payload));
   app.setErrorHandler((error: FastifyError | Error, request, reply) => {
     const { status, msg } = describeError(error);
-    if (status >= 500) deps.log.error({ err: error, method: request.method, url: request.url }, 'http request failed');
+    // A request cut short by the node's shutdown gets its 503, as Neon answers ShuttingDown; like Neon we log
+    // that at info: nothing failed (a chaos soak saw a checkpoint in flight at SIGTERM logged as an error).
+    if (error instanceof ShutdownError) deps.log.info({ err: error, method: request.method, url: request.url }, 'http request cut short by shutdown');
+    else if (status >= 500) deps.log.error({ err: error, method: request.method, url: request.url }, 'http request failed');
     void reply.code(status).send({ msg });
     if (error instanceof AssertionError) setImmediate(() => { throw error; });
   });
