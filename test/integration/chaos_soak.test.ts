@@ -25,7 +25,7 @@
  * `npm test` runs a short version (8 rounds of 4 timelines, ~20-30 s; SK_CHAOS_ROUNDS=N runs N rounds of 6 timelines, and `npm run soak` runs many).
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { formatLsn, parseLsn, parseSegmentFileName, segmentFileName, segmentNumber, segmentStartLsn, type Lsn } from '../../src/wal/lsn.js';
@@ -153,7 +153,7 @@ test('chaos soak: kill -9, elections, truncations, readers, deletes and backgrou
   const errorLogs: string[] = [];
   /** Warning messages and how often, for the summary. */
   const warnings = new Map<string, number>();
-  const stats = { evictions: 0, restores: 0, idleWaits: 0, evictionWaitsTimedOut: 0, kills: 0, stops: 0, readerBytes: 0, remoteSegmentsChecked: 0, partialsChecked: 0, spareDeletes: 0 };
+  const stats = { offloadedReads: 0, evictions: 0, restores: 0, idleWaits: 0, evictionWaitsTimedOut: 0, kills: 0, stops: 0, readerBytes: 0, remoteSegmentsChecked: 0, partialsChecked: 0, spareDeletes: 0 };
 
   // ---- the model -------------------------------------------------------------------------------------------
 
@@ -240,8 +240,10 @@ test('chaos soak: kill -9, elections, truncations, readers, deletes and backgrou
 
   // ---- the node --------------------------------------------------------------------------------------------
 
+  /** Half the node's lives also delete an evicted timeline's last segment (it is downloaded again on demand). */
   async function startNode(round: number): Promise<NodeProcess> {
-    const node = await spawnNode(testNodeArgs(dataDir, NODE_ARGS));
+    const deleteOffloaded = random() < 0.5;
+    const node = await spawnNode(testNodeArgs(dataDir, [...NODE_ARGS, ...(deleteOffloaded ? ['--delete-offloaded-wal'] : [])]));
     let seen = 0;
     node.process.stderr?.on('data', () => {
       const text = node.stderr();
@@ -290,7 +292,7 @@ test('chaos soak: kill -9, elections, truncations, readers, deletes and backgrou
       assert.ok(recordEnds(parts).has(status.flushLsn), `${what}: timeline ${tl.index} flush_lsn ${formatLsn(status.flushLsn)} is not a record end`);
       const from = full ? START_LSN : max(START_LSN, segmentStartLsn(segmentNumber(tl.verifiedCommitLsn, SEGMENT_BYTES), SEGMENT_BYTES));
       const dir = timelineDirOf(dataDir, tl.ids.tenantId, tl.ids.timelineId);
-      assertSameWal(await readTimelineWal(dir, from, status.flushLsn, SEGMENT_BYTES), expectedBytes(parts, from, status.flushLsn, what), from, `${what}: timeline ${tl.index} WAL on disk`);
+      assertSameWal(await readWal(tl, dir, from, status.flushLsn), expectedBytes(parts, from, status.flushLsn, what), from, `${what}: timeline ${tl.index} WAL on disk`);
     }
     await checkReaders(tl, parts, status.flushLsn, what);
     await checkRemote(tl, parts, status.flushLsn, what);
@@ -312,6 +314,32 @@ test('chaos soak: kill -9, elections, truncations, readers, deletes and backgrou
     tl.truncations = [];
     tl.verifiedCommitLsn = max(tl.verifiedCommitLsn, status.commitLsn);
     return status;
+  }
+
+  /**
+   * The timeline's WAL over [from, to) as files hold it: local segments (or complete ones in remote storage,
+   * see readTimelineWal); when the node has evicted the timeline and deleted its last local segment, that one
+   * comes from the uploaded partial object that covers `to` (what an un-eviction downloads).
+   */
+  async function readWal(tl: Timeline, dir: string, from: Lsn, to: Lsn): Promise<Uint8Array> {
+    const lastSegno = segmentNumber(to - 1n, SEGMENT_BYTES);
+    const lastName = segmentFileName(lastSegno, SEGMENT_BYTES);
+    const remoteDir = join(remoteRoot, tl.ids.tenantId, tl.ids.timelineId);
+    const present = existsSync(join(dir, lastName)) || existsSync(join(dir, `${lastName}.partial`)) || existsSync(join(remoteDir, lastName));
+    if (present) return readTimelineWal(dir, from, to, SEGMENT_BYTES);
+    const state = (await controlFile(dataDir, tl.ids)).evictionState;
+    assert.equal(state.kind, 'Offloaded', `segment ${lastName} (holding flush_lsn ${formatLsn(to)}) is neither local nor remote, but the timeline is not offloaded`);
+    const partials = readdirSync(remoteDir).filter((name) => name.startsWith(`${lastName}_`) && name.endsWith('.partial'));
+    const covering = partials.find((name) => BigInt(`0x${name.split('_')[2]}`) === to);
+    assert.ok(covering !== undefined, `offloaded at ${formatLsn(to)}: a remote partial object of ${lastName} with that flush_lsn (have ${partials.join(', ')})`);
+    const segStart = segmentStartLsn(lastSegno, SEGMENT_BYTES);
+    const body = readFileSync(join(remoteDir, covering));
+    const out = new Uint8Array(Number(to - from));
+    if (from < segStart) out.set(await readTimelineWal(dir, from, segStart, SEGMENT_BYTES));
+    const a = from > segStart ? from : segStart;
+    out.set(body.subarray(Number(a - segStart), Number(to - segStart)), Number(a - from));
+    stats.offloadedReads += 1;
+    return out;
   }
 
   /** (d): what readers received is the history. */
@@ -725,7 +753,7 @@ test('chaos soak: kill -9, elections, truncations, readers, deletes and backgrou
   assert.equal(lastExit, null, lastExit ?? '');
   stopping = true;
   assert.equal((await node.stop()).code, 0, 'the last SIGTERM exits 0');
-  log(`done in ${((Date.now() - started) / 1000).toFixed(1)} s: ${stats.kills} kills, ${stats.stops} stops, ${timelines.reduce((n, tl) => n + tl.elections, 0)} elections (${timelines.reduce((n, tl) => n + tl.truncatingElections, 0)} truncating), ${spare.tombstoneRefusals} tombstone refusals, reader bytes checked ${stats.readerBytes}, evictions ${stats.evictions}, restores ${stats.restores} (${stats.idleWaits} idle waits, ${stats.evictionWaitsTimedOut} timed out), remote segments checked ${stats.remoteSegmentsChecked}, partial objects checked ${stats.partialsChecked}, spare deletes ${stats.spareDeletes} (${spare.incarnations} incarnations)`);
+  log(`done in ${((Date.now() - started) / 1000).toFixed(1)} s: ${stats.kills} kills, ${stats.stops} stops, ${timelines.reduce((n, tl) => n + tl.elections, 0)} elections (${timelines.reduce((n, tl) => n + tl.truncatingElections, 0)} truncating), ${spare.tombstoneRefusals} tombstone refusals, reader bytes checked ${stats.readerBytes}, evictions ${stats.evictions}, restores ${stats.restores}, offloaded timelines read from their remote partial ${stats.offloadedReads} (${stats.idleWaits} idle waits, ${stats.evictionWaitsTimedOut} timed out), remote segments checked ${stats.remoteSegmentsChecked}, partial objects checked ${stats.partialsChecked}, spare deletes ${stats.spareDeletes} (${spare.incarnations} incarnations)`);
   log(`warnings: ${[...warnings].map(([msg, count]) => `${count}× ${msg.slice(0, 160)}`).join(' | ') || 'none'}`);
   assert.deepEqual(errorLogs, [], 'the node logged no error');
 });
