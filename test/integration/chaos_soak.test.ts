@@ -153,7 +153,7 @@ test('chaos soak: kill -9, elections, truncations, readers, deletes and backgrou
   const errorLogs: string[] = [];
   /** Warning messages and how often, for the summary. */
   const warnings = new Map<string, number>();
-  const stats = { offloadedReads: 0, evictions: 0, restores: 0, idleWaits: 0, evictionWaitsTimedOut: 0, kills: 0, stops: 0, readerBytes: 0, remoteSegmentsChecked: 0, partialsChecked: 0, spareDeletes: 0 };
+  const stats = { startupKills: 0, offloadedReads: 0, evictions: 0, restores: 0, idleWaits: 0, evictionWaitsTimedOut: 0, kills: 0, stops: 0, readerBytes: 0, remoteSegmentsChecked: 0, partialsChecked: 0, spareDeletes: 0 };
 
   // ---- the model -------------------------------------------------------------------------------------------
 
@@ -326,7 +326,15 @@ test('chaos soak: kill -9, elections, truncations, readers, deletes and backgrou
     const lastName = segmentFileName(lastSegno, SEGMENT_BYTES);
     const remoteDir = join(remoteRoot, tl.ids.tenantId, tl.ids.timelineId);
     const present = existsSync(join(dir, lastName)) || existsSync(join(dir, `${lastName}.partial`)) || existsSync(join(remoteDir, lastName));
-    if (present) return readTimelineWal(dir, from, to, SEGMENT_BYTES);
+    if (present) {
+      try {
+        return await readTimelineWal(dir, from, to, SEGMENT_BYTES);
+      } catch (error) {
+        const control = await controlFile(dataDir, tl.ids).catch((e: unknown) => String(e));
+        const show = (value: unknown): string => JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? formatLsn(v) : v));
+        throw new Error(`timeline ${tl.index} (${tl.ids.tenantId}/${tl.ids.timelineId}) reading [${formatLsn(from)}, ${formatLsn(to)}): ${(error as Error).message}\nlocal: ${readdirSync(dir).sort().join(' ')}\nremote: ${existsSync(remoteDir) ? readdirSync(remoteDir).sort().join(' ') : '(none)'}\ncontrol file: ${show(control)}`, { cause: error });
+      }
+    }
     const state = (await controlFile(dataDir, tl.ids)).evictionState;
     assert.equal(state.kind, 'Offloaded', `segment ${lastName} (holding flush_lsn ${formatLsn(to)}) is neither local nor remote, but the timeline is not offloaded`);
     const partials = readdirSync(remoteDir).filter((name) => name.startsWith(`${lastName}_`) && name.endsWith('.partial'));
@@ -691,6 +699,17 @@ test('chaos soak: kill -9, elections, truncations, readers, deletes and backgrou
 
   const started = Date.now();
   for (let index = 0; index < ROUNDS; index += 1) {
+    if (index > 0 && random() < 0.2) {
+      // A kill while the node starts (loading timelines, recovering WAL ends): its deadline is the kill.
+      const deadlineMs = rnd(300, 3000);
+      const early = await spawnNode(testNodeArgs(dataDir, NODE_ARGS), { readyTimeoutMs: deadlineMs }).catch((error: Error) => error);
+      if (early instanceof Error) {
+        assert.match(early.message, /not ready after/, `the node died by itself while starting:\n${early.message.slice(-6000)}`);
+        stats.startupKills += 1;
+      } else {
+        await early.kill9();
+      }
+    }
     const node = await startNode(index);
     let unexpectedExit: string | null = null;
     const moments = ['elect', 'delete', 'checkpoint'] as const;
@@ -753,7 +772,7 @@ test('chaos soak: kill -9, elections, truncations, readers, deletes and backgrou
   assert.equal(lastExit, null, lastExit ?? '');
   stopping = true;
   assert.equal((await node.stop()).code, 0, 'the last SIGTERM exits 0');
-  log(`done in ${((Date.now() - started) / 1000).toFixed(1)} s: ${stats.kills} kills, ${stats.stops} stops, ${timelines.reduce((n, tl) => n + tl.elections, 0)} elections (${timelines.reduce((n, tl) => n + tl.truncatingElections, 0)} truncating), ${spare.tombstoneRefusals} tombstone refusals, reader bytes checked ${stats.readerBytes}, evictions ${stats.evictions}, restores ${stats.restores}, offloaded timelines read from their remote partial ${stats.offloadedReads} (${stats.idleWaits} idle waits, ${stats.evictionWaitsTimedOut} timed out), remote segments checked ${stats.remoteSegmentsChecked}, partial objects checked ${stats.partialsChecked}, spare deletes ${stats.spareDeletes} (${spare.incarnations} incarnations)`);
+  log(`done in ${((Date.now() - started) / 1000).toFixed(1)} s: ${stats.kills} kills, ${stats.startupKills} kills while starting, ${stats.stops} stops, ${timelines.reduce((n, tl) => n + tl.elections, 0)} elections (${timelines.reduce((n, tl) => n + tl.truncatingElections, 0)} truncating), ${spare.tombstoneRefusals} tombstone refusals, reader bytes checked ${stats.readerBytes}, evictions ${stats.evictions}, restores ${stats.restores}, offloaded timelines read from their remote partial ${stats.offloadedReads} (${stats.idleWaits} idle waits, ${stats.evictionWaitsTimedOut} timed out), remote segments checked ${stats.remoteSegmentsChecked}, partial objects checked ${stats.partialsChecked}, spare deletes ${stats.spareDeletes} (${spare.incarnations} incarnations)`);
   log(`warnings: ${[...warnings].map(([msg, count]) => `${count}× ${msg.slice(0, 160)}`).join(' | ') || 'none'}`);
   assert.deepEqual(errorLogs, [], 'the node logged no error');
 });
