@@ -322,21 +322,19 @@ test('chaos soak: kill -9, elections, truncations, readers, deletes and backgrou
    * comes from the uploaded partial object that covers `to` (what an un-eviction downloads).
    */
   async function readWal(tl: Timeline, dir: string, from: Lsn, to: Lsn): Promise<Uint8Array> {
-    const lastSegno = segmentNumber(to - 1n, SEGMENT_BYTES);
+    // The partial object is named after flush_lsn's segment (as the node names it).
+    const lastSegno = segmentNumber(to, SEGMENT_BYTES);
     const lastName = segmentFileName(lastSegno, SEGMENT_BYTES);
     const remoteDir = join(remoteRoot, tl.ids.tenantId, tl.ids.timelineId);
-    const present = existsSync(join(dir, lastName)) || existsSync(join(dir, `${lastName}.partial`)) || existsSync(join(remoteDir, lastName));
-    if (present) {
-      try {
-        return await readTimelineWal(dir, from, to, SEGMENT_BYTES);
-      } catch (error) {
-        const control = await controlFile(dataDir, tl.ids).catch((e: unknown) => String(e));
-        const show = (value: unknown): string => JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? formatLsn(v) : v));
-        throw new Error(`timeline ${tl.index} (${tl.ids.tenantId}/${tl.ids.timelineId}) reading [${formatLsn(from)}, ${formatLsn(to)}): ${(error as Error).message}\nlocal: ${readdirSync(dir).sort().join(' ')}\nremote: ${existsSync(remoteDir) ? readdirSync(remoteDir).sort().join(' ') : '(none)'}\ncontrol file: ${show(control)}`, { cause: error });
-      }
-    }
-    const state = (await controlFile(dataDir, tl.ids)).evictionState;
-    assert.equal(state.kind, 'Offloaded', `segment ${lastName} (holding flush_lsn ${formatLsn(to)}) is neither local nor remote, but the timeline is not offloaded`);
+    // The node may evict the (idle) timeline while this reads, deleting the last local segment under it.
+    const state = await readTimelineWal(dir, from, to, SEGMENT_BYTES).catch(async (error: unknown) => {
+      const control = await controlFile(dataDir, tl.ids).catch((e: unknown) => String(e));
+      if (typeof control !== 'string' && control.evictionState.kind === 'Offloaded') return control.evictionState;
+      const show = (value: unknown): string => JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? formatLsn(v) : v));
+      throw new Error(`timeline ${tl.index} (${tl.ids.tenantId}/${tl.ids.timelineId}) reading [${formatLsn(from)}, ${formatLsn(to)}): ${(error as Error).message}\nlocal: ${readdirSync(dir).sort().join(' ')}\nremote: ${existsSync(remoteDir) ? readdirSync(remoteDir).sort().join(' ') : '(none)'}\ncontrol file: ${show(control)}`, { cause: error });
+    });
+    if (state instanceof Uint8Array) return state;
+    assert.equal(formatLsn(state.flushLsn), formatLsn(to), 'offloaded at flush_lsn');
     const partials = readdirSync(remoteDir).filter((name) => name.startsWith(`${lastName}_`) && name.endsWith('.partial'));
     const covering = partials.find((name) => BigInt(`0x${name.split('_')[2]}`) === to);
     assert.ok(covering !== undefined, `offloaded at ${formatLsn(to)}: a remote partial object of ${lastName} with that flush_lsn (have ${partials.join(', ')})`);
