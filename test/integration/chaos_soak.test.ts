@@ -607,6 +607,31 @@ test('chaos soak: kill -9, elections, truncations, readers, deletes and backgrou
     }
   }
 
+  const spareCreateBody = (): object => ({ tenant_id: spare.ids.tenantId, timeline_id: spare.ids.timelineId, pg_version: PG_VERSION, system_id: SYSTEM_ID.toString(), wal_seg_size: SEGMENT_BYTES, start_lsn: formatLsn(START_LSN) });
+
+  /**
+   * DELETEs the spare (with `killPoint`, a kill may land while it runs). True when it is gone; false when the
+   * round ended or the node went away first, and then its remote objects may be left.
+   */
+  async function deleteSpare(round: Round, path: string, killPoint: boolean): Promise<boolean> {
+    spare.state = 'unknown';
+    const deleting = http(round.node, 'DELETE', path).catch(() => null);
+    if (killPoint) {
+      await new Promise((resolve) => setImmediate(resolve));
+      killHere(round, 'delete');
+    }
+    const deleted = await deleting;
+    if (deleted === null || round.ending) {
+      spare.remoteMaybeDirty = true;
+      return false;
+    }
+    assert.equal(deleted.status, 200, `delete the spare: ${JSON.stringify(deleted.json)}`);
+    spare.state = 'absent';
+    spare.tombstoned = true;
+    stats.spareDeletes += 1;
+    return true;
+  }
+
   async function spareDriver(round: Round): Promise<void> {
     const node = round.node;
     const remote = localRemote(remoteRoot);
@@ -620,23 +645,12 @@ test('chaos soak: kill -9, elections, truncations, readers, deletes and backgrou
       const checkpoint = await checkpointing;
       if (checkpoint !== null && checkpoint.status !== 200 && checkpoint.status !== 404 && !round.ending) throw new Error(`checkpoint: ${checkpoint.status} ${JSON.stringify(checkpoint.json)}`);
       if (round.ending) return;
-      if (spare.state === 'present') {
-        // Left over from the last round (and maybe written to): delete it first.
-        spare.state = 'unknown';
-        const deleted = await http(node, 'DELETE', path).catch(() => null);
-        if (deleted === null || round.ending) {
-          spare.remoteMaybeDirty = true;
-          return;
-        }
-        assert.equal(deleted.status, 200, `delete the spare: ${JSON.stringify(deleted.json)}`);
-        spare.state = 'absent';
-        spare.tombstoned = true;
-        stats.spareDeletes += 1;
-      }
+      // Left over from the last round (and maybe written to): delete it first.
+      if (spare.state === 'present' && !(await deleteSpare(round, path, false))) return;
       if (spare.tombstoned) {
         // Deleted in this node's lifetime: re-creating it is refused (an in-memory tombstone, as in Neon);
         // the next incarnation is a new timeline. After a restart the same id is created again.
-        const refused = await http(node, 'POST', '/v1/tenant/timeline', { tenant_id: spare.ids.tenantId, timeline_id: spare.ids.timelineId, pg_version: PG_VERSION, system_id: SYSTEM_ID.toString(), wal_seg_size: SEGMENT_BYTES, start_lsn: formatLsn(START_LSN) }).catch(() => null);
+        const refused = await http(node, 'POST', '/v1/tenant/timeline', spareCreateBody()).catch(() => null);
         if (refused === null || round.ending) return;
         assert.equal(refused.status, 409, `re-creating a deleted timeline is refused: ${JSON.stringify(refused.json)}`);
         assert.equal((await http(node, 'GET', path)).status, 404, 'a refused re-create creates nothing');
@@ -649,7 +663,7 @@ test('chaos soak: kill -9, elections, truncations, readers, deletes and backgrou
       }
       {
         spare.state = 'unknown';
-        const created = await http(node, 'POST', '/v1/tenant/timeline', { tenant_id: spare.ids.tenantId, timeline_id: spare.ids.timelineId, pg_version: PG_VERSION, system_id: SYSTEM_ID.toString(), wal_seg_size: SEGMENT_BYTES, start_lsn: formatLsn(START_LSN) }).catch(() => null);
+        const created = await http(node, 'POST', '/v1/tenant/timeline', spareCreateBody()).catch(() => null);
         if (created === null || round.ending) return;
         assert.equal(created.status, 200, `create the spare: ${JSON.stringify(created.json)}`);
         spare.state = 'present';
@@ -674,19 +688,7 @@ test('chaos soak: kill -9, elections, truncations, readers, deletes and backgrou
         throw error;
       }
       if (round.ending) return;
-      spare.state = 'unknown';
-      const deleting = http(node, 'DELETE', path).catch(() => null);
-      await new Promise((resolve) => setImmediate(resolve));
-      killHere(round, 'delete');
-      const deleted = await deleting;
-      if (deleted === null || round.ending) {
-        spare.remoteMaybeDirty = true;
-        return;
-      }
-      assert.equal(deleted.status, 200, `delete the spare: ${JSON.stringify(deleted.json)}`);
-      spare.state = 'absent';
-      spare.tombstoned = true;
-      stats.spareDeletes += 1;
+      if (!(await deleteSpare(round, path, true))) return;
       assert.equal((await http(node, 'GET', path)).status, 404, 'a deleted timeline is gone');
       assert.ok(!existsSync(timelineDirOf(dataDir, spare.ids.tenantId, spare.ids.timelineId)), 'a deleted timeline has no directory');
       assert.deepEqual((await remote.list(`${spare.ids.tenantId}/${spare.ids.timelineId}/`, signal)).map((e) => e.key), [], 'a deleted timeline has nothing in remote storage');
