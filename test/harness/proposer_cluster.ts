@@ -34,6 +34,14 @@ export interface ProposerProcess {
   exited: Promise<ExitStatus>;
 }
 
+/** One JSON log line of the proposer (`--log-format json`). */
+export type LogLine = Record<string, unknown> & { msg: string; level: string };
+
+/** The proposer's JSON log lines with message `msg`, so far. */
+export function linesWith(proposer: ProposerProcess, msg: string): LogLine[] {
+  return proposer.stderr().split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as LogLine).filter((line) => line.msg === msg);
+}
+
 export interface TimelineStatus {
   flushLsn: Lsn;
   commitLsn: Lsn;

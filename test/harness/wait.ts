@@ -38,3 +38,14 @@ export async function waitFor<T>(condition: () => T | Promise<T>, options: WaitO
     await delay(intervalMs);
   }
 }
+
+/** Resolves with `promise`, or fails after `timeoutMs` naming `what` (a commit that never returns would hang a test). */
+export async function within<T>(promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_resolve, reject) => (timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs)));
+  try {
+    return await Promise.race([promise, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -14,8 +14,8 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { formatLsn, parseLsn, segmentFileName, segmentNumber } from '../../src/wal/lsn.js';
 import { freePort, startPostgres } from '../harness/pg.js';
-import { elected, ProposerCluster, startProposer, type ProposerProcess } from '../harness/proposer_cluster.js';
-import { waitFor } from '../harness/wait.js';
+import { elected, linesWith, ProposerCluster, startProposer, type LogLine, type ProposerProcess } from '../harness/proposer_cluster.js';
+import { waitFor, within } from '../harness/wait.js';
 
 const APP = 'sk_test_reconnect';
 const TENANT = '6a'.repeat(16);
@@ -23,25 +23,6 @@ const TIMELINE = '7b'.repeat(16);
 /** Generous: two cores shared with other test runs. */
 const RECONNECT_WAIT_MS = 60_000;
 const SEGMENT_BYTES = 16 * 1024 * 1024;
-
-type LogLine = Record<string, unknown> & { msg: string; level: string };
-
-function logLines(proposer: ProposerProcess): LogLine[] {
-  return proposer.stderr().split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as LogLine);
-}
-
-const linesWith = (proposer: ProposerProcess, msg: string): LogLine[] => logLines(proposer).filter((line) => line.msg === msg);
-
-/** Resolves with `promise`, or fails the test after `timeoutMs` naming `what` (a commit that never returns would hang forever). */
-async function within<T>(promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_resolve, reject) => (timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs)));
-  try {
-    return await Promise.race([promise, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** The value of one series in Prometheus text (`name{labels} value`), or null. */
 function metricValue(text: string, series: string): number | null {

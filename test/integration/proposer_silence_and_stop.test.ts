@@ -21,9 +21,9 @@ import { after, before, describe, it } from 'node:test';
 import { formatLsn, parseLsn } from '../../src/wal/lsn.js';
 import { FreezableProxy } from '../harness/freezable_proxy.js';
 import { freePort, PG_BIN_DIR, runAsPostgres } from '../harness/pg.js';
-import { elected, ProposerCluster, startProposer, type ProposerProcess } from '../harness/proposer_cluster.js';
+import { elected, linesWith, ProposerCluster, startProposer, type ProposerProcess } from '../harness/proposer_cluster.js';
 import { makeTempDir } from '../harness/tmp.js';
-import { waitFor } from '../harness/wait.js';
+import { waitFor, within } from '../harness/wait.js';
 
 const execFileAsync = promisify(execFile);
 const APP = 'sk_test_silence';
@@ -35,22 +35,6 @@ const PING_MSG = 'nothing from the primary for half of --primary-timeout; reques
 const TIMEOUT_MSG = 'nothing from the primary within --primary-timeout; dropping the connection';
 const STOPPED_MSG = 'stopping: every connected safekeeper has the final commit_lsn';
 const STANDBY_MSG = 'the --from server is a standby (in recovery): its WAL streams to the safekeepers, but synchronous commit through the proposer only works against the primary';
-
-type LogLine = Record<string, unknown> & { msg: string; level: string };
-
-const linesWith = (proposer: ProposerProcess, msg: string): LogLine[] =>
-  proposer.stderr().split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as LogLine).filter((line) => line.msg === msg);
-
-/** Resolves with `promise`, or fails after `timeoutMs` naming `what` (a commit that never returns would hang the test). */
-async function within<T>(promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_resolve, reject) => (timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs)));
-  try {
-    return await Promise.race([promise, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 const standbys = new Set<ChildProcess>();
 
