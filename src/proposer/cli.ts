@@ -55,7 +55,8 @@ Flags:
                             counted from the loss, then exit 1; 0s exits at once (default 5m)
   --primary-timeout DUR     a primary connection on which nothing arrives for this long (a frozen host, a dropped
                             route) is dropped and reconnected; a reply is requested at half of it (PostgreSQL's
-                            wal_receiver_timeout); 0s never gives up (default 60s)
+                            wal_receiver_timeout); it also bounds each setup step of the first connection
+                            (then exit 1); 0s never gives up (default 60s)
   --http-listen HOST:PORT   serve Prometheus metrics at GET /metrics (port 0: any free port; default: off)
   --quorum-timeout DUR      give up when no majority has voted within this (default 30s)
   --wal-window-bytes SIZE   WAL kept in memory for lagging safekeepers (default 64MiB)

@@ -17,7 +17,8 @@
  * Hot standby feedback from the safekeepers is relayed as 'h' messages (and sent again after a reconnect).
  * Silence: with `--primary-timeout` (> 0) a connection on which nothing arrives for that long is treated as
  * lost, after a reply request at half of it (`primary_silence.ts`, PostgreSQL's wal_receiver_timeout), so a
- * frozen primary or a dropped route ends in a reconnect instead of a proposer that waits forever.
+ * frozen primary or a dropped route ends in a reconnect instead of a proposer that waits forever. Before
+ * streaming, the same limit bounds each setup step of the first connection (`setupStep`), which fails fatally.
  * Reconnect: once streaming has begun, a lost connection (primary restart, terminated walsender, network,
  * silence) is retried (`primary_reconnect.ts`) while the proposer's links and term stay; the new connection must be
  * the same system on the same PostgreSQL timeline, and START_REPLICATION resumes at `receivedLsn`, the end of
@@ -38,7 +39,7 @@ import { LatencyStats } from './latency_stats.js';
 import { PendingTimings } from './pending_timings.js';
 import { STATUS_INTERVAL_MS } from './limits.js';
 import { type ConnectionTarget, connectPrimary, ensureSlot, identifyPrimary, parsePostgresUrl, type PrimaryIdentity, toSourceError, warnIfStandby } from './primary_connection.js';
-import { isTransientPrimaryError, reconnectPrimary } from './primary_reconnect.js';
+import { isTransientPrimaryError, reconnectPrimary, withDeadline } from './primary_reconnect.js';
 import { SilenceWatchdog } from './primary_silence.js';
 import type { ServerIdentity, StreamArgs, WalSource } from './source.js';
 
@@ -95,9 +96,16 @@ export class PostgresSource implements WalSource {
     this.description = `postgres ${target.host}:${target.port}`;
   }
 
-  /** Connects, identifies the primary and makes sure the slot exists. Errors are SourceErrors. */
+  /**
+   * Connects, identifies the primary and makes sure the slot exists, within `--primary-timeout` (see
+   * `#setupStep`). Errors are SourceErrors.
+   */
   static async open(options: PostgresSourceOptions, signal: AbortSignal): Promise<PostgresSource> {
     const target = parsePostgresUrl(options.url);
+    return setupStep(options.silenceTimeoutMs, 'connecting and setting up replication', signal, (stepSignal) => PostgresSource.#open(options, target, stepSignal));
+  }
+
+  static async #open(options: PostgresSourceOptions, target: ConnectionTarget, signal: AbortSignal): Promise<PostgresSource> {
     const client = await connectPrimary(target, options.applicationName, signal);
     try {
       const primary = await identifyPrimary(client, signal);
@@ -131,6 +139,10 @@ export class PostgresSource implements WalSource {
 
   async initialLsn(signal: AbortSignal): Promise<Lsn> {
     if (this.#options.startLsn !== null) return this.#options.startLsn;
+    return setupStep(this.#options.silenceTimeoutMs, 'looking for the first record of the slot segment', signal, (stepSignal) => this.#firstRecordLsn(stepSignal));
+  }
+
+  async #firstRecordLsn(signal: AbortSignal): Promise<Lsn> {
     const fromLsn = this.earliestLsn();
     const probe = await connectPrimary(this.#target, `${this.#options.applicationName}_probe`, signal);
     try {
@@ -162,7 +174,8 @@ export class PostgresSource implements WalSource {
   async stream(args: StreamArgs): Promise<void> {
     const { signal } = args;
     try {
-      await this.#client.startCopyBoth(this.#startReplicationCommand(args.startLsn), signal);
+      const command = this.#startReplicationCommand(args.startLsn);
+      await setupStep(this.#options.silenceTimeoutMs, 'starting replication', signal, (stepSignal) => this.#client.startCopyBoth(command, stepSignal));
     } catch (error) {
       throw toSourceError(error, `START_REPLICATION at ${formatLsn(args.startLsn)}`);
     }
@@ -308,4 +321,15 @@ export class PostgresSource implements WalSource {
     const lsn = this.#commitLsn;
     this.#client.sendCopyData(encodeStandbyReply({ writeLsn: lsn, flushLsn: lsn, applyLsn: lsn, replyTimeUs: postgresNowUs(), replyRequested }));
   }
+}
+
+/**
+ * One step of the first connection's setup, bounded by `--primary-timeout` (when not 0): a primary that goes
+ * silent before streaming starts (where the silence watch of `#pump` does not run yet) is a fatal
+ * SourceError naming the step, as any failure of the first connection is. A reconnect's setup is bounded by
+ * `--primary-reconnect-timeout` instead (primary_reconnect.ts).
+ */
+function setupStep<T>(timeoutMs: number, step: string, signal: AbortSignal, work: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  if (timeoutMs === 0) return work(signal);
+  return withDeadline(work, timeoutMs, signal, () => new SourceError(`the primary did not answer within --primary-timeout (${timeoutMs} ms) while ${step}`));
 }

@@ -99,15 +99,24 @@ export async function reconnectPrimary<T>(args: ReconnectArgs<T>): Promise<T> {
 }
 
 /** Runs one attempt with a signal that also fires after `limitMs` (a PgConnectionError: transient, so the deadline check ends the loop). */
-async function attemptUntil<T>(attempt: (signal: AbortSignal) => Promise<T>, limitMs: number, signal: AbortSignal): Promise<T> {
+function attemptUntil<T>(attempt: (signal: AbortSignal) => Promise<T>, limitMs: number, signal: AbortSignal): Promise<T> {
+  return withDeadline(attempt, limitMs, signal, () => new PgConnectionError(`no connection within the ${Math.round(limitMs)} ms left of the reconnect timeout`));
+}
+
+/**
+ * Runs `work` with a signal that fires on `signal` or after `limitMs`; when the deadline cut it, rejects with
+ * `deadlineError()` instead of whatever the cut wait threw. The pg calls under it are abort-safe (a
+ * connection being set up is destroyed), so nothing is left running.
+ */
+export async function withDeadline<T>(work: (signal: AbortSignal) => Promise<T>, limitMs: number, signal: AbortSignal, deadlineError: () => Error): Promise<T> {
   const token = new CancelToken();
   const onAbort = (): void => token.cancel(abortReason(signal));
   signal.addEventListener('abort', onAbort, { once: true });
-  const timer = setTimeout(() => token.cancel(new PgConnectionError(`no connection within the ${Math.round(limitMs)} ms left of the reconnect timeout`)), limitMs);
+  if (signal.aborted) onAbort();
+  const timer = setTimeout(() => token.cancel(deadlineError()), limitMs);
   try {
-    return await attempt(token.signal);
+    return await work(token.signal);
   } catch (error) {
-    // An attempt cut by our timer rejects with whatever its wait threw; report the deadline instead.
     if (token.cancelled && !signal.aborted) throw token.signal.reason;
     throw error;
   } finally {

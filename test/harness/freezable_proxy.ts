@@ -4,7 +4,9 @@
  * directions (bytes are read and dropped, nothing is forwarded, both sockets stay open), while connections
  * made later pass normally, so a client that gives up and reconnects gets through. A close or reset on
  * either side is still passed on (closing the other side), so the server's end of a connection the client
- * dropped goes away at once instead of after the server's own timeout. Backpressure: a side whose writes
+ * dropped goes away at once instead of after the server's own timeout. `freezeAtFirstQuery()` instead makes
+ * every later connection freeze when its client sends its first simple Query (after startup and
+ * authentication passed), to play a primary that stops answering during a client's setup. Backpressure: a side whose writes
  * queue pauses the other until 'drain'. `close()` ends every connection and the listener.
  */
 import net from 'node:net';
@@ -17,6 +19,7 @@ interface Pair {
 
 export class FreezableProxy {
   readonly #pairs = new Set<Pair>();
+  #freezeAtFirstQuery = false;
 
   private constructor(readonly listener: net.Server, readonly port: number) {}
 
@@ -51,6 +54,11 @@ export class FreezableProxy {
     return this.#pairs.size;
   }
 
+  /** From now on, a new connection freezes when its client sends a simple Query message ('Q'). */
+  freezeAtFirstQuery(): void {
+    this.#freezeAtFirstQuery = true;
+  }
+
   async close(): Promise<void> {
     for (const pair of this.#pairs) {
       pair.client.destroy();
@@ -62,9 +70,12 @@ export class FreezableProxy {
   #accept(client: net.Socket, targetPort: number): void {
     const server = net.connect({ host: '127.0.0.1', port: targetPort });
     const pair: Pair = { client, server, frozen: false };
+    const freezeAtQuery = this.#freezeAtFirstQuery;
     this.#pairs.add(pair);
     const forward = (from: net.Socket, to: net.Socket): void => {
       from.on('data', (chunk: Buffer) => {
+        // A client sends a Query only after ReadyForQuery, so it starts a chunk of its own.
+        if (freezeAtQuery && from === client && chunk[0] === 0x51) pair.frozen = true;
         if (pair.frozen) return; // the black hole
         if (!to.write(chunk)) {
           from.pause();

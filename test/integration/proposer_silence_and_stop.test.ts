@@ -144,6 +144,18 @@ describe('safekeeper propose: a silent primary, a clean stop, a standby as --fro
       await waitFor(() => standby.process.exitCode !== null || standby.process.signalCode !== null, { timeoutMs: WAIT_MS, what: 'the standby to stop' });
     }
   });
+
+  it('exits 1 naming the step when the primary stops answering during the first connection\'s setup', async () => {
+    const setupProxy = await FreezableProxy.start(cluster.primary.port);
+    try {
+      setupProxy.freezeAtFirstQuery(); // startup and authentication pass; IDENTIFY_SYSTEM gets no answer
+      const stuck = startProposer(['--safekeepers', cluster.safekeeperList(), '--tenant-id', TENANT, '--timeline-id', 'be'.repeat(16), '--from', `postgres://postgres@127.0.0.1:${setupProxy.port}/postgres`, '--application-name', 'sk_test_setup_silence', '--primary-timeout', '2s']);
+      assert.deepEqual(await within(stuck.exited, WAIT_MS, 'the proposer to give up on the silent setup'), { code: 1, signal: null });
+      assert.match(stuck.stderr(), /the primary did not answer within --primary-timeout \(2000 ms\) while connecting and setting up replication/);
+    } finally {
+      await setupProxy.close();
+    }
+  });
 });
 
 /** pg_basebackup of the primary, started as a hot standby streaming from it. */
