@@ -185,8 +185,12 @@ export class PostgresSource implements WalSource {
       try {
         await this.#pump(args);
       } catch (error) {
-        this.#streaming = false;
+        // A clean stop (the signal) leaves the connection up and `#streaming` set: the proposer then drains the
+        // safekeepers' acknowledgements, and every commit_lsn they bring, the final one in `close()` included,
+        // is still reported to the primary, so commits waiting on it there are released now, not by the next
+        // proposer. Only the reading stops (the primary's further WAL waits in bounded buffers until close).
         if (signal.aborted) throw error;
+        this.#streaming = false;
         // 58P01 (undefined_file) when the segment file is gone; some paths report it as XX000 with this text.
         if (error instanceof PgServerError && (error.sqlState === '58P01' || /has already been removed/.test(error.message))) {
           throw new SourceMismatchError(`the primary no longer has the WAL at ${formatLsn(this.#receivedLsn)} that the safekeepers need next (${error.message}); was the replication slot ${this.#options.slotName} dropped?`, { cause: error });

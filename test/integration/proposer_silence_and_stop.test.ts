@@ -18,6 +18,7 @@ import { appendFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
+import { slotNameFrom } from '../../src/proposer/primary_connection.js';
 import { formatLsn, parseLsn } from '../../src/wal/lsn.js';
 import { FreezableProxy } from '../harness/freezable_proxy.js';
 import { freePort, PG_BIN_DIR, runAsPostgres } from '../harness/pg.js';
@@ -107,6 +108,10 @@ describe('safekeeper propose: a silent primary, a clean stop, a standby as --fro
     assert.equal(stopped.length, 1, proposer.stderr().slice(-3000));
     const finalCommitLsn = parseLsn(stopped[0]?.['commit_lsn'] as string);
     for (const status of statuses) assert.equal(formatLsn(status.commitLsn), formatLsn(finalCommitLsn), 'every safekeeper has the final commit_lsn');
+    // The primary was told the final commit_lsn too (a physical slot's restart_lsn is the flush position its
+    // standby reported), so its commits up to there were released by this stop, not by the next proposer.
+    const slotRestartLsn = (await cluster.primary.psql(`SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = '${slotNameFrom(APP)}'`)).trim();
+    assert.equal(slotRestartLsn, formatLsn(finalCommitLsn), 'the primary has the final commit_lsn as our flush position');
     assert.ok(finalCommitLsn > startLsn);
     // The commits pgbench still waits on complete once a new proposer reports the quorum flush.
     proposer = startProposer(proposerArgs(cluster.primaryUrl(), []));
