@@ -23,7 +23,7 @@ import { formatHostPort, type HostPort } from '../config/value_parsers.js';
 import { ProtocolViolationError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { PgClient, PgConnectionError, PgServerError } from '../pg/client.js';
-import { CancelToken, sleep } from '../sync/cancel.js';
+import { CancelToken, sleep, withDeadline } from '../sync/cancel.js';
 import type { Lsn } from '../wal/lsn.js';
 import { startStreamingLsn, voteProblem } from './election.js';
 import type { CampaignRound } from './campaign.js';
@@ -222,13 +222,9 @@ export class AcceptorLink {
   }
 
   async #receive<T extends AcceptorMessage['tag']>(client: PgClient, tag: T, signal: AbortSignal): Promise<Extract<AcceptorMessage, { tag: T }>> {
-    const timeout = new CancelToken();
-    const onAbort = (): void => timeout.cancel(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    const timer = setTimeout(() => timeout.cancel(new PgConnectionError(`${this.name}: no ${tag} reply within ${ACCEPTOR_SILENCE_MS_MAX} ms`)), ACCEPTOR_SILENCE_MS_MAX);
-    try {
+    return withDeadline(async (deadline) => {
       for (;;) {
-        const event = await client.nextCopy(timeout.signal);
+        const event = await client.nextCopy(deadline);
         if (event.kind === 'done') throw new PgConnectionError(`${this.name}: stream ended while waiting for ${tag}`);
         const message = decodeAcceptorMessage(event.payload, this.host.protocolVersion);
         if (message.tag === tag) return message as Extract<AcceptorMessage, { tag: T }>;
@@ -237,10 +233,7 @@ export class AcceptorLink {
         if (message.tag === 'append') continue;
         throw new ProtocolViolationError('acceptor', `expected ${tag}, got ${message.tag}`);
       }
-    } finally {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', onAbort);
-    }
+    }, ACCEPTOR_SILENCE_MS_MAX, signal, () => new PgConnectionError(`${this.name}: no ${tag} reply within ${ACCEPTOR_SILENCE_MS_MAX} ms`));
   }
 
   #send(client: PgClient, message: Parameters<typeof encodeProposerMessage>[0]): boolean {

@@ -23,7 +23,7 @@
 import type { AcceptorGreeting, VoteResponse } from '../acceptor/messages.js';
 import { ProtocolViolationError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { CancelToken, sleep } from '../sync/cancel.js';
+import { sleep, withDeadline } from '../sync/cancel.js';
 import { Watch } from '../sync/watch.js';
 import { NoQuorumError, TermConflictError } from './errors.js';
 import { ELECTION_ATTEMPTS_MAX, ELECTION_RETRY_BACKOFF_MS_MAX, ELECTION_RETRY_BACKOFF_MS_MIN, jitteredBackoffMs } from './limits.js';
@@ -137,17 +137,10 @@ export class Campaign<Key> {
 
   /** Waits for votes from a majority; NoQuorumError (with `describe()`) after `timeoutMs`. Abort-safe. */
   async waitForVotes(signal: AbortSignal, timeoutMs: number, describe: () => string): Promise<void> {
-    const timeout = new CancelToken();
-    const onAbort = (): void => timeout.cancel(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    const timer = setTimeout(() => timeout.cancel(new NoQuorumError(`no quorum: ${this.#votes.size} of ${describe()}`)), timeoutMs);
-    try {
-      await this.changes.waitFor(() => this.phase === 'electing' || this.phase === 'elected', timeout.signal);
-    } finally {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', onAbort);
-      timeout.release();
-    }
+    await withDeadline(
+      (deadline) => this.changes.waitFor(() => this.phase === 'electing' || this.phase === 'elected', deadline),
+      timeoutMs, signal, () => new NoQuorumError(`no quorum: ${this.#votes.size} of ${describe()}`),
+    );
   }
 
   /** A new round with a term above every term seen, after a backoff; TermConflictError once the rounds are used up. */

@@ -33,13 +33,14 @@ import type { Logger } from '../log.js';
 import { type PgClient, PgConnectionError, PgServerError } from '../pg/client.js';
 import { decodeWalSenderMessage, encodeHotStandbyFeedback, encodeStandbyReply, postgresNowUs } from '../pg/replication_messages.js';
 import { formatLsn, type Lsn, segmentNumber, segmentStartLsn } from '../wal/lsn.js';
+import { withDeadline } from '../sync/cancel.js';
 import { initialDecoderState, WalRecordDecoder } from '../wal/record_decoder.js';
 import { SourceError, SourceMismatchError } from './errors.js';
 import { LatencyStats } from './latency_stats.js';
 import { PendingTimings } from './pending_timings.js';
 import { STATUS_INTERVAL_MS } from './limits.js';
 import { type ConnectionTarget, connectPrimary, ensureSlot, identifyPrimary, parsePostgresUrl, type PrimaryIdentity, toSourceError, warnIfStandby } from './primary_connection.js';
-import { isTransientPrimaryError, reconnectPrimary, withDeadline } from './primary_reconnect.js';
+import { isTransientPrimaryError, reconnectPrimary } from './primary_reconnect.js';
 import { SilenceWatchdog } from './primary_silence.js';
 import type { ServerIdentity, StreamArgs, WalSource } from './source.js';
 
@@ -98,7 +99,7 @@ export class PostgresSource implements WalSource {
 
   /**
    * Connects, identifies the primary and makes sure the slot exists, within `--primary-timeout` (see
-   * `#setupStep`). Errors are SourceErrors.
+   * `setupStep`). Errors are SourceErrors.
    */
   static async open(options: PostgresSourceOptions, signal: AbortSignal): Promise<PostgresSource> {
     const target = parsePostgresUrl(options.url);

@@ -17,7 +17,7 @@
 import type { Logger } from '../log.js';
 import { PgConnectionError, PgServerError } from '../pg/client.js';
 import { assert } from '../sync/assert.js';
-import { abortReason, CancelToken, sleep } from '../sync/cancel.js';
+import { abortReason, sleep, withDeadline } from '../sync/cancel.js';
 import { PrimaryLostError, SourceError } from './errors.js';
 import { PRIMARY_RECONNECT_BACKOFF_MS_MAX, PRIMARY_RECONNECT_BACKOFF_MS_MIN, jitteredBackoffMs } from './limits.js';
 
@@ -101,29 +101,6 @@ export async function reconnectPrimary<T>(args: ReconnectArgs<T>): Promise<T> {
 /** Runs one attempt with a signal that also fires after `limitMs` (a PgConnectionError: transient, so the deadline check ends the loop). */
 function attemptUntil<T>(attempt: (signal: AbortSignal) => Promise<T>, limitMs: number, signal: AbortSignal): Promise<T> {
   return withDeadline(attempt, limitMs, signal, () => new PgConnectionError(`no connection within the ${Math.round(limitMs)} ms left of the reconnect timeout`));
-}
-
-/**
- * Runs `work` with a signal that fires on `signal` or after `limitMs`; when the deadline cut it, rejects with
- * `deadlineError()` instead of whatever the cut wait threw. The pg calls under it are abort-safe (a
- * connection being set up is destroyed), so nothing is left running.
- */
-export async function withDeadline<T>(work: (signal: AbortSignal) => Promise<T>, limitMs: number, signal: AbortSignal, deadlineError: () => Error): Promise<T> {
-  const token = new CancelToken();
-  const onAbort = (): void => token.cancel(abortReason(signal));
-  signal.addEventListener('abort', onAbort, { once: true });
-  if (signal.aborted) onAbort();
-  const timer = setTimeout(() => token.cancel(deadlineError()), limitMs);
-  try {
-    return await work(token.signal);
-  } catch (error) {
-    if (token.cancelled && !signal.aborted) throw token.signal.reason;
-    throw error;
-  } finally {
-    clearTimeout(timer);
-    signal.removeEventListener('abort', onAbort);
-    token.release();
-  }
 }
 
 function messageOf(error: unknown): string {

@@ -149,3 +149,26 @@ export function sleep(delayMs: number, signal: AbortSignal, unref = false): Prom
     signal.addEventListener('abort', onAbort, { once: true });
   });
 }
+
+/**
+ * Runs `work` with a signal that fires when `signal` does or after `limitMs`. When the deadline cut it, rejects
+ * with `deadlineError()` (made then, so it can say what was missing at that moment) instead of whatever the cut
+ * wait threw; on `signal`, with what the work threw. Abort-safe as far as `work` is.
+ */
+export async function withDeadline<T>(work: (signal: AbortSignal) => Promise<T>, limitMs: number, signal: AbortSignal, deadlineError: () => Error): Promise<T> {
+  const token = new CancelToken();
+  const onAbort = (): void => token.cancel(abortReason(signal));
+  signal.addEventListener('abort', onAbort, { once: true });
+  if (signal.aborted) onAbort();
+  const timer = setTimeout(() => token.cancel(deadlineError()), limitMs);
+  try {
+    return await work(token.signal);
+  } catch (error) {
+    if (token.cancelled && !signal.aborted) throw token.signal.reason;
+    throw error;
+  } finally {
+    clearTimeout(timer);
+    signal.removeEventListener('abort', onAbort);
+    token.release();
+  }
+}

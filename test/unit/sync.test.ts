@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { CancelledError, ShutdownError } from '../../src/errors.js';
-import { CancelToken, raceAbort, sleep, throwIfAborted } from '../../src/sync/cancel.js';
+import { CancelToken, raceAbort, sleep, throwIfAborted, withDeadline } from '../../src/sync/cancel.js';
 import { BoundedChannel } from '../../src/sync/channel.js';
 import { Gate } from '../../src/sync/gate.js';
 import { Semaphore } from '../../src/sync/semaphore.js';
@@ -317,5 +317,34 @@ describe('Semaphore', () => {
     again();
     again(); // idempotent
     assert.equal(permits.inUse, 0);
+  });
+});
+
+describe('withDeadline', () => {
+  /** Abort-safe work that never ends by itself: rejects 'wait cut' when its signal fires or has fired. */
+  const never = (signal: AbortSignal): Promise<never> => new Promise((_resolve, reject) => {
+    if (signal.aborted) reject(new Error('wait cut'));
+    signal.addEventListener('abort', () => reject(new Error('wait cut')), { once: true });
+  });
+
+  test('returns what the work returns before the deadline', async () => {
+    assert.equal(await withDeadline(async () => 7, 1000, new AbortController().signal, () => new Error('late')), 7);
+  });
+
+  test('at the deadline the work is cut and the deadline error, made then, is thrown instead of what the cut wait threw', async () => {
+    let made = 0;
+    await assert.rejects(withDeadline(never, 5, new AbortController().signal, () => new Error(`late ${++made}`)), { message: 'late 1' });
+  });
+
+  test('the caller\'s signal cuts the work and its error passes through; an already fired one cuts at once', async () => {
+    const controller = new AbortController();
+    const running = withDeadline(never, 60_000, controller.signal, () => new Error('late'));
+    controller.abort(new ShutdownError('stopping'));
+    await assert.rejects(running, { message: 'wait cut' });
+    await assert.rejects(withDeadline(never, 60_000, controller.signal, () => new Error('late')), { message: 'wait cut' });
+  });
+
+  test('an error of the work itself passes through', async () => {
+    await assert.rejects(withDeadline(async () => { throw new RangeError('bad'); }, 1000, new AbortController().signal, () => new Error('late')), RangeError);
   });
 });
