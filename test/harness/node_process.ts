@@ -77,10 +77,12 @@ export function captureOutput(child: ChildProcess): { stdout: string; stderr: st
 
 /**
  * The node arguments that run the CLI with the V8 flags it ships with: src/main.ts under tsx, or the build,
- * which is checked for being up to date so that a benchmark never measures old code.
+ * which is checked for being up to date so that a benchmark never measures old code. Profiling aid:
+ * SK_NODE_FLAGS adds Node flags that NODE_OPTIONS refuses (e.g. `--cpu-prof --cpu-prof-dir=DIR`).
  */
 export function cliEntry(built: boolean): string[] {
-  if (!built) return [...V8_FLAGS, '--import', 'tsx', MAIN_PATH];
+  const flags = [...V8_FLAGS, ...(process.env['SK_NODE_FLAGS'] ?? '').split(' ').filter((flag) => flag !== '')];
+  if (!built) return [...flags, '--import', 'tsx', MAIN_PATH];
   const builtMs = statSync(BUILT_MAIN_PATH, { throwIfNoEntry: false })?.mtimeMs;
   if (builtMs === undefined) throw new Error(`${BUILT_MAIN_PATH} is missing: run \`npm run build\` first (\`npm run bench\` does)`);
   for (const dir of SOURCE_DIRS) {
@@ -91,7 +93,7 @@ export function cliEntry(built: boolean): string[] {
       }
     }
   }
-  return [...V8_FLAGS, BUILT_MAIN_PATH];
+  return [...flags, BUILT_MAIN_PATH];
 }
 
 function spawnCli(args: readonly string[], options: SpawnOptions): { child: ChildProcess; exited: Promise<ExitStatus>; out: { stdout: string; stderr: string } } {
