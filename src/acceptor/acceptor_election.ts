@@ -160,21 +160,29 @@ export async function handleElected(core: AcceptorCore, message: ProposerElected
   // the next election would skip the first segment's headers). Only the timeline's shutdown stops it, as a
   // crash would, and then nothing in memory outlives it.
   const applying = core.lifetime;
-  // The compute's stream carries no segment or page headers for the first segment: write them.
-  if (empty) await core.wal.initializeFirstSegment(startLsn, applying);
-  await core.wal.truncate(startLsn, applying);
-  assert(core.wal.writeLsn === startLsn && core.wal.flushLsn === startLsn, 'truncate must set both positions');
-  assert(!core.wal.truncationPending, 'truncate must clear the pending flag');
+  try {
+    // The compute's stream carries no segment or page headers for the first segment: write them.
+    if (empty) await core.wal.initializeFirstSegment(startLsn, applying);
+    await core.wal.truncate(startLsn, applying);
+    assert(core.wal.writeLsn === startLsn && core.wal.flushLsn === startLsn, 'truncate must set both positions');
+    assert(!core.wal.truncationPending, 'truncate must clear the pending flag');
 
-  await core.persist((next) => {
-    if (next.timelineStartLsn === 0n) next.timelineStartLsn = history[0]?.lsn ?? 0n;
-    if (next.peerHorizonLsn === 0n) next.peerHorizonLsn = next.timelineStartLsn;
-    if (next.localStartLsn === 0n) next.localStartLsn = startLsn;
-    next.commitLsn = lsnMax(next.commitLsn, next.timelineStartLsn);
-    next.backupLsn = lsnMax(next.backupLsn, next.timelineStartLsn);
-    next.remoteConsistentLsn = lsnMax(next.remoteConsistentLsn, next.timelineStartLsn);
-    next.acceptorState.termHistory = history.map((entry) => ({ term: entry.term, lsn: entry.lsn }));
-  }, applying);
+    await core.persist((next) => {
+      if (next.timelineStartLsn === 0n) next.timelineStartLsn = history[0]?.lsn ?? 0n;
+      if (next.peerHorizonLsn === 0n) next.peerHorizonLsn = next.timelineStartLsn;
+      if (next.localStartLsn === 0n) next.localStartLsn = startLsn;
+      next.commitLsn = lsnMax(next.commitLsn, next.timelineStartLsn);
+      next.backupLsn = lsnMax(next.backupLsn, next.timelineStartLsn);
+      next.remoteConsistentLsn = lsnMax(next.remoteConsistentLsn, next.timelineStartLsn);
+      next.acceptorState.termHistory = history.map((entry) => ({ term: entry.term, lsn: entry.lsn }));
+    }, applying);
+  } catch (error) {
+    // A disk error part-way: the files may be cut while the control file keeps the old history (and, on a new
+    // timeline, says "no WAL"). The WAL store is left as a restart would find it, so a later election applies
+    // in full: a first one writes the first segment's headers again at its own start, which may differ.
+    core.wal.electionNotRecorded(empty);
+    throw error;
+  }
   core.termStartLsn = termStartLsn(history);
   core.commitCandidateLsn = 0n; // candidates from an earlier session are not re-applied
 }

@@ -30,4 +30,11 @@ export interface AcceptorWalStore {
   truncate(lsn: Lsn, signal: AbortSignal): Promise<void>;
   /** §4.5 step 6: the initial segment image for a timeline whose WAL starts at `lsn`. */
   initializeFirstSegment(lsn: Lsn, signal: AbortSignal): Promise<void>;
+  /**
+   * A ProposerElected that cut the WAL failed before its term history was durable (a disk error): the cut
+   * stays, but nothing may be appended until another one succeeds (a truncation is pending again). After a
+   * timeline's first election (`first`) every position goes back to 0: the control file still says "no WAL",
+   * so the next election must write the first segment's headers at its own start, as after a restart.
+   */
+  electionNotRecorded(first: boolean): void;
 }

@@ -133,6 +133,13 @@ export class MemoryWalStore implements AcceptorWalStore {
     this.initializedAtLsns.push(lsn);
   }
 
+  electionNotRecorded(first: boolean): void {
+    this.#truncationPending = true;
+    if (!first) return;
+    this.#chunks = [];
+    this.#writeLsn = this.#flushLsn = 0n;
+  }
+
   /** Crash and reload: unflushed bytes are lost, and the next ProposerElected must truncate. */
   restart(): void {
     this.#chunks = this.#cut(this.#flushLsn);

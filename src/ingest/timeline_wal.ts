@@ -252,6 +252,17 @@ export class TimelineWal {
     if (!result.ok) throw toError(result.code, result.detail, null);
   }
 
+  /** See AcceptorWalStore: a pending truncation again and, after a first election, no WAL. Nothing is in flight (the cut quiesced). */
+  electionNotRecorded(first: boolean): void {
+    this.#truncationPending = true;
+    if (!first) return;
+    this.#writeLsn = this.#dispatchedLsn = this.#syncedLsn = this.#ringOldestLsn = 0n;
+    this.#decoder = null;
+    this.flush.set(0n);
+    this.options.state.setMany({ writeLsn: 0n, flushLsn: 0n, syncedLsn: 0n });
+    this.progress.set(this.progress.value + 1);
+  }
+
   /** Writes the initial segment image for WAL starting mid-segment at `lsn` (only before any WAL exists). */
   async initializeFirstSegment(lsn: Lsn, systemId: bigint, signal: AbortSignal): Promise<void> {
     assert(this.#writeLsn === 0n, 'first segment is initialised only on an empty timeline');

@@ -180,4 +180,7 @@ class WalStoreAdapter implements AcceptorWalStore {
   initializeFirstSegment(lsn: Lsn, signal: AbortSignal): Promise<void> {
     return this.wal.initializeFirstSegment(lsn, this.control.state.server.systemId, signal);
   }
+  electionNotRecorded(first: boolean): void {
+    this.wal.electionNotRecorded(first);
+  }
 }

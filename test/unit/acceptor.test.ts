@@ -176,6 +176,45 @@ describe('VoteRequest', () => {
 });
 
 describe('ProposerElected', () => {
+  test('a first election whose history cannot be persisted leaves the timeline empty: the next one writes the first segment again', async () => {
+    const { acceptor, control, wal } = setup();
+    await acceptor.handle({ tag: 'vote', generation: 0, term: 1n }, signal);
+    control.beforePersist = async (next) => {
+      if (next.acceptorState.termHistory.length > 0) throw new Error('ENOSPC: no space left on device');
+    };
+    await assert.rejects(acceptor.handle(elected(1, 0x2000028, history([1, 0x2000028])), signal), /ENOSPC/);
+    control.beforePersist = null;
+    assert.equal(wal.writeLsn, 0n, 'nothing of the failed election counts as WAL');
+    assert.equal(wal.truncationPending, true, 'no append before a ProposerElected succeeds');
+    await assert.rejects(acceptor.handle(append(1, 0x2000028, 0x2000100), signal), refused(/truncation pending/));
+    // Another proposer, whose WAL starts a segment earlier.
+    await elect(acceptor, 2, 0x1000028);
+    assert.deepEqual(wal.initializedAtLsns, [0x2000028n, 0x1000028n], 'the segment headers of the real start are written');
+    assert.equal(control.state.localStartLsn, 0x1000028n);
+    assert.equal(acceptor.flushLsn, 0x1000028n);
+  });
+
+  test('an election whose history cannot be persisted keeps its cut and refuses appends until the next one', async () => {
+    const wal = new MemoryWalStore({ startLsn: 80n });
+    const { acceptor, control } = setup(freshState((state) => Object.assign(state, { timelineStartLsn: 80n, localStartLsn: 80n, commitLsn: 80n, acceptorState: { term: 1n, termHistory: history([1, 80]) } })), wal);
+    await wal.append(80n, new Uint8Array(160).fill(7), signal);
+    await wal.flush(signal);
+    await acceptor.handle({ tag: 'vote', generation: 0, term: 2n }, signal);
+    control.beforePersist = async () => {
+      throw new Error('EIO: i/o error');
+    };
+    await assert.rejects(acceptor.handle(elected(2, 240, history([1, 80], [2, 240])), signal), /EIO/);
+    control.beforePersist = null;
+    assert.equal(wal.flushLsn, 240n);
+    assert.equal(wal.truncationPending, true);
+    await assert.rejects(acceptor.handle(append(2, 240, 300), signal), refused(/truncation pending/));
+    await acceptor.handle({ tag: 'vote', generation: 0, term: 3n }, signal);
+    await acceptor.handle(elected(3, 240, history([1, 80], [3, 240])), signal);
+    assert.equal(wal.truncationPending, false);
+    assert.deepEqual(wal.initializedAtLsns, [], 'not a fresh timeline');
+    assert.deepEqual(control.state.acceptorState.termHistory, history([1, 80], [3, 240]));
+  });
+
   test('first election of a compute-created timeline initialises the segment and the start LSNs', async () => {
     const { acceptor, control, wal } = setup();
     await elect(acceptor, 1, 0x1000028);

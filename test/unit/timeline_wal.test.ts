@@ -14,6 +14,7 @@ import type { WriteResult } from '../../src/ingest/writer_protocol.js';
 import { segmentPath } from '../../src/storage/layout.js';
 import { StorageIoError, WalCorruptionError } from '../../src/errors.js';
 import { segmentNumber, segmentOffsetBytes, type Lsn } from '../../src/wal/lsn.js';
+import { decodePageHeader } from '../../src/wal/page.js';
 import { damageRecordNear, messageWal, type MessageWal } from '../harness/message_wal.js';
 import { makeTempDir } from '../harness/tmp.js';
 import { waitFor } from '../harness/wait.js';
@@ -22,6 +23,7 @@ import { OVERLAP_VERIFY_MIN_BYTES } from '../../workers/wal_writer.js';
 const SEGMENT_BYTES = 1024 * 1024;
 const PG_VERSION = 150008;
 const START_LSN: Lsn = 0x100_0000n + 40n; // just after the long header of segment 16
+const SYSTEM_ID = 7_300_000_000_000_000_001n;
 
 let pool: WriterPool;
 const opened: TimelineWal[] = [];
@@ -329,5 +331,33 @@ describe('a truncation that fails', () => {
     await wal.truncate(cutLsn, signal());
     assert.equal(wal.truncationPending, false);
     assert.equal(wal.tryAppend(cutLsn, new Uint8Array(1024)), true);
+  });
+});
+
+describe('an election that is not recorded', () => {
+  test('after a first one the timeline holds no WAL again, and the next first election writes its own first segment', async () => {
+    const dir = await makeTempDir('timeline-wal-first');
+    const state = new StateBlock();
+    const wal = new TimelineWal({ dir, segmentSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION, ringSizeBytes: 256 * 1024, noSync: false, pool, state }, 0n);
+    opened.push(wal);
+    const firstTryLsn = START_LSN + BigInt(SEGMENT_BYTES); // a segment later than the start that finally wins
+    await wal.initializeFirstSegment(firstTryLsn, SYSTEM_ID, signal());
+    await wal.truncate(firstTryLsn, signal());
+    wal.electionNotRecorded(true); // its term history could not be persisted
+    assert.deepEqual([wal.writeLsn, wal.flushLsn, state.get('flushLsn'), state.get('syncedLsn')], [0n, 0n, 0n, 0n]);
+    assert.equal(wal.truncationPending, true);
+
+    await wal.initializeFirstSegment(START_LSN, SYSTEM_ID, signal());
+    await wal.truncate(START_LSN, signal());
+    const { bytes, ends } = buildWal(20, 1000);
+    assert.equal(wal.tryAppend(START_LSN, bytes), true);
+    await wal.flushAll(signal());
+    assert.equal(wal.flushLsn, ends.at(-1));
+    const header = decodePageHeader(readFileSync(segmentPath(dir, 16n, SEGMENT_BYTES, true)));
+    assert.equal(header.pageAddrLsn, 0x100_0000n, 'segment 16 begins with its own long page header');
+    assert.equal(header.long?.systemId, SYSTEM_ID);
+    // Segment 17 may exist again, prepared ahead (zeros); the first try's header must be gone from it.
+    const next = segmentPath(dir, 17n, SEGMENT_BYTES, true);
+    if (existsSync(next)) assert.equal(readFileSync(next).subarray(0, 40).every((byte) => byte === 0), true, 'the first try\'s segment is cut away');
   });
 });
