@@ -8,6 +8,7 @@ import { z } from 'zod';
 import type { Acceptor } from '../acceptor/acceptor.js';
 import { MEMBERS_PER_SET_MAX, memberHostProblem, parseTenantId, parseTimelineId, type MembershipConfiguration, type TenantId, type TimelineId } from '../acceptor/state.js';
 import { InvalidArgumentError } from '../errors.js';
+import { walReceiversJson } from '../ingest/wal_receiver_set.js';
 import type { Timeline } from '../timeline/timeline.js';
 import type { TimelineRegistry } from '../timeline/registry.js';
 import { formatLsn, parseLsn, SEGMENT_SIZE_BYTES_DEFAULT } from '../wal/lsn.js';
@@ -98,6 +99,7 @@ export function timelineStatusJson(timeline: Timeline): object {
     remote_consistent_lsn: formatLsn(acceptor.remoteConsistentLsn),
     peers: [],
     walsenders: walSendersJson(timeline),
+    walreceivers: walReceiversJson(timeline),
     num_computes: Number(proposers),
   };
 }

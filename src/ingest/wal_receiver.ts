@@ -18,6 +18,9 @@
  * Group-commit acknowledgements wait for the drain too, and then only the latest is sent: flush_lsn also
  * moves with other connections' WAL (a second proposer), which no pause of this socket stops. So the buffer
  * stays within the high-water mark plus a few small replies.
+ * Attachment: from its answered greeting until it gives the timeline back, the connection has a slot in the
+ * timeline's WalReceiverSet (`walreceivers` in the status document, and the proposer count the manager reads),
+ * marked Streaming when it sends ProposerElected.
  * Main thread. Abort: the connection's close or the timeline's cancellation end every wait here.
  */
 import type { Acceptor } from '../acceptor/acceptor.js';
@@ -33,6 +36,7 @@ import type { Timeline } from '../timeline/timeline.js';
 import type { TimelineRegistry } from '../timeline/registry.js';
 import type { Residency, ResidencyGuard } from '../timeline/residency.js';
 import type { LogSink } from '../log.js';
+import { walReceiversOf, type WalReceiverSlot } from './wal_receiver_set.js';
 
 export interface WalReceiverDeps {
   registry: TimelineRegistry;
@@ -75,7 +79,8 @@ class WalReceiver implements CopyBothSink {
    * moves (another connection's writes): walproposer expects the VoteResponse first and fails otherwise.
    */
   #streaming = false;
-  #proposerRegistered = false;
+  /** This connection's entry in the timeline's WalReceiverSet (and so in its proposer count); null until the greeting is answered. */
+  #slot: WalReceiverSlot | null = null;
   /** Held while connected: the timeline is unevicted first and never evicted under it. */
   #guard: ResidencyGuard | null = null;
   /** Leaves the timeline's gate: a receiver holds it while streaming, so delete and shutdown wait for it. */
@@ -121,9 +126,9 @@ class WalReceiver implements CopyBothSink {
 
   /**
    * The connection closed: everything here is cancelled, but what the timeline lent us (its gate, the
-   * residency guard, the proposer count) is given back only once the message being handled and the reply
-   * loop have ended. An election's truncation runs on in a writer after the close, and delete, shutdown and
-   * eviction must wait for it rather than remove the files under it.
+   * residency guard, its WalReceiverSet slot, which is the proposer count) is given back only once the
+   * message being handled and the reply loop have ended. An election's truncation runs on in a writer after
+   * the close, and delete, shutdown and eviction must wait for it rather than remove the files under it.
    */
   onClose(): void {
     this.#closed = true;
@@ -134,12 +139,13 @@ class WalReceiver implements CopyBothSink {
   #releaseWhenIdle(): void {
     if (!this.#closed || this.#busy || this.#replying || this.#released) return;
     this.#released = true;
-    if (this.#proposerRegistered) {
+    if (this.#slot !== null) {
       const timeline = this.#timeline!;
-      timeline.state.add('proposerCount', -1n);
+      const receivers = walReceiversOf(timeline);
+      receivers.unregister(this.#slot);
       // The last proposer left: the timeline is idle, and its ring goes after ring_release_delay (unless a
       // proposer comes back) once everything in it is durable.
-      if (timeline.state.get('proposerCount') === 0n) timeline.wal!.releaseRing();
+      if (receivers.count === 0) timeline.wal!.releaseRing();
     }
     this.#guard?.release();
     this.#detachTimelineCancel?.();
@@ -184,6 +190,8 @@ class WalReceiver implements CopyBothSink {
     const timeline = this.#timeline!;
     const acceptor = this.#acceptor;
     if (message.tag === 'append') this.#throwIfWalFailed();
+    // As Neon: the status says Streaming from the ProposerElected on; a refused one ends the connection.
+    if (message.tag === 'elected') walReceiversOf(timeline).markStreaming(this.#slot!);
     const reply = await timeline.acceptorLock.run(signal, () => acceptor.handle(message, signal));
     if (reply !== null) this.#send(reply);
     else if (message.tag === 'append') this.#afterAppend();
@@ -222,8 +230,7 @@ class WalReceiver implements CopyBothSink {
     signal.throwIfAborted(); // a persist (a new system_id) finishes even when the connection closed during it
     this.#timeline = timeline;
     this.#acceptor = acceptor;
-    timeline.state.add('proposerCount', 1n);
-    this.#proposerRegistered = true;
+    this.#slot = walReceiversOf(timeline).register(this.conn.id);
     this.#send(reply);
     void this.#replyLoop(timeline, acceptor);
   }

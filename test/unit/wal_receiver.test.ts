@@ -8,6 +8,7 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import { decodeAcceptorMessage, encodeProposerMessage } from '../../src/acceptor/messages_codec.js';
 import { parseTenantId, parseTimelineId } from '../../src/acceptor/state.js';
 import { serveWalPush } from '../../src/ingest/wal_receiver.js';
+import { walReceiversJson } from '../../src/ingest/wal_receiver_set.js';
 import { createWriterPool } from '../../src/ingest/writer_pool.js';
 import type { CopyBothSink, PgConnection } from '../../src/pg/connection.js';
 import { CancelToken } from '../../src/sync/cancel.js';
@@ -109,6 +110,7 @@ describe('WalReceiver: a proposer that leaves during its greeting', () => {
       await serving;
       await timeline.acceptorLock.run(new AbortController().signal, async () => undefined); // the greeting is done
       assert.equal(timeline.state.get('proposerCount'), 0n, `closed after ${turns} turns: not counted as connected`);
+      assert.deepEqual(walReceiversJson(timeline), [], `closed after ${turns} turns: not listed`);
       assert.deepEqual(timeline.gate.holderNames, []);
       await registry.delete(TENANT, TIMELINE, { onlyLocal: true });
     }
@@ -137,6 +139,7 @@ describe('WalReceiver: a proposer that leaves during its election', () => {
         if (timeline.acceptorLock.locked) {
           assert.equal(timeline.gate.holderNames.length, 1, `closed after ${turns} turns: the election still runs, so the receiver still holds the gate`);
           assert.equal(timeline.state.get('proposerCount'), 1n);
+          assert.deepEqual(walReceiversJson(timeline), [{ conn_id: 1, status: 'Streaming' }], 'still listed while its election runs');
         }
         await nextTurn();
       }
@@ -148,9 +151,32 @@ describe('WalReceiver: a proposer that leaves during its election', () => {
       assert.ok(timeline.wal!.writeLsn === 0n || timeline.wal!.writeLsn === startLsn);
       assert.deepEqual(timeline.gate.holderNames, []);
       assert.equal(timeline.state.get('proposerCount'), 0n);
+      assert.deepEqual(walReceiversJson(timeline), []);
       await registry.delete(TENANT, TIMELINE, { onlyLocal: true });
     }
     assert.ok(closedDuringElection > 0, 'some trial closed the connection while the election ran');
+  });
+});
+
+describe('WalReceiver: a proposer on a timeline that is deleted', () => {
+  test('the delete ends the stream, and its walreceivers entry and proposer count go before the delete completes', async () => {
+    const startLsn = BigInt(SEGMENT_BYTES) + 40n;
+    const registry = await openRegistry();
+    const conn = new StandInConnection();
+    const serving = push(registry, conn);
+    conn.sink!.onCopyData(greeting(7n));
+    await repliesSent(conn, 1);
+    const timeline = registry.get(TENANT, TIMELINE)!;
+    assert.deepEqual(walReceiversJson(timeline), [{ conn_id: 1, status: 'Voting' }]);
+    conn.sink!.onCopyData(encodeProposerMessage({ tag: 'vote', generation: 0, term: 1n }, 3));
+    await repliesSent(conn, 2);
+    conn.sink!.onCopyData(encodeProposerMessage({ tag: 'elected', generation: 0, term: 1n, startStreamingAtLsn: startLsn, termHistory: [{ term: 1n, lsn: startLsn }] }, 3));
+    assert.deepEqual(walReceiversJson(timeline), [{ conn_id: 1, status: 'Streaming' }]);
+    assert.equal(timeline.state.get('proposerCount'), 1n);
+    await registry.delete(TENANT, TIMELINE, { onlyLocal: true }); // waits for the receiver to leave the gate
+    assert.deepEqual(walReceiversJson(timeline), []);
+    assert.equal(timeline.state.get('proposerCount'), 0n);
+    await serving;
   });
 });
 
