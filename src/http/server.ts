@@ -5,7 +5,8 @@
  *
  * Rules every route gets from here:
  * - errors are `{"msg": "..."}` with the SafekeeperError's `httpStatus`; fastify's own client errors keep
- *   their status (400 bad JSON, 413 body over `HTTP_BODY_BYTES_MAX`, 415); unknown routes are 404;
+ *   their status (400 bad JSON, 413 body over `HTTP_BODY_BYTES_MAX`, 415); unknown paths are 404, and a
+ *   known path asked with a method it does not have is 405 with an `Allow` header;
  *   anything else is 500 "internal error", logged once here with its stack. A ShutdownError (a request cut
  *   short by the node's shutdown) is 503 and logged at info, as Neon logs ShuttingDown. An AssertionError is a bug:
  *   it is answered with 500 and then rethrown outside fastify so the process exits, as everywhere.
@@ -76,8 +77,17 @@ export function createHttpServer(deps: HttpServerDeps): HttpApp {
     void reply.code(status).send({ msg });
     if (error instanceof AssertionError) setImmediate(() => { throw error; });
   });
+  // The methods of every route, as they are added (route groups come later), so that a known path asked with
+  // another method is told which ones it has (405 and Allow, RFC 9110 §15.5.6) instead of "no route".
+  const routeMethods: { path: RegExp; method: string }[] = [];
+  app.addHook('onRoute', (route) => {
+    for (const method of [route.method].flat()) routeMethods.push({ path: routePathPattern(route.url ?? route.path), method });
+  });
   app.setNotFoundHandler((request, reply) => {
-    void reply.code(404).send({ msg: `no route for ${request.method} ${request.url.split('?')[0] ?? ''}` });
+    const path = request.url.split('?')[0] ?? '';
+    const allowed = [...new Set(routeMethods.filter((route) => route.path.test(path)).map((route) => route.method))];
+    if (allowed.length === 0) return void reply.code(404).send({ msg: `no route for ${request.method} ${path}` });
+    void reply.code(405).header('allow', allowed.join(', ')).send({ msg: `method ${request.method} is not allowed on ${path}; allowed: ${allowed.join(', ')}` });
   });
   app.addHook('onResponse', (request, reply, done) => {
     if (deps.log.isLevelEnabled('debug')) {
@@ -107,6 +117,12 @@ export function parseJsonBody(text: string): unknown {
 /** Adds a route group. Must run before `listen`; fastify refuses routes after the server is ready. */
 export function registerRoutes(app: HttpApp, group: RouteGroup): void {
   group(app);
+}
+
+/** A fastify route path (`/v1/tenant/:tenant_id/...`) as a pattern for concrete paths: a parameter is one non-empty segment. */
+function routePathPattern(routePath: string): RegExp {
+  const segments = routePath.split('/').map((segment) => (segment.startsWith(':') ? '[^/]+' : segment.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+  return new RegExp(`^${segments.join('/')}$`);
 }
 
 function describeError(error: FastifyError | Error): { status: number; msg: string } {

@@ -44,3 +44,26 @@ test('a ShutdownError is answered 503 and logged at info, not as an error; an un
   assert.deepEqual(errors, ['http request failed'], 'only the unexpected error is logged as an error');
   assert.ok(lines.some((line) => line.level === 30 && /shutdown/.test(line.msg)), 'the shutdown is logged at info');
 });
+
+test('a path that exists for other methods is 405 with an Allow header; an unknown path stays 404', async () => {
+  const { log } = capturingLogger();
+  const app = createHttpServer({ log, status: () => ({ id: 1n, version: 'test', listen_pg: '127.0.0.1:1', listen_http: '127.0.0.1:2' }) });
+  registerRoutes(app, (scope) => {
+    scope.get('/v1/tenant/:tenant_id/timeline/:timeline_id', async () => ({}));
+    scope.delete('/v1/tenant/:tenant_id/timeline/:timeline_id', async () => ({}));
+  });
+  const patch = await app.inject({ method: 'PATCH', url: '/v1/tenant/ab/timeline/cd?x=1' });
+  assert.equal(patch.statusCode, 405);
+  assert.equal(patch.headers['allow'], 'GET, HEAD, DELETE');
+  assert.deepEqual(patch.json(), { msg: 'method PATCH is not allowed on /v1/tenant/ab/timeline/cd; allowed: GET, HEAD, DELETE' });
+  const status = await app.inject({ method: 'POST', url: '/v1/status' });
+  assert.equal(status.statusCode, 405);
+  assert.equal(status.headers['allow'], 'GET, HEAD');
+  for (const url of ['/v1/tenant/ab/timeline', '/v1/tenant/ab/timeline/cd/extra', '/nope']) {
+    const unknown = await app.inject({ method: 'PUT', url });
+    assert.equal(unknown.statusCode, 404, url);
+    assert.deepEqual(unknown.json(), { msg: `no route for PUT ${url}` });
+  }
+  assert.equal((await app.inject({ method: 'GET', url: '/v1/tenant/ab/timeline/cd' })).statusCode, 200);
+  await app.close();
+});
