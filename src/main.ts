@@ -19,6 +19,7 @@ import { createLogger, log, setRootLogger } from './log.js';
 import { readPackageVersion, SafekeeperNode } from './node.js';
 import { createNodeHooks } from './services.js';
 import { missingV8Flags } from './v8_flags.js';
+import { joinNegativeValues } from './config/argv.js';
 
 /** A stop that takes longer than this is stuck (the gate logs who holds it); exit rather than hang. */
 const SHUTDOWN_TIMEOUT_MS = 30_000;
@@ -73,7 +74,8 @@ async function main(argv: string[]): Promise<void> {
   }
   let parsed: ReturnType<typeof parseArgs<{ options: Options; allowPositionals: true; strict: true }>>;
   try {
-    parsed = parseArgs({ args: argv, options: cliOptions(), allowPositionals: true, strict: true });
+    const options = cliOptions();
+    parsed = parseArgs({ args: joinNegativeValues(argv, options), options, allowPositionals: true, strict: true });
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
     const unknownFlag = /^Unknown option '([^']+)'/.exec(message)?.[1];

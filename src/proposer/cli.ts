@@ -27,6 +27,7 @@ import { duplicateSafekeeper } from './quorum.js';
 import { RECORD_BYTES_MAX } from '../wal/page.js';
 import type { WalSource } from './source.js';
 import { SyntheticSource } from './synthetic_source.js';
+import { joinNegativeValues } from '../config/argv.js';
 
 const EXIT_OK = 0;
 const EXIT_FAILURE = 1;
@@ -125,15 +126,13 @@ function startLsnArg(text: string): Lsn {
 
 function parseProposeArgs(argv: string[]): ProposeArgs | 'help' {
   const string = { type: 'string' } as const;
-  const { values } = parseArgs({
-    args: argv, strict: true, allowPositionals: false,
-    options: {
-      help: { type: 'boolean', short: 'h' }, safekeepers: string, 'tenant-id': string, 'timeline-id': string, from: string, synthetic: { type: 'boolean' },
-      'proto-version': string, 'application-name': string, slot: string, 'start-lsn': string, 'quorum-timeout': string, 'wal-window-bytes': string,
-      'record-bytes': string, rate: string, duration: string, 'total-bytes': string, 'log-level': string, 'log-format': string,
-      'primary-reconnect-timeout': string, 'primary-timeout': string, 'http-listen': string,
-    },
-  });
+  const options = {
+    help: { type: 'boolean', short: 'h' }, safekeepers: string, 'tenant-id': string, 'timeline-id': string, from: string, synthetic: { type: 'boolean' },
+    'proto-version': string, 'application-name': string, slot: string, 'start-lsn': string, 'quorum-timeout': string, 'wal-window-bytes': string,
+    'record-bytes': string, rate: string, duration: string, 'total-bytes': string, 'log-level': string, 'log-format': string,
+    'primary-reconnect-timeout': string, 'primary-timeout': string, 'http-listen': string,
+  } as const;
+  const { values } = parseArgs({ args: joinNegativeValues(argv, options), strict: true, allowPositionals: false, options });
   if (values.help === true) return 'help';
   const required = (flag: 'safekeepers' | 'tenant-id' | 'timeline-id'): string => {
     const value = values[flag];

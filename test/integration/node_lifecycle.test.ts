@@ -152,6 +152,10 @@ describe('safekeeper run', () => {
     const unknown = await runCli(testNodeArgs(newDataDir(), ['--no-such-flag']));
     assert.equal(unknown.code, 2);
     assert.match(unknown.stderr, /no-such-flag/);
+    // A negative number after a flag is its value, checked as such (parseArgs alone calls it "ambiguous").
+    const negative = await runCli(testNodeArgs(newDataDir(), ['--id', '-1']));
+    assert.equal(negative.code, 2);
+    assert.match(negative.stderr, /config key 'id' \(from flag --id\): must be at least 0/);
   });
 });
 
