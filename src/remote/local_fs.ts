@@ -8,16 +8,18 @@
  *           write `<key>.<random>.tmp` and `<key>.meta.<random>.tmp`, fsync both; unlink the old `.meta`
  *           (the old object stops existing); rename the body into place; rename the `.meta` into place;
  *           fsync the directory.
- *   delete: unlink `.meta` first, then the body.
+ *   delete: unlink `.meta` first, then the body; then remove the directories this left empty, up to the
+ *           root (a deleted timeline leaves no tenant or timeline directory behind).
  * A crash at any point leaves the old object, no object, or the new one, never a body with someone else's
  * digests; leftover `*.tmp` files are ignored by list and overwritten by nothing (they carry a random part).
- * Directories are created under one lock (`#mkdirLock`): a put that finds its directory made by another
- * put still in flight waits until that one has fsynced the parents, so no put reports success on entries
- * that a crash could lose. `noSync` (tests and benchmarks) skips the fsyncs. Async fs (libuv pool);
- * coordinator thread.
+ * Directories are created and removed under one lock (`#mkdirLock`): a put that finds its directory made by
+ * another put still in flight waits until that one has fsynced the parents, so no put reports success on
+ * entries that a crash could lose; and a put counts its directory as in use (`#dirsInUse`) from its mkdir to
+ * its end, so a delete never removes a directory, empty for the moment, that a put is about to fill. `noSync`
+ * (tests and benchmarks) skips the fsyncs. Async fs (libuv pool); coordinator thread.
  */
 import { randomBytes } from 'node:crypto';
-import { open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { open, readdir, readFile, rename, rmdir, stat, unlink } from 'node:fs/promises';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { NotFoundError } from '../errors.js';
 import { assert } from '../sync/assert.js';
@@ -50,6 +52,8 @@ export class LocalFsBackend implements RemoteBackend {
   readonly kind = 'file' as const;
   readonly description: string;
   readonly #mkdirLock = new Mutex();
+  /** Directories a put has made sure of and not finished with, with how many puts; changed under `#mkdirLock`. */
+  readonly #dirsInUse = new Map<string, number>();
 
   constructor(readonly root: string, private readonly options: { noSync: boolean } = { noSync: false }) {
     this.description = `file://${root}`;
@@ -65,8 +69,14 @@ export class LocalFsBackend implements RemoteBackend {
     const random = randomBytes(6).toString('hex');
     const bodyTemp = `${path}.${random}${TEMP_SUFFIX}`;
     const metaTemp = `${path}${META_SUFFIX}.${random}${TEMP_SUFFIX}`;
+    const dir = resolve(dirname(path));
+    let dirHeld = false;
     try {
-      await this.#mkdirLock.run(signal, () => this.#makeDirectoryDurably(dirname(path)));
+      await this.#mkdirLock.run(signal, async () => {
+        await this.#makeDirectoryDurably(dir);
+        this.#dirsInUse.set(dir, (this.#dirsInUse.get(dir) ?? 0) + 1);
+        dirHeld = true;
+      });
       signal.throwIfAborted();
       await this.#writeDurably(bodyTemp, body);
       const meta: MetaFile = { sizeBytes: body.length, metadata };
@@ -83,6 +93,12 @@ export class LocalFsBackend implements RemoteBackend {
       await unlink(metaTemp).catch(() => undefined);
       if (signal.aborted && errnoOf(error) === undefined) throw error;
       throw fsFailure('put', key, error);
+    } finally {
+      if (dirHeld) {
+        const left = this.#dirsInUse.get(dir)! - 1;
+        if (left === 0) this.#dirsInUse.delete(dir);
+        else this.#dirsInUse.set(dir, left);
+      }
     }
   }
 
@@ -165,6 +181,26 @@ export class LocalFsBackend implements RemoteBackend {
       dirs.add(dirname(path));
     }
     for (const dir of dirs) await this.#fsyncDir(dir).catch(() => undefined);
+    await this.#mkdirLock.run(signal, async () => {
+      for (const dir of dirs) await this.#removeEmptyDirectories(dir);
+    });
+  }
+
+  /**
+   * Removes `dir` and then each parent while they are empty, stopping below the root, at a directory with
+   * entries, or at one a put is using (or under which one is). Best effort: an empty directory left behind
+   * (by a crash, or an error here) is harmless and removed by the next delete in it. Under `#mkdirLock`.
+   */
+  async #removeEmptyDirectories(dir: string): Promise<void> {
+    const root = resolve(this.root);
+    for (let current = resolve(dir); current !== root && current.startsWith(`${root}${sep}`); current = dirname(current)) {
+      for (const used of this.#dirsInUse.keys()) if (used === current || used.startsWith(`${current}${sep}`)) return;
+      try {
+        await rmdir(current);
+      } catch {
+        return; // ENOTEMPTY (objects or a temp file remain), ENOENT (already gone), or an error: leave it
+      }
+    }
   }
 
   async copy(fromKey: string, toKey: string, signal: AbortSignal): Promise<void> {

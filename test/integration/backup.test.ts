@@ -6,7 +6,7 @@
  * being written; a paused upload (failpoint) holds removal back; /metrics shows the lags.
  */
 import assert from 'node:assert/strict';
-import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { xxhash64Hex } from '../../src/remote/digest.js';
@@ -101,6 +101,7 @@ describe('WAL backup to the local filesystem', { timeout: 80_000 }, () => {
     assert.ok((await remoteNames(remote, kept)).includes(segmentName(1n)), 'only_local keeps remote objects');
     assert.equal((await http(node, 'DELETE', `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}`)).status, 200);
     assert.deepEqual(await remoteNames(remote, ids), [], 'a delete removes the remote objects');
+    assert.equal(existsSync(join(remoteDir, ids.tenantId)), false, 'and leaves no empty directory behind');
     await node.stop();
   });
 

@@ -211,6 +211,36 @@ describe('remote storage pieces', () => {
     assert.deepEqual(await readFile(join(root, 't', 'l', 'seg')), Buffer.from(pattern(100)), 'the body is stored byte for byte');
     assert.ok((await readdir(join(root, 't', 'l'))).includes('seg.meta'));
   });
+
+  test('local filesystem: deleting the last objects of a directory removes the empty directories up to the root', async () => {
+    const root = makeTempDir('sk-remote-rmdir-');
+    const storage = new RemoteStorage(new LocalFsBackend(root), FAST_POLICY);
+    for (const key of ['t1/l1/a', 't1/l1/b', 't1/l2/a', 't2/l1/a']) await storage.put(key, pattern(10), signal);
+    await storage.delete(['t1/l1/a'], signal);
+    assert.deepEqual(await readdir(join(root, 't1', 'l1')), ['b', 'b.meta'], 'a directory that still holds objects stays');
+    await storage.delete(['t1/l1/b'], signal);
+    assert.deepEqual((await readdir(root)).sort(), ['t1', 't2']);
+    assert.deepEqual(await readdir(join(root, 't1')), ['l2'], 'the emptied timeline directory is gone');
+    await storage.delete(['t1/l2/a', 't2/l1/a'], signal);
+    assert.deepEqual(await readdir(root), [], 'and the emptied tenant directories; the root itself stays');
+  });
+
+  test('local filesystem: a put racing the removal of its emptied directory still lands', async () => {
+    const root = makeTempDir('sk-remote-rmdir-race-');
+    const storage = new RemoteStorage(new LocalFsBackend(root), { ...FAST_POLICY, attemptsMax: 1 }); // no retry may hide a lost race
+    // The put starts a varying number of event-loop turns after the delete, so that across the rounds its
+    // mkdir and temp files land before, between and after the delete's unlinks and directory removal.
+    for (let round = 0; round < 120; round += 1) {
+      await storage.put('t/l/old', pattern(10), signal);
+      const key = `t/l/new-${round}`;
+      const deleting = storage.delete(['t/l/old'], signal);
+      for (let turn = 0; turn < round % 12; turn += 1) await new Promise((resolve) => setImmediate(resolve));
+      await Promise.all([deleting, storage.put(key, pattern(1000), signal)]);
+      assert.deepEqual(await storage.get(key, signal), pattern(1000), `round ${round}`);
+      await storage.delete([key], signal);
+    }
+    assert.deepEqual(await readdir(root), []);
+  });
 });
 
 describe('S3 through a faulting proxy', () => {
