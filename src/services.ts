@@ -68,7 +68,7 @@ export function createNodeHooks(config: Config): NodeHooks {
       (app) => {
         // The node registers route groups after onStart, so the registry is loaded by now.
         assert(registry !== null, 'registry loaded before HTTP routes are registered');
-        timelineRoutes(registry)(app);
+        timelineRoutes(registry, { nodeId: config.nodeId })(app);
         assert(coordinator !== null, 'coordinator started before HTTP routes are registered');
         coordinatorRoutes(registry, coordinator, { testing: config.testingFailpoints })(app);
       },

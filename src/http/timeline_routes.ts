@@ -1,13 +1,15 @@
 /**
- * HTTP routes for timelines (reference §13): list, create, status, delete. Bodies are validated with zod
- * and errors are `{"msg": ...}` with the SafekeeperError's HTTP status (400 bad input, 404 missing,
- * 409 conflict). LSNs are "X/Y" strings, ids 32-hex strings, terms and system ids exact JSON numbers.
+ * HTTP routes for timelines (reference §13): list, create, status, delete, and the acceptor-state changes a
+ * storage controller makes: term_bump (fences proposers of older terms) and membership (switches to a higher
+ * configuration generation). Bodies are validated with zod and errors are `{"msg": ...}` with the
+ * SafekeeperError's HTTP status (400 bad input, 403 a configuration without this node, 404 missing, 409
+ * conflict). LSNs are "X/Y" strings, ids 32-hex strings, terms and system ids exact JSON numbers.
  * Main thread.
  */
 import { z } from 'zod';
 import type { Acceptor } from '../acceptor/acceptor.js';
 import { MEMBERS_PER_SET_MAX, memberHostProblem, parseTenantId, parseTimelineId, type MembershipConfiguration, type TenantId, type TimelineId } from '../acceptor/state.js';
-import { InvalidArgumentError } from '../errors.js';
+import { AuthError, ConflictError, InvalidArgumentError } from '../errors.js';
 import { walReceiversJson } from '../ingest/wal_receiver_set.js';
 import type { Timeline } from '../timeline/timeline.js';
 import type { TimelineRegistry } from '../timeline/registry.js';
@@ -51,6 +53,10 @@ const createBody = z.strictObject({
   commit_lsn: lsnText.optional(),
 });
 const deleteQuery = z.object({ only_local: z.enum(['true', 'false']).optional() });
+/** Neon's TimelineTermBumpRequest; a missing body is `{}` (a bump by one). */
+const termBumpBody = z.strictObject({ term: u64.nullable().optional() });
+/** Neon's TimelineMembershipSwitchRequest. */
+const membershipBody = z.strictObject({ mconf: mconfSchema });
 
 /** Validates a request body or query string (`what` says which, for the message). */
 function parseBody<T>(schema: z.ZodType<T>, body: unknown, what: 'request body' | 'query' = 'request body'): T {
@@ -65,6 +71,14 @@ function parseBody<T>(schema: z.ZodType<T>, body: unknown, what: 'request body' 
 function ids(params: unknown): { tenantId: TenantId; timelineId: TimelineId } {
   const { tenant_id: tenant, timeline_id: timeline } = params as { tenant_id: string; timeline_id: string };
   return { tenantId: parseTenantId(tenant), timelineId: parseTimelineId(timeline) };
+}
+
+function toMembership(body: z.output<typeof mconfSchema>): MembershipConfiguration {
+  return {
+    generation: body.generation,
+    members: body.members.map((m) => ({ id: m.id, host: m.host, pgPort: m.pg_port })),
+    newMembers: body.new_members?.map((m) => ({ id: m.id, host: m.host, pgPort: m.pg_port })) ?? null,
+  };
 }
 
 const mconfJson = (mconf: MembershipConfiguration): object => ({
@@ -104,7 +118,7 @@ export function timelineStatusJson(timeline: Timeline): object {
   };
 }
 
-export function timelineRoutes(registry: TimelineRegistry): RouteGroup {
+export function timelineRoutes(registry: TimelineRegistry, options: { nodeId: bigint }): RouteGroup {
   return (app) => {
     app.get('/v1/tenant/timeline', async () =>
       registry.list().map((timeline) => ({ tenant_id: timeline.tenantId, timeline_id: timeline.timelineId })),
@@ -112,14 +126,7 @@ export function timelineRoutes(registry: TimelineRegistry): RouteGroup {
 
     app.post('/v1/tenant/timeline', async (request) => {
       const body = parseBody(createBody, request.body);
-      const mconf: MembershipConfiguration | undefined =
-        body.mconf === undefined
-          ? undefined
-          : {
-              generation: body.mconf.generation,
-              members: body.mconf.members.map((m) => ({ id: m.id, host: m.host, pgPort: m.pg_port })),
-              newMembers: body.mconf.new_members?.map((m) => ({ id: m.id, host: m.host, pgPort: m.pg_port })) ?? null,
-            };
+      const mconf = body.mconf === undefined ? undefined : toMembership(body.mconf);
       await registry.create({
         tenantId: parseTenantId(body.tenant_id),
         timelineId: parseTimelineId(body.timeline_id),
@@ -141,6 +148,33 @@ export function timelineRoutes(registry: TimelineRegistry): RouteGroup {
       const query = parseBody(deleteQuery, request.query, 'query');
       const { dirExisted } = await registry.delete(tenantId, timelineId, { onlyLocal: query.only_local === 'true' });
       return { dir_existed: dirExisted };
+    });
+
+    // Under the acceptor lock, as a proposer message is: a proposer of an older term is answered with the new
+    // term from its next message on, and stops. Also on an offloaded timeline (its control file is local).
+    app.post('/v1/tenant/:tenant_id/timeline/:timeline_id/term_bump', async (request) => {
+      const { tenantId, timelineId } = ids(request.params);
+      const body = parseBody(termBumpBody, request.body ?? {});
+      const timeline = registry.require(tenantId, timelineId);
+      const acceptor = timeline.activeAcceptor();
+      const bumped = await timeline.runTask('term_bump', (signal) => timeline.acceptorLock.run(signal, () => acceptor.termBump(body.term ?? null, signal)));
+      return { previous_term: bumped.previousTerm, current_term: bumped.currentTerm };
+    });
+
+    app.put('/v1/tenant/:tenant_id/timeline/:timeline_id/membership', async (request) => {
+      const { tenantId, timelineId } = ids(request.params);
+      const mconf = toMembership(parseBody(membershipBody, request.body).mconf);
+      // A configuration without us is the exclude route's business (it deletes the timeline), as in Neon.
+      if (![...mconf.members, ...(mconf.newMembers ?? [])].some((member) => member.id === options.nodeId)) {
+        throw new AuthError(`refused to switch into generation ${mconf.generation}: node ${options.nodeId} is not a member of it`);
+      }
+      const timeline = registry.require(tenantId, timelineId);
+      const acceptor = timeline.activeAcceptor();
+      const switched = await timeline.runTask('membership', (signal) => timeline.acceptorLock.run(signal, () => acceptor.membershipSwitch(mconf, signal)));
+      if (switched.current.generation !== mconf.generation) {
+        throw new ConflictError(`request to switch into generation ${mconf.generation} ignored, current generation ${switched.current.generation}`);
+      }
+      return { previous_conf: mconfJson(switched.previous), current_conf: mconfJson(switched.current), last_log_term: acceptor.lastLogTerm, flush_lsn: formatLsn(acceptor.flushLsn) };
     });
   };
 }
