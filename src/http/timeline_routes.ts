@@ -1,5 +1,5 @@
 /**
- * HTTP routes for timelines (reference §13): list, create, status, delete, and the acceptor-state changes a
+ * HTTP routes for timelines (reference §13): list, create, status, delete (one, or a tenant's), and the acceptor-state changes a
  * storage controller makes: term_bump (fences proposers of older terms) and membership (switches to a higher
  * configuration generation). Bodies are validated with zod and errors are `{"msg": ...}` with the
  * SafekeeperError's HTTP status (400 bad input, 403 a configuration without this node, 404 missing, 409
@@ -148,6 +148,17 @@ export function timelineRoutes(registry: TimelineRegistry, options: { nodeId: bi
       const query = parseBody(deleteQuery, request.query, 'query');
       const { dirExisted } = await registry.delete(tenantId, timelineId, { onlyLocal: query.only_local === 'true' });
       return { dir_existed: dirExisted };
+    });
+
+    // Every timeline of the tenant, as Neon: `{"<timeline_id>": {dir_existed}}`.
+    app.delete('/v1/tenant/:tenant_id', async (request) => {
+      const tenantId = parseTenantId((request.params as { tenant_id: string }).tenant_id);
+      const query = parseBody(deleteQuery, request.query, 'query');
+      const timelines = registry.list().filter((timeline) => timeline.tenantId === tenantId);
+      const deleted = await Promise.all(
+        timelines.map(async (timeline) => [timeline.timelineId, await registry.delete(tenantId, timeline.timelineId, { onlyLocal: query.only_local === 'true' })] as const),
+      );
+      return Object.fromEntries(deleted.map(([timelineId, result]) => [timelineId, { dir_existed: result.dirExisted }]));
     });
 
     // Under the acceptor lock, as a proposer message is: a proposer of an older term is answered with the new

@@ -111,6 +111,17 @@ describe('HTTP timeline routes', () => {
     assert.deepEqual(await http(base, 'DELETE', `/v1/tenant/${TENANT}/timeline/${TIMELINE_A}`), { status: 200, json: { dir_existed: true } });
     assert.deepEqual(await http(base, 'DELETE', `/v1/tenant/${TENANT}/timeline/${TIMELINE_A}`), { status: 200, json: { dir_existed: false } });
     assert.equal((await http(base, 'GET', `/v1/tenant/${TENANT}/timeline/${TIMELINE_A}`)).status, 404);
+
+    // A tenant's delete takes each of its timelines, and no other tenant's.
+    const otherTenant = 'aa'.repeat(16);
+    const [first, second] = ['b1'.repeat(16), 'c1'.repeat(16)]; // ids not deleted before (a deleted id stays refused)
+    for (const timeline of [first, second]) assert.equal((await http(base, 'POST', '/v1/tenant/timeline', createBody(timeline))).status, 200);
+    assert.equal((await http(base, 'POST', '/v1/tenant/timeline', { ...createBody(TIMELINE_A), tenant_id: otherTenant })).status, 200);
+    assert.deepEqual(await http(base, 'DELETE', `/v1/tenant/${TENANT}`), { status: 200, json: { [first]: { dir_existed: true }, [second]: { dir_existed: true } } });
+    assert.deepEqual((await http(base, 'GET', '/v1/tenant/timeline')).json, [{ tenant_id: otherTenant, timeline_id: TIMELINE_A }]);
+    assert.equal(existsSync(join(dataDir, TENANT, first)), false);
+    assert.deepEqual(await http(base, 'DELETE', `/v1/tenant/${TENANT}`), { status: 200, json: {} }, 'a tenant with no timelines left');
+    assert.equal((await http(base, 'DELETE', '/v1/tenant/not-hex')).status, 400);
     assert.equal((await node.stop()).code, 0);
   });
 
