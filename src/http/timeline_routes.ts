@@ -1,9 +1,11 @@
 /**
- * HTTP routes for timelines (reference §13): list, create, status, delete (one, or a tenant's), and the acceptor-state changes a
- * storage controller makes: term_bump (fences proposers of older terms) and membership (switches to a higher
- * configuration generation). Bodies are validated with zod and errors are `{"msg": ...}` with the
- * SafekeeperError's HTTP status (400 bad input, 403 a configuration without this node, 404 missing, 409
- * conflict). LSNs are "X/Y" strings, ids 32-hex strings, terms and system ids exact JSON numbers.
+ * HTTP routes for timelines (reference §13): list, create, status, delete (one, or a tenant's), and the
+ * acceptor-state changes a storage controller makes: term_bump (fences proposers of older terms), membership
+ * (switches to a higher configuration generation) and exclude (drops the local copy once this node left the
+ * configuration). Bodies are validated with zod and errors are `{"msg": ...}` with the SafekeeperError's HTTP
+ * status (400 bad input, 403 a configuration that does or does not name this node where the route needs the
+ * other, 404 missing, 409 conflict). LSNs are "X/Y" strings, ids 32-hex strings, terms and system ids exact
+ * JSON numbers.
  * Main thread.
  */
 import { z } from 'zod';
@@ -80,6 +82,8 @@ function toMembership(body: z.output<typeof mconfSchema>): MembershipConfigurati
     newMembers: body.new_members?.map((m) => ({ id: m.id, host: m.host, pgPort: m.pg_port })) ?? null,
   };
 }
+
+const isMember = (mconf: MembershipConfiguration, nodeId: bigint): boolean => [...mconf.members, ...(mconf.newMembers ?? [])].some((member) => member.id === nodeId);
 
 const mconfJson = (mconf: MembershipConfiguration): object => ({
   generation: mconf.generation,
@@ -176,7 +180,7 @@ export function timelineRoutes(registry: TimelineRegistry, options: { nodeId: bi
       const { tenantId, timelineId } = ids(request.params);
       const mconf = toMembership(parseBody(membershipBody, request.body).mconf);
       // A configuration without us is the exclude route's business (it deletes the timeline), as in Neon.
-      if (![...mconf.members, ...(mconf.newMembers ?? [])].some((member) => member.id === options.nodeId)) {
+      if (!isMember(mconf, options.nodeId)) {
         throw new AuthError(`refused to switch into generation ${mconf.generation}: node ${options.nodeId} is not a member of it`);
       }
       const timeline = registry.require(tenantId, timelineId);
@@ -186,6 +190,34 @@ export function timelineRoutes(registry: TimelineRegistry, options: { nodeId: bi
         throw new ConflictError(`request to switch into generation ${mconf.generation} ignored, current generation ${switched.current.generation}`);
       }
       return { previous_conf: mconfJson(switched.previous), current_conf: mconfJson(switched.current), last_log_term: acceptor.lastLogTerm, flush_lsn: formatLsn(acceptor.flushLsn) };
+    });
+
+    // This node left the timeline's configuration: its local copy goes (the remote objects belong to the
+    // members). Refused when the configuration names us (403) or is older than ours (409). The generation is
+    // checked under the acceptor lock and the delete begins inside it (a delete unpublishes the timeline before
+    // its first await), so a membership switch to a newer generation cannot slip in between.
+    app.put('/v1/tenant/:tenant_id/timeline/:timeline_id/exclude', async (request) => {
+      const { tenantId, timelineId } = ids(request.params);
+      const mconf = toMembership(parseBody(membershipBody, request.body).mconf);
+      if (isMember(mconf, options.nodeId)) {
+        throw new AuthError(`refused to switch into generation ${mconf.generation}: node ${options.nodeId} is a member of it (use the membership route)`);
+      }
+      const timeline = registry.get(tenantId, timelineId);
+      const acceptor = timeline?.acceptor ?? null;
+      let deleting: { result: Promise<{ dirExisted: boolean }> };
+      if (timeline === undefined || acceptor === null) {
+        deleting = { result: registry.delete(tenantId, timelineId, { onlyLocal: true }) }; // missing or broken: nothing to compare
+      } else {
+        deleting = await timeline.runTask('exclude', (signal) =>
+          timeline.acceptorLock.run(signal, async () => {
+            const current = acceptor.mconf.generation;
+            if (current > mconf.generation) throw new ConflictError(`refused to switch into excluding generation ${mconf.generation}: current generation ${current}`);
+            // Not awaited here: the delete waits for this task to leave the timeline's gate.
+            return { result: registry.delete(tenantId, timelineId, { onlyLocal: true }) };
+          }),
+        );
+      }
+      return { dir_existed: (await deleting.result).dirExisted };
     });
   };
 }

@@ -2,7 +2,8 @@
  * Neon's term_bump and membership routes against the real binary. term_bump raises the acceptor's term (to
  * the asked one, or by one), durably, so a proposer streaming in an older term is told the newer term by its
  * next AppendResponse and stops; membership switches the timeline's configuration to a higher generation,
- * refuses one that does not name this node (403) and answers 409 when a lower generation was asked.
+ * refuses one that does not name this node (403) and answers 409 when a lower generation was asked; exclude
+ * drops the local copy for a configuration without this node that is not older than the timeline's.
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -27,7 +28,7 @@ async function http(node: NodeProcess, method: string, path: string, body?: unkn
 
 const timelinePath = (ids: { tenantId: string; timelineId: string }): string => `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}`;
 
-describe('HTTP term_bump and membership', { timeout: INGEST_TEST_TIMEOUT_MS }, () => {
+describe('HTTP term_bump, membership and exclude', { timeout: INGEST_TEST_TIMEOUT_MS }, () => {
   test('term_bump raises the term durably, and a proposer of the older term is told the newer one', async () => {
     const dataDir = makeTempDir('sk-term-bump-');
     let node = await startFsyncNode(dataDir, ['--no-sync']);
@@ -60,7 +61,7 @@ describe('HTTP term_bump and membership', { timeout: INGEST_TEST_TIMEOUT_MS }, (
     await node.stop();
   });
 
-  test('membership switches to a higher generation that names this node; 403 without it, 409 for a lower one', async () => {
+  test('membership switches to a higher generation that names this node (403 without it, 409 for a lower one); exclude drops the local copy', async () => {
     const node = await startFsyncNode(makeTempDir('sk-membership-'), ['--no-sync', '--id', '7']);
     const ids = newIds();
     const created = await http(node, 'POST', '/v1/tenant/timeline', { tenant_id: ids.tenantId, timeline_id: ids.timelineId, pg_version: SYNTHETIC_PG_VERSION, start_lsn: '0/1000028' });
@@ -86,6 +87,19 @@ describe('HTTP term_bump and membership', { timeout: INGEST_TEST_TIMEOUT_MS }, (
     assert.equal(lower.status, 409);
     assert.match((lower.json as { msg: string }).msg, /generation 2 ignored, current generation 3/);
     assert.equal((await http(node, 'PUT', path, { mconf: { generation: 5 } })).status, 400);
+
+    // exclude: the local copy goes once a configuration without this node is at least as new as ours.
+    const exclude = `${timelinePath(ids)}/exclude`;
+    const named = await http(node, 'PUT', exclude, { mconf: { generation: 4, members: [member(7), member(8)], new_members: null } });
+    assert.equal(named.status, 403, 'a configuration naming this node is the membership route\'s');
+    assert.match((named.json as { msg: string }).msg, /node 7 is a member/);
+    const older = await http(node, 'PUT', exclude, { mconf: { generation: 2, members: [member(8), member(9)], new_members: null } });
+    assert.equal(older.status, 409, 'an exclusion older than our configuration is refused');
+    assert.match((older.json as { msg: string }).msg, /excluding generation 2: current generation 3/);
+    assert.equal((await http(node, 'GET', timelinePath(ids))).status, 200, 'and the timeline stays');
+    assert.deepEqual(await http(node, 'PUT', exclude, { mconf: { generation: 4, members: [member(8), member(9), member(10)], new_members: null } }), { status: 200, json: { dir_existed: true }, allow: null });
+    assert.equal((await http(node, 'GET', timelinePath(ids))).status, 404);
+    assert.deepEqual((await http(node, 'PUT', exclude, { mconf: { generation: 4, members: [member(8)], new_members: null } })).json, { dir_existed: false }, 'again: nothing left');
     await node.stop();
   });
 });
