@@ -119,9 +119,12 @@ export function registerRoutes(app: HttpApp, group: RouteGroup): void {
   group(app);
 }
 
-/** A fastify route path (`/v1/tenant/:tenant_id/...`) as a pattern for concrete paths: a parameter is one non-empty segment. */
+/**
+ * A fastify route path (`/v1/tenant/:tenant_id/...`) as a pattern for concrete paths: a parameter is one segment,
+ * possibly empty, as the router matches it (`/v1/tenant//timeline/x` reaches the route, which refuses the id).
+ */
 function routePathPattern(routePath: string): RegExp {
-  const segments = routePath.split('/').map((segment) => (segment.startsWith(':') ? '[^/]+' : segment.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+  const segments = routePath.split('/').map((segment) => (segment.startsWith(':') ? '[^/]*' : segment.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
   return new RegExp(`^${segments.join('/')}$`);
 }
 

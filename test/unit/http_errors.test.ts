@@ -65,5 +65,10 @@ test('a path that exists for other methods is 405 with an Allow header; an unkno
     assert.deepEqual(unknown.json(), { msg: `no route for PUT ${url}` });
   }
   assert.equal((await app.inject({ method: 'GET', url: '/v1/tenant/ab/timeline/cd' })).statusCode, 200);
+  // The router matches an empty segment as a parameter (the route then refuses the id), so the 405 does too.
+  assert.equal((await app.inject({ method: 'GET', url: '/v1/tenant//timeline/cd' })).statusCode, 200);
+  const empty = await app.inject({ method: 'PATCH', url: '/v1/tenant//timeline/cd' });
+  assert.equal(empty.statusCode, 405);
+  assert.equal(empty.headers['allow'], 'GET, HEAD, DELETE');
   await app.close();
 });
