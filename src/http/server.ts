@@ -5,8 +5,8 @@
  *
  * Rules every route gets from here:
  * - errors are `{"msg": "..."}` with the SafekeeperError's `httpStatus`; fastify's own client errors keep
- *   their status (400 bad JSON, 413 body over `HTTP_BODY_BYTES_MAX`, 415); unknown paths are 404, and a
- *   known path asked with a method it does not have is 405 with an `Allow` header;
+ *   their status (400 bad JSON, 413 body over `HTTP_BODY_BYTES_MAX`, 415, and 400 or 414 for a URL the router
+ *   refuses); unknown paths are 404, and a known path asked with a method it does not have is 405 with an `Allow` header;
  *   anything else is 500 "internal error", logged once here with its stack. A ShutdownError (a request cut
  *   short by the node's shutdown) is 503 and logged at info, as Neon logs ShuttingDown. An AssertionError is a bug:
  *   it is answered with 500 and then rethrown outside fastify so the process exits, as everywhere.
@@ -19,7 +19,7 @@
  *   pipelining without reading, holds file descriptors or buffered replies without limit.
  * Main thread. Closing waits for in-flight requests; idle keep-alive sockets are closed by Node.
  */
-import { fastify, type FastifyError, type FastifyInstance } from 'fastify';
+import { fastify, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { isInteger, isSafeNumber, parse as parseLosslessJson } from 'lossless-json';
 import { SafekeeperError, ShutdownError } from '../errors.js';
 import { HTTP_BODY_BYTES_MAX, HTTP_CONNECTIONS_MAX, HTTP_IDLE_TIMEOUT_MS, HTTP_REQUESTS_PER_CONNECTION_MAX } from '../limits.js';
@@ -58,7 +58,12 @@ export function stringifyJson(value: unknown): string {
 }
 
 export function createHttpServer(deps: HttpServerDeps): HttpApp {
-  const app = fastify({ logger: false, bodyLimit: HTTP_BODY_BYTES_MAX, connectionTimeout: HTTP_IDLE_TIMEOUT_MS, maxRequestsPerSocket: HTTP_REQUESTS_PER_CONNECTION_MAX });
+  const app = fastify({
+    logger: false, bodyLimit: HTTP_BODY_BYTES_MAX, connectionTimeout: HTTP_IDLE_TIMEOUT_MS, maxRequestsPerSocket: HTTP_REQUESTS_PER_CONNECTION_MAX,
+    // A URL the router refuses before any route runs (bad percent-encoding: 400; a parameter over find-my-way's
+    // maxParamLength: 414) bypasses the error handler, and fastify would answer it in a shape of its own.
+    frameworkErrors: (error, _request, reply) => answerFrameworkError(error, reply as FastifyReply),
+  });
   app.server.maxConnections = HTTP_CONNECTIONS_MAX; // Node closes connections over it at once
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
     try {
@@ -126,6 +131,11 @@ export function registerRoutes(app: HttpApp, group: RouteGroup): void {
 function routePathPattern(routePath: string): RegExp {
   const segments = routePath.split('/').map((segment) => (segment.startsWith(':') ? '[^/]*' : segment.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
   return new RegExp(`^${segments.join('/')}$`);
+}
+
+/** Answers a URL the router refused as every other error is answered (the cast above: fastify's option is generic over routes). */
+function answerFrameworkError(error: FastifyError, reply: FastifyReply): void {
+  void reply.code(error.statusCode ?? 400).send({ msg: error.message });
 }
 
 function describeError(error: FastifyError | Error): { status: number; msg: string } {

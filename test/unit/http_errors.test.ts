@@ -1,7 +1,8 @@
 /**
  * How the HTTP server answers and logs a route's error (src/http/server.ts): a ShutdownError (a request cut
  * short by the node's shutdown) is 503 and logged at info, as Neon logs ShuttingDown; an unexpected error is
- * 500 "internal error", logged at error. Uses fastify's inject, with a pino logger writing into an array.
+ * 500 "internal error", logged at error; a wrong method on a known path is 405 with Allow; a URL the router
+ * refuses is answered in the same {msg} shape. Uses fastify's inject, with a pino logger writing into an array.
  */
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
@@ -70,5 +71,21 @@ test('a path that exists for other methods is 405 with an Allow header; an unkno
   const empty = await app.inject({ method: 'PATCH', url: '/v1/tenant//timeline/cd' });
   assert.equal(empty.statusCode, 405);
   assert.equal(empty.headers['allow'], 'GET, HEAD, DELETE');
+  await app.close();
+});
+
+test('a URL the router refuses before routing (bad percent-encoding, an over-long parameter) is answered with the usual {msg} body', async () => {
+  const { log } = capturingLogger();
+  const app = createHttpServer({ log, status: () => { throw new Error('unused'); } });
+  registerRoutes(app, (scope) => {
+    scope.get('/v1/tenant/:tenant_id', async () => ({}));
+  });
+  const badUrl = await app.inject({ method: 'GET', url: '/v1/tenant/%zz' });
+  assert.equal(badUrl.statusCode, 400);
+  assert.deepEqual(badUrl.json(), { msg: "'/v1/tenant/%zz' is not a valid url component" });
+  const longParam = await app.inject({ method: 'GET', url: `/v1/tenant/${'a'.repeat(101)}` });
+  assert.equal(longParam.statusCode, 414);
+  assert.deepEqual(Object.keys(longParam.json() as object), ['msg']);
+  assert.match((longParam.json() as { msg: string }).msg, /exceeding the max param length/);
   await app.close();
 });
