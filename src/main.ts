@@ -11,7 +11,7 @@
  * longer than SHUTDOWN_TIMEOUT_MS. Uncaught errors are logged and exit 1: an AssertionError is a bug, and
  * acknowledged WAL is durable, so crashing is safe. Main thread.
  */
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { parseArgs } from 'node:util';
 import { loadConfig, renderDefaultConfig } from './config/load.js';
 import { CONFIG_KEYS, CONFIG_KEY_NAMES, flagName } from './config/schema.js';
 import { ConfigError, SafekeeperError } from './errors.js';
@@ -19,25 +19,13 @@ import { createLogger, log, setRootLogger } from './log.js';
 import { readPackageVersion, SafekeeperNode } from './node.js';
 import { createNodeHooks } from './services.js';
 import { missingV8Flags } from './v8_flags.js';
-import { joinNegativeValues } from './config/argv.js';
+import { type ArgOptions, joinNegativeValues, runCommandOptions } from './config/argv.js';
 
 /** A stop that takes longer than this is stuck (the gate logs who holds it); exit rather than hang. */
 const SHUTDOWN_TIMEOUT_MS = 30_000;
 const EXIT_OK = 0;
 const EXIT_FAILURE = 1;
 const EXIT_USAGE = 2;
-
-type Options = NonNullable<ParseArgsConfig['options']>;
-
-function cliOptions(): Options {
-  const options: Options = {
-    help: { type: 'boolean', short: 'h' },
-    version: { type: 'boolean', short: 'V' },
-    config: { type: 'string' },
-  };
-  for (const name of CONFIG_KEY_NAMES) options[flagName(name)] = { type: CONFIG_KEYS[name].flag === 'boolean' ? 'boolean' : 'string' };
-  return options;
-}
 
 function usage(): string {
   const lines = [
@@ -72,9 +60,9 @@ async function main(argv: string[]): Promise<void> {
     const { proposeMain } = await import('./proposer/cli.js');
     return process.exit(await proposeMain(argv.slice(1)));
   }
-  let parsed: ReturnType<typeof parseArgs<{ options: Options; allowPositionals: true; strict: true }>>;
+  let parsed: ReturnType<typeof parseArgs<{ options: ArgOptions; allowPositionals: true; strict: true }>>;
   try {
-    const options = cliOptions();
+    const options = runCommandOptions();
     parsed = parseArgs({ args: joinNegativeValues(argv, options), options, allowPositionals: true, strict: true });
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
