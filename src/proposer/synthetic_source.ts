@@ -15,7 +15,7 @@
  */
 import { createHash } from 'node:crypto';
 import { assert } from '../sync/assert.js';
-import { sleep } from '../sync/cancel.js';
+import { sleep, throwIfAborted } from '../sync/cancel.js';
 import { type Lsn, LSN_MAX, SEGMENT_SIZE_BYTES_DEFAULT, segmentStartLsn } from '../wal/lsn.js';
 import { WalBuilder } from '../wal/wal_builder.js';
 import { LatencyStats } from './latency_stats.js';
@@ -92,6 +92,9 @@ export class SyntheticSource implements WalSource {
     this.#generatedLsn = args.startLsn;
     try {
       for (;;) {
+        // Unpaced, nothing below waits on the signal while the window has room (write() then resolves at once),
+        // so a stop (SIGTERM) must be looked for here or the generator runs on until its duration or total.
+        throwIfAborted(signal);
         const elapsedMs = performance.now() - this.#startedMs;
         if (durationMs !== null && elapsedMs >= durationMs) return;
         if (totalBytes !== null && this.#bytes >= totalBytes) return;
